@@ -91,6 +91,56 @@ def models_remove(name: str):
     console.print(f"removed {name}")
 
 
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Option(help="A name from `runtime models list` or a model directory.")],
+    tasks: Annotated[str, typer.Option(help="Comma-separated: generation,summarization,completion,review,"
+                                             "humaneval.")] = "generation,summarization,completion,review,humaneval",
+    adapter: Annotated[str | None, typer.Option(help="A PEFT adapter (name or directory) to apply.")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test (HumanEval is always test).")] = "test",
+    limit: Annotated[int | None, typer.Option(min=1, help="First N items per task (a fixed, fair sample).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/eval-MODEL).")] = None,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 8,
+):
+    """Score a model on the code tasks: greedy, batched; writes eval.json, eval.md and every prediction."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from runtime.bench.accuracy import evaluate
+    from runtime.engines.hf import HFRunner
+    from runtime.errors import BadRequestError
+    from runtime.models import ModelStore
+    from training.tasks import SPLIT_NAMES, TASK_NAMES, build_dataset
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASK_NAMES]
+    if unknown or not names:
+        raise BadRequestError(f"unknown task(s) {', '.join(unknown) or '(none given)'}",
+                              fix=f"use a comma-separated list of: {', '.join(TASK_NAMES)}")
+    if split not in SPLIT_NAMES:
+        raise BadRequestError(f"unknown split '{split}'", fix=f"use one of: {', '.join(SPLIT_NAMES)}")
+    store = ModelStore()
+    entry = store.get(model)
+    adapter_path = store.get(adapter).path if adapter else None
+    out = out or Path("runs") / f"eval-{entry.name}"
+    with console.status("building task data (first run only)"):
+        build_dataset()
+    with console.status(f"loading {entry.name}"):
+        runner = HFRunner(entry.path, adapter_path, dtype=dtype, max_batch_size=batch_size)
+    columns = (TextColumn("{task.description:>13}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        ids: dict[str, int] = {}
+
+        def progress(task: str, done: int, total: int) -> None:
+            if task not in ids:
+                ids[task] = bar.add_task(task, total=total)
+            bar.update(ids[task], completed=done)
+
+        report = evaluate(runner, names, split, limit, out, progress=progress)
+    console.print((out / "eval.md").read_text(), soft_wrap=True, highlight=False, markup=False)
+    console.print(f"wrote {out / 'eval.json'} ({sum(r['wall_s'] for r in report['tasks'].values()):.0f} s)")
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,104 @@
+"""The accuracy runner behind ``runtime eval`` (and the bench): fixed items, greedy decoding, task metrics.
+
+Writes ``DIR/eval.json`` (per task: metrics, N, model, decoding settings, data card hash, wall time),
+``DIR/eval.md`` (a table) and ``DIR/predictions/<task>.jsonl`` (every prompt's answer next to its reference).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from runtime.bench.sandbox import Sandbox
+from runtime.bench.scoring import SCORERS
+from runtime.config import TasksConfig, configs_dir, load_config
+from runtime.engines.hf import HFRunner, SamplingParams
+from training.tasks import TaskItem, load_card, load_items
+
+SCHEMA = 1
+HEADLINE = {"generation": "chrf_pp", "summarization": "smoothed_bleu4", "completion": "exact_match",
+            "review": "line_accuracy", "humaneval": "pass_at_1"}
+Progress = Callable[[str, int, int], None]  # (task, done, total)
+
+
+def template_task(task: str) -> str:
+    """HumanEval is generation on other problems: it uses the generation prompt."""
+    return "generation" if task == "humaneval" else task
+
+
+def messages_for(tasks: TasksConfig, task: str, item: TaskItem) -> list[dict[str, str]]:
+    cfg = tasks.tasks[template_task(task)]  # type: ignore[index]
+    messages = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    return messages + [{"role": "user", "content": cfg.prompt.format(input=item.input)}]
+
+
+def sampling_for(tasks: TasksConfig, task: str) -> SamplingParams:
+    cfg = tasks.tasks[template_task(task)]  # type: ignore[index]
+    return SamplingParams(max_new_tokens=cfg.max_new_tokens, stop=tuple(cfg.stop))
+
+
+def evaluate(runner: HFRunner, task_names: list[str], split: str, limit: int | None, out: Path,
+             tasks: TasksConfig | None = None, progress: Progress | None = None,
+             sandbox: Sandbox | None = None) -> dict:
+    tasks = tasks or load_config(configs_dir() / "tasks.yaml", TasksConfig)
+    selected = {t: load_items(t, "test" if t == "humaneval" else split, limit) for t in task_names}
+    sandbox = sandbox or Sandbox()
+    report: dict = {
+        "schema": SCHEMA,
+        "model": str(runner.model_path),
+        "adapter": str(runner.adapter_path) if runner.adapter_path else None,
+        "split": split,
+        "limit": limit,
+        "decoding": {"greedy": True, "dtype": runner.dtype, "batch_size": runner.max_batch_size,
+                     "chat_template": runner.is_chat},
+        "data_card": load_card()["content_hash"],
+        "environment": {"python": platform.python_version(), "machine": platform.machine()},
+        "tasks": {},
+    }
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    for task, items in selected.items():
+        report["tasks"][task] = _run_task(runner, tasks, task, items, out, progress, sandbox)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "eval.md").write_text(markdown_table(report))
+    return report
+
+
+def _run_task(runner: HFRunner, tasks: TasksConfig, task: str, items: list[TaskItem], out: Path,
+              progress: Progress | None, sandbox: Sandbox) -> dict:
+    start = time.perf_counter()
+    prompts = [runner.render(messages_for(tasks, task, it)) for it in items]
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(task, done, len(items))
+
+    generations = runner.generate(prompts, sampling_for(tasks, task), on_batch=step)
+    answers = [g.text for g in generations]
+    metrics = SCORERS[task](items, answers, sandbox)
+    wall = time.perf_counter() - start
+    with (out / "predictions" / f"{task}.jsonl").open("w") as f:
+        for it, g in zip(items, generations, strict=True):
+            f.write(json.dumps({"id": it.id, "answer": g.text, "reference": it.reference,
+                                "finish_reason": g.finish_reason, "completion_tokens": g.completion_tokens}) + "\n")
+    sampling = asdict(sampling_for(tasks, task))
+    return {"n": len(items), "metrics": metrics, "headline": HEADLINE[task], "sampling": sampling,
+            "completion_tokens": sum(g.completion_tokens for g in generations),
+            "wall_s": round(wall, 1), "seconds_per_100_items": round(100 * wall / max(len(items), 1), 1)}
+
+
+def markdown_table(report: dict) -> str:
+    lines = [f"# Evaluation of `{report['model']}`" + (f" + `{report['adapter']}`" if report["adapter"] else ""),
+             "", f"Split `{report['split']}`, greedy, {report['decoding']['dtype']}, data card "
+             f"`{report['data_card'][:12]}`.", "", "| task | N | metrics | wall s | s / 100 items |", "|---|---:|---|---:|---:|"]
+    for task, r in report["tasks"].items():
+        shown = ", ".join(f"{k} {v:.1f}" if k != r["headline"] else f"**{k} {v:.1f}**"
+                          for k, v in r["metrics"].items() if isinstance(v, float))
+        lines.append(f"| {task} | {r['n']} | {shown} | {r['wall_s']} | {r['seconds_per_100_items']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,125 @@
+"""transformers (+ PEFT) generation: load a model directory, render prompts, generate a batch.
+
+``HFRunner`` is the synchronous core: one call runs one padded batch through ``model.generate``. The serving
+engine (scheduler, several adapters, streaming) builds on it; ``runtime eval`` uses it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.errors import BadRequestError, ModelStoreError
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16", "float16")
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    token_ids: list[int] = field(default_factory=list, repr=False)
+
+
+class HFRunner:
+    def __init__(self, model_path: str | Path, adapter_path: str | Path | None = None, dtype: str = "float32",
+                 max_batch_size: int = 8) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if dtype not in DTYPES:
+            raise BadRequestError(f"unknown dtype '{dtype}'", fix=f"use one of: {', '.join(DTYPES)}")
+        self.model_path = Path(model_path)
+        self.adapter_path = Path(adapter_path) if adapter_path else None
+        self.dtype = dtype
+        self.max_batch_size = max_batch_size
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, padding_side="left")
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype))
+        except (OSError, ValueError) as e:
+            raise ModelStoreError(f"could not load the model at {self.model_path}: {e}",
+                                  fix="pass a Hugging Face model directory or a name from `runtime models list`") from e
+        if self.adapter_path is not None:
+            model = load_adapter(model, self.adapter_path)
+        self.model = model.eval()
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(self.tokenizer.chat_template)
+
+    def render(self, messages: list[Message]) -> str:
+        """Messages through the chat template (instruct models), or their contents joined (base models)."""
+        if self.is_chat:
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return "\n\n".join(m["content"] for m in messages if m["role"] != "system")
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams,
+                 on_batch: Callable[[int], None] | None = None) -> list[Generation]:
+        """Generate for every prompt, in batches of ``max_batch_size`` sorted by length; results in input order."""
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: list[Generation | None] = [None] * len(prompts)
+        for start in range(0, len(order), self.max_batch_size):
+            chunk = order[start:start + self.max_batch_size]
+            for i, gen in zip(chunk, self.generate_batch([prompts[i] for i in chunk], params), strict=True):
+                results[i] = gen
+            if on_batch:
+                on_batch(len(chunk))
+        return [r for r in results if r is not None]
+
+    def generate_batch(self, prompts: Sequence[str], params: SamplingParams) -> list[Generation]:
+        import torch
+
+        inputs = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        kwargs: dict = dict(max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **kwargs)
+        width = inputs["input_ids"].shape[1]
+        return [self._result(row[width:].tolist(), int(mask.sum()), params)
+                for row, mask in zip(out, inputs["attention_mask"], strict=True)]
+
+    def _result(self, ids: list[int], prompt_tokens: int, params: SamplingParams) -> Generation:
+        eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        cut = next((i for i, t in enumerate(ids) if t in eos), None)
+        kept = ids[:cut] if cut is not None else ids
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        stopped = cut is not None
+        for stop in params.stop:
+            if stop in text:
+                text, stopped = text[: text.index(stop)], True
+        finish = "stop" if stopped or len(kept) < params.max_new_tokens else "length"
+        return Generation(text, prompt_tokens, len(kept), finish, kept)
+
+
+def load_adapter(model, adapter_path: Path):
+    from peft import PeftModel
+
+    if not (adapter_path / "adapter_config.json").is_file():
+        raise ModelStoreError(f"{adapter_path} is not a PEFT adapter directory (no adapter_config.json)",
+                              fix="pass the folder that the LoRA training run saved")
+    return PeftModel.from_pretrained(model, adapter_path)
