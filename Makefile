@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Until `runtime bench` lands, the deepest job: pull + convert the base model, then score it on every task.
 run: $(STAMP)
 	$(BIN)/runtime models pull smollm2-135m
 	$(BIN)/runtime models list
+	$(BIN)/runtime eval --model smollm2-135m --limit 20 --out runs/eval-smollm2-135m
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

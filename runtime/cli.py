@@ -39,11 +39,19 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log deb
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def quiet_transformers() -> None:
+    """The CLI shows its own progress; transformers' per-load bars would only interleave with it."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 @models_app.command("pull")
 def models_pull(name: Annotated[str, typer.Argument(help="smollm2-135m, or a hub id (needs a reachable hub).")]):
     """Fetch a model into the store (idempotent; interrupted pulls leave nothing behind)."""
     from runtime.models import ModelStore
 
+    quiet_transformers()
     with console.status(f"pulling {name}") as status:
         entry = ModelStore().pull(name, step=lambda msg: (status.update(msg), console.print(f"  {msg}", style="dim")))
     console.print(f"[green]ready[/green] {entry.name} ({entry.kind}, {human_size(entry.size_bytes)}) at {entry.path}")
@@ -123,6 +131,7 @@ def eval_(
     entry = store.get(model)
     adapter_path = store.get(adapter).path if adapter else None
     out = out or Path("runs") / f"eval-{entry.name}"
+    quiet_transformers()
     with console.status("building task data (first run only)"):
         build_dataset()
     with console.status(f"loading {entry.name}"):

@@ -327,9 +327,6 @@ def convert_gguf(directory: Path, gguf_file: str, out: Path) -> None:
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the CLI shows its own progress
     try:
         loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)

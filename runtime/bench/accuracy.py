@@ -87,7 +87,7 @@ def _run_task(runner: HFRunner, tasks: TasksConfig, task: str, items: list[TaskI
         for it, g in zip(items, generations, strict=True):
             f.write(json.dumps({"id": it.id, "answer": g.text, "reference": it.reference,
                                 "finish_reason": g.finish_reason, "completion_tokens": g.completion_tokens}) + "\n")
-    sampling = asdict(sampling_for(tasks, task))
+    sampling = asdict(sampling_for(tasks, task)) | {"stop": list(sampling_for(tasks, task).stop)}
     return {"n": len(items), "metrics": metrics, "headline": HEADLINE[task], "sampling": sampling,
             "completion_tokens": sum(g.completion_tokens for g in generations),
             "wall_s": round(wall, 1), "seconds_per_100_items": round(100 * wall / max(len(items), 1), 1)}

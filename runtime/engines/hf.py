@@ -95,13 +95,23 @@ class HFRunner:
                 torch.manual_seed(params.seed)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        width = inputs["input_ids"].shape[1]
+        limit = self.context_length
+        longest = int(inputs["attention_mask"].sum(dim=1).max())
+        if longest + params.max_new_tokens > limit:
+            raise BadRequestError(
+                f"prompt of {longest} tokens + max_tokens {params.max_new_tokens} exceeds the model's context of "
+                f"{limit} tokens", fix="shorten the prompt or lower max_tokens", param="max_tokens")
         if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+            kwargs["stopping_criteria"] = [StopOnText(self.tokenizer, width, params.stop)]
         with torch.inference_mode():
             out = self.model.generate(**inputs, **kwargs)
-        width = inputs["input_ids"].shape[1]
         return [self._result(row[width:].tolist(), int(mask.sum()), params)
                 for row, mask in zip(out, inputs["attention_mask"], strict=True)]
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length)
 
     def _result(self, ids: list[int], prompt_tokens: int, params: SamplingParams) -> Generation:
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
@@ -114,6 +124,24 @@ class HFRunner:
                 text, stopped = text[: text.index(stop)], True
         finish = "stop" if stopped or len(kept) < params.max_new_tokens else "length"
         return Generation(text, prompt_tokens, len(kept), finish, kept)
+
+
+class StopOnText:
+    """Stop a row once its *generated* text contains a stop string (OpenAI semantics: the prompt does not count,
+    unlike transformers' ``stop_strings``, which also matches text that straddles the prompt's end)."""
+
+    def __init__(self, tokenizer, prompt_width: int, stops: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.width = prompt_width
+        self.stops = tuple(stops)
+        self.tail = max(len(s) for s in self.stops) + 8  # tokens to decode: every token is at least one char
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        done = [any(stop in self.tokenizer.decode(row[self.width:][-self.tail:].tolist(), skip_special_tokens=True)
+                    for stop in self.stops) for row in input_ids]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def load_adapter(model, adapter_path: Path):

@@ -1,0 +1,66 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from runtime.bench.accuracy import evaluate, messages_for
+from runtime.config import TasksConfig, configs_dir, load_config
+from runtime.engines.hf import HFRunner, SamplingParams
+from training.tasks import load_items
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_model_dir: Path) -> HFRunner:
+    return HFRunner(tiny_model_dir, max_batch_size=4)
+
+
+def test_batched_greedy_equals_one_by_one(runner: HFRunner):
+    prompts = [runner.render([{"role": "user", "content": t}]) for t in ("def f(x):", "return x + 1", "a")]
+    params = SamplingParams(max_new_tokens=6)
+    batched = runner.generate(prompts, params)
+    single = [runner.generate([p], params)[0] for p in prompts]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in single]
+    assert all(g.completion_tokens == 6 and g.finish_reason == "length" for g in batched)
+
+
+def test_stop_strings_cut_the_text(runner: HFRunner):
+    prompt = runner.render([{"role": "user", "content": "x"}])
+    full = runner.generate([prompt], SamplingParams(max_new_tokens=12))[0].text
+    assert len(full) > 2
+    stop = full[1:3]
+    cut = runner.generate([prompt], SamplingParams(max_new_tokens=12, stop=(stop,)))[0]
+    assert cut.text == full[: full.index(stop)] and cut.finish_reason == "stop"
+
+
+def test_prompts_use_the_task_template():
+    tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
+    item = load_items("review", "test", limit=1)[0]
+    messages = messages_for(tasks, "review", item)
+    assert messages[0]["role"] == "system" and item.input in messages[1]["content"]
+    humaneval = load_items("humaneval", "test", limit=1)[0]
+    assert messages_for(tasks, "humaneval", humaneval)[1]["content"].startswith("Complete the body")
+
+
+def test_evaluate_writes_report_table_and_predictions(runner: HFRunner, store_home: Path, tmp_path: Path):
+    calls: list[tuple[str, int, int]] = []
+    report = evaluate(runner, ["completion", "review", "humaneval"], "test", 3, tmp_path,
+                      progress=lambda *a: calls.append(a))
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved == report
+    assert set(saved["tasks"]) == {"completion", "review", "humaneval"}
+    for task, result in saved["tasks"].items():
+        assert result["n"] == 3 and result["wall_s"] >= 0 and result["headline"] in result["metrics"]
+        lines = (tmp_path / "predictions" / f"{task}.jsonl").read_text().splitlines()
+        assert len(lines) == 3
+    assert saved["tasks"]["humaneval"]["metrics"]["pass_at_1"] == 0.0  # a random model passes nothing
+    assert saved["decoding"]["greedy"] and len(saved["data_card"]) == 64
+    assert ("review", 3, 3) in calls
+    assert "| review | 3 |" in (tmp_path / "eval.md").read_text()
+
+
+def test_a_prompt_beyond_the_context_is_a_clear_error(runner: HFRunner):
+    from runtime.errors import BadRequestError
+
+    long_prompt = "x " * 5000
+    with pytest.raises(BadRequestError, match="exceeds the model's context of 4096 tokens.*lower max_tokens"):
+        runner.generate([long_prompt], SamplingParams(max_new_tokens=8))
