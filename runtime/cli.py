@@ -39,11 +39,14 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log deb
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def quiet_transformers() -> None:
-    """The CLI shows its own progress; transformers' per-load bars would only interleave with it."""
+def quiet_transformers(progress: bool = False) -> None:
+    """The CLI shows its own progress; transformers' per-load bars would only interleave with it. Training keeps
+    the Trainer's bar (``progress=True``), which has the ETA."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    if progress:
+        hf_logging.enable_progress_bar()
 
 
 @models_app.command("pull")
@@ -69,10 +72,10 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
     if not entries:
         console.print("no models yet; run `runtime models pull smollm2-135m`")
         return
-    table = Table("name", "kind", "size", "parent", "source", "path")
+    table = Table("name", "kind", "format", "size", "parent", "source", "path")
     table.columns[-1].overflow = "fold"
     for e in entries:
-        table.add_row(e.name, e.kind, human_size(e.size_bytes), e.parent or "", e.source, str(e.path))
+        table.add_row(e.name, e.kind, e.format, human_size(e.size_bytes), e.parent or "", e.source, str(e.path))
     console.print(table)
 
 
@@ -97,6 +100,22 @@ def models_remove(name: str):
 
     ModelStore().remove(name)
     console.print(f"removed {name}")
+
+
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Option("--config", help="A file under configs/train/.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. max_steps=2 "
+                                                               "output_dir=DIR lora.r=8.")] = None,
+):
+    """Fine-tune an expert or a data-mixed model (LoRA or full); resumable; saves one artifact atomically."""
+    from runtime.config import TrainConfig, load_config
+    from training.sft import train
+
+    cfg = load_config(config, TrainConfig, overrides or [])
+    quiet_transformers(progress=True)
+    entry = train(cfg, step=lambda msg: console.print(f"  {msg}", style="dim"))
+    console.print(f"[green]ready[/green] {entry.name} ({entry.kind}) at {entry.path}")
 
 
 @app.command("eval")

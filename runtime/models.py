@@ -74,6 +74,11 @@ class ModelEntry:
     def size_bytes(self) -> int:
         return dir_size(self.path)
 
+    @property
+    def format(self) -> str:
+        """"lora" for a PEFT adapter directory, "full" for a whole model."""
+        return "lora" if (self.path / "adapter_config.json").is_file() else "full"
+
 
 def mixmerge_home() -> Path:
     return Path(os.environ.get("MIXMERGE_HOME", Path.home() / ".cache" / "mixmerge")).expanduser()
@@ -349,4 +354,5 @@ def entry_as_dict(entry: ModelEntry) -> dict[str, object]:
     data = asdict(entry)
     data["path"] = str(entry.path)
     data["size_bytes"] = entry.size_bytes
+    data["format"] = entry.format
     return data

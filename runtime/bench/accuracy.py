@@ -18,6 +18,7 @@ from runtime.bench.scoring import SCORERS
 from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.engines.hf import HFRunner, SamplingParams
 from training.tasks import TaskItem, load_card, load_items
+from training.tasks.prompts import messages_for, task_config
 
 SCHEMA = 1
 HEADLINE = {"generation": "chrf_pp", "summarization": "smoothed_bleu4", "completion": "exact_match",
@@ -25,19 +26,8 @@ HEADLINE = {"generation": "chrf_pp", "summarization": "smoothed_bleu4", "complet
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 
 
-def template_task(task: str) -> str:
-    """HumanEval is generation on other problems: it uses the generation prompt."""
-    return "generation" if task == "humaneval" else task
-
-
-def messages_for(tasks: TasksConfig, task: str, item: TaskItem) -> list[dict[str, str]]:
-    cfg = tasks.tasks[template_task(task)]  # type: ignore[index]
-    messages = [{"role": "system", "content": cfg.system}] if cfg.system else []
-    return messages + [{"role": "user", "content": cfg.prompt.format(input=item.input)}]
-
-
 def sampling_for(tasks: TasksConfig, task: str) -> SamplingParams:
-    cfg = tasks.tasks[template_task(task)]  # type: ignore[index]
+    cfg = task_config(tasks, task)
     return SamplingParams(max_new_tokens=cfg.max_new_tokens, stop=tuple(cfg.stop))
 
 
@@ -96,7 +86,8 @@ def _run_task(runner: HFRunner, tasks: TasksConfig, task: str, items: list[TaskI
 def markdown_table(report: dict) -> str:
     lines = [f"# Evaluation of `{report['model']}`" + (f" + `{report['adapter']}`" if report["adapter"] else ""),
              "", f"Split `{report['split']}`, greedy, {report['decoding']['dtype']}, data card "
-             f"`{report['data_card'][:12]}`.", "", "| task | N | metrics | wall s | s / 100 items |", "|---|---:|---|---:|---:|"]
+             f"`{report['data_card'][:12]}`.", "",
+             "| task | N | metrics | wall s | s / 100 items |", "|---|---:|---|---:|---:|"]
     for task, r in report["tasks"].items():
         shown = ", ".join(f"{k} {v:.1f}" if k != r["headline"] else f"**{k} {v:.1f}**"
                           for k, v in r["metrics"].items() if isinstance(v, float))

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from runtime.config import (
     DeploymentConfig,
@@ -43,7 +44,7 @@ def test_overrides_reach_nested_fields_and_are_parsed_as_yaml():
 
 def test_configs_are_frozen():
     cfg = load_config(configs_dir() / "deployments" / "base.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.name = "other"  # type: ignore[misc]
 
 

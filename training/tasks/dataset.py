@@ -102,12 +102,17 @@ def _content_hash(folder: Path) -> str:
 
 
 @lru_cache(maxsize=4)
-def _dataset_dir(home: Path | None) -> Path:
+def _dataset_dir(home: Path) -> Path:
     return build_dataset(home)
 
 
+def dataset_dir(home: Path | None = None) -> Path:
+    """The dataset folder for ``home`` (default: the current $MIXMERGE_HOME), built on first use."""
+    return _dataset_dir(home or mixmerge_home())
+
+
 def load_card(home: Path | None = None) -> dict[str, object]:
-    return json.loads((_dataset_dir(home) / CARD).read_text())
+    return json.loads((dataset_dir(home) / CARD).read_text())
 
 
 def load_items(task: str, split: str, limit: int | None = None, home: Path | None = None) -> list[TaskItem]:
@@ -116,7 +121,7 @@ def load_items(task: str, split: str, limit: int | None = None, home: Path | Non
         raise BadRequestError(f"unknown task '{task}'", fix=f"use one of: {', '.join(TASK_NAMES)}")
     if split not in SPLIT_NAMES:
         raise BadRequestError(f"unknown split '{split}'", fix=f"use one of: {', '.join(SPLIT_NAMES)}")
-    path = _dataset_dir(home) / task / f"{split}.jsonl"
+    path = dataset_dir(home) / task / f"{split}.jsonl"
     if not path.is_file():
         raise BadRequestError(f"task '{task}' has no '{split}' split", fix="HumanEval has only the test split")
     items = []

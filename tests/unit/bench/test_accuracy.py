@@ -3,10 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime.bench.accuracy import evaluate, messages_for
+from runtime.bench.accuracy import evaluate
 from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.engines.hf import HFRunner, SamplingParams
 from training.tasks import load_items
+from training.tasks.prompts import messages_for
 
 
 @pytest.fixture(scope="module")

@@ -74,8 +74,8 @@ def test_deleting_home_touches_nothing_outside(sandbox: Sandbox, tmp_path: Path)
 def test_writing_outside_the_work_dir_leaves_no_trace(sandbox: Sandbox):
     name = f"mixmerge-escape-{uuid.uuid4().hex}"
     targets = [f"/tmp/{name}", f"/var/tmp/{name}", f"/dev/shm/{name}", str(Path.cwd() / name)]
-    code = "import pathlib\nfor t in %r:\n    try:\n        pathlib.Path(t).write_text('x')\n" \
-           "    except OSError:\n        pass\nopen('inside.txt', 'w').write('ok')\nprint(open('inside.txt').read())" % targets
+    code = (f"import pathlib\nfor t in {targets!r}:\n    try:\n        pathlib.Path(t).write_text('x')\n"
+            "    except OSError:\n        pass\nopen('inside.txt', 'w').write('ok')\nprint(open('inside.txt').read())")
     result = sandbox.run(code)
     assert result.passed and result.stdout == "ok\n"  # the work dir itself is writable
     assert not any(os.path.exists(t) for t in targets)

@@ -1,0 +1,118 @@
+"""Training on the tiny model: loss goes down, artifacts reload and generate, resume continues, errors at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import TrainerCallback
+
+from runtime.config import TrainConfig, configs_dir, load_config
+from runtime.engines.hf import HFRunner, SamplingParams
+from runtime.errors import ConfigError
+from runtime.models import ModelStore
+from training.sft import train
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MIXMERGE_HOME", str(home))
+        ModelStore().register("tiny", tiny_model_dir)
+        yield home
+
+
+def _config(tmp: Path, **fields) -> TrainConfig:
+    base = {"name": "t", "kind": "expert", "base_model": "tiny", "tasks": ["completion"], "method": "lora",
+            "precision": "fp32", "data": {"max_length": 768, "max_val_items": 8},
+            "training": {"max_steps": 8, "per_device_train_batch_size": 4, "learning_rate": 3e-3,
+                         "logging_steps": 1, "eval_steps": 4, "warmup_steps": 0}}
+    path = tmp / "train" / "c.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(base))
+    return load_config(path, TrainConfig, [f"{k}={json.dumps(v)}" for k, v in fields.items()])
+
+
+def _manifest(entry) -> dict:
+    return json.loads((entry.path / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_training_lowers_the_loss_and_the_artifact_reloads_and_generates(home, tmp_path, method):
+    entry = train(_config(tmp_path, name=f"tiny-{method}", method=method))
+    manifest = _manifest(entry)
+    assert manifest["val_loss_after"] < manifest["val_loss_before"]
+    losses = [loss for _, loss in manifest["loss_curve"]["train"]]
+    assert losses[-1] < losses[0]
+    assert manifest["steps"] == 8 and manifest["mixture"]["items"] == {"completion": 32}
+    assert entry.kind == "expert" and entry.format == method
+    assert (entry.path / ("adapter_config.json" if method == "lora" else "config.json")).is_file()
+    if method == "lora":
+        runner = HFRunner(ModelStore().get("tiny").path, adapter_path=entry.path)
+    else:
+        runner = HFRunner(entry.path)
+    out = runner.generate([runner.render([{"role": "user", "content": "x = 1"}])], SamplingParams(max_new_tokens=4))
+    assert out[0].completion_tokens > 0
+    assert not (home / "runs" / f"tiny-{method}").exists()  # checkpoints are cleaned after the save
+    assert any(e.name == f"tiny-{method}" for e in ModelStore().list())
+
+
+def test_a_finished_artifact_is_reused_not_retrained(home, tmp_path):
+    first = train(_config(tmp_path, name="tiny-reuse", max_steps=2))
+    created = _manifest(first)["created"]
+    again = train(_config(tmp_path, name="tiny-reuse", max_steps=2))
+    assert _manifest(again)["created"] == created
+
+
+class _Interrupt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_leaves_no_artifact_and_resumes_from_its_checkpoint(home, tmp_path):
+    config = _config(tmp_path, name="tiny-resume", max_steps=4, save_steps=2, eval_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[_Interrupt()])
+    assert not (home / "models" / "tiny-resume").exists()
+    assert (home / "runs" / "tiny-resume" / "checkpoint-2").is_dir()
+    entry = train(config)
+    manifest = _manifest(entry)
+    assert manifest["resumed_from"] == "checkpoint-2" and manifest["steps"] == 4
+
+
+def test_a_mixed_run_records_its_realised_mixture(home, tmp_path):
+    entry = train(_config(tmp_path, name="tiny-mix", kind="mixed", tasks=["completion", "summarization"],
+                          mixing={"strategy": "balanced"}, max_steps=2))
+    manifest = _manifest(entry)
+    assert manifest["mixture"]["items"] == {"completion": 4, "summarization": 4}
+    assert manifest["kind"] == "mixed" and manifest["tasks"] == ["completion", "summarization"]
+
+
+def test_overrides_reach_trainer_fields_and_output_dir(home, tmp_path):
+    out = tmp_path / "elsewhere"
+    entry = train(_config(tmp_path, name="tiny-out", max_steps=1, output_dir=str(out)))
+    assert entry.path == out.resolve() and _manifest(entry)["steps"] == 1
+    assert ModelStore().get("tiny-out").path == out.resolve()
+
+
+def test_a_bad_training_config_reports_every_error(tmp_path):
+    path = tmp_path / "train" / "bad.yaml"
+    path.parent.mkdir()
+    path.write_text("name: x\nkind: expert\nbase_model: b\ntasks: [generation, reveiw]\nmethod: qlora\n"
+                    "lora: {r: 0}\ntraining: {max_step: 2, output_dir: o}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = "\n".join(info.value.problems)
+    assert len(info.value.problems) == 4, text
+    assert "tasks.1: got 'reveiw'" in text and "method: got 'qlora'" in text and "lora.r: got 0" in text
+    assert "did you mean 'max_steps'" in text and "output_dir" in text
+
+
+def test_shipped_train_configs_validate():
+    paths = sorted((configs_dir() / "train").rglob("*.yaml"))
+    assert paths
+    for path in paths:
+        load_config(path, TrainConfig)

@@ -1,0 +1,201 @@
+"""Supervised fine-tuning recipe: `runtime train --config configs/train/NAME.yaml [key=value ...]`.
+
+Setup (base model, LoRA or full, task rows with the prompt masked, the data mix), train on the Hugging Face
+Trainer (evaluation on the val split, best checkpoint by eval loss, resume from the last checkpoint), save one
+artifact directory atomically with its manifest. Checkpoints live in $MIXMERGE_HOME/runs/NAME until the artifact
+is saved, so an interrupted run resumes where it stopped and never leaves a directory that looks finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from runtime.config import TasksConfig, TrainConfig, as_plain, configs_dir, load_config
+from runtime.errors import ConfigError, ModelStoreError
+from runtime.models import MANIFEST, ModelEntry, ModelStore, atomic_dir, write_manifest
+from training.examples import BuildStats, PadCollator, Row, build_row, pack
+from training.mixing import mix
+from training.tasks import load_card, load_items
+from training.tasks.prompts import messages_for
+
+log = logging.getLogger(__name__)
+Step = Callable[[str], None]
+
+
+def bf16_supported() -> bool:
+    """bf16 autocast pays off on GPUs that support it and on CPUs with AVX512-BF16 or AMX."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def items_per_step(config: TrainConfig) -> int:
+    t = config.training
+    return int(t.get("per_device_train_batch_size", 8)) * int(t.get("gradient_accumulation_steps", 1))
+
+
+# ------------------------------------------------------------------------------------------------ setup
+def build_rows(config: TrainConfig, tokenizer, tasks: TasksConfig) -> tuple[list[Row], list[Row], dict]:
+    """Training rows from the data mix, validation rows from each task's val split, and what was realised."""
+    train_items = {t: load_items(t, "train") for t in config.tasks}
+    max_steps = int(config.training.get("max_steps", -1))
+    total = config.mixing.total or (max_steps * items_per_step(config) if max_steps > 0 else None)
+    mixture = mix({t: len(v) for t, v in train_items.items()}, config.mixing.strategy, total, config.seed,
+                  dict(config.mixing.weights), config.mixing.temperature)
+    stats = BuildStats()
+    rows = [row for task, i in mixture.picks
+            if (row := _row(tokenizer, tasks, train_items[task][i], config.data.max_length, stats)) is not None]
+    val_stats = BuildStats()
+    val = [row for t in config.tasks for item in load_items(t, "val", config.data.max_val_items)
+           if (row := _row(tokenizer, tasks, item, config.data.max_length, val_stats)) is not None]
+    if config.data.packing:
+        rows = pack(rows, config.data.max_length)
+    if not rows or not val:
+        raise ConfigError(config.name, [f"no examples fit data.max_length={config.data.max_length}; raise it"])
+    realised = {"strategy": config.mixing.strategy, "target_shares": mixture.shares, "items": mixture.counts,
+                "train_rows": len(rows), "val_rows": len(val), "train_build": asdict(stats),
+                "val_build": asdict(val_stats),
+                "train_tokens": sum(len(r.input_ids) for r in rows),
+                "response_tokens": sum(sum(1 for x in r.labels if x != -100) for r in rows)}
+    return rows, val, realised
+
+
+def _row(tokenizer, tasks: TasksConfig, item, max_length: int, stats: BuildStats) -> Row | None:
+    return build_row(tokenizer, messages_for(tasks, item.task, item), item.reference, max_length, stats)
+
+
+class RowDataset:
+    def __init__(self, rows: list[Row]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return {"input_ids": self.rows[i].input_ids, "labels": self.rows[i].labels}
+
+
+def build_model(config: TrainConfig, base: ModelEntry):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    if config.method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                      target_modules=config.lora.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def build_args(config: TrainConfig, work: Path, bf16: bool):
+    import torch
+    from transformers import TrainingArguments
+
+    defaults = dict(
+        per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=2e-4, lr_scheduler_type="cosine",
+        warmup_steps=0.03, logging_steps=5, eval_strategy="steps", eval_steps=20, save_strategy="steps",
+        eval_on_start=True, load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
+        save_total_limit=2, report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
+    )
+    merged = defaults | dict(config.training)
+    merged.setdefault("save_steps", merged["eval_steps"])  # best-checkpoint tracking needs them aligned
+    try:
+        return TrainingArguments(output_dir=str(work), seed=config.seed, bf16=bf16,
+                                 use_cpu=not torch.cuda.is_available(), **merged)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(config.name, [f"training: {e}"]) from e
+
+
+# ------------------------------------------------------------------------------------------------ train
+def train(config: TrainConfig, step: Step = log.info, callbacks: list | None = None) -> ModelEntry:
+    """Run one training config; a finished artifact with the same name is reused, not retrained."""
+    from transformers import AutoTokenizer, Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    store = ModelStore()
+    out = Path(config.output_dir).expanduser() if config.output_dir else store.models_dir / config.name
+    if (out / MANIFEST).is_file():
+        step(f"{config.name} is already trained at {out}; `runtime models remove {config.name}` to retrain")
+        return store.get(str(out)) if config.output_dir else store.get(config.name)
+    base = store.get(config.base_model)
+    tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    step("building training rows")
+    rows, val, realised = build_rows(config, tokenizer, tasks)
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_supported())
+    work = store.home / "runs" / config.name
+    args = build_args(config, work, bf16)
+    model = build_model(config, base)
+    trainer = Trainer(model=model, args=args, train_dataset=RowDataset(rows), eval_dataset=RowDataset(val),
+                      data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks)
+    last = get_last_checkpoint(str(work)) if work.is_dir() else None
+    step(f"training {config.name}: {len(rows)} rows, {config.method}, {'bf16 autocast' if bf16 else 'fp32'}"
+         + (f", resuming from {Path(last).name}" if last else ""))
+    start = time.time()
+    trainer.train(resume_from_checkpoint=last)
+    history = list(trainer.state.log_history)
+    final = trainer.evaluate()  # the best checkpoint's weights are loaded by now
+    wall = time.time() - start
+    manifest = {
+        "name": config.name, "kind": config.kind, "format": config.method, "parent": base.name,
+        "source": "runtime train", "base_model": {"name": base.name, "path": str(base.path)},
+        "tasks": config.tasks, "method": config.method, "config": as_plain(config),
+        "precision": "bf16 autocast" if bf16 else "fp32", "data_card": load_card()["content_hash"],
+        "mixture": realised, "steps": trainer.state.global_step, "resumed_from": Path(last).name if last else None,
+        "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
+        "loss_curve": {"train": [(h["step"], h["loss"]) for h in history if "loss" in h],
+                       "val": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]},
+        "val_loss_before": next((h["eval_loss"] for h in history if "eval_loss" in h and h["step"] == 0), None),
+        "val_loss_after": final["eval_loss"], "wall_s": round(wall, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "git_sha": git_sha(),
+    }
+    save_artifact(trainer.model, tokenizer, out, manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    if config.output_dir:
+        return store.register(config.name, out, config.kind, base.name) if not _registered(store, config.name) \
+            else store.get(config.name)
+    step(f"saved {config.name} to {out}")
+    return store.get(config.name)
+
+
+def _step_of(checkpoint: str | None) -> int | None:
+    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint and checkpoint.rsplit("-", 1)[-1].isdigit() else None
+
+
+def _registered(store: ModelStore, name: str) -> bool:
+    return any(e.name == name for e in store.list())
+
+
+def save_artifact(model, tokenizer, out: Path, manifest: dict) -> None:
+    """The adapter (LoRA) or the full model, the tokenizer and manifest.json, written atomically."""
+    if out.exists():
+        raise ModelStoreError(f"{out} exists but has no manifest (left by something else)",
+                              fix="remove it or choose another output_dir")
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_manifest(tmp, **manifest)
