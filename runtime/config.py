@@ -188,6 +188,51 @@ class TrainConfig(Frozen):
         return self
 
 
+# ------------------------------------------------------------------------------------------- merge/*.yaml
+class MergeModel(BaseModel):
+    """One input: ``model`` (a store name or directory; LoRA experts are folded first) and its per-model
+    mergekit parameters (weight, density, epsilon...), checked against the method's spec."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    model: str
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class MergeSweep(Frozen):
+    """A grid of merge candidates, each scored on the validation split; the best is kept."""
+
+    weights: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)])  # the paper
+    densities: list[float] = Field(default_factory=lambda: [0.5])  # ignored by methods without density
+    tasks: list[TaskName] = Field(default_factory=list)  # scored tasks; default: one per merged expert
+    limit: int = Field(40, gt=0)  # validation items per task per candidate: more = steadier, slower
+    objective: Literal["mean_retention", "mean_score"] = "mean_retention"  # retention = score / expert score
+
+
+class MergeConfig(Frozen):
+    name: str  # the artifact's name in the model store
+    base_model: str  # the pre-trained model the experts were tuned from (task vectors are relative to it)
+    method: str  # any mergekit method: linear, task_arithmetic, ties, dare_linear, dare_ties, della, slerp...
+    models: list[MergeModel] = Field(min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=dict)  # method-wide: lambda, normalize, t, ...
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    seed: int = 0  # DARE / DELLA drop entries at random
+    output_dir: str | None = None  # default: $MIXMERGE_HOME/models/NAME
+    sweep: MergeSweep | None = None  # used by `runtime merge sweep`
+
+    @model_validator(mode="after")
+    def _check_against_mergekit(self) -> MergeConfig:
+        from merge.plans import check_plan
+
+        problems = check_plan(self.method, [{"model": m.model, **m.parameters} for m in self.models],
+                              self.parameters)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 def trainer_fields() -> frozenset[str]:
     import dataclasses
 
@@ -199,7 +244,9 @@ def trainer_fields() -> frozenset[str]:
 # ---------------------------------------------------------------------------------------------- loading
 ConfigT = TypeVar("ConfigT", bound=Frozen)
 
-CONFIG_KINDS: dict[str, type[Frozen]] = {"tasks": TasksConfig, "deployments": DeploymentConfig, "train": TrainConfig}
+CONFIG_KINDS: dict[str, type[Frozen]] = {
+    "tasks": TasksConfig, "deployments": DeploymentConfig, "train": TrainConfig, "merge": MergeConfig,
+}
 
 
 def configs_dir() -> Path:

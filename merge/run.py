@@ -1,0 +1,98 @@
+"""`runtime merge --config configs/merge/NAME.yaml`: fold LoRA experts, run mergekit, save one artifact.
+
+Merging goes through mergekit's Python API (``run_merge``); LoRA experts are first folded into full task models
+(``merge_and_unload``) and cached under $MIXMERGE_HOME/cache/folded, keyed by the adapter's contents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from runtime.config import MergeConfig, as_plain
+from runtime.errors import ModelStoreError
+from runtime.models import MANIFEST, ModelEntry, ModelStore, atomic_dir, write_manifest
+
+log = logging.getLogger(__name__)
+Step = Callable[[str], None]
+
+
+def adapter_key(path: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if (path / name).is_file():
+            h.update((path / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def fold_lora(entry: ModelEntry, base_name: str, store: ModelStore, step: Step = log.info) -> Path:
+    """The LoRA expert as a full model directory (base + B A scaling folded in), built once and cached."""
+    target = store.home / "cache" / "folded" / f"{entry.name}-{adapter_key(entry.path)}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = store.get(entry.parent or base_name)
+    step(f"folding LoRA {entry.name} into {base.name}")
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    folded = PeftModel.from_pretrained(model, entry.path).merge_and_unload()
+    with atomic_dir(target) as tmp:
+        folded.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(base.path).save_pretrained(tmp)
+    return target
+
+
+def input_path(name: str, base_name: str, store: ModelStore, step: Step = log.info) -> Path:
+    entry = store.get(name)
+    return fold_lora(entry, base_name, store, step) if entry.format == "lora" else entry.path
+
+
+def output_dir(config: MergeConfig, store: ModelStore) -> Path:
+    return Path(config.output_dir).expanduser() if config.output_dir else store.models_dir / config.name
+
+
+def merge(config: MergeConfig, step: Step = log.info) -> ModelEntry:
+    """Run one merge; a finished artifact with the same name is reused."""
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from merge.plans import to_mergekit
+
+    store = ModelStore()
+    out = output_dir(config, store)
+    if (out / MANIFEST).is_file():
+        step(f"{config.name} is already merged at {out}; `runtime models remove {config.name}` to redo it")
+        return store.get(str(out))
+    base = store.get(config.base_model)
+    inputs = [(input_path(m.model, base.name, store, step), m.parameters) for m in config.models]
+    plan = to_mergekit(config.method, base.path, inputs, config.parameters, config.dtype)
+    step(f"merging {len(inputs)} models with {config.method}")
+    start = time.time()
+    with atomic_dir(out) as tmp:
+        try:
+            run_merge(plan, str(tmp), MergeOptions(random_seed=config.seed, copy_tokenizer=True, quiet=True,
+                                                   write_model_card=False))
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise ModelStoreError(f"mergekit failed for {config.name}: {e}", fix="check the merge config") from e
+        if not (tmp / "tokenizer_config.json").is_file():
+            for f in base.path.glob("*"):
+                if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+                    shutil.copy(f, tmp / f.name)
+        write_manifest(tmp, name=config.name, kind="merged", format="full", parent=base.name,
+                       source="runtime merge", method=config.method, seed=config.seed,
+                       inputs=[{"model": m.model, "path": str(p), **m.parameters}
+                               for m, (p, _) in zip(config.models, inputs, strict=True)],
+                       parameters=config.parameters, config=as_plain(config), mergekit=plan.model_dump(mode="json"),
+                       wall_s=round(time.time() - start, 2),
+                       peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    if config.output_dir and not any(e.name == config.name for e in store.list()):
+        store.register(config.name, out, "merged", base.name)
+    step(f"saved {config.name} to {out}")
+    return store.get(config.name)

@@ -1,0 +1,53 @@
+"""A tiny base and three experts: two full fine-tunes (base + a seeded delta) and one LoRA with non-zero B."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from runtime.models import ModelStore
+
+
+def _perturbed(base: Path, out: Path, seed: int, scale: float = 0.02) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(out)
+    for f in base.glob("tokenizer*"):
+        shutil.copy(f, out / f.name)
+    (out / "manifest.json").write_text(json.dumps({"name": out.name, "kind": "expert"}))
+    return out
+
+
+def _lora(base: Path, out: Path, seed: int) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(out)
+    (out / "manifest.json").write_text(json.dumps({"name": out.name, "kind": "expert", "parent": "tiny"}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def merge_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    home = tmp_path_factory.mktemp("home")
+    root = tmp_path_factory.mktemp("experts")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MIXMERGE_HOME", str(home))
+        store = ModelStore()
+        store.register("tiny", tiny_model_dir)
+        store.register("exp-a", _perturbed(tiny_model_dir, root / "exp-a", 1), "expert")
+        store.register("exp-b", _perturbed(tiny_model_dir, root / "exp-b", 2), "expert")
+        store.register("lora-c", _lora(tiny_model_dir, root / "lora-c", 3), "expert", parent="tiny")
+        yield home

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from merge.run import merge
+from runtime.config import MergeConfig, load_config
+from runtime.engines.hf import HFRunner, SamplingParams
+from runtime.errors import ConfigError
+from runtime.models import ModelStore
+
+
+def _config(tmp: Path, **fields) -> MergeConfig:
+    data = {"name": "m", "base_model": "tiny", "method": "linear",
+            "models": [{"model": "exp-a", "weight": 0.3}, {"model": "exp-b", "weight": 0.7}]} | fields
+    path = tmp / "merge" / f"{data['name']}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return load_config(path, MergeConfig)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out |= load_file(f)
+    return out
+
+
+def test_linear_equals_the_hand_computed_weighted_average(merge_home, tmp_path):
+    entry = merge(_config(tmp_path, name="lin", parameters={"normalize": False}))
+    store = ModelStore()
+    a, b, m = _weights(store.get("exp-a").path), _weights(store.get("exp-b").path), _weights(entry.path)
+    assert set(m) <= set(a)
+    for name, value in m.items():
+        torch.testing.assert_close(value, 0.3 * a[name] + 0.7 * b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_task_arithmetic_equals_base_plus_weighted_task_vectors(merge_home, tmp_path):
+    entry = merge(_config(tmp_path, name="ta", method="task_arithmetic", parameters={"lambda": 1.0}))
+    store = ModelStore()
+    base, a, b = (_weights(store.get(n).path) for n in ("tiny", "exp-a", "exp-b"))
+    for name, value in _weights(entry.path).items():
+        expected = base[name] + 0.3 * (a[name] - base[name]) + 0.7 * (b[name] - base[name])
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("method", "per_model", "shared"),
+    [
+        ("ties", {"density": 0.5}, {}),
+        ("dare_linear", {"density": 0.5}, {}),
+        ("dare_ties", {"density": 0.5}, {}),
+        ("della", {"density": 0.5, "epsilon": 0.1}, {}),
+        ("slerp", {}, {"t": 0.4}),
+    ],
+)
+def test_each_method_gives_a_loadable_model_without_nan(merge_home, tmp_path, method, per_model, shared):
+    models = [{"model": "exp-a", **per_model}, {"model": "exp-b", **per_model}]
+    if method != "slerp":
+        models = [m | {"weight": w} for m, w in zip(models, (0.5, 0.5), strict=True)]
+    entry = merge(_config(tmp_path, name=f"x-{method.replace('_', '-')}", method=method, models=models,
+                          parameters=shared))
+    weights = _weights(entry.path)
+    assert weights and all(torch.isfinite(t).all() for t in weights.values())
+    runner = HFRunner(entry.path)
+    out = runner.generate([runner.render([{"role": "user", "content": "def f():"}])], SamplingParams(max_new_tokens=3))
+    assert out[0].completion_tokens == 3
+    manifest = json.loads((entry.path / "manifest.json").read_text())
+    assert manifest["method"] == method and manifest["kind"] == "merged" and manifest["seed"] == 0
+
+
+def test_a_lora_expert_is_folded_before_merging(merge_home, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    store = ModelStore()
+    entry = merge(_config(tmp_path, name="with-lora", models=[{"model": "lora-c", "weight": 1.0}]))
+    base = AutoModelForCausalLM.from_pretrained(store.get("tiny").path, dtype=torch.float32)
+    folded = PeftModel.from_pretrained(base, store.get("lora-c").path).merge_and_unload().state_dict()
+    merged = _weights(entry.path)
+    for name, value in merged.items():
+        torch.testing.assert_close(value, folded[name], rtol=1e-5, atol=1e-6)
+    assert len(list((merge_home / "cache" / "folded").iterdir())) == 1
+
+
+def test_bad_merge_configs_report_every_error(tmp_path):
+    path = tmp_path / "merge" / "bad.yaml"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"name": "b", "base_model": "tiny", "method": "ties",
+                                "models": [{"model": "a", "weight": 1, "lambda": 2}, {"model": "b", "dens": 0.5}],
+                                "parameters": {"lamda": 1}}))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "parameters.lamda" in text and "models.0.lambda: mergekit reads 'lambda' only from the top-level" in text
+    assert "models.1.dens" in text and "needs 'weight' on every model" in text
+    path.write_text(json.dumps({"name": "b", "base_model": "tiny", "method": "tie", "models": [{"model": "a"}]}))
+    with pytest.raises(ConfigError, match="did you mean 'ties'"):
+        load_config(path)
