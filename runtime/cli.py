@@ -21,6 +21,7 @@ app = typer.Typer(help="mixmerge: serve and compare data-mixed, merged and per-t
 models_app = typer.Typer(help="The model store: pull, register, list and remove models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -116,6 +117,67 @@ def train_cmd(
     quiet_transformers(progress=True)
     entry = train(cfg, step=lambda msg: console.print(f"  {msg}", style="dim"))
     console.print(f"[green]ready[/green] {entry.name} ({entry.kind}) at {entry.path}")
+
+
+MERGE_ACTIONS = ("sweep", "adapters")
+
+
+@app.command("merge")
+def merge_cmd(
+    config: Annotated[Path, typer.Option("--config", help="A file under configs/merge/ (adapters: "
+                                                          "configs/merge/adapters/).")],
+    args: Annotated[list[str] | None, typer.Argument(
+        metavar="[sweep|adapters] [KEY=VALUE]...",
+        help="Nothing: one mergekit merge. `sweep`: score a grid of weights on val, keep the best, test it. "
+             "`adapters`: one LoRA from several (PEFT). Then key=value overrides, e.g. method=ties.")] = None,
+    out: Annotated[Path | None, typer.Option(help="sweep: output folder (default runs/sweep-NAME).")] = None,
+):
+    """Merge experts with mergekit, sweep merge weights on the validation split, or merge LoRA adapters."""
+    from runtime.config import AdapterMergeConfig, MergeConfig, load_config
+
+    args = list(args or [])
+    action = args.pop(0) if args and args[0] in MERGE_ACTIONS else None
+    quiet_transformers()
+    step = lambda msg: console.print(f"  {msg}", style="dim")  # noqa: E731
+    if action == "adapters":
+        from merge.adapters import merge_adapters
+
+        entry = merge_adapters(load_config(config, AdapterMergeConfig, args), step=step)
+        console.print(f"[green]ready[/green] {entry.name} (adapter) at {entry.path}")
+        return
+    cfg = load_config(config, MergeConfig, args)
+    if action == "sweep":
+        from merge.sweep import run_sweep
+
+        out = out or Path("runs") / f"sweep-{cfg.name}"
+        summary = run_sweep(cfg, out, step=step)
+        console.print(f"chose {summary['chosen']} ({summary['objective']}); wrote {out / 'sweep.csv'}")
+        console.print_json(json.dumps({k: summary[k] for k in ("expert_val", "chosen_val", "chosen_test")}))
+        return
+    from merge.run import merge
+
+    entry = merge(cfg, step=step)
+    console.print(f"[green]ready[/green] {entry.name} (merged) at {entry.path}")
+
+
+@app.command("analyze")
+def analyze_cmd(
+    base: Annotated[str, typer.Option(help="The base model the others were tuned from.")],
+    models: Annotated[list[str], typer.Option("--models", help="Fine-tuned models or LoRA experts (repeat).")],
+    out: Annotated[Path, typer.Option(help="Output folder for CSV, PNG plots and summary.json.")],
+):
+    """Task-vector analysis (the paper's): per-layer Pearson correlation, relative change, cosine to base."""
+    from merge.analysis import analyze
+    from runtime.models import ModelStore
+
+    store = ModelStore()
+    names = [n for item in models for n in item.split(",") if n]
+    if len(names) < 1:
+        raise typer.BadParameter("give at least one model with --models")
+    with console.status("reading weights"):
+        summary = analyze(store.get(base).path, {n: store.get(n).path for n in names}, out)
+    console.print_json(json.dumps(summary["overall_pearson"]))
+    console.print(f"wrote {out / 'analysis.csv'}, correlation.png, relative_change.png")
 
 
 @app.command("eval")

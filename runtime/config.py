@@ -233,6 +233,36 @@ class MergeConfig(Frozen):
         return self
 
 
+# ---------------------------------------------------------------------------------- merge/adapters/*.yaml
+class WeightedAdapter(Frozen):
+    adapter: str  # a LoRA expert from the store
+    weight: float = 1.0
+
+
+class AdapterMergeConfig(Frozen):
+    """One adapter made from several LoRA adapters with PEFT ``add_weighted_adapter`` (the merged-adapter
+    deployment): the base model stays shared and a single adapter serves every task."""
+
+    name: str
+    base_model: str
+    combination: Literal["linear", "ties", "dare_linear", "dare_ties", "cat", "svd", "ties_svd", "dare_linear_svd",
+                         "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd"] = "linear"
+    adapters: list[WeightedAdapter] = Field(min_length=2)
+    density: float | None = Field(None, gt=0, le=1)  # ties / dare / magnitude_prune: share of entries kept
+    svd_rank: int | None = Field(None, gt=0)  # *_svd: rank of the result (default: the largest input rank)
+    majority_sign_method: Literal["total", "frequency"] = "total"
+    seed: int = 0  # dare drops entries at random
+
+    @model_validator(mode="after")
+    def _density_where_used(self) -> AdapterMergeConfig:
+        pruning = ("ties", "dare", "magnitude_prune")
+        if self.combination.startswith(pruning) and self.density is None:
+            raise ValueError(f"combination '{self.combination}' needs density (e.g. 0.5)")
+        if not self.combination.startswith(pruning) and self.density is not None:
+            raise ValueError(f"combination '{self.combination}' does not use density; remove it")
+        return self
+
+
 def trainer_fields() -> frozenset[str]:
     import dataclasses
 
@@ -246,6 +276,7 @@ ConfigT = TypeVar("ConfigT", bound=Frozen)
 
 CONFIG_KINDS: dict[str, type[Frozen]] = {
     "tasks": TasksConfig, "deployments": DeploymentConfig, "train": TrainConfig, "merge": MergeConfig,
+    "adapters": AdapterMergeConfig,
 }
 
 
@@ -258,6 +289,7 @@ def configs_dir() -> Path:
 def kind_for(path: Path) -> type[Frozen]:
     """Pick the model from the file's place: ``tasks.yaml`` or the folder it sits in (``deployments/``...)."""
     key = path.stem if path.stem in CONFIG_KINDS else next((p.name for p in path.parents if p.name in CONFIG_KINDS), "")
+    # the nearest folder decides: configs/merge/adapters/x.yaml is an adapter merge, not a mergekit merge
     if key not in CONFIG_KINDS:
         known = ", ".join(f"configs/{k}/" for k in CONFIG_KINDS if k != "tasks")
         raise ConfigError(str(path), [f"cannot tell what kind of config this is; put it under {known} or tasks.yaml"])

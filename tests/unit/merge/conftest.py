@@ -50,4 +50,5 @@ def merge_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
         store.register("exp-a", _perturbed(tiny_model_dir, root / "exp-a", 1), "expert")
         store.register("exp-b", _perturbed(tiny_model_dir, root / "exp-b", 2), "expert")
         store.register("lora-c", _lora(tiny_model_dir, root / "lora-c", 3), "expert", parent="tiny")
+        store.register("lora-d", _lora(tiny_model_dir, root / "lora-d", 4), "expert", parent="tiny")
         yield home

@@ -101,3 +101,42 @@ def test_bad_merge_configs_report_every_error(tmp_path):
     path.write_text(json.dumps({"name": "b", "base_model": "tiny", "method": "tie", "models": [{"model": "a"}]}))
     with pytest.raises(ConfigError, match="did you mean 'ties'"):
         load_config(path)
+
+
+@pytest.mark.parametrize("combination", ["linear", "cat", "ties", "svd"])
+def test_adapter_merge_makes_one_loadable_adapter(merge_home, tmp_path, tiny_model_dir, combination):
+    from merge.adapters import merge_adapters
+    from runtime.config import AdapterMergeConfig
+
+    cfg = AdapterMergeConfig(name=f"merged-{combination}", base_model="tiny", combination=combination,
+                             adapters=[{"adapter": "lora-c", "weight": 0.5}, {"adapter": "lora-d", "weight": 0.5}],
+                             density=0.5 if combination == "ties" else None)
+    entry = merge_adapters(cfg)
+    assert entry.kind == "adapter" and entry.format == "lora"
+    assert (entry.path / "adapter_model.safetensors").is_file()
+    runner = HFRunner(ModelStore().get("tiny").path, adapter_path=entry.path)
+    out = runner.generate([runner.render([{"role": "user", "content": "x"}])], SamplingParams(max_new_tokens=3))
+    assert out[0].completion_tokens == 3
+
+
+def test_cat_adapter_merge_is_the_weighted_sum_of_deltas(merge_home, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from merge.adapters import merge_adapters
+    from runtime.config import AdapterMergeConfig
+
+    store = ModelStore()
+    entry = merge_adapters(AdapterMergeConfig(name="cat-exact", base_model="tiny", combination="cat",
+                                              adapters=[{"adapter": "lora-c", "weight": 0.3},
+                                                        {"adapter": "lora-d", "weight": 0.7}]))
+
+    def folded(path: Path) -> dict[str, torch.Tensor]:
+        base = AutoModelForCausalLM.from_pretrained(store.get("tiny").path, dtype=torch.float32)
+        return PeftModel.from_pretrained(base, path).merge_and_unload().state_dict()
+
+    base = AutoModelForCausalLM.from_pretrained(store.get("tiny").path, dtype=torch.float32).state_dict()
+    c, d, m = folded(store.get("lora-c").path), folded(store.get("lora-d").path), folded(entry.path)
+    for name in base:
+        expected = base[name] + 0.3 * (c[name] - base[name]) + 0.7 * (d[name] - base[name])
+        torch.testing.assert_close(m[name], expected, rtol=1e-4, atol=1e-5)
