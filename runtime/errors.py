@@ -67,3 +67,23 @@ class ModelStoreError(MixmergeError):
 class HubUnreachableError(ModelStoreError):
     status_code = 503
     error_type = "service_unavailable"
+
+
+class AuthenticationError(MixmergeError):
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class QueueFullError(MixmergeError):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
+class EngineUnavailableError(MixmergeError):
+    status_code = 503
+    error_type = "service_unavailable"
+
+
+class UpstreamTimeoutError(MixmergeError):
+    status_code = 504
+    error_type = "timeout"

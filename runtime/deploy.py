@@ -1,0 +1,146 @@
+"""From deployment configs to a serving plan: which engines to start (one per distinct model, with its
+adapters) and the routing table the router reads. No engine is started here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.config import TASKS, DeploymentConfig, EngineConfig, configs_dir, load_config
+from runtime.errors import ConfigError, MixmergeError, ModelNotFoundError
+from runtime.models import ModelEntry, ModelStore
+from runtime.router import RoutingTable, Target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineSpec:
+    key: str  # the model directory the engine serves
+    model_path: Path
+    config: EngineConfig
+    adapters: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    table: RoutingTable
+    engines: dict[str, EngineSpec]
+    deployments: dict[str, DeploymentConfig]
+    models: dict[str, ModelEntry]  # every store entry the plan serves, by name (for /v1/models)
+
+
+def load_deployment(name_or_path: str) -> DeploymentConfig:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = configs_dir() / "deployments" / f"{name_or_path}.yaml"
+    return load_config(path, DeploymentConfig)
+
+
+def single_model_deployment(name: str, store: ModelStore) -> DeploymentConfig:
+    """`runtime serve --model NAME`: every task routes to one model (an adapter is served on its parent)."""
+    entry = store.get(name)
+    if entry.format == "lora":
+        if not entry.parent:
+            raise ModelNotFoundError(f"adapter '{name}' does not name its base model",
+                                     fix="register it with --parent BASE")
+        return DeploymentConfig(name=entry.name, option="merged-adapter", base_model=entry.parent, adapter=name)
+    return DeploymentConfig(name=entry.name, option="base", base_model=name)
+
+
+class PlanBuilder:
+    def __init__(self, store: ModelStore, engine_kind: str | None,
+                 load: Callable[[str], DeploymentConfig] = load_deployment) -> None:
+        self.store = store
+        self.engine_kind = engine_kind
+        self.load = load
+        self.engines: dict[str, EngineSpec] = {}
+        self.models: dict[str, ModelEntry] = {}
+        self.deployments: dict[str, DeploymentConfig] = {}
+        self.targets: dict[str, dict[str, Target]] = {}
+
+    def build(self, primary: DeploymentConfig) -> ServingPlan:
+        self.add(primary, required=True)
+        adapters = {name: Target(spec.key, name) for spec in self.engines.values() for name in spec.adapters}
+        fallbacks = {d.name: [f for f in d.fallback if f in self.targets] for d in self.deployments.values()}
+        for name, d in self.deployments.items():  # the last resort is the base model
+            base_dep = f"{name}:base"
+            self.targets[base_dep] = {"*": Target(self._engine(self._entry(d.base_model), d.engine))}
+            fallbacks[name] = fallbacks[name] + [base_dep]
+        table = RoutingTable(primary.name, self.targets, adapters, fallbacks)
+        return ServingPlan(table, self.engines, self.deployments, self.models)
+
+    def add(self, d: DeploymentConfig, required: bool = False) -> None:
+        if d.name in self.deployments:
+            return
+        try:
+            self.targets[d.name] = self._targets(d)
+        except MixmergeError as e:
+            if required:
+                raise
+            log.warning("deployment %s is left out of the plan: %s", d.name, e)
+            return
+        self.deployments[d.name] = d
+        for other in [*d.routes.values(), *d.fallback]:
+            try:
+                self.add(self.load(other))
+            except (ConfigError, ModelNotFoundError) as e:
+                log.warning("deployment %s (named by %s) is left out: %s", other, d.name, e)
+
+    def _targets(self, d: DeploymentConfig) -> dict[str, Target]:
+        engine_cfg = d.engine if self.engine_kind is None else d.engine.model_copy(update={"kind": self.engine_kind})
+        base = self._entry(d.base_model)
+        base_key = self._engine(base, engine_cfg)
+        if d.option == "base":
+            return {"*": Target(base_key)}
+        if d.option in ("mixed", "merged"):
+            return {"*": self._artifact(self._entry(d.model or ""), base, engine_cfg)}
+        if d.option == "merged-adapter":
+            return {"*": self._artifact(self._entry(d.adapter or ""), base, engine_cfg)}
+        if d.option == "experts":
+            out = {"*": Target(base_key)}
+            for task, name in d.adapters.items():
+                try:
+                    out[task] = self._artifact(self._entry(name), base, engine_cfg)
+                except ModelNotFoundError as e:
+                    log.warning("no %s expert for %s (%s): that task falls back", task, d.name, e.message)
+                    out.pop(task, None)
+            return out
+        # hybrid: each task takes its target from the deployment it routes to
+        out = {}
+        for task in TASKS:
+            routed = self.load(d.routes[task]) if task in d.routes else d  # type: ignore[index]
+            if routed is d:
+                out[task] = Target(base_key)
+                continue
+            self.add(routed)
+            if routed.name in self.targets:
+                out[task] = self.targets[routed.name].get(task) or self.targets[routed.name]["*"]
+        out["*"] = out.get("generation", Target(base_key))
+        return out
+
+    def _entry(self, name: str) -> ModelEntry:
+        entry = self.store.get(name)
+        self.models[entry.name] = entry
+        return entry
+
+    def _engine(self, entry: ModelEntry, config: EngineConfig) -> str:
+        key = str(entry.path)
+        if key not in self.engines:
+            self.engines[key] = EngineSpec(key, entry.path, config)
+        return key
+
+    def _artifact(self, entry: ModelEntry, base: ModelEntry, config: EngineConfig) -> Target:
+        """A full model gets its own engine; a LoRA adapter rides on its base model's engine."""
+        if entry.format != "lora":
+            return Target(self._engine(entry, config))
+        key = self._engine(base, config)
+        self.engines[key].adapters[entry.name] = entry.path
+        return Target(key, entry.name)
+
+
+def build_plan(primary: DeploymentConfig, store: ModelStore | None = None, engine_kind: str | None = None,
+               load: Callable[[str], DeploymentConfig] = load_deployment) -> ServingPlan:
+    return PlanBuilder(store or ModelStore(), engine_kind, load).build(primary)

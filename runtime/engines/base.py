@@ -1,0 +1,76 @@
+"""The Engine protocol, its request and result types, and the registry of engine kinds."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from runtime.engines.hf import SamplingParams
+from runtime.errors import BadRequestError
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    request_id: str
+    params: SamplingParams
+    messages: list[Message] | None = None  # chat: the engine applies its chat template
+    prompt: str | None = None  # completion: raw text
+    adapter: str | None = None  # a resident adapter's name; None = the engine's own weights
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    token_ids: list[int] = field(default_factory=list, repr=False)
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    text: str  # new text since the last delta
+    finish_reason: str | None = None  # set on the last delta
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@runtime_checkable
+class Engine(Protocol):
+    kind: str
+
+    async def generate(self, request: EngineRequest) -> EngineResult: ...
+
+    def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]: ...
+
+    async def load_adapter(self, name: str, path: str) -> float: ...  # milliseconds
+
+    async def unload_adapter(self, name: str) -> None: ...
+
+    def adapters(self) -> dict[str, str]: ...  # name -> path of every known adapter
+
+    async def health(self) -> bool: ...
+
+    def queue_depth(self) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+ENGINE_MODULES: dict[str, str] = {
+    "hf": "runtime.engines.hf_engine:HFEngine",
+    "vllm": "runtime.engines.vllm:VLLMEngine",
+    "remote": "runtime.engines.remote:RemoteEngine",
+    "fake": "runtime.engines.fake:FakeEngine",
+}
+
+
+def engine_class(kind: str) -> type:
+    """Look an engine kind up lazily, so `import runtime` works without heavy optional backends (vllm)."""
+    if kind not in ENGINE_MODULES:
+        raise BadRequestError(f"unknown engine '{kind}'", fix=f"use one of: {', '.join(ENGINE_MODULES)}")
+    module, _, cls = ENGINE_MODULES[kind].partition(":")
+    return getattr(importlib.import_module(module), cls)
