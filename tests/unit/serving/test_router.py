@@ -2,12 +2,12 @@ import json
 from pathlib import Path
 
 import pytest
+from serving_fakes import experts_table
 
 from runtime.classifier import classify, instruction
 from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.errors import ModelNotFoundError
 from runtime.router import fallback_routes, route
-from serving_fakes import experts_table
 
 
 def test_a_task_goes_to_the_primary_deployments_expert():
