@@ -180,6 +180,46 @@ def analyze_cmd(
     console.print(f"wrote {out / 'analysis.csv'}, correlation.png, relative_change.png")
 
 
+@app.command("serve")
+def serve(
+    deployment: Annotated[str | None, typer.Option(help="A deployment YAML (or its name under "
+                                                         "configs/deployments/).")] = None,
+    model: Annotated[str | None, typer.Option(help="Serve one model from the store, no config (every task "
+                                                    "routes to it).")] = None,
+    engine: Annotated[str | None, typer.Option(help="Override the engine: hf, vllm, remote or fake.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    api_key: Annotated[str | None, typer.Option(envvar="MIXMERGE_API_KEY", help="Require this bearer key.")] = None,
+    enable_lora_updates: Annotated[bool, typer.Option(help="Allow POST /v1/load_lora_adapter.")] = False,
+    lora_dir: Annotated[list[Path] | None, typer.Option(help="Where runtime-loaded adapters may live.")] = None,
+):
+    """Serve a deployment behind one OpenAI-compatible API with per-task routing."""
+    import uvicorn
+
+    from runtime.deploy import build_plan, load_deployment, single_model_deployment
+    from runtime.engines.base import build_engine
+    from runtime.errors import BadRequestError
+    from runtime.models import ModelStore
+    from runtime.server import ServerSettings, build_app
+
+    if (deployment is None) == (model is None):
+        raise BadRequestError("give exactly one of --deployment and --model",
+                              fix="e.g. --deployment configs/deployments/experts.yaml or --model smollm2-135m")
+    store = ModelStore()
+    primary = load_deployment(deployment) if deployment else single_model_deployment(model or "", store)
+    plan = build_plan(primary, store, engine)
+    quiet_transformers()
+    engines = {}
+    with console.status("starting engines"):
+        for key, spec in plan.engines.items():
+            engines[key] = build_engine(engine or spec.config.kind, spec.model_path, spec.adapters, spec.config)
+    settings = ServerSettings(api_key=api_key, enable_lora_updates=enable_lora_updates,
+                              lora_dirs=list(lora_dir or []))
+    console.print(f"serving {primary.name} ({primary.option}) on http://{host}:{port}/v1 with "
+                  f"{len(engines)} engine(s), adapters: {', '.join(plan.table.adapters) or 'none'}")
+    uvicorn.run(build_app(plan, engines, settings), host=host, port=port, log_level="warning")
+
+
 @app.command("eval")
 def eval_(
     model: Annotated[str, typer.Option(help="A name from `runtime models list` or a model directory.")],

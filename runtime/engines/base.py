@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from runtime.config import EngineConfig
 from runtime.engines.hf import SamplingParams
 from runtime.errors import BadRequestError
 
@@ -74,3 +76,11 @@ def engine_class(kind: str) -> type:
         raise BadRequestError(f"unknown engine '{kind}'", fix=f"use one of: {', '.join(ENGINE_MODULES)}")
     module, _, cls = ENGINE_MODULES[kind].partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def build_engine(kind: str, model_path: Path, adapters: dict[str, Path], config: EngineConfig) -> Engine:
+    """Start one engine of ``kind`` for a model directory and its adapters."""
+    cls = engine_class(kind)
+    if kind == "fake":
+        return cls(model_path.name, {k: str(v) for k, v in adapters.items()})
+    return cls(model_path, adapters, config)

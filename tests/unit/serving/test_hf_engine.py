@@ -1,0 +1,126 @@
+"""The hf engine on the tiny model with two real LoRA adapters: batching, mixed adapters, streaming, slots."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from runtime.config import EngineConfig
+from runtime.engines.base import EngineRequest
+from runtime.engines.hf import SamplingParams
+from runtime.engines.hf_engine import HFEngine
+
+MESSAGES = [[{"role": "user", "content": t}] for t in ("def add(a, b):", "x = [1, 2, 3]", "for i in range(3):")]
+
+
+def _lora(base: Path, out: Path, seed: int) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {"one": _lora(tiny_model_dir, root / "one", 1), "two": _lora(tiny_model_dir, root / "two", 2)}
+
+
+def _req(i: int, adapter: str | None, n: int = 8, stop: tuple[str, ...] = ()) -> EngineRequest:
+    return EngineRequest(f"r{i}", SamplingParams(max_new_tokens=n, stop=stop), messages=MESSAGES[i % 3],
+                         adapter=adapter)
+
+
+def test_a_mixed_adapter_batch_equals_each_adapter_alone(tiny_model_dir, adapters):
+    async def run():
+        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_batch_size=8, max_loras=2))
+        names = [None, "one", "two", "one", "two", None]
+        together = await asyncio.gather(*(engine.generate(_req(i, a)) for i, a in enumerate(names)))
+        assert engine.batches[-1] == 6  # one batch, adapters mixed
+        alone = [await engine.generate(_req(i, a)) for i, a in enumerate(names)]
+        await engine.aclose()
+        return together, alone
+
+    together, alone = asyncio.run(run())
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert together[1].text != together[0].text and together[1].text != together[2].text  # adapters matter
+
+
+def test_streaming_yields_the_same_text_with_a_finish_reason(tiny_model_dir, adapters):
+    async def run():
+        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_loras=2))
+        deltas = [d async for d in engine.stream(_req(0, "one", n=6))]
+        full = await engine.generate(_req(0, "one", n=6))
+        await engine.aclose()
+        return deltas, full
+
+    deltas, full = asyncio.run(run())
+    assert "".join(d.text for d in deltas) == full.text
+    assert deltas[-1].finish_reason == full.finish_reason and deltas[-1].completion_tokens == full.completion_tokens
+    assert all(d.finish_reason is None for d in deltas[:-1])
+
+
+def test_lru_slots_evict_the_least_recently_used_unpinned_adapter(tiny_model_dir, adapters, tmp_path):
+    three = {**adapters, "three": _lora(tiny_model_dir, tmp_path / "three", 3)}
+
+    async def run():
+        engine = HFEngine(tiny_model_dir, three, EngineConfig(max_loras=2, pinned_adapters=["one"]))
+        assert list(engine.resident) == ["one", "two"]
+        await engine.generate(_req(0, "three"))
+        assert set(engine.resident) == {"one", "three"}  # two was evicted, one is pinned
+        await engine.generate(_req(0, "two"))
+        assert set(engine.resident) == {"one", "two"}
+        await engine.aclose()
+
+    asyncio.run(run())
+
+
+def test_runtime_load_and_unload(tiny_model_dir, adapters, tmp_path):
+    async def run():
+        engine = HFEngine(tiny_model_dir, {"one": adapters["one"]}, EngineConfig(max_loras=2))
+        ms = await engine.load_adapter("extra", str(_lora(tiny_model_dir, tmp_path / "extra", 9)))
+        assert ms > 0 and "extra" in engine.adapters()
+        assert (await engine.generate(_req(0, "extra"))).completion_tokens > 0
+        await engine.unload_adapter("extra")
+        assert "extra" not in engine.adapters() and "extra" not in engine.resident
+        await engine.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_cancelled_stream_stops_its_row(tiny_model_dir, adapters):
+    async def run():
+        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_loras=2))
+        stream = engine.stream(_req(0, None, n=200))
+        first = await anext(stream)
+        await stream.aclose()  # the client went away
+        other = await engine.generate(_req(1, "one", n=4))  # the engine carries on
+        await engine.aclose()
+        return first, other
+
+    first, other = asyncio.run(run())
+    assert first.text and other.completion_tokens == 4
+
+
+def test_unknown_adapter_and_long_prompt_are_request_errors(tiny_model_dir, adapters):
+    from runtime.errors import BadRequestError, ModelNotFoundError
+
+    async def run():
+        engine = HFEngine(tiny_model_dir, adapters)
+        with pytest.raises(ModelNotFoundError):
+            await engine.generate(_req(0, "nope"))
+        long = EngineRequest("x", SamplingParams(max_new_tokens=10), prompt="word " * 5000)
+        with pytest.raises(BadRequestError, match="exceeds the context"):
+            await engine.generate(long)
+        await engine.aclose()
+
+    asyncio.run(run())
+    assert json.dumps({"ok": True})
