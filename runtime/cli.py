@@ -220,6 +220,45 @@ def serve(
     uvicorn.run(build_app(plan, engines, settings), host=host, port=port, log_level="warning")
 
 
+@app.command("agent")
+def agent_cmd(
+    job: Annotated[str, typer.Argument(help="What to build, in words.")],
+    tests: Annotated[Path | None, typer.Option(help="A Python file of tests (asserts, or a check(fn) with "
+                                                     "--entry-point) run in the sandbox.")] = None,
+    entry_point: Annotated[str | None, typer.Option(help="Function name passed to check().")] = None,
+    base_url: Annotated[str, typer.Option(envvar="MIXMERGE_BASE_URL", help="The runtime's /v1 URL.")]
+    = "http://127.0.0.1:8000/v1",
+    deployment: Annotated[str | None, typer.Option(help="Route every step through this deployment.")] = None,
+    api_key: Annotated[str, typer.Option(envvar="MIXMERGE_API_KEY")] = "none",
+    max_revisions: Annotated[int, typer.Option(min=0)] = 2,
+    thread_id: Annotated[str, typer.Option(help="Checkpoint thread, to resume or inspect a run.")] = "default",
+    sqlite: Annotated[str | None, typer.Option(help="Checkpoint to this SQLite file instead of memory.")] = None,
+):
+    """Run the LangGraph coding agent against a running `runtime serve`, printing each step."""
+    from agents.coding_agent import build_graph, make_checkpointer, run_agent
+    from agents.llm import chat_factory
+
+    graph = build_graph(chat_factory(base_url, api_key, deployment), checkpointer=make_checkpointer(sqlite))
+
+    def show(step: dict) -> None:
+        route = step.get("route") or {}
+        where = f"{route.get('deployment', '')}/{route.get('adapter') or '-'}" if route else ""
+        tokens = f"{step.get('prompt_tokens', 0)}+{step.get('completion_tokens', 0)} tok" if "task" in step else ""
+        extra = step.get("status") or step.get("error") or ""
+        console.print(f"  {step['node']:<9} {step.get('task', ''):<11} {where:<32} {tokens:<12} "
+                      f"{step.get('seconds', '')}s {extra}".rstrip(), highlight=False)
+
+    state = run_agent(graph, job, tests=tests.read_text() if tests else None, entry_point=entry_point,
+                      max_revisions=max_revisions, thread_id=thread_id, on_step=show)
+    console.rule("final code")
+    console.print(state.get("code", ""), highlight=False, markup=False)
+    if state.get("passed") is not None:
+        console.print(f"tests {'passed' if state['passed'] else 'failed'}")
+    if state.get("error"):
+        err_console.print(f"[red]error:[/red] {state['error']}")
+        raise SystemExit(1)
+
+
 @app.command("eval")
 def eval_(
     model: Annotated[str, typer.Option(help="A name from `runtime models list` or a model directory.")],

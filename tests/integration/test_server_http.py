@@ -4,75 +4,9 @@ openai client (sync, async, streaming) and LangChain's ChatOpenAI."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-import torch
-
-from runtime.models import ModelStore
-
-
-def _lora(base: Path, out: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-                           LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
-    model.save_pretrained(out)
-    (out / "manifest.json").write_text(json.dumps({"kind": "expert", "parent": "tiny"}))
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("home")
-    root = tmp_path_factory.mktemp("srv")
-    env = os.environ | {"MIXMERGE_HOME": str(home)}
-    os.environ["MIXMERGE_HOME"], old = str(home), os.environ.get("MIXMERGE_HOME")
-    try:
-        store = ModelStore()
-        store.register("tiny", tiny_model_dir)
-        store.register("tiny-gen", _lora(tiny_model_dir, root / "gen", 1), "expert", parent="tiny")
-        store.register("tiny-rev", _lora(tiny_model_dir, root / "rev", 2), "expert", parent="tiny")
-    finally:
-        os.environ.pop("MIXMERGE_HOME") if old is None else os.environ.update(MIXMERGE_HOME=old)
-    deployment = root / "deployments" / "tiny-experts.yaml"
-    deployment.parent.mkdir()
-    deployment.write_text("name: tiny-experts\noption: experts\nbase_model: tiny\n"
-                          "adapters: {generation: tiny-gen, review: tiny-rev}\nengine: {max_loras: 2}\n")
-    port = _free_port()
-    runtime = Path(sys.executable).parent / "runtime"
-    proc = subprocess.Popen([str(runtime), "serve", "--deployment", str(deployment), "--port", str(port),
-                             "--api-key", "test-key"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError(proc.stdout.read().decode() if proc.stdout else "server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def test_openai_sync_client_reaches_the_expert_of_its_task(server: str):

@@ -1,0 +1,201 @@
+"""A LangGraph coding agent on the runtime: plan -> generate -> complete -> [run_tests] -> review ->
+(revise -> complete -> [run_tests] -> review)* -> finish, with a bounded number of revisions.
+
+Each node calls the runtime with ``model`` set to its task (generation, completion, review), so the runtime,
+not the agent, decides which deployment and adapter answer. ``build_graph(llm_factory, ...)`` takes its model
+maker as an argument, so tests pass a scripted fake. State is checkpointed under a ``thread_id``.
+
+    python -m agents.coding_agent "Write a function that ..." --base-url http://127.0.0.1:8000/v1
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+
+from agents.llm import CallFailed, call
+from runtime.bench.sandbox import Sandbox
+from runtime.bench.scoring import strip_fences
+
+MAX_COMPLETION_LINES = 8  # completion calls to finish code that does not parse yet
+
+
+class AgentState(TypedDict, total=False):
+    job: str
+    tests: str | None  # test code that calls check(entry_point) or asserts; run in the sandbox
+    entry_point: str | None
+    plan: str
+    code: str
+    review: str
+    test_output: str
+    passed: bool | None
+    revisions: int
+    max_revisions: int
+    error: str | None
+    steps: Annotated[list[dict[str, Any]], operator.add]  # one record per model call or test run
+
+
+def _step(node: str, task: str, reply) -> dict[str, Any]:
+    return {"node": node, "task": task, "route": reply.route, "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens, "seconds": round(reply.seconds, 3)}
+
+
+def _code_of(text: str) -> str:
+    return strip_fences(text).strip("\n")
+
+
+def _parses(code: str) -> bool:
+    import ast
+
+    try:
+        ast.parse(code)
+    except SyntaxError:
+        return False
+    return True
+
+
+def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = None, checkpointer=None):
+    """The compiled graph. ``llm_factory(task)`` returns a chat model whose requests route to ``task``."""
+    models = {task: llm_factory(task) for task in ("generation", "completion", "review")}
+    sandbox = sandbox or Sandbox()
+
+    def guarded(node: str, task: str, messages: list[tuple[str, str]]):
+        try:
+            reply = call(models[task], messages)
+        except CallFailed as e:
+            return None, {"error": f"{node}: {e}", "steps": [{"node": node, "task": task, "error": str(e)}]}
+        return reply, {"steps": [_step(node, task, reply)]}
+
+    def plan(state: AgentState) -> dict:
+        reply, update = guarded("plan", "generation", [
+            ("system", "You are a senior Python engineer. Plan briefly."),
+            ("user", f"Give a short numbered plan (at most 4 steps) for this job:\n\n{state['job']}")])
+        return update | ({"plan": reply.text} if reply else {})
+
+    def generate(state: AgentState) -> dict:
+        reply, update = guarded("generate", "generation", [
+            ("system", "You are an expert Python programmer. Answer with code only."),
+            ("user", f"{state['job']}\n\nPlan:\n{state.get('plan', '')}\n\nWrite the complete Python code.")])
+        return update | ({"code": _code_of(reply.text)} if reply else {})
+
+    def complete(state: AgentState) -> dict:
+        """Finish code that stops mid-way (does not parse) a line at a time with the completion route."""
+        code, steps = state.get("code", ""), []
+        for _ in range(MAX_COMPLETION_LINES):
+            if _parses(code):
+                break
+            reply, update = guarded("complete", "completion", [
+                ("system", "You are an expert Python programmer. Answer with code only."),
+                ("user", f"Write the next line of this Python code. Reply with that one line only.\n\n{code}")])
+            steps += update["steps"]
+            if reply is None:
+                return {"steps": steps, "error": update["error"]}
+            line = next((ln for ln in _code_of(reply.text).splitlines() if ln.strip()), "")
+            if not line:
+                break
+            code = f"{code}\n{line}"
+        return {"code": code, "steps": steps}
+
+    def run_tests(state: AgentState) -> dict:
+        program = f"{state.get('code', '')}\n\n{state['tests']}\n"
+        if state.get("entry_point"):
+            program += f"\ncheck({state['entry_point']})\n"
+        result = sandbox.run(program)
+        output = (result.stdout + result.stderr)[-2000:]
+        return {"passed": result.passed, "test_output": output,
+                "steps": [{"node": "run_tests", "status": result.status, "seconds": result.duration_s}]}
+
+    def review(state: AgentState) -> dict:
+        failures = "" if state.get("passed") is None else f"\n\nTest output:\n{state.get('test_output', '')}"
+        numbered = "\n".join(f"{i:>3} | {ln}" for i, ln in enumerate(state.get("code", "").splitlines(), 1))
+        reply, update = guarded("review", "review", [
+            ("system", "You are a meticulous Python code reviewer."),
+            ("user", "Review this Python function for a bug. If there is one, answer exactly in three lines:\n"
+                     "line: <line number>\nkind: <kind>\nfix: <the corrected line>\n"
+                     f"If there is no bug, answer: no issues\n\n{numbered}{failures}")])
+        return update | ({"review": reply.text} if reply else {})
+
+    def revise(state: AgentState) -> dict:
+        reply, update = guarded("revise", "generation", [
+            ("system", "You are an expert Python programmer. Answer with code only."),
+            ("user", f"{state['job']}\n\nCurrent code:\n{state.get('code', '')}\n\nReview:\n{state.get('review', '')}"
+                     f"\n\nTest output:\n{state.get('test_output', '')}\n\nWrite the corrected complete code.")])
+        out = update | {"revisions": state.get("revisions", 0) + 1}
+        return out | ({"code": _code_of(reply.text)} if reply else {})
+
+    def finish(state: AgentState) -> dict:
+        return {"steps": [{"node": "finish", "passed": state.get("passed"), "error": state.get("error")}]}
+
+    def after_tests(state: AgentState) -> str:
+        return "finish" if state.get("error") or state.get("passed") else "review"
+
+    def after_complete(state: AgentState) -> str:
+        if state.get("error"):
+            return "finish"
+        return "run_tests" if state.get("tests") else "review"
+
+    def after_review(state: AgentState) -> str:
+        if state.get("error") or state.get("revisions", 0) >= state.get("max_revisions", 2):
+            return "finish"
+        clean = re.search(r"\bno (issues?|bugs?)\b", state.get("review", ""), re.I) and not re.search(
+            r"line\s*:?\s*\d+", state.get("review", ""), re.I)
+        return "finish" if clean and state.get("passed") is not False else "revise"
+
+    def stop_on_error(next_node: str) -> Callable[[AgentState], str]:
+        return lambda state: "finish" if state.get("error") else next_node
+
+    graph = StateGraph(AgentState)
+    for name, fn in (("plan", plan), ("generate", generate), ("complete", complete), ("run_tests", run_tests),
+                     ("review", review), ("revise", revise), ("finish", finish)):
+        graph.add_node(name, fn)
+    graph.add_edge(START, "plan")
+    graph.add_conditional_edges("plan", stop_on_error("generate"), ["generate", "finish"])
+    graph.add_conditional_edges("generate", stop_on_error("complete"), ["complete", "finish"])
+    graph.add_conditional_edges("complete", after_complete, ["run_tests", "review", "finish"])
+    graph.add_conditional_edges("run_tests", after_tests, ["review", "finish"])
+    graph.add_conditional_edges("review", after_review, ["revise", "finish"])
+    graph.add_conditional_edges("revise", stop_on_error("complete"), ["complete", "finish"])
+    graph.add_edge("finish", END)
+    return graph.compile(checkpointer=checkpointer)
+
+
+def make_checkpointer(sqlite_path: str | None = None):
+    """In memory by default; a SQLite file when asked (so a run can be resumed and inspected later)."""
+    if sqlite_path:
+        import sqlite3
+
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        return SqliteSaver(sqlite3.connect(sqlite_path, check_same_thread=False))
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    return InMemorySaver()
+
+
+def run_agent(graph, job: str, *, tests: str | None = None, entry_point: str | None = None, max_revisions: int = 2,
+              thread_id: str = "default", on_step: Callable[[dict], None] | None = None) -> AgentState:
+    """Stream the graph, reporting each step as it happens; return the final state."""
+    initial: AgentState = {"job": job, "tests": tests, "entry_point": entry_point, "revisions": 0,
+                           "max_revisions": max_revisions, "passed": None, "error": None, "steps": []}
+    config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 12 + 6 * max_revisions}
+    for update in graph.stream(initial, config, stream_mode="updates"):
+        for node_update in update.values():
+            for step in (node_update or {}).get("steps", []):
+                if on_step:
+                    on_step(step)
+    return graph.get_state(config).values
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m agents.coding_agent` runs the same thing as `runtime agent`."""
+    from runtime.cli import app
+
+    app(["agent", *(argv if argv is not None else __import__("sys").argv[1:])])
+
+
+if __name__ == "__main__":
+    main()

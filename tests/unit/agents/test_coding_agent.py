@@ -1,0 +1,109 @@
+"""The coding agent with scripted fake chat models: node order, revision bound, early stop, error handling."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from langchain_core.messages import AIMessage
+
+import agents.llm as llm_module
+from agents.coding_agent import build_graph, make_checkpointer, run_agent
+from agents.llm import call
+
+GOOD = "def add(a, b):\n    return a + b"
+BAD = "def add(a, b):\n    return a - b"
+TESTS = "def check(f):\n    assert f(2, 3) == 5\n"
+
+
+class Scripted:
+    """A chat model that answers from a per-task script and records what it was asked."""
+
+    def __init__(self, task: str, script: dict[str, list], log: list[str]) -> None:
+        self.task, self.script, self.log = task, script, log
+
+    def invoke(self, messages):
+        self.log.append(self.task)
+        answer = self.script[self.task].pop(0) if len(self.script[self.task]) > 1 else self.script[self.task][0]
+        if isinstance(answer, Exception):
+            raise answer
+        return AIMessage(content=answer, usage_metadata={"input_tokens": 10, "output_tokens": 5, "total_tokens": 15},
+                         response_metadata={"headers": {"x-mixmerge-adapter": f"{self.task}-lora",
+                                                        "x-mixmerge-deployment": "experts"}})
+
+
+def _graph(script: dict[str, list], log: list[str]):
+    return build_graph(lambda task: Scripted(task, script, log), checkpointer=make_checkpointer())
+
+
+@pytest.fixture(autouse=True)
+def no_sleep(monkeypatch):
+    monkeypatch.setattr(llm_module.time, "sleep", lambda s: None)
+
+
+def test_node_order_without_tests_and_a_clean_review():
+    log: list[str] = []
+    script = {"generation": ["1. add", GOOD], "completion": ["unused"], "review": ["no issues"]}
+    state = run_agent(_graph(script, log), "Write add(a, b).", thread_id="t1")
+    nodes = [s["node"] for s in state["steps"]]
+    assert nodes == ["plan", "generate", "review", "finish"]
+    assert state["code"] == GOOD and log == ["generation", "generation", "review"]
+    assert state["steps"][0]["route"] == {"adapter": "generation-lora", "deployment": "experts"}
+
+
+def test_unfinished_code_is_completed_line_by_line():
+    log: list[str] = []
+    script = {"generation": ["plan", "def add(a, b):"], "completion": ["    return a + b"], "review": ["no issues"]}
+    state = run_agent(_graph(script, log), "Write add.", thread_id="t2")
+    assert state["code"] == GOOD and [s["node"] for s in state["steps"]].count("complete") == 1
+
+
+def test_revisions_are_bounded():
+    log: list[str] = []
+    script = {"generation": ["plan", BAD], "completion": ["x"], "review": ["line: 2\nkind: arithmetic\nfix: x"]}
+    state = run_agent(_graph(script, log), "Write add.", max_revisions=2, thread_id="t3")
+    assert state["revisions"] == 2 and log.count("review") == 3
+    assert [s["node"] for s in state["steps"]][-1] == "finish"
+
+
+def test_the_agent_stops_early_when_tests_pass_and_feeds_failures_back():
+    log: list[str] = []
+    script = {"generation": ["plan", BAD, GOOD], "completion": ["x"], "review": ["line: 2\nkind: arithmetic"]}
+    state = run_agent(_graph(script, log), "Write add.", tests=TESTS, entry_point="add", thread_id="t4")
+    nodes = [s["node"] for s in state["steps"]]
+    assert nodes == ["plan", "generate", "run_tests", "review", "revise", "run_tests", "finish"]
+    assert state["passed"] is True and state["code"] == GOOD
+
+
+def test_transient_errors_are_retried_then_reported_not_swallowed():
+    request = httpx.Request("POST", "http://x/v1/chat/completions")
+    busy = openai.RateLimitError("busy", response=httpx.Response(429, request=request), body=None)
+    log: list[str] = []
+    script = {"generation": [busy, "1. plan", GOOD], "completion": ["x"], "review": ["no issues"]}
+    state = run_agent(_graph(script, log), "Write add.", thread_id="t5")
+    assert state["error"] is None and log.count("generation") == 3  # one retry, then the plan, then the code
+    down = openai.InternalServerError("down", response=httpx.Response(503, request=request), body=None)
+    script = {"generation": [down], "completion": ["x"], "review": ["x"]}
+    state = run_agent(_graph(script, []), "Write add.", thread_id="t6")
+    assert state["error"].startswith("plan: gave up after 4 attempts")
+    assert [s["node"] for s in state["steps"]][-1] == "finish"
+
+
+def test_a_non_transient_error_is_not_retried():
+    calls = []
+
+    class Broken:
+        def invoke(self, messages):
+            calls.append(1)
+            raise ValueError("bad request shape")
+
+    with pytest.raises(Exception, match="ValueError: bad request shape"):
+        call(Broken(), [("user", "x")])
+    assert len(calls) == 1
+
+
+def test_state_is_checkpointed_under_the_thread_id():
+    graph = _graph({"generation": ["p", GOOD], "completion": ["x"], "review": ["no issues"]}, [])
+    run_agent(graph, "Write add.", thread_id="kept")
+    saved = graph.get_state({"configurable": {"thread_id": "kept"}}).values
+    assert saved["code"] == GOOD and saved["job"] == "Write add."
