@@ -1,0 +1,154 @@
+"""Serving figures, each taken side by side in one run against real `runtime serve` processes on 127.0.0.1.
+
+    .venv/bin/python benchmarks/serving.py overhead            # HTTP + routing cost: fake engine, served vs direct
+    .venv/bin/python benchmarks/serving.py experts-vs-merged   # 4 LoRA experts in mixed batches vs one merged model
+    .venv/bin/python benchmarks/serving.py engines             # hf vs vllm, same deployment, same load
+    .venv/bin/python benchmarks/serving.py hotload             # adapter hot-load time, and in-flight delay
+
+Results print as JSON; the summaries committed in benchmarks/README.md come from these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import httpx
+import numpy as np
+
+from runtime.bench.launch import ServerProcess
+from runtime.bench.load import RequestSpec, run_load
+from runtime.bench.memory import TreeRSSSampler
+from runtime.config import TASKS, TasksConfig, configs_dir, load_config
+from training.tasks import load_items
+from training.tasks.prompts import messages_for
+
+
+def workload(n: int, max_tokens: int, model_for=lambda task: task) -> list[RequestSpec]:
+    """An agent-like mix: the four tasks in turn, real test-split items through the task prompts."""
+    tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
+    per_task = {t: load_items(t, "test", n) for t in TASKS}
+    specs = []
+    for i in range(n):
+        task = TASKS[i % len(TASKS)]
+        item = per_task[task][i // len(TASKS)]
+        specs.append(RequestSpec(model_for(task), messages_for(tasks, task, item), max_tokens))
+    return specs
+
+
+def measure(args: list[str], specs: list[RequestSpec], concurrency: int) -> dict:
+    with ServerProcess(args) as server:
+        asyncio.run(run_load(server.url, specs[:concurrency], concurrency))  # warm-up
+        with TreeRSSSampler(server.process.pid) as rss:
+            result = asyncio.run(run_load(server.url, specs, concurrency))
+        return result | {"peak_rss_mb": rss.peak_mb, "cold_start_s": server.cold_start_s}
+
+
+def overhead(n: int = 300) -> dict:
+    from runtime.engines.base import EngineRequest
+    from runtime.engines.fake import FakeEngine
+    from runtime.engines.hf import SamplingParams
+
+    engine = FakeEngine("smollm2-135m")
+    messages = [{"role": "user", "content": "Write a function that adds two numbers."}]
+
+    async def direct() -> list[float]:
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            await engine.generate(EngineRequest("x", SamplingParams(max_new_tokens=16), messages=messages))
+            times.append(time.perf_counter() - start)
+        return times
+
+    direct_s = asyncio.run(direct())
+    with ServerProcess(["--model", "smollm2-135m", "--engine", "fake"]) as server:
+        body = {"model": "generation", "messages": messages, "max_tokens": 16}
+        served_s = []
+        with httpx.Client() as client:
+            for _ in range(20):
+                client.post(f"{server.url}/chat/completions", json=body)
+            for _ in range(n):
+                start = time.perf_counter()
+                client.post(f"{server.url}/chat/completions", json=body).raise_for_status()
+                served_s.append(time.perf_counter() - start)
+        specs = [RequestSpec("auto", messages, 16)] * n
+        load = asyncio.run(run_load(server.url, specs, concurrency=8))
+
+    def pct(xs: list[float], q: float) -> float:
+        return float(np.percentile(np.array(xs) * 1000, q))
+
+    return {"n": n, "direct_p50_ms": pct(direct_s, 50), "direct_p99_ms": pct(direct_s, 99),
+            "served_p50_ms": pct(served_s, 50), "served_p99_ms": pct(served_s, 99),
+            "added_p50_ms": pct(served_s, 50) - pct(direct_s, 50),
+            "added_p99_ms": pct(served_s, 99) - pct(direct_s, 99),
+            "requests_per_s_concurrency_8": load["request_throughput"]}
+
+
+def experts_vs_merged(n: int, concurrency: int, max_tokens: int, merged: str, engine: str = "hf") -> dict:
+    specs = workload(n, max_tokens)
+    experts = measure(["--deployment", "experts", "--engine", engine], specs, concurrency)
+    single = measure(["--model", merged, "--engine", engine], specs, concurrency)
+    return {"experts": experts, "merged": single,
+            "throughput_ratio_experts_over_merged": experts["output_throughput"] / single["output_throughput"],
+            "peak_rss_ratio_experts_over_merged": experts["peak_rss_mb"] / single["peak_rss_mb"]}
+
+
+def engines(n: int, concurrency: int, max_tokens: int, deployment: str) -> dict:
+    specs = workload(n, max_tokens)
+    hf = measure(["--deployment", deployment, "--engine", "hf"], specs, concurrency)
+    vllm = measure(["--deployment", deployment, "--engine", "vllm"], specs, concurrency)
+    ratio = hf["output_throughput"] / vllm["output_throughput"]
+    return {"hf": hf, "vllm": vllm, "throughput_ratio_hf_over_vllm": ratio}
+
+
+def hotload(n: int, max_tokens: int, adapter_name: str, adapter_path: str, lora_dir: str) -> dict:
+    specs = workload(n, max_tokens)
+    args = ["--deployment", "experts", "--enable-lora-updates", "--lora-dir", lora_dir]
+    with ServerProcess(args) as server:
+        asyncio.run(run_load(server.url, specs[:4], 4))
+
+        async def during() -> tuple[dict, dict, float, float]:
+            baseline = await run_load(server.url, specs, concurrency=4)
+            load_task = asyncio.create_task(run_load(server.url, specs, concurrency=4))
+            await asyncio.sleep(1.0)
+            start = time.perf_counter()
+            async with httpx.AsyncClient(timeout=600) as client:
+                r = await client.post(f"{server.url}/load_lora_adapter",
+                                      json={"lora_name": adapter_name, "lora_path": adapter_path})
+                r.raise_for_status()
+                reported = r.json()["load_ms"]
+            wall_ms = (time.perf_counter() - start) * 1000
+            loaded = await load_task
+            return baseline, loaded, reported, wall_ms
+
+        baseline, loaded, reported, wall_ms = asyncio.run(during())
+    return {"adapter_load_ms": reported, "load_call_wall_ms": wall_ms,
+            "p90_e2el_ms_without_load": baseline["p90_e2el_ms"], "p90_e2el_ms_with_load": loaded["p90_e2el_ms"],
+            "max_itl_ms_without": baseline["p99_itl_ms"], "max_itl_ms_with": loaded["p99_itl_ms"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["overhead", "experts-vs-merged", "engines", "hotload"])
+    parser.add_argument("--n", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--merged", default="smollm2-merged-linear")
+    parser.add_argument("--deployment", default="experts")
+    parser.add_argument("--adapter", nargs=3, metavar=("NAME", "PATH", "LORA_DIR"))
+    a = parser.parse_args()
+    if a.what == "overhead":
+        result = overhead()
+    elif a.what == "experts-vs-merged":
+        result = experts_vs_merged(a.n, a.concurrency, a.max_tokens, a.merged)
+    elif a.what == "engines":
+        result = engines(a.n, a.concurrency, a.max_tokens, a.deployment)
+    else:
+        result = hotload(a.n, a.max_tokens, *a.adapter)
+    print(json.dumps(result, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
