@@ -37,7 +37,8 @@ def build_tiny_tokenizer(vocab_size: int = 512):
     return fast
 
 
-def build_tiny_model_dir(path: Path, seed: int = 0) -> Path:
+def build_tiny_model_dir(path: Path, seed: int = 0, heads: int = 4) -> Path:
+    """hidden 64, 2 layers; ``heads=1`` gives head_dim 64, a size vLLM's CPU attention supports."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -45,7 +46,8 @@ def build_tiny_model_dir(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
+        num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=4096,
+        tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )

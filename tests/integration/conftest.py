@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
+from loras import make_lora
 
 from runtime.models import ModelEntry, ModelStore
 
@@ -39,18 +38,6 @@ def smollm2_gguf(smollm2: ModelEntry, tmp_path_factory: pytest.TempPathFactory) 
     return out / source.member
 
 
-def _lora(base: Path, out: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-                           LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
-    model.save_pretrained(out)
-    (out / "manifest.json").write_text(json.dumps({"kind": "expert", "parent": "tiny"}))
-    return out
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,8 +53,10 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     try:
         store = ModelStore()
         store.register("tiny", tiny_model_dir)
-        store.register("tiny-gen", _lora(tiny_model_dir, root / "gen", 1), "expert", parent="tiny")
-        store.register("tiny-rev", _lora(tiny_model_dir, root / "rev", 2), "expert", parent="tiny")
+        store.register("tiny-gen", make_lora(tiny_model_dir, root / "gen", 1, parent="tiny"), "expert",
+                       parent="tiny")
+        store.register("tiny-rev", make_lora(tiny_model_dir, root / "rev", 2, parent="tiny"), "expert",
+                       parent="tiny")
     finally:
         os.environ.pop("MIXMERGE_HOME") if old is None else os.environ.update(MIXMERGE_HOME=old)
     deployment = root / "deployments" / "tiny-experts.yaml"

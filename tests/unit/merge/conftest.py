@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from loras import make_lora
 
 from runtime.models import ModelStore
 
@@ -27,18 +28,6 @@ def _perturbed(base: Path, out: Path, seed: int, scale: float = 0.02) -> Path:
     return out
 
 
-def _lora(base: Path, out: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    model.save_pretrained(out)
-    (out / "manifest.json").write_text(json.dumps({"name": out.name, "kind": "expert", "parent": "tiny"}))
-    return out
-
-
 @pytest.fixture(scope="module")
 def merge_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     home = tmp_path_factory.mktemp("home")
@@ -49,6 +38,8 @@ def merge_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
         store.register("tiny", tiny_model_dir)
         store.register("exp-a", _perturbed(tiny_model_dir, root / "exp-a", 1), "expert")
         store.register("exp-b", _perturbed(tiny_model_dir, root / "exp-b", 2), "expert")
-        store.register("lora-c", _lora(tiny_model_dir, root / "lora-c", 3), "expert", parent="tiny")
-        store.register("lora-d", _lora(tiny_model_dir, root / "lora-d", 4), "expert", parent="tiny")
+        store.register("lora-c", make_lora(tiny_model_dir, root / "lora-c", 3, parent="tiny"), "expert",
+                       parent="tiny")
+        store.register("lora-d", make_lora(tiny_model_dir, root / "lora-d", 4, parent="tiny"), "expert",
+                       parent="tiny")
         yield home

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from loras import make_lora
 
 from runtime.config import EngineConfig
 from runtime.engines.base import EngineRequest
@@ -17,21 +17,10 @@ from runtime.engines.hf_engine import HFEngine
 MESSAGES = [[{"role": "user", "content": t}] for t in ("def add(a, b):", "x = [1, 2, 3]", "for i in range(3):")]
 
 
-def _lora(base: Path, out: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-                           LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
-    model.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapters")
-    return {"one": _lora(tiny_model_dir, root / "one", 1), "two": _lora(tiny_model_dir, root / "two", 2)}
+    return {"one": make_lora(tiny_model_dir, root / "one", 1), "two": make_lora(tiny_model_dir, root / "two", 2)}
 
 
 def _req(i: int, adapter: str | None, n: int = 8, stop: tuple[str, ...] = ()) -> EngineRequest:
@@ -69,7 +58,7 @@ def test_streaming_yields_the_same_text_with_a_finish_reason(tiny_model_dir, ada
 
 
 def test_lru_slots_evict_the_least_recently_used_unpinned_adapter(tiny_model_dir, adapters, tmp_path):
-    three = {**adapters, "three": _lora(tiny_model_dir, tmp_path / "three", 3)}
+    three = {**adapters, "three": make_lora(tiny_model_dir, tmp_path / "three", 3)}
 
     async def run():
         engine = HFEngine(tiny_model_dir, three, EngineConfig(max_loras=2, pinned_adapters=["one"]))
@@ -86,7 +75,7 @@ def test_lru_slots_evict_the_least_recently_used_unpinned_adapter(tiny_model_dir
 def test_runtime_load_and_unload(tiny_model_dir, adapters, tmp_path):
     async def run():
         engine = HFEngine(tiny_model_dir, {"one": adapters["one"]}, EngineConfig(max_loras=2))
-        ms = await engine.load_adapter("extra", str(_lora(tiny_model_dir, tmp_path / "extra", 9)))
+        ms = await engine.load_adapter("extra", str(make_lora(tiny_model_dir, tmp_path / "extra", 9)))
         assert ms > 0 and "extra" in engine.adapters()
         assert (await engine.generate(_req(0, "extra"))).completion_tokens > 0
         await engine.unload_adapter("extra")
