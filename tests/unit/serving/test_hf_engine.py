@@ -113,3 +113,19 @@ def test_unknown_adapter_and_long_prompt_are_request_errors(tiny_model_dir, adap
 
     asyncio.run(run())
     assert json.dumps({"ok": True})
+
+
+def test_a_full_queue_answers_queue_full(tiny_model_dir, adapters):
+    from runtime.errors import QueueFullError
+
+    async def run():
+        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_batch_size=1), max_queue=2)
+        results = await asyncio.gather(*(engine.generate(_req(i, None, n=3)) for i in range(5)),
+                                       return_exceptions=True)
+        await engine.aclose()
+        return results
+
+    results = asyncio.run(run())
+    assert any(isinstance(r, QueueFullError) for r in results)
+    assert any(not isinstance(r, Exception) for r in results)
+    assert QueueFullError.status_code == 429

@@ -110,3 +110,15 @@ def test_lora_updates_are_off_by_default_and_confined_when_on(tmp_path):
     assert client.post("/v1/chat/completions", json=CHAT | {"model": "new"}).headers["x-mixmerge-adapter"] == "new"
     assert client.post("/v1/unload_lora_adapter", json={"lora_name": "new"}).status_code == 200
     assert client.post("/v1/chat/completions", json=CHAT | {"model": "new"}).status_code == 404
+
+
+def test_timeouts_are_504_and_an_unhealthy_engine_is_503():
+    client, engines = make_client(ServerSettings(request_timeout_s=0.05), delay_s=0.05)
+    r = client.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
+
+    async def sick() -> bool:
+        return False
+
+    engines["/models/merged"].health = sick
+    assert client.get("/health").status_code == 503
