@@ -117,7 +117,7 @@ class HFRunner:
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         cut = next((i for i, t in enumerate(ids) if t in eos), None)
         kept = ids[:cut] if cut is not None else ids
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        text = self.tokenizer.decode(kept, skip_special_tokens=True).rstrip("\ufffd")  # a cut multi-byte char
         stopped = cut is not None
         for stop in params.stop:
             if stop in text:

@@ -285,12 +285,13 @@ class _StepHook:
         elif job.cancelled:
             self._send(i, job.emitted, "abort")
         elif len(self.ids[i]) >= job.request.params.max_new_tokens:
-            self._send(i, text, "length")
+            self._send(i, text.rstrip("\ufffd"), "length")  # a cut multi-byte character is dropped
         elif not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             self._send(i, text, None)
 
     def _finish(self, i: int, reason: str) -> None:
-        text = self.engine.runner.tokenizer.decode(self.ids[i], skip_special_tokens=True)
+        # a multi-byte character left incomplete is dropped, not sent as U+FFFD (vLLM does the same)
+        text = self.engine.runner.tokenizer.decode(self.ids[i], skip_special_tokens=True).rstrip("\ufffd")
         stop_at = min((text.index(s) for s in self.batch[i].request.params.stop if s in text), default=None)
         self._send(i, text if stop_at is None else text[:stop_at], reason)
 
