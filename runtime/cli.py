@@ -245,8 +245,9 @@ def agent_cmd(
         where = f"{route.get('deployment', '')}/{route.get('adapter') or '-'}" if route else ""
         tokens = f"{step.get('prompt_tokens', 0)}+{step.get('completion_tokens', 0)} tok" if "task" in step else ""
         extra = step.get("status") or step.get("error") or ""
-        console.print(f"  {step['node']:<9} {step.get('task', ''):<11} {where:<32} {tokens:<12} "
-                      f"{step.get('seconds', '')}s {extra}".rstrip(), highlight=False)
+        seconds = f"{step['seconds']}s" if "seconds" in step else ""
+        console.print(f"  {step['node']:<9} {step.get('task', ''):<11} {where:<32} {tokens:<12} {seconds} {extra}"
+                      .rstrip(), highlight=False)
 
     state = run_agent(graph, job, tests=tests.read_text() if tests else None, entry_point=entry_point,
                       max_revisions=max_revisions, thread_id=thread_id, on_step=show)
