@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 
 from agents.llm import CallFailed, call
+from runtime.bench.metrics import parses
 from runtime.bench.sandbox import Sandbox
 from runtime.bench.scoring import strip_fences
 
@@ -48,16 +49,6 @@ def _code_of(text: str) -> str:
     return strip_fences(text).strip("\n")
 
 
-def _parses(code: str) -> bool:
-    import ast
-
-    try:
-        ast.parse(code)
-    except SyntaxError:
-        return False
-    return True
-
-
 def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = None, checkpointer=None):
     """The compiled graph. ``llm_factory(task)`` returns a chat model whose requests route to ``task``."""
     models = {task: llm_factory(task) for task in ("generation", "completion", "review")}
@@ -86,7 +77,7 @@ def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = 
         """Finish code that stops mid-way (does not parse) a line at a time with the completion route."""
         code, steps = state.get("code", ""), []
         for _ in range(MAX_COMPLETION_LINES):
-            if _parses(code):
+            if parses(code):
                 break
             reply, update = guarded("complete", "completion", [
                 ("system", "You are an expert Python programmer. Answer with code only."),

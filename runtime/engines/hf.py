@@ -88,13 +88,7 @@ class HFRunner:
         import torch
 
         inputs = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        kwargs: dict = dict(max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
-        if params.temperature > 0:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs = generate_kwargs(params, params.max_new_tokens, self.tokenizer.pad_token_id)
         width = inputs["input_ids"].shape[1]
         limit = self.context_length
         longest = int(inputs["attention_mask"].sum(dim=1).max())
@@ -124,6 +118,20 @@ class HFRunner:
                 text, stopped = text[: text.index(stop)], True
         finish = "stop" if stopped or len(kept) < params.max_new_tokens else "length"
         return Generation(text, prompt_tokens, len(kept), finish, kept)
+
+
+def generate_kwargs(params: SamplingParams, max_new_tokens: int, pad_token_id: int) -> dict:
+    """``model.generate`` arguments for greedy (temperature 0) or seeded sampling."""
+    import torch
+
+    kwargs: dict = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
+    if params.temperature > 0:
+        kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kwargs
 
 
 class StopOnText:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from runtime.config import EngineConfig
 from runtime.engines.base import EngineRequest, EngineResult, StreamDelta
-from runtime.engines.hf import HFRunner, SamplingParams
+from runtime.engines.hf import HFRunner, SamplingParams, generate_kwargs
 from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
 
 log = logging.getLogger(__name__)
@@ -226,15 +226,8 @@ class HFEngine:
         tok = self.runner.tokenizer
         inputs = tok([j.prompt for j in batch], return_tensors="pt", padding=True, add_special_tokens=False)
         width = inputs["input_ids"].shape[1]
-        params = batch[0].request.params
-        limit = max(j.request.params.max_new_tokens for j in batch)
-        kwargs: dict = dict(max_new_tokens=limit, pad_token_id=tok.pad_token_id)
-        if params.temperature > 0:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        limit = max(j.request.params.max_new_tokens for j in batch)  # rows stop at their own limit in the hook
+        kwargs = generate_kwargs(batch[0].request.params, limit, tok.pad_token_id)
         if hasattr(self.runner.model, "peft_config"):
             kwargs["adapter_names"] = [j.request.adapter or BASE for j in batch]
         hook = _StepHook(self, batch, width, inputs["attention_mask"].sum(dim=1).tolist())

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.bench.metrics import parses
+
 log = logging.getLogger(__name__)
 
 SKIP_DIRS = frozenset({"test", "tests", "idlelib", "lib2to3", "site-packages", "__pycache__", "dist-packages"})
@@ -107,18 +109,10 @@ def _function(module: str, qualname: str, node: ast.FunctionDef | ast.AsyncFunct
         return None
     start = node.lineno - 1
     code = textwrap.dedent("\n".join(lines[start:node.end_lineno]))
-    if "\t" in code or doc_node.end_lineno is None or not _parses(code):
+    if "\t" in code or doc_node.end_lineno is None or not parses(code):
         return None  # tabs, or a string literal less indented than the def (dedent cannot fix it)
     return Function(module, qualname, code, docstring, doc_start=doc_node.lineno - 1 - start,
                     doc_end=doc_node.end_lineno - 1 - start, body_start=body_first - 1 - start)
-
-
-def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-    except SyntaxError:
-        return False
-    return True
 
 
 def collect(root: Path | None = None) -> tuple[list[Function], str]:
