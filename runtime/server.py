@@ -156,15 +156,17 @@ def build_app(plan: ServingPlan, engines: dict[str, Engine], settings: ServerSet
         raise EngineUnavailableError(f"every route failed; last error: {last}", fix="check GET /health")
 
     async def _stream(endpoint: str, body: wire.SamplingFields, routes: list[Route], make):
-        used = next((r for r in routes if r.engine in engines), None)
-        if used is None:
-            raise EngineUnavailableError("no engine serves this route", fix="check the deployment")
-        stream = engines[used.engine].stream(make(used))
         start = time.perf_counter()
-        try:
-            first = await _timed(anext(stream))  # errors before the first token still get a status code
-        except StopAsyncIteration:
-            first = None
+
+        async def first_delta(r: Route):
+            """Start the stream; an error before the first token still gets a status code (and a fallback)."""
+            stream = engines[r.engine].stream(make(r))
+            try:
+                return stream, await _timed(anext(stream))
+            except StopAsyncIteration:
+                return stream, None
+
+        (stream, first), used = await _with_fallbacks(routes, first_delta)
         metrics.ttft.labels(used.deployment, used.adapter or "").observe(time.perf_counter() - start)
         return StreamingResponse(_sse(endpoint, body, used, first, stream, start), media_type="text/event-stream",
                                  headers=_headers(used))

@@ -88,6 +88,14 @@ def test_a_failing_expert_falls_back_to_the_merged_model_and_is_counted():
     assert 'mixmerge_fallbacks_total{from_deployment="experts",to_deployment="merged"} 1.0' in metrics
 
 
+def test_a_failing_expert_falls_back_when_streaming_too():
+    client, _ = make_client(fail_adapters=("gen-lora",))
+    with client.stream("POST", "/v1/chat/completions", json=CHAT | {"stream": True}) as r:
+        assert r.status_code == 200 and r.headers["x-mixmerge-deployment"] == "merged"
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and len(lines) > 3
+
+
 def test_metrics_count_requests_tokens_and_routes(client):
     client.post("/v1/chat/completions", json=CHAT)
     text = client.get("/metrics").text
