@@ -107,3 +107,20 @@ def test_state_is_checkpointed_under_the_thread_id():
     run_agent(graph, "Write add.", thread_id="kept")
     saved = graph.get_state({"configurable": {"thread_id": "kept"}}).values
     assert saved["code"] == GOOD and saved["job"] == "Write add."
+
+
+def test_sqlite_checkpoints_survive_a_new_graph(tmp_path):
+    db = str(tmp_path / "agent.sqlite")
+    script = {"generation": ["p", GOOD], "completion": ["x"], "review": ["no issues"]}
+    run_agent(build_graph(lambda t: Scripted(t, script, []), checkpointer=make_checkpointer(db)), "Write add.",
+              thread_id="disk")
+    reopened = build_graph(lambda t: Scripted(t, script, []), checkpointer=make_checkpointer(db))
+    assert reopened.get_state({"configurable": {"thread_id": "disk"}}).values["code"] == GOOD
+
+
+def test_module_entry_point_is_the_cli_command():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "agents.coding_agent", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--base-url" in out.stdout and "--tests" in out.stdout
