@@ -59,6 +59,7 @@ class HFEngine:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
         self._lock = threading.Lock()  # guards the model between batches and adapter loads
         self._loop_task: asyncio.Task | None = None
+        self._closed = False
         self.batches: list[int] = []  # sizes of the batches run (for tests and metrics)
         for name in list(self.known)[: self.config.max_loras]:
             self._load_now(name)
@@ -99,7 +100,9 @@ class HFEngine:
 
         def load() -> float:
             with self._lock:
-                self.resident.pop(name, None) if name not in self.resident else None
+                if name in self.resident:  # loading a name again replaces its weights
+                    self.runner.model.delete_adapter(name)
+                    del self.resident[name]
                 self._ensure_resident({name})
                 return self.adapter_load_ms[name]
 
@@ -166,9 +169,10 @@ class HFEngine:
         return len(self._pending)
 
     async def health(self) -> bool:
-        return not self._worker._shutdown  # type: ignore[attr-defined]
+        return not self._closed
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._loop_task:
             self._loop_task.cancel()
         self._worker.shutdown(wait=False, cancel_futures=True)
