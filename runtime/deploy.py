@@ -108,17 +108,21 @@ class PlanBuilder:
                     log.warning("no %s expert for %s (%s): that task falls back", task, d.name, e.message)
                     out.pop(task, None)
             return out
-        # hybrid: each task takes its target from the deployment it routes to
-        out = {}
+        # hybrid: each task takes its target from the deployment it routes to (the base model if that is missing)
+        out = {"*": Target(base_key)}
         for task in TASKS:
-            routed = self.load(d.routes[task]) if task in d.routes else d  # type: ignore[index]
-            if routed is d:
-                out[task] = Target(base_key)
+            out[task] = Target(base_key)
+            if task not in d.routes:
+                continue
+            try:
+                routed = self.load(d.routes[task])  # type: ignore[index]
+            except (ConfigError, ModelNotFoundError) as e:
+                log.warning("hybrid %s: %s route %s is missing (%s); the base model answers", d.name, task,
+                            d.routes[task], e)  # type: ignore[index]
                 continue
             self.add(routed)
             if routed.name in self.targets:
                 out[task] = self.targets[routed.name].get(task) or self.targets[routed.name]["*"]
-        out["*"] = out.get("generation", Target(base_key))
         return out
 
     def _entry(self, name: str) -> ModelEntry:

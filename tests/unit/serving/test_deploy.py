@@ -1,0 +1,71 @@
+"""Deployment configs -> serving plan: engines per distinct model, adapters on their base, routes, fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+from loras import make_lora
+
+from runtime.config import DeploymentConfig
+from runtime.deploy import build_plan, single_model_deployment
+from runtime.errors import ConfigError, ModelNotFoundError
+from runtime.models import ModelStore
+from runtime.router import route
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_model_dir):
+    home = tmp_path_factory.mktemp("home")
+    root = tmp_path_factory.mktemp("loras")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MIXMERGE_HOME", str(home))
+        s = ModelStore()
+        s.register("tiny", tiny_model_dir)
+        s.register("gen", make_lora(tiny_model_dir, root / "gen", 1, parent="tiny"), "expert", parent="tiny")
+        s.register("mix", make_lora(tiny_model_dir, root / "mix", 2, parent="tiny"), "mixed", parent="tiny")
+        s.register("merged-full", tiny_model_dir, "merged")
+        yield s
+
+
+DEPLOYMENTS = {
+    "experts": DeploymentConfig(name="experts", option="experts", base_model="tiny",
+                                adapters={"generation": "gen", "review": "missing-expert"}, fallback=["mixed"]),
+    "mixed": DeploymentConfig(name="mixed", option="mixed", base_model="tiny", model="mix"),
+    "merged": DeploymentConfig(name="merged", option="merged", base_model="tiny", model="merged-full"),
+    "hybrid": DeploymentConfig(name="hybrid", option="hybrid", base_model="tiny",
+                               routes={"generation": "experts", "summarization": "mixed", "review": "gone"}),
+}
+
+
+def _load(name: str) -> DeploymentConfig:
+    if name not in DEPLOYMENTS:
+        raise ConfigError(name, ["no such deployment"])
+    return DEPLOYMENTS[name]
+
+
+def test_experts_share_one_engine_and_a_missing_expert_falls_back(store):
+    plan = build_plan(DEPLOYMENTS["experts"], store, load=_load)
+    tiny = str(store.get("tiny").path)
+    assert set(plan.engines) == {tiny} and set(plan.engines[tiny].adapters) == {"gen", "mix"}
+    assert route(plan.table, "generation").adapter == "gen"
+    assert route(plan.table, "review").adapter is None  # its expert is missing: the base model answers
+    assert plan.table.fallbacks["experts"] == ["mixed", "experts:base"]
+
+
+def test_a_full_merged_model_gets_its_own_engine(store):
+    plan = build_plan(DEPLOYMENTS["merged"], store, load=_load)
+    assert route(plan.table, "review").engine == str(store.get("merged-full").path)
+
+
+def test_hybrid_takes_each_tasks_route_and_the_base_for_missing_ones(store):
+    plan = build_plan(DEPLOYMENTS["hybrid"], store, load=_load)
+    assert route(plan.table, "generation").adapter == "gen"
+    assert route(plan.table, "summarization").adapter == "mix"
+    assert route(plan.table, "review").adapter is None and route(plan.table, "completion").adapter is None
+
+
+def test_single_model_deployment_serves_an_adapter_on_its_parent(store):
+    d = single_model_deployment("gen", store)
+    assert (d.option, d.base_model, d.adapter) == ("merged-adapter", "tiny", "gen")
+    assert single_model_deployment("tiny", store).option == "base"
+    with pytest.raises(ModelNotFoundError):
+        build_plan(DeploymentConfig(name="x", option="mixed", base_model="tiny", model="nope"), store, load=_load)
