@@ -271,11 +271,14 @@ def eval_(
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/eval-MODEL).")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 8,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Cap every task's output length (faster; "
+                                                                "scores drop for long answers).")] = None,
 ):
     """Score a model on the code tasks: greedy, batched; writes eval.json, eval.md and every prediction."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from runtime.bench.accuracy import evaluate
+    from runtime.bench.accuracy import cap_tokens, evaluate
+    from runtime.config import TasksConfig, configs_dir, load_config
     from runtime.engines.hf import HFRunner
     from runtime.errors import BadRequestError
     from runtime.models import ModelStore
@@ -306,7 +309,8 @@ def eval_(
                 ids[task] = bar.add_task(task, total=total)
             bar.update(ids[task], completed=done)
 
-        report = evaluate(runner, names, split, limit, out, progress=progress)
+        tasks_cfg = cap_tokens(load_config(configs_dir() / "tasks.yaml", TasksConfig), max_tokens)
+        report = evaluate(runner, names, split, limit, out, tasks=tasks_cfg, progress=progress)
     console.print((out / "eval.md").read_text(), soft_wrap=True, highlight=False, markup=False)
     console.print(f"wrote {out / 'eval.json'} ({sum(r['wall_s'] for r in report['tasks'].values()):.0f} s)")
 

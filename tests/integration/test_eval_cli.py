@@ -11,7 +11,8 @@ from runtime.models import ModelEntry
 
 def test_runtime_eval_scores_every_task_on_smollm2(smollm2: ModelEntry, tmp_path: Path):
     runtime = Path(sys.executable).parent / "runtime"
-    proc = subprocess.run([str(runtime), "eval", "--model", "smollm2-135m", "--limit", "2", "--out", str(tmp_path)],
+    proc = subprocess.run([str(runtime), "eval", "--model", "smollm2-135m", "--limit", "2", "--max-tokens", "24",
+                           "--out", str(tmp_path)],
                           capture_output=True, text=True, env=os.environ | {"COLUMNS": "200"}, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "eval.json").read_text())
@@ -22,6 +23,7 @@ def test_runtime_eval_scores_every_task_on_smollm2(smollm2: ModelEntry, tmp_path
         assert any(a.strip() for a in answers), f"{task}: the real model said nothing"
     assert 0 <= report["tasks"]["summarization"]["metrics"]["chrf_pp"] <= 100
     assert report["tasks"]["humaneval"]["metrics"]["sandbox"]["mode"] in ("namespaces", "process")
+    assert report["tasks"]["generation"]["sampling"]["max_new_tokens"] == 24  # the cap is recorded
 
 
 def test_runtime_eval_rejects_a_bad_task_in_one_line():

@@ -65,3 +65,13 @@ def test_a_prompt_beyond_the_context_is_a_clear_error(runner: HFRunner):
     long_prompt = "x " * 5000
     with pytest.raises(BadRequestError, match="exceeds the model's context of 4096 tokens.*lower max_tokens"):
         runner.generate([long_prompt], SamplingParams(max_new_tokens=8))
+
+
+def test_cap_tokens_lowers_every_tasks_output_length_only():
+    from runtime.bench.accuracy import cap_tokens
+
+    tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
+    capped = cap_tokens(tasks, 24)
+    assert {t: c.max_new_tokens for t, c in capped.tasks.items()} == {t: min(24, c.max_new_tokens)
+                                                                       for t, c in tasks.tasks.items()}
+    assert capped.tasks["review"].prompt == tasks.tasks["review"].prompt and cap_tokens(tasks, None) is tasks
