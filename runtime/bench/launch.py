@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -12,13 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from runtime.engines.vllm import free_port  # one helper for every child server we start
 from runtime.errors import EngineUnavailableError
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
