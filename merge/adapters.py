@@ -6,10 +6,10 @@ The result serves the `merged-adapter` deployment: the base model plus a single 
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from collections.abc import Callable
 
+from runtime.bench.memory import peak_rss_mb
 from runtime.config import AdapterMergeConfig, as_plain
 from runtime.errors import ModelStoreError
 from runtime.models import MANIFEST, ModelEntry, ModelStore, atomic_dir, write_manifest
@@ -62,7 +62,7 @@ def merge_adapters(config: AdapterMergeConfig, step: Callable[[str], None] = log
                        tasks=sorted({t for e in entries for t in _tasks(e)}),
                        inputs=[{"adapter": a.adapter, "weight": a.weight} for a in config.adapters],
                        config=as_plain(config), wall_s=round(time.time() - start, 2),
-                       peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+                       peak_rss_mb=peak_rss_mb())
     step(f"saved {config.name} to {out}")
     return store.get(config.name)
 

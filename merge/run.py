@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import resource
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from runtime.bench.memory import peak_rss_mb
 from runtime.config import MergeConfig, as_plain
 from runtime.errors import ModelStoreError
 from runtime.models import MANIFEST, ModelEntry, ModelStore, atomic_dir, write_manifest
@@ -91,8 +91,6 @@ def merge(config: MergeConfig, step: Step = log.info) -> ModelEntry:
                                for m, (p, _) in zip(config.models, inputs, strict=True)],
                        parameters=config.parameters, config=as_plain(config), mergekit=plan.model_dump(mode="json"),
                        wall_s=round(time.time() - start, 2),
-                       peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
-    if config.output_dir and not any(e.name == config.name for e in store.list()):
-        store.register(config.name, out, "merged", base.name)
+                       peak_rss_mb=peak_rss_mb())
     step(f"saved {config.name} to {out}")
-    return store.get(config.name)
+    return store.keep(config.name, out, "merged", base.name)

@@ -114,7 +114,8 @@ def run_sweep(config: MergeConfig, out: Path, score: Score = eval_score,
     best = max(rows, key=lambda r: r["objective"])
     for row in rows:
         if row is not best:
-            store.remove(row["name"]) if any(e.name == row["name"] for e in store.list()) else None
+            if store.has(row["name"]):
+                store.remove(row["name"])
     final = store.models_dir / config.name
     if final.exists():
         shutil.rmtree(final)

@@ -275,6 +275,13 @@ class ModelStore:
         self._save_registry(registry)
         return ModelEntry(name, kind, path, "registered", parent)
 
+    def has(self, name: str) -> bool:
+        return any(e.name == name for e in self.list())
+
+    def keep(self, name: str, path: Path, kind: str, parent: str | None = None) -> ModelEntry:
+        """The entry for an artifact just written at ``path``: registered under ``name`` unless already known."""
+        return self.get(name) if self.has(name) else self.register(name, path, kind, parent)
+
     def remove(self, name: str) -> None:
         registry = self._registry()
         if name in registry:

@@ -9,7 +9,6 @@ is saved, so an interrupted run resumes where it stopped and never leaves a dire
 from __future__ import annotations
 
 import logging
-import resource
 import shutil
 import subprocess
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from runtime.bench.memory import peak_rss_mb
 from runtime.config import TasksConfig, TrainConfig, as_plain, configs_dir, load_config
 from runtime.errors import ConfigError, ModelStoreError
 from runtime.models import MANIFEST, ModelEntry, ModelStore, atomic_dir, write_manifest
@@ -171,23 +171,16 @@ def train(config: TrainConfig, step: Step = log.info, callbacks: list | None = N
                        "val": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]},
         "val_loss_before": next((h["eval_loss"] for h in history if "eval_loss" in h and h["step"] == 0), None),
         "val_loss_after": final["eval_loss"], "wall_s": round(wall, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "git_sha": git_sha(),
+        "peak_rss_mb": peak_rss_mb(), "git_sha": git_sha(),
     }
     save_artifact(trainer.model, tokenizer, out, manifest)
     shutil.rmtree(work, ignore_errors=True)
-    if config.output_dir:
-        return store.register(config.name, out, config.kind, base.name) if not _registered(store, config.name) \
-            else store.get(config.name)
     step(f"saved {config.name} to {out}")
-    return store.get(config.name)
+    return store.keep(config.name, out, config.kind, base.name)
 
 
 def _step_of(checkpoint: str | None) -> int | None:
     return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint and checkpoint.rsplit("-", 1)[-1].isdigit() else None
-
-
-def _registered(store: ModelStore, name: str) -> bool:
-    return any(e.name == name for e in store.list())
 
 
 def save_artifact(model, tokenizer, out: Path, manifest: dict) -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import resource
 import threading
 
 import psutil
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS so far (for artifact manifests)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 class TreeRSSSampler:
