@@ -22,7 +22,7 @@ from runtime.bench.metrics import parses
 from runtime.bench.sandbox import Sandbox
 from runtime.bench.scoring import strip_fences
 
-MAX_COMPLETION_LINES = 8  # completion calls to finish code that does not parse yet
+MAX_COMPLETION_LINES = 4  # completion calls to finish code that was cut off; then the longest prefix that parses
 
 
 class AgentState(TypedDict, total=False):
@@ -31,6 +31,7 @@ class AgentState(TypedDict, total=False):
     entry_point: str | None
     plan: str
     code: str
+    truncated: bool  # the last generate/revise answer was cut off by max_tokens
     review: str
     test_output: str
     passed: bool | None
@@ -47,6 +48,19 @@ def _step(node: str, task: str, reply) -> dict[str, Any]:
 
 def _code_of(text: str) -> str:
     return strip_fences(text).strip("\n")
+
+
+def _written(reply) -> dict[str, Any]:
+    return {"code": _code_of(reply.text), "truncated": reply.finish_reason == "length"}
+
+
+def parseable_prefix(code: str) -> str:
+    """The longest run of leading lines that parses ("" if none): what is left of code cut off mid-way."""
+    lines = code.splitlines()
+    for end in range(len(lines), 0, -1):
+        if parses("\n".join(lines[:end])):
+            return "\n".join(lines[:end])
+    return ""
 
 
 def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = None, checkpointer=None):
@@ -71,11 +85,18 @@ def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = 
         reply, update = guarded("generate", "generation", [
             ("system", "You are an expert Python programmer. Answer with code only."),
             ("user", f"{state['job']}\n\nPlan:\n{state.get('plan', '')}\n\nWrite the complete Python code.")])
-        return update | ({"code": _code_of(reply.text)} if reply else {})
+        return update | (_written(reply) if reply else {})
 
     def complete(state: AgentState) -> dict:
-        """Finish code that stops mid-way (does not parse) a line at a time with the completion route."""
+        """Finish code that does not parse a line at a time with the completion route: drop the line that
+        max_tokens cut in half, add at most MAX_COMPLETION_LINES lines (stopping when the model repeats itself),
+        and if it still does not parse keep its longest parseable prefix, for the tests and review to judge."""
         code, steps = state.get("code", ""), []
+        if parses(code):
+            return {}
+        if state.get("truncated") and "\n" in code:
+            code = code.rsplit("\n", 1)[0]
+        previous = None
         for _ in range(MAX_COMPLETION_LINES):
             if parses(code):
                 break
@@ -86,9 +107,11 @@ def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = 
             if reply is None:
                 return {"steps": steps, "error": update["error"]}
             line = next((ln for ln in _code_of(reply.text).splitlines() if ln.strip()), "")
-            if not line:
+            if not line or line == previous:
                 break
-            code = f"{code}\n{line}"
+            code, previous = f"{code}\n{line}", line
+        if not parses(code):
+            code = parseable_prefix(code) or code
         return {"code": code, "steps": steps}
 
     def run_tests(state: AgentState) -> dict:
@@ -116,7 +139,7 @@ def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = 
             ("user", f"{state['job']}\n\nCurrent code:\n{state.get('code', '')}\n\nReview:\n{state.get('review', '')}"
                      f"\n\nTest output:\n{state.get('test_output', '')}\n\nWrite the corrected complete code.")])
         out = update | {"revisions": state.get("revisions", 0) + 1}
-        return out | ({"code": _code_of(reply.text)} if reply else {})
+        return out | (_written(reply) if reply else {})
 
     def finish(state: AgentState) -> dict:
         return {"steps": [{"node": "finish", "passed": state.get("passed"), "error": state.get("error")}]}

@@ -21,6 +21,7 @@ class Reply:
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    finish_reason: str | None = None  # "length" when max_tokens cut the answer off
 
 
 class CallFailed(RuntimeError):
@@ -68,6 +69,7 @@ def call(llm: Any, messages: list[tuple[str, str]], sleep: Callable[[float], Non
         headers = (getattr(message, "response_metadata", None) or {}).get("headers") or {}
         usage = getattr(message, "usage_metadata", None) or {}
         route = {k.removeprefix("x-mixmerge-"): v for k, v in headers.items() if k.startswith("x-mixmerge-")}
+        metadata = getattr(message, "response_metadata", None) or {}
         return Reply(str(message.content), route, usage.get("input_tokens", 0), usage.get("output_tokens", 0),
-                     time.perf_counter() - start)
+                     time.perf_counter() - start, metadata.get("finish_reason"))
     raise CallFailed(f"gave up after {RETRIES + 1} attempts: {type(last).__name__}: {last}")

@@ -27,8 +27,10 @@ class Scripted:
         answer = self.script[self.task].pop(0) if len(self.script[self.task]) > 1 else self.script[self.task][0]
         if isinstance(answer, Exception):
             raise answer
+        answer, finish = answer if isinstance(answer, tuple) else (answer, "stop")
         return AIMessage(content=answer, usage_metadata={"input_tokens": 10, "output_tokens": 5, "total_tokens": 15},
-                         response_metadata={"headers": {"x-mixmerge-adapter": f"{self.task}-lora",
+                         response_metadata={"finish_reason": finish,
+                                            "headers": {"x-mixmerge-adapter": f"{self.task}-lora",
                                                         "x-mixmerge-deployment": "experts"}})
 
 
@@ -56,6 +58,23 @@ def test_unfinished_code_is_completed_line_by_line():
     script = {"generation": ["plan", "def add(a, b):"], "completion": ["    return a + b"], "review": ["no issues"]}
     state = run_agent(_graph(script, log), "Write add.", thread_id="t2")
     assert state["code"] == GOOD and [s["node"] for s in state["steps"]].count("complete") == 1
+
+
+def test_a_line_cut_off_by_max_tokens_is_dropped_before_completing():
+    log: list[str] = []
+    script = {"generation": ["plan", ("def add(a, b):\n    return a +", "length")],
+              "completion": ["    return a + b"], "review": ["no issues"]}
+    state = run_agent(_graph(script, log), "Write add.", thread_id="t2b")
+    assert state["code"] == GOOD and log.count("completion") == 1
+
+
+def test_completion_stops_when_the_model_repeats_itself_and_keeps_what_parses():
+    log: list[str] = []
+    script = {"generation": ["plan", "def add(a, b):\n    x = 1\n    if x"], "completion": ["    if x"],
+              "review": ["no issues"]}
+    state = run_agent(_graph(script, log), "Write add.", thread_id="t2c")
+    assert log.count("completion") == 2  # the second answer repeats the first: no third call
+    assert state["code"] == "def add(a, b):\n    x = 1"  # the longest prefix that parses
 
 
 def test_revisions_are_bounded():
