@@ -19,23 +19,8 @@ import httpx
 import numpy as np
 
 from runtime.bench.launch import ServerProcess
-from runtime.bench.load import RequestSpec, run_load
+from runtime.bench.load import RequestSpec, run_load, workload
 from runtime.bench.memory import TreeRSSSampler
-from runtime.config import TASKS, TasksConfig, configs_dir, load_config
-from training.tasks import load_items
-from training.tasks.prompts import messages_for
-
-
-def workload(n: int, max_tokens: int, model_for=lambda task: task) -> list[RequestSpec]:
-    """An agent-like mix: the four tasks in turn, real test-split items through the task prompts."""
-    tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
-    per_task = {t: load_items(t, "test", n) for t in TASKS}
-    specs = []
-    for i in range(n):
-        task = TASKS[i % len(TASKS)]
-        item = per_task[task][i // len(TASKS)]
-        specs.append(RequestSpec(model_for(task), messages_for(tasks, task, item), max_tokens))
-    return specs
 
 
 def measure(args: list[str], specs: list[RequestSpec], concurrency: int) -> dict:

@@ -260,6 +260,71 @@ def agent_cmd(
         raise SystemExit(1)
 
 
+@app.command("bench")
+def bench_cmd(
+    config: Annotated[Path | None, typer.Option(help="A file under configs/bench/ (default: the embedded "
+                                                     "default, configs/bench/default.yaml).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. accuracy.n=24 "
+                                                               "budget.memory_mb=3000.")] = None,
+    deployments: Annotated[str | None, typer.Option(help="Comma-separated options (default: the config's; "
+                                                          "hybrid, if given, is planned from the others).")] = None,
+    engines: Annotated[str | None, typer.Option(help="Comma-separated engines, e.g. hf,vllm (those not "
+                                                      "installed are skipped and said so).")] = None,
+    quick: Annotated[bool, typer.Option(help="The same phases, smaller: a separate tiny zoo, few items.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/bench-NAME[-quick]).")] = None,
+    fresh: Annotated[bool, typer.Option(help="Measure serving again instead of reusing OUT's cached phases.")] = False,
+):
+    """Accuracy, latency, throughput and memory of every deployment option in one run; recommends a hybrid."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from runtime.bench import run as bench
+    from runtime.config import BenchConfig, configs_dir, load_config
+
+    path = config or configs_dir() / "bench" / "default.yaml"
+    extra = list(overrides or [])
+    if deployments:
+        extra.append(f"deployments=[{deployments}]")
+    if engines:
+        extra.append(f"engines=[{engines}]")
+    cfg = load_config(path, BenchConfig, extra)
+    if quick:
+        cfg = load_config(path, BenchConfig, [*cfg.quick, *extra])
+    out = out or Path("runs") / f"bench-{cfg.name}{'-quick' if quick else ''}"
+    quiet_transformers(progress=True)
+    columns = (TextColumn("{task.description:>28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bars:
+
+        class Bars(bench.Progress):
+            current = None
+
+            def phase(self, name: str, total: int) -> None:
+                if self.current is not None:
+                    bars.update(self.current, completed=bars.tasks[self.current].total)
+                self.current = bars.add_task(name, total=total)
+
+            def advance(self, n: int = 1) -> None:
+                if self.current is not None:
+                    bars.advance(self.current, n)
+
+            def say(self, message: str) -> None:
+                bars.console.print(f"  {message}", style="dim", highlight=False)
+
+        report = bench.run_bench(cfg, out, Bars(), fresh=fresh)
+    console.print((out / "report.md").read_text().split("\n## ")[0], soft_wrap=True, highlight=False, markup=False)
+    rec = report.get("recommendation")
+    if rec:
+        console.print("recommended hybrid: " + ", ".join(f"{t} -> {o}" for t, o in rec["routes"].items()))
+    console.print(f"wrote {out / 'report.md'}, report.json and charts ({report['wall_s'] / 60:.1f} min)")
+
+
 @app.command("eval")
 def eval_(
     model: Annotated[str, typer.Option(help="A name from `runtime models list` or a model directory.")],

@@ -263,6 +263,66 @@ class AdapterMergeConfig(Frozen):
         return self
 
 
+# ------------------------------------------------------------------------------------------ bench/*.yaml
+class ZooConfig(Frozen):
+    """What `runtime bench` builds when it is missing (each step is skipped when its artifact exists)."""
+
+    home: str | None = None  # a sub-folder of $MIXMERGE_HOME for this zoo (--quick keeps its small models apart)
+    train: list[str] = Field(default_factory=list)  # configs/train/ files: the experts and the data mix
+    train_overrides: list[str] = Field(default_factory=list)  # key=value for every training run
+    merge_sweep: str | None = None  # configs/merge/ file with a sweep: section (the `merged` option's model)
+    sweep_overrides: list[str] = Field(default_factory=list)
+    adapter_merge: str | None = None  # configs/merge/adapters/ file (the `merged-adapter` option's adapter)
+
+
+class AccuracyConfig(Frozen):
+    tasks: list[TaskName] = Field(default_factory=lambda: list(TASKS))
+    n: int = Field(48, gt=0)  # test items per task, the same for every option (the split's hash-ordered prefix)
+    max_tokens: dict[TaskName, int] = Field(default_factory=dict)  # caps on tasks.yaml's max_new_tokens
+    concurrency: int = Field(8, gt=0)  # requests in flight while scoring
+    agreement_n: int = Field(8, ge=0)  # items per task a second engine must answer exactly as the first did
+    bootstrap: int = Field(1000, ge=100)  # resamples for confidence intervals and paired differences
+
+
+class LoadConfig(Frozen):
+    concurrency: list[int] = Field(default_factory=lambda: [1, 4, 8])
+    requests: dict[int, int] = Field(default_factory=dict)  # requests per concurrency level (default 2 x level, >= 6)
+    rate: float | None = Field(1.0, gt=0)  # Poisson mode, requests per second; null skips it
+    rate_requests: int = Field(12, gt=0)
+    max_tokens: int = Field(32, gt=0)
+    warmup: int = Field(2, ge=0)
+
+    def requests_at(self, concurrency: int) -> int:
+        return self.requests.get(concurrency, max(6, 2 * concurrency))
+
+
+class BudgetConfig(Frozen):
+    """The hybrid recommendation maximises mean accuracy within these."""
+
+    memory_mb: float = Field(4096, gt=0)  # peak RSS of the serving process tree
+    p90_e2el_ms: float = Field(20000, gt=0)  # at the highest load concurrency
+
+
+class BenchConfig(Frozen):
+    name: str
+    base_model: str
+    zoo: ZooConfig = Field(default_factory=ZooConfig)
+    deployments: list[str] = Field(default_factory=lambda: ["mixed", "merged", "experts", "merged-adapter",
+                                                            "hybrid"])
+    engines: list[EngineKind] = Field(default_factory=lambda: ["hf", "vllm"])  # those not installed are skipped
+    accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
+    load: LoadConfig = Field(default_factory=LoadConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    quick: list[str] = Field(default_factory=list)  # key=value overrides that `--quick` applies
+
+    @field_validator("deployments")
+    @classmethod
+    def _hybrid_last(cls, value: list[str]) -> list[str]:
+        if "hybrid" in value and value[-1] != "hybrid":
+            raise ValueError("hybrid is planned from the other options' results, so it must come last")
+        return value
+
+
 def trainer_fields() -> frozenset[str]:
     import dataclasses
 
@@ -276,7 +336,7 @@ ConfigT = TypeVar("ConfigT", bound=Frozen)
 
 CONFIG_KINDS: dict[str, type[Frozen]] = {
     "tasks": TasksConfig, "deployments": DeploymentConfig, "train": TrainConfig, "merge": MergeConfig,
-    "adapters": AdapterMergeConfig,
+    "adapters": AdapterMergeConfig, "bench": BenchConfig,
 }
 
 

@@ -95,6 +95,49 @@ def _run_task(runner: HFRunner, tasks: TasksConfig, task: str, items: list[TaskI
             "wall_s": round(wall, 1), "seconds_per_100_items": round(100 * wall / max(len(items), 1), 1)}
 
 
+def evaluate_served(url: str, tasks: TasksConfig, items: dict[str, list[TaskItem]], concurrency: int = 8,
+                    progress: Progress | None = None, api_key: str | None = None) -> dict[str, list[dict]]:
+    """Every item's answer from a running server, greedy, with ``model`` set to the task so the deployment's
+    router picks the model: {task: [{"id", "answer", "finish_reason", "completion_tokens", "route"}]}. The
+    tasks' sampling (``max_new_tokens`` after any cap, stop strings) goes into each request."""
+    import asyncio
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def run() -> dict[str, list[dict]]:
+        gate = asyncio.Semaphore(concurrency)
+        done: dict[str, int] = dict.fromkeys(items, 0)
+        async with httpx.AsyncClient(timeout=900, headers=headers) as client:
+
+            async def one(task: str, item: TaskItem) -> dict:
+                sampling = sampling_for(tasks, task)
+                body = {"model": task, "messages": messages_for(tasks, task, item), "temperature": 0,
+                        "max_tokens": sampling.max_new_tokens, "stop": list(sampling.stop) or None}
+                async with gate:
+                    r = await client.post(f"{url}/chat/completions", json=body)
+                if r.status_code != 200:
+                    raise RuntimeError(f"{task} item {item.id}: HTTP {r.status_code}: {r.text[:300]}")
+                data = r.json()
+                done[task] += 1
+                if progress:
+                    progress(task, done[task], len(items[task]))
+                return {"id": item.id, "answer": data["choices"][0]["message"]["content"] or "",
+                        "finish_reason": data["choices"][0]["finish_reason"],
+                        "completion_tokens": data["usage"]["completion_tokens"],
+                        "route": {k.removeprefix("x-mixmerge-"): v for k, v in r.headers.items()
+                                  if k.startswith("x-mixmerge-")}}
+
+            answers = await asyncio.gather(*(one(t, it) for t, its in items.items() for it in its))
+        out: dict[str, list[dict]] = {t: [] for t in items}
+        for (task, _), answer in zip(((t, it) for t, its in items.items() for it in its), answers, strict=True):
+            out[task].append(answer)
+        return out
+
+    return asyncio.run(run())
+
+
 def markdown_table(report: dict) -> str:
     lines = [f"# Evaluation of `{report['model']}`" + (f" + `{report['adapter']}`" if report["adapter"] else ""),
              "", f"Split `{report['split']}`, greedy, {report['decoding']['dtype']}, data card "

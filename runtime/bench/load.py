@@ -32,6 +32,23 @@ class RequestRecord:
     error: str = ""
 
 
+def workload(n: int, max_tokens: int, model_for=lambda task: task, offset: int = 0) -> list[RequestSpec]:
+    """An agent-like mix: the four tasks in turn, real test-split items through the task prompts (items from
+    ``offset`` on, so a warm-up can use others)."""
+    from runtime.config import TASKS, TasksConfig, configs_dir, load_config
+    from training.tasks import load_items
+    from training.tasks.prompts import messages_for
+
+    tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
+    per_task = {t: load_items(t, "test", offset + n)[offset:] for t in TASKS}
+    specs = []
+    for i in range(n):
+        task = TASKS[i % len(TASKS)]
+        item = per_task[task][i // len(TASKS)]
+        specs.append(RequestSpec(model_for(task), messages_for(tasks, task, item), max_tokens))
+    return specs
+
+
 async def one_request(client: httpx.AsyncClient, url: str, spec: RequestSpec, headers: dict[str, str]) -> RequestRecord:
     body = {"model": spec.model, "messages": spec.messages, "max_tokens": spec.max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}

@@ -42,6 +42,15 @@ def chrf_pp(predictions: list[str], references: list[str]) -> float:
     return CHRF(word_order=2).corpus_score(predictions, [references]).score
 
 
+def chrf_pp_on_subsets(predictions: list[str], references: list[str]):
+    """Corpus chrF++ of any subset of items, from per-item statistics extracted once (sacrebleu's own way to
+    make its paired bootstrap fast): ``f(indices) == chrf_pp([predictions[i] ...], [references[i] ...])``."""
+    chrf = CHRF(word_order=2)
+    stats = np.asarray(chrf._extract_corpus_statistics(predictions, [references]))
+    return lambda idx: float(chrf._compute_score_from_stats(stats[np.asarray(idx, dtype=int)].sum(axis=0)).score) \
+        if len(idx) else 0.0
+
+
 def bleu4(predictions: list[str], references: list[str]) -> float:
     """Corpus BLEU-4 with sacrebleu's defaults (13a tokenisation), 0-100."""
     return BLEU().corpus_score(predictions, [references]).score

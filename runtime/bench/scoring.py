@@ -145,6 +145,37 @@ def score_humaneval(items: list[TaskItem], answers: list[str], sandbox: Sandbox 
     }
 
 
+def headline_statistic(task: str, items: list[TaskItem], answers: list[str]):
+    """The task's headline metric as a function of item indices (for bootstrap intervals and paired tests).
+    Per-item metrics average; generation's chrF++ is a corpus statistic, recomputed on each resample. Review's
+    line accuracy counts buggy items only, so a resample's clean items contribute nothing."""
+    from runtime.bench.stats import mean_of
+
+    if task == "generation":
+        preds = [textwrap.dedent(function_body(a, str(it.meta.get("entry_point", ""))))
+                 for it, a in zip(items, answers, strict=True)]
+        refs = [textwrap.dedent(it.reference) for it in items]
+        return m.chrf_pp_on_subsets(preds, refs)
+    if task == "summarization":
+        return mean_of([100 * m.smoothed_bleu(first_line(a).strip("\"' "), it.reference)
+                        for it, a in zip(items, answers, strict=True)])
+    if task == "completion":
+        return mean_of([m.edit_similarity(first_line(a), it.reference) for it, a in zip(items, answers, strict=True)])
+    if task == "review":
+        hits = [None if it.meta["clean"] else 100.0 * (parse_review(a).line == it.meta["line"])
+                for it, a in zip(items, answers, strict=True)]
+
+        def line_accuracy(idx) -> float:
+            picked = [hits[i] for i in idx if hits[i] is not None]
+            return sum(picked) / len(picked) if picked else 0.0
+
+        return line_accuracy
+    if task == "humaneval":
+        results = Sandbox().run_many([humaneval_program(it, a) for it, a in zip(items, answers, strict=True)])
+        return mean_of([100.0 * r.passed for r in results])
+    raise KeyError(task)
+
+
 SCORERS: dict[str, Callable[[list[TaskItem], list[str], Sandbox | None], dict]] = {
     "generation": score_generation,
     "summarization": score_summarization,
@@ -153,4 +184,4 @@ SCORERS: dict[str, Callable[[list[TaskItem], list[str], Sandbox | None], dict]] 
     "humaneval": score_humaneval,
 }
 
-__all__ = ["NO_ISSUES", "SCORERS", "function_body", "humaneval_program", "parse_review"]
+__all__ = ["NO_ISSUES", "SCORERS", "function_body", "headline_statistic", "humaneval_program", "parse_review"]

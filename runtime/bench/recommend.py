@@ -1,0 +1,94 @@
+"""The hybrid recommendation: the per-task plan (each task served by one measured option) with the best mean
+accuracy whose memory and p90 latency fit the budget, and the evidence for each choice.
+
+A plan's cost is estimated from its options' measurements on the recommended engine: memory = the largest peak
+RSS among the options it uses plus the weights of every extra model engine it needs (adapters ride on the base
+model's engine, so experts + mixed + merged-adapter share one); p90 E2EL = the worst p90 of its options at the
+highest concurrency. The bench then serves the plan and measures it like any other option, so the report shows
+the estimate beside the truth.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from runtime.bench.scoring import headline_statistic
+from runtime.bench.stats import paired_difference
+from runtime.config import BudgetConfig
+from training.tasks import TaskItem
+
+
+def p90_at_top(result: dict) -> float:
+    levels = [k for k in result["latency"] if k.isdigit()]
+    top = max(levels, key=int)
+    return result["latency"][top]["p90_e2el_ms"]
+
+
+def plan_cost(plan: dict[str, str], costs: dict[str, dict], sizes: dict[str, dict[str, float]]) -> dict:
+    used = sorted(set(plan.values()))
+    primary = max(used, key=lambda o: costs[o]["peak_rss_mb"])
+    engines = set().union(*(sizes[o] for o in used))
+    extra = sum(max(sizes[o].get(key, 0) for o in used) for key in engines - set(sizes[primary]))
+    return {"memory_mb": round(costs[primary]["peak_rss_mb"] + extra, 1),
+            "p90_e2el_ms": round(max(costs[o]["p90_e2el_ms"] for o in used), 1), "engines": len(engines)}
+
+
+def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConfig, items: dict[str, list[TaskItem]],
+              answers: dict[str, dict[str, list[str]]], sizes: dict[str, dict[str, float]],
+              resamples: int = 1000) -> dict:
+    options = [o for o in accuracy if o != "hybrid"]
+    tasks = list(items)
+    costs = {r["deployment"]: {"peak_rss_mb": r["peak_rss_mb"], "p90_e2el_ms": p90_at_top(r)} for r in results}
+    candidates = []
+    for choice in itertools.product(options, repeat=len(tasks)):
+        plan = dict(zip(tasks, choice, strict=True))
+        cost = plan_cost(plan, costs, sizes)
+        mean = sum(accuracy[o][t]["value"] for t, o in plan.items()) / len(tasks)
+        fits = cost["memory_mb"] <= budget.memory_mb and cost["p90_e2el_ms"] <= budget.p90_e2el_ms
+        candidates.append({"routes": plan, "mean_accuracy": round(mean, 2), "fits": fits, **cost})
+    order = lambda c: (-c["mean_accuracy"], c["engines"], c["memory_mb"])  # noqa: E731
+    best_any = min(candidates, key=order)
+    feasible = [c for c in candidates if c["fits"]]
+    chosen = min(feasible, key=order) if feasible else min(candidates, key=lambda c: (c["memory_mb"], order(c)))
+
+    stats = {o: {t: headline_statistic(t, items[t], answers[o][t]) for t in tasks} for o in options}
+    evidence = {}
+    for task, option in chosen["routes"].items():
+        evidence[task] = {"option": option, "value": accuracy[option][task]["value"],
+                          "headline": accuracy[option][task]["headline"], "versus": {}}
+        for other in options:
+            if other != option:
+                d = paired_difference(stats[option][task], stats[other][task], len(items[task]), resamples)
+                evidence[task]["versus"][other] = {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
+    why = explain(chosen, best_any, evidence, budget, bool(feasible))
+    return {"routes": chosen["routes"], "mean_accuracy": chosen["mean_accuracy"],
+            "estimated_memory_mb": chosen["memory_mb"], "estimated_p90_e2el_ms": chosen["p90_e2el_ms"],
+            "budget": budget.model_dump(), "fits_budget": bool(feasible), "unconstrained_best": best_any,
+            "evidence": evidence, "why": why, "plans_considered": len(candidates), "plans_in_budget": len(feasible)}
+
+
+def explain(chosen: dict, best_any: dict, evidence: dict, budget: BudgetConfig, feasible: bool) -> list[str]:
+    lines = []
+    if not feasible:
+        lines.append(f"No plan fits the budget ({budget.memory_mb:.0f} MB, p90 {budget.p90_e2el_ms:.0f} ms); this "
+                     "is the plan that needs the least memory.")
+    elif best_any["routes"] != chosen["routes"]:
+        lines.append(f"The most accurate plan overall (mean {best_any['mean_accuracy']:.2f}) needs "
+                     f"{best_any['memory_mb']:.0f} MB and p90 {best_any['p90_e2el_ms']:.0f} ms, over the budget.")
+    else:
+        lines.append("The most accurate per-task plan also fits the budget "
+                     f"({chosen['memory_mb']:.0f} of {budget.memory_mb:.0f} MB, p90 {chosen['p90_e2el_ms']:.0f} "
+                     f"of {budget.p90_e2el_ms:.0f} ms, {chosen['engines']} model engine(s)).")
+    for task, e in evidence.items():
+        beaten = [o for o, d in e["versus"].items() if d["significant"] and d["diff"] > 0]
+        ties = [o for o, d in e["versus"].items() if not d["significant"]]
+        worse = [o for o, d in e["versus"].items() if d["significant"] and d["diff"] < 0]
+        text = f"{task}: {e['option']} ({e['headline']} {e['value']:.1f})"
+        if beaten:
+            text += f"; better than {', '.join(beaten)} beyond the noise (95% paired bootstrap)"
+        if ties:
+            text += f"; not distinguishable from {', '.join(ties)}"
+        if worse:
+            text += f"; {', '.join(worse)} would be more accurate but does not fit the budget"
+        lines.append(text + ".")
+    return lines

