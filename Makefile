@@ -22,11 +22,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Until `runtime bench` lands, the deepest job: pull + convert the base model, then score it on every task.
+# The main job: build what is missing, then benchmark every deployment option (report in runs/bench-*/).
 run: $(STAMP)
-	$(BIN)/runtime models pull smollm2-135m
-	$(BIN)/runtime models list
-	$(BIN)/runtime eval --model smollm2-135m --limit 20 --out runs/eval-smollm2-135m
+	$(BIN)/runtime bench
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

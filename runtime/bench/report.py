@@ -15,6 +15,7 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   (launch to first healthy answer), ``adapter_load_ms`` (null when the option serves no adapter; {error} when
   the engine refused), ``agreement`` (second engine only: {matched, n, per_task} greedy answers identical to the
   first engine's).
+- ``failures``: [{deployment, engine, error}] for options or engines that could not be measured (the rest is).
 - ``recommendation``: routes {task: option}, mean_accuracy, estimated_memory_mb, estimated_p90_e2el_ms, budget,
   fits_budget, unconstrained_best, evidence {task: {option, value, versus {option: paired difference, 95% CI,
   p_value, significant}}}, why [sentences], plans_considered, plans_in_budget.
@@ -68,6 +69,8 @@ def markdown(report: dict, charts: list[str]) -> str:
                                                                    report["headline_metrics"].items())
              + "; [low, high] is the 95% bootstrap interval over items. Load: the four tasks' prompts in turn, "
              f"streamed, max_tokens {report['config']['load']['max_tokens']}.", ""]
+    for f in report.get("failures", []):
+        lines += [f"**Failed**: {f['deployment']} on {f['engine']}: {f['error']}", ""]
     if report.get("engines_skipped"):
         lines += ["Engines skipped: " + "; ".join(f"{k}: {v}" for k, v in report["engines_skipped"].items()), ""]
     head = ["option", "engine", "mean acc.", *tasks, f"out tok/s @{top}", f"p90 E2EL ms @{top}", "peak RSS MB",

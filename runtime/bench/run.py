@@ -36,7 +36,7 @@ from runtime.bench.scoring import SCORERS, headline_statistic
 from runtime.bench.stats import bootstrap_ci
 from runtime.config import BenchConfig, DeploymentConfig, TasksConfig, configs_dir, load_config
 from runtime.deploy import build_plan, load_deployment
-from runtime.errors import ConfigError, EngineUnavailableError
+from runtime.errors import ConfigError, EngineUnavailableError, MixmergeError
 from runtime.models import ModelStore, mixmerge_home
 from training.tasks import TaskItem, load_card, load_items
 
@@ -316,9 +316,13 @@ class Bench:
         options = list(self.config.deployments)
         results: list[dict] = []
         accuracy: dict[str, dict] = {}
+        failures: list[dict] = []
         recommendation = None
         for option in options:
             if option == "hybrid":
+                if not accuracy:
+                    failures.append({"deployment": option, "engine": "-", "error": "no other option was measured"})
+                    continue
                 recommendation = recommend(
                     {o: accuracy[o] for o in accuracy}, [r for r in results if r["engine"] == engines[0]],
                     self.config.budget, self.items, {o: self.answers(o) for o in accuracy},
@@ -326,7 +330,14 @@ class Bench:
                 self.write_hybrid(recommendation["routes"], engines[0])
             reference = None
             for engine in engines:
-                result = self.measure(option, engine, reference)
+                try:
+                    result = self.measure(option, engine, reference)
+                except (MixmergeError, RuntimeError, httpx.HTTPError) as e:  # one option failing spoils no other
+                    self.progress.say(f"{option} on {engine} failed: {e}")
+                    failures.append({"deployment": option, "engine": engine, "error": str(e)[:500]})
+                    if reference is None:
+                        break  # no accuracy for this option: its other engines would have nothing to agree with
+                    continue
                 if reference is None:
                     reference = {t: [a["answer"] for a in v]
                                  for t, v in json.loads(Path(result["answers_file"]).read_text())["answers"].items()}
@@ -345,6 +356,7 @@ class Bench:
             "headline_metrics": {t: HEADLINE[t] for t in self.items},
             "zoo": zoo,
             "results": results,
+            "failures": failures,
             "recommendation": recommendation,
         }
         return report

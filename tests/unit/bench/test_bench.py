@@ -192,3 +192,14 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     fresh = Recorder()
     Bench(cfg, out, fresh, fresh=True).measure("experts", "fake", None)
     assert not [p for p in fresh.phases if p.endswith("accuracy")] and fresh.phases[-1].endswith("load")
+
+
+def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_path):
+    ModelStore().remove("smollm2-merged")
+    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
+        "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
+        "deployments=[merged, hybrid]", "accuracy.n=2"])
+    report = run_bench(cfg, tmp_path / "bench", Recorder())
+    assert report["results"] == [] and [f["deployment"] for f in report["failures"]] == ["merged", "hybrid"]
+    assert "unknown model 'smollm2-merged'" in report["failures"][0]["error"]
+    assert "**Failed**: merged on fake" in (tmp_path / "bench" / "report.md").read_text()
