@@ -26,7 +26,8 @@ OPTIONS = {  # option -> `runtime serve` arguments
     "experts": ["--deployment", "experts"],
     "mixed": ["--deployment", "mixed"],
     "merged-adapter": ["--deployment", "merged-adapter"],
-    "merged": ["--model", "smollm2-merged-ties"],
+    "merged": ["--deployment", "merged"],
+    "hybrid": ["--deployment", "runs/bench-smollm2-135m-cpu/hybrid.yaml"],  # the plan `runtime bench` wrote
 }
 
 

@@ -297,7 +297,7 @@ def bench_cmd(
     if quick:
         cfg = load_config(path, BenchConfig, [*cfg.quick, *extra])
     out = out or Path("runs") / f"bench-{cfg.name}{'-quick' if quick else ''}"
-    quiet_transformers(progress=True)
+    quiet_transformers()  # training steps get a bench bar of their own
     columns = (TextColumn("{task.description:>28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console) as bars:

@@ -65,10 +65,12 @@ class PlanBuilder:
         self.add(primary, required=True)
         adapters = {name: Target(spec.key, name) for spec in self.engines.values() for name in spec.adapters}
         fallbacks = {d.name: [f for f in d.fallback if f in self.targets] for d in self.deployments.values()}
-        for name, d in self.deployments.items():  # the last resort is the base model
-            base_dep = f"{name}:base"
-            self.targets[base_dep] = {"*": Target(self._engine(self._entry(d.base_model), d.engine))}
-            fallbacks[name] = fallbacks[name] + [base_dep]
+        for name, d in self.deployments.items():  # the last resort is the base model, where it is loaded anyway
+            base_key = str(self._entry(d.base_model).path)  # (a merged model alone does not carry a second model)
+            if base_key in self.engines:
+                base_dep = f"{name}:base"
+                self.targets[base_dep] = {"*": Target(base_key)}
+                fallbacks[name] = fallbacks[name] + [base_dep]
         table = RoutingTable(primary.name, self.targets, adapters, fallbacks)
         return ServingPlan(table, self.engines, self.deployments, self.models)
 
@@ -92,13 +94,13 @@ class PlanBuilder:
     def _targets(self, d: DeploymentConfig) -> dict[str, Target]:
         engine_cfg = d.engine if self.engine_kind is None else d.engine.model_copy(update={"kind": self.engine_kind})
         base = self._entry(d.base_model)
-        base_key = self._engine(base, engine_cfg)
-        if d.option == "base":
-            return {"*": Target(base_key)}
         if d.option in ("mixed", "merged"):
             return {"*": self._artifact(self._entry(d.model or ""), base, engine_cfg)}
         if d.option == "merged-adapter":
             return {"*": self._artifact(self._entry(d.adapter or ""), base, engine_cfg)}
+        base_key = self._engine(base, engine_cfg)
+        if d.option == "base":
+            return {"*": Target(base_key)}
         if d.option == "experts":
             out = {"*": Target(base_key)}
             for task, name in d.adapters.items():

@@ -13,7 +13,8 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   request_throughput, output_throughput, total_output_tokens, {mean,median,p90,p99}_{ttft,tpot,itl,e2el}_ms,
   errors}, ``peak_rss_mb`` (serving process tree), ``gpu_memory_mb`` (null without a GPU), ``cold_start_s``
   (launch to first healthy answer), ``adapter_load_ms`` (null when the option serves no adapter; {error} when
-  the engine refused), ``agreement`` (second engine only: {matched, n, per_task} greedy answers identical to the
+  the engine refused), ``wall_s`` (this server's whole phase), ``accuracy_wall_s`` (scoring, where it ran),
+  ``agreement`` (second engine only: {matched, n, per_task} greedy answers identical to the
   first engine's).
 - ``failures``: [{deployment, engine, error}] for options or engines that could not be measured (the rest is).
 - ``recommendation``: routes {task: option}, mean_accuracy, estimated_memory_mb, estimated_p90_e2el_ms, budget,

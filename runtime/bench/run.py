@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import yaml
+from transformers import TrainerCallback
 
 from runtime.bench.accuracy import HEADLINE, evaluate_served, sampling_for
 from runtime.bench.launch import ServerProcess
@@ -125,9 +126,10 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress) -> dict:
     z = config.zoo
     steps: list[tuple[str, str, Callable[[], object]]] = []
     store = ModelStore()
-    for path in z.train:
-        tc = load_config(path, TrainConfig, z.train_overrides)
-        steps.append((tc.name, f"train {path}", lambda tc=tc: train(tc, step=progress.say)))
+    for path in z.train:  # the Trainer's own bar would fight the bench's: its steps go to a bench bar instead
+        tc = load_config(path, TrainConfig, [*z.train_overrides, "disable_tqdm=true"])
+        steps.append((tc.name, f"train {path}",
+                      lambda tc=tc: train(tc, step=progress.say, callbacks=[StepsToProgress(progress, tc.name)])))
     if z.merge_sweep:
         mc = load_config(z.merge_sweep, MergeConfig, z.sweep_overrides)
         steps.append((mc.name, f"merge sweep {z.merge_sweep}",
@@ -156,6 +158,20 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress) -> dict:
         progress.advance()
     record["wall_s"] = round(time.perf_counter() - start, 1)
     return record
+
+
+class StepsToProgress(TrainerCallback):
+    """Training steps as a bench phase with its ETA (instead of the Trainer's own bar)."""
+
+    def __init__(self, progress: Progress, name: str) -> None:
+        self.progress, self.name = progress, name
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        self.progress.phase(f"train {self.name}", state.max_steps)
+        self.progress.advance(state.global_step)  # resumed runs start part-way
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        self.progress.advance()
 
 
 def use_zoo_home(config: BenchConfig) -> Path:
@@ -236,6 +252,7 @@ class Bench:
         result: dict = {"deployment": option, "engine": engine, "models": self.models_key(deployment),
                         "adapters": sorted(adapters)}
         self.progress.say(f"{option} on {engine}: starting the server")
+        started = time.perf_counter()
         with ServerProcess(args, env=self.serve_env) as server, TreeRSSSampler(server.process.pid) as rss:
             result["cold_start_s"] = round(server.cold_start_s, 2)
             gpu_before = gpu_memory_mb()
@@ -248,6 +265,7 @@ class Bench:
                 tmp = answers_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps({"option": option, "engine": engine, "answers": answers}))
                 tmp.replace(answers_file)
+                result["accuracy_wall_s"] = round(time.perf_counter() - started - server.cold_start_s, 1)
             if reference is not None and self.config.accuracy.agreement_n:
                 total = sum(len(v) for v in agreement_items.values())
                 self.progress.phase(f"{option}/{engine} agreement", total)
@@ -257,6 +275,7 @@ class Bench:
             result["latency"] = self.load(server.url, option, engine)
             result["adapter_load_ms"] = self.adapter_load_ms(server.url, adapters) if adapters else None
             gpu_after = gpu_memory_mb()
+        result["wall_s"] = round(time.perf_counter() - started, 1)
         result["peak_rss_mb"] = round(rss.peak_mb, 1)
         result["gpu_memory_mb"] = max(gpu_before or 0, gpu_after or 0) if gpu_after is not None else None
         result["answers_file"] = str(answers_file)

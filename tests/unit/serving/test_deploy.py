@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from loras import make_lora
 
@@ -22,7 +24,7 @@ def store(tmp_path_factory, tiny_model_dir):
         s.register("tiny", tiny_model_dir)
         s.register("gen", make_lora(tiny_model_dir, root / "gen", 1, parent="tiny"), "expert", parent="tiny")
         s.register("mix", make_lora(tiny_model_dir, root / "mix", 2, parent="tiny"), "mixed", parent="tiny")
-        s.register("merged-full", tiny_model_dir, "merged")
+        s.register("merged-full", shutil.copytree(tiny_model_dir, root / "merged"), "merged")
         yield s
 
 
@@ -51,9 +53,18 @@ def test_experts_share_one_engine_and_a_missing_expert_falls_back(store):
     assert plan.table.fallbacks["experts"] == ["mixed", "experts:base"]
 
 
-def test_a_full_merged_model_gets_its_own_engine(store):
+def test_a_full_merged_model_gets_its_own_engine_and_no_second_model(store):
     plan = build_plan(DEPLOYMENTS["merged"], store, load=_load)
     assert route(plan.table, "review").engine == str(store.get("merged-full").path)
+    assert set(plan.engines) == {str(store.get("merged-full").path)}  # no base model held just in case
+    assert plan.table.fallbacks["merged"] == []
+
+
+def test_a_merged_model_that_names_base_as_fallback_gets_it(store):
+    d = DEPLOYMENTS["merged"].model_copy(update={"fallback": ["base"]})
+    base = DeploymentConfig(name="base", option="base", base_model="tiny")
+    plan = build_plan(d, store, load=lambda n: base if n == "base" else _load(n))
+    assert len(plan.engines) == 2 and plan.table.fallbacks["merged"][0] == "base"
 
 
 def test_hybrid_takes_each_tasks_route_and_the_base_for_missing_ones(store):
