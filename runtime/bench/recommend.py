@@ -4,7 +4,9 @@ accuracy whose memory and p90 latency fit the budget, and the evidence for each 
 A plan's cost is estimated from its options' measurements on the recommended engine: memory = the largest peak
 RSS among the options it uses plus the weights of every extra model engine it needs (adapters ride on the base
 model's engine, so experts + mixed + merged-adapter share one); p90 E2EL = the worst p90 of its options at the
-highest concurrency. The bench then serves the plan and measures it like any other option, so the report shows
+highest concurrency. Where the most accurate plan beats the best single option on no task beyond the noise (95%
+paired bootstrap), the single option is recommended instead: per-task routing must earn its complexity. The bench
+then serves the plan and measures it like any other option, so the report shows
 the estimate beside the truth.
 """
 
@@ -52,6 +54,16 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
     chosen = min(feasible, key=order) if feasible else min(candidates, key=lambda c: (c["memory_mb"], order(c)))
 
     stats = {o: {t: headline_statistic(t, items[t], answers[o][t]) for t in tasks} for o in options}
+    simplest = None  # per-task routing earns its complexity only where it beats one option beyond the noise
+    singles = [c for c in (feasible if feasible else candidates) if len(set(c["routes"].values())) == 1]
+    single = min(singles, key=order) if singles else None
+    if single and single["routes"] != chosen["routes"]:
+        only = next(iter(single["routes"].values()))
+        gains = [t for t, o in chosen["routes"].items() if o != only and paired_difference(
+            stats[o][t], stats[only][t], len(items[t]), resamples)["significant"]]
+        if not gains:
+            simplest = {"option": only, "instead_of": chosen["routes"], "mean_accuracy": chosen["mean_accuracy"]}
+            chosen = single
     evidence = {}
     for task, option in chosen["routes"].items():
         evidence[task] = {"option": option, "value": accuracy[option][task]["value"],
@@ -61,10 +73,16 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
                 d = paired_difference(stats[option][task], stats[other][task], len(items[task]), resamples)
                 evidence[task]["versus"][other] = {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
     why = explain(chosen, best_any, evidence, budget, bool(feasible))
+    if simplest:
+        why.insert(1, f"Every task goes to {simplest['option']}: the per-task plan with the best point estimates "
+                      f"({', '.join(f'{t} → {o}' for t, o in simplest['instead_of'].items())}, mean "
+                      f"{simplest['mean_accuracy']:.2f}) beats it on no task beyond the noise, and one option is "
+                      "simpler to run.")
     return {"routes": chosen["routes"], "mean_accuracy": chosen["mean_accuracy"],
             "estimated_memory_mb": chosen["memory_mb"], "estimated_p90_e2el_ms": chosen["p90_e2el_ms"],
             "budget": budget.model_dump(), "fits_budget": bool(feasible), "unconstrained_best": best_any,
-            "evidence": evidence, "why": why, "plans_considered": len(candidates), "plans_in_budget": len(feasible)}
+            "evidence": evidence, "why": why, "simplified_from": simplest, "plans_considered": len(candidates),
+            "plans_in_budget": len(feasible)}
 
 
 def explain(chosen: dict, best_any: dict, evidence: dict, budget: BudgetConfig, feasible: bool) -> list[str]:
@@ -72,13 +90,13 @@ def explain(chosen: dict, best_any: dict, evidence: dict, budget: BudgetConfig, 
     if not feasible:
         lines.append(f"No plan fits the budget ({budget.memory_mb:.0f} MB, p90 {budget.p90_e2el_ms:.0f} ms); this "
                      "is the plan that needs the least memory.")
-    elif best_any["routes"] != chosen["routes"]:
+    elif not best_any["fits"]:
         lines.append(f"The most accurate plan overall (mean {best_any['mean_accuracy']:.2f}) needs "
                      f"{best_any['memory_mb']:.0f} MB and p90 {best_any['p90_e2el_ms']:.0f} ms, over the budget.")
     else:
-        lines.append("The most accurate per-task plan also fits the budget "
-                     f"({chosen['memory_mb']:.0f} of {budget.memory_mb:.0f} MB, p90 {chosen['p90_e2el_ms']:.0f} "
-                     f"of {budget.p90_e2el_ms:.0f} ms, {chosen['engines']} model engine(s)).")
+        lines.append("The most accurate per-task plan fits the budget "
+                     f"({best_any['memory_mb']:.0f} of {budget.memory_mb:.0f} MB, p90 {best_any['p90_e2el_ms']:.0f} "
+                     f"of {budget.p90_e2el_ms:.0f} ms, {best_any['engines']} model engine(s)).")
     for task, e in evidence.items():
         beaten = [o for o, d in e["versus"].items() if d["significant"] and d["diff"] > 0]
         ties = [o for o, d in e["versus"].items() if not d["significant"]]

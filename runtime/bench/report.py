@@ -18,7 +18,8 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   first engine's).
 - ``failures``: [{deployment, engine, error}] for options or engines that could not be measured (the rest is).
 - ``recommendation``: routes {task: option}, mean_accuracy, estimated_memory_mb, estimated_p90_e2el_ms, budget,
-  fits_budget, unconstrained_best, evidence {task: {option, value, versus {option: paired difference, 95% CI,
+  fits_budget, unconstrained_best, simplified_from (null, or the per-task plan a single option replaced),
+  evidence {task: {option, value, versus {option: paired difference, 95% CI,
   p_value, significant}}}, why [sentences], plans_considered, plans_in_budget.
 """
 
@@ -128,27 +129,25 @@ def plot(report: dict, out: Path) -> list[str]:
     top = top_level(results[0])
     names = []
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    options = list(dict.fromkeys(r["deployment"] for r in results))
+    colors = {o: plt.cm.tab10(i % 10) for i, o in enumerate(options)}
+    markers = {"hf": "o", "vllm": "s", "remote": "^", "fake": "D"}
     for r in results:
-        x, y = r["latency"][top]["output_throughput"], r["mean_accuracy"]
-        ax.scatter(x, y, s=max(20, r["peak_rss_mb"] / 15), alpha=0.7,
-                   marker="o" if r["engine"] == "hf" else "s")
-        ax.annotate(f"{r['deployment']} ({r['engine']})", (x, y), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
+        ax.scatter(r["latency"][top]["output_throughput"], r["mean_accuracy"], s=max(30, r["peak_rss_mb"] / 12),
+                   alpha=0.75, color=colors[r["deployment"]], marker=markers.get(r["engine"], "o"),
+                   label=f"{r['deployment']} ({r['engine']})", edgecolors="black", linewidths=0.5)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=0.6)
     ax.set_xlabel(f"output tokens/s at concurrency {top}")
     ax.set_ylabel("mean accuracy (headline metrics, 0-100)")
-    ax.set_title("Accuracy against throughput (marker area ~ peak RSS)")
+    ax.set_title("Accuracy against throughput (marker area ~ peak RSS; circle hf, square vllm)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_throughput.png", dpi=120)
     plt.close(fig)
     names.append("accuracy_vs_throughput.png")
 
-    seen, options = set(), []
-    for r in results:
-        if r["deployment"] not in seen:
-            seen.add(r["deployment"])
-            options.append(r)
+    options = [next(r for r in results if r["deployment"] == o) for o in options]  # accuracy: once per option
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.8 / len(options)
     xs = np.arange(len(tasks))
@@ -170,7 +169,7 @@ def plot(report: dict, out: Path) -> list[str]:
     levels = [k for k in results[0]["latency"] if k.isdigit()]
     fig, axes = plt.subplots(1, len(levels), figsize=(4 * len(levels), 4.5), sharey=True, squeeze=False)
     for ax, level in zip(axes[0], levels, strict=True):
-        labels = [f"{r['deployment']}\n{r['engine']}" for r in results]
+        labels = [f"{r['deployment']} / {r['engine']}" for r in results]
         xs = np.arange(len(results))
         for j, pct in enumerate(("median", "p90", "p99")):
             ax.bar(xs + j * 0.27, [r["latency"][level][f"{pct}_e2el_ms"] / 1000 for r in results], 0.27,

@@ -95,6 +95,24 @@ def test_recommendation_maximises_accuracy_within_the_budget(store_home):
     assert not none["fits_budget"] and "No plan fits" in none["why"][0]
 
 
+def test_a_per_task_plan_that_wins_only_within_the_noise_gives_way_to_one_option(store_home):
+    build_dataset()
+    items = {t: load_items(t, "test", 12) for t in ("completion", "summarization")}
+    refs = {t: [it.reference for it in items[t]] for t in items}
+    # b equals a except one completion answer: a better point estimate there, far inside the noise
+    b = {t: list(v) for t, v in refs.items()} | {"summarization": ["x"] * 12}
+    a = {t: list(v) for t, v in refs.items()}
+    a["completion"][0] = "something else entirely"
+    acc = {"a": {"completion": {"value": 90.0, "headline": "h"}, "summarization": {"value": 100.0, "headline": "h"}},
+           "b": {"completion": {"value": 100.0, "headline": "h"}, "summarization": {"value": 5.0, "headline": "h"}}}
+    sizes = {"a": {"/base": 500.0}, "b": {"/base": 500.0}}
+    rec = recommend(acc, [_result("a", 1000, 1000), _result("b", 1000, 1000)],
+                    BudgetConfig(memory_mb=4000, p90_e2el_ms=2000), items, {"a": a, "b": b}, sizes, 200)
+    assert rec["routes"] == {"completion": "a", "summarization": "a"}
+    assert rec["simplified_from"]["instead_of"] == {"completion": "b", "summarization": "a"}
+    assert "Every task goes to a" in rec["why"][1]
+
+
 def test_agreement_counts_identical_greedy_answers():
     ref = {"review": ["a", "b", "c"]}
     mine = {"review": [{"answer": "a"}, {"answer": "x"}, {"answer": "c"}]}
