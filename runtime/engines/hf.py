@@ -90,18 +90,20 @@ class HFRunner:
         inputs = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         kwargs = generate_kwargs(params, params.max_new_tokens, self.tokenizer.pad_token_id)
         width = inputs["input_ids"].shape[1]
-        limit = self.context_length
-        longest = int(inputs["attention_mask"].sum(dim=1).max())
-        if longest + params.max_new_tokens > limit:
-            raise BadRequestError(
-                f"prompt of {longest} tokens + max_tokens {params.max_new_tokens} exceeds the model's context of "
-                f"{limit} tokens", fix="shorten the prompt or lower max_tokens", param="max_tokens")
+        self.check_fits(int(inputs["attention_mask"].sum(dim=1).max()), params.max_new_tokens)
         if params.stop:
             kwargs["stopping_criteria"] = [StopOnText(self.tokenizer, width, params.stop)]
         with torch.inference_mode():
             out = self.model.generate(**inputs, **kwargs)
         return [self._result(row[width:].tolist(), int(mask.sum()), params)
                 for row, mask in zip(out, inputs["attention_mask"], strict=True)]
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """A 400 for a prompt that leaves no room for its answer (the one place this is decided)."""
+        if prompt_tokens + max_new_tokens > self.context_length:
+            raise BadRequestError(
+                f"prompt of {prompt_tokens} tokens + max_tokens {max_new_tokens} exceeds the context of "
+                f"{self.context_length} tokens", fix="shorten the prompt or lower max_tokens", param="max_tokens")
 
     @property
     def context_length(self) -> int:

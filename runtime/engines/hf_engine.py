@@ -133,10 +133,7 @@ class HFEngine:
             raise QueueFullError(f"the request queue is full ({self.max_queue})", fix="retry after a moment")
         prompt = request.prompt if request.prompt is not None else self.runner.render(request.messages or [])
         n_prompt = len(self.runner.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        if n_prompt + request.params.max_new_tokens > self.runner.context_length:
-            raise BadRequestError(f"prompt of {n_prompt} tokens + max_tokens {request.params.max_new_tokens} "
-                                  f"exceeds the context of {self.runner.context_length} tokens",
-                                  fix="shorten the prompt or lower max_tokens", param="max_tokens")
+        self.runner.check_fits(n_prompt, request.params.max_new_tokens)
         job = _Job(request, prompt, asyncio.get_running_loop())
         self._pending.append(job)
         if self._loop_task is None or self._loop_task.done():

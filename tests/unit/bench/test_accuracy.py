@@ -63,7 +63,7 @@ def test_a_prompt_beyond_the_context_is_a_clear_error(runner: HFRunner):
     from runtime.errors import BadRequestError
 
     long_prompt = "x " * 5000
-    with pytest.raises(BadRequestError, match="exceeds the model's context of 4096 tokens.*lower max_tokens"):
+    with pytest.raises(BadRequestError, match="exceeds the context of 4096 tokens.*lower max_tokens"):
         runner.generate([long_prompt], SamplingParams(max_new_tokens=8))
 
 
