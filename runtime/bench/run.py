@@ -124,18 +124,22 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress) -> dict:
     from training.sft import train
 
     z = config.zoo
+
+    def shipped(path: str) -> str:  # `configs/...` paths work from any folder
+        return path if Path(path).is_file() else str(configs_dir().parent / path)
+
     steps: list[tuple[str, str, Callable[[], object]]] = []
     store = ModelStore()
     for path in z.train:  # the Trainer's own bar would fight the bench's: its steps go to a bench bar instead
-        tc = load_config(path, TrainConfig, [*z.train_overrides, "disable_tqdm=true"])
+        tc = load_config(shipped(path), TrainConfig, [*z.train_overrides, "disable_tqdm=true"])
         steps.append((tc.name, f"train {path}",
                       lambda tc=tc: train(tc, step=progress.say, callbacks=[StepsToProgress(progress, tc.name)])))
     if z.merge_sweep:
-        mc = load_config(z.merge_sweep, MergeConfig, z.sweep_overrides)
+        mc = load_config(shipped(z.merge_sweep), MergeConfig, z.sweep_overrides)
         steps.append((mc.name, f"merge sweep {z.merge_sweep}",
                       lambda mc=mc: run_sweep(mc, out / "zoo" / f"sweep-{mc.name}", step=progress.say)))
     if z.adapter_merge:
-        ac = load_config(z.adapter_merge, AdapterMergeConfig)
+        ac = load_config(shipped(z.adapter_merge), AdapterMergeConfig)
         steps.append((ac.name, f"merge adapters {z.adapter_merge}",
                       lambda ac=ac: merge_adapters(ac, step=progress.say)))
     progress.phase("zoo", len(steps) + 1)
