@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -298,6 +299,7 @@ def bench_cmd(
         cfg = load_config(path, BenchConfig, [*cfg.quick, *extra])
     out = out or Path("runs") / f"bench-{cfg.name}{'-quick' if quick else ''}"
     quiet_transformers()  # training steps get a bench bar of their own
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops like Ctrl-C: servers stopped, phases kept
     columns = (TextColumn("{task.description:>28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console) as bars:

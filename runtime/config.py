@@ -282,6 +282,8 @@ class AccuracyConfig(Frozen):
     concurrency: int = Field(8, gt=0)  # requests in flight while scoring
     agreement_n: int = Field(8, ge=0)  # items per task a second engine must answer exactly as the first did
     bootstrap: int = Field(1000, ge=100)  # resamples for confidence intervals and paired differences
+    engine: EngineKind | None = None  # the engine that scores (default: the first installed); greedy answers are
+    # the same on every engine (the agreement sample checks it), so the fastest one should score
 
 
 class LoadConfig(Frozen):
@@ -301,6 +303,8 @@ class BudgetConfig(Frozen):
 
     memory_mb: float = Field(4096, gt=0)  # peak RSS of the serving process tree
     p90_e2el_ms: float = Field(20000, gt=0)  # at the highest load concurrency
+    engine: EngineKind | None = None  # whose measurements cost the plan, and which the hybrid runs on (default:
+    # the first installed engine)
 
 
 class BenchConfig(Frozen):

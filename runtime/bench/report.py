@@ -17,7 +17,8 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   ``agreement`` (second engine only: {matched, n, per_task} greedy answers identical to the
   first engine's).
 - ``failures``: [{deployment, engine, error}] for options or engines that could not be measured (the rest is).
-- ``recommendation``: routes {task: option}, mean_accuracy, estimated_memory_mb, estimated_p90_e2el_ms, budget,
+- ``recommendation``: routes {task: option}, engine (whose measurements costed it), mean_accuracy,
+  estimated_memory_mb, estimated_p90_e2el_ms, budget,
   fits_budget, unconstrained_best, simplified_from (null, or the per-task plan a single option replaced),
   evidence {task: {option, value, versus {option: paired difference, 95% CI,
   p_value, significant}}}, why [sentences], plans_considered, plans_in_budget.
@@ -105,8 +106,8 @@ def markdown(report: dict, charts: list[str]) -> str:
                   "Deploy **hybrid** with " + ", ".join(f"{t} → `{o}`" for t, o in rec["routes"].items())
                   + f": mean accuracy {rec['mean_accuracy']:.2f}, estimated {rec['estimated_memory_mb']:.0f} MB and "
                   f"p90 E2EL {rec['estimated_p90_e2el_ms']:.0f} ms (budget {rec['budget']['memory_mb']:.0f} MB, "
-                  f"{rec['budget']['p90_e2el_ms']:.0f} ms; {rec['plans_in_budget']} of {rec['plans_considered']} "
-                  "plans fit)."]
+                  f"{rec['budget']['p90_e2el_ms']:.0f} ms on {rec['engine']}; {rec['plans_in_budget']} of "
+                  f"{rec['plans_considered']} plans fit)."]
         for r in measured:
             lines.append(f"Measured on {r['engine']}: {r['peak_rss_mb']:.0f} MB, p90 E2EL "
                          f"{r['latency'][top_level(r)]['p90_e2el_ms']:.0f} ms, mean accuracy {r['mean_accuracy']:.2f}.")

@@ -341,18 +341,22 @@ class Bench:
         accuracy: dict[str, dict] = {}
         failures: list[dict] = []
         recommendation = None
+        scorer = self.config.accuracy.engine if self.config.accuracy.engine in engines else engines[0]
+        costed = self.config.budget.engine if self.config.budget.engine in engines else engines[0]
         for option in options:
             if option == "hybrid":
-                if not accuracy:
+                measured = [r for r in results if r["engine"] == costed and r["deployment"] in accuracy]
+                if not measured:
                     failures.append({"deployment": option, "engine": "-", "error": "no other option was measured"})
                     continue
                 recommendation = recommend(
-                    {o: accuracy[o] for o in accuracy}, [r for r in results if r["engine"] == engines[0]],
-                    self.config.budget, self.items, {o: self.answers(o) for o in accuracy},
-                    self.model_sizes_mb(list(accuracy)), self.config.accuracy.bootstrap)
-                self.write_hybrid(recommendation["routes"], engines[0])
+                    {r["deployment"]: accuracy[r["deployment"]] for r in measured}, measured, self.config.budget,
+                    self.items, {r["deployment"]: self.answers(r["deployment"]) for r in measured},
+                    self.model_sizes_mb([r["deployment"] for r in measured]), self.config.accuracy.bootstrap)
+                recommendation["engine"] = costed
+                self.write_hybrid(recommendation["routes"], costed)
             reference = None
-            for engine in engines:
+            for engine in [scorer, *(e for e in engines if e != scorer)]:  # the scoring engine answers first
                 try:
                     result = self.measure(option, engine, reference)
                 except (MixmergeError, RuntimeError, httpx.HTTPError) as e:  # one option failing spoils no other
