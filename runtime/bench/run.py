@@ -257,7 +257,7 @@ class Bench:
                         "adapters": sorted(adapters)}
         self.progress.say(f"{option} on {engine}: starting the server")
         started = time.perf_counter()
-        with ServerProcess(args, env=self.serve_env) as server, TreeRSSSampler(server.process.pid) as rss:
+        with ServerProcess(args, env=self.serve_env) as server:
             result["cold_start_s"] = round(server.cold_start_s, 2)
             gpu_before = gpu_memory_mb()
             if need_answers:
@@ -276,8 +276,9 @@ class Bench:
                 mine = evaluate_served(server.url, self.tasks, agreement_items, self.config.accuracy.concurrency,
                                        progress=lambda *_: self.progress.advance())
                 result["agreement"] = agreement(reference, mine)
-            result["latency"] = self.load(server.url, option, engine)
-            result["adapter_load_ms"] = self.adapter_load_ms(server.url, adapters) if adapters else None
+            with TreeRSSSampler(server.process.pid) as rss:  # memory under the same load for every row
+                result["latency"] = self.load(server.url, option, engine)
+                result["adapter_load_ms"] = self.adapter_load_ms(server.url, adapters) if adapters else None
             gpu_after = gpu_memory_mb()
         result["wall_s"] = round(time.perf_counter() - started, 1)
         result["peak_rss_mb"] = round(rss.peak_mb, 1)
