@@ -8,7 +8,8 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   reused: [names], wall_s}, ``wall_s`` (the whole run).
 - ``results``: one entry per option and engine: ``deployment``, ``engine``, ``models`` {name: manifest hash},
   ``adapters``, ``accuracy`` {task: {n, headline, value, ci95 [low, high], metrics {all of the task's metrics},
-  truncated_share, completion_tokens}}, ``mean_accuracy`` (mean of the headline values, 0-100),
+  truncated_share, completion_tokens}}, ``accuracy_engine`` (the engine whose answers were scored),
+  ``mean_accuracy`` (mean of the headline values, 0-100),
   ``latency`` {"1" | "4" | "8" | "poisson-RATE": vllm-bench-serve fields: completed, failed, duration_s,
   request_throughput, output_throughput, total_output_tokens, {mean,median,p90,p99}_{ttft,tpot,itl,e2el}_ms,
   errors}, ``peak_rss_mb`` (serving process tree, sampled every 0.2 s during the load runs),

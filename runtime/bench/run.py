@@ -366,11 +366,12 @@ class Bench:
                     if reference is None:
                         break  # no accuracy for this option: its other engines would have nothing to agree with
                     continue
+                scored = json.loads(Path(result["answers_file"]).read_text())
                 if reference is None:
-                    reference = {t: [a["answer"] for a in v]
-                                 for t, v in json.loads(Path(result["answers_file"]).read_text())["answers"].items()}
+                    reference = {t: [a["answer"] for a in v] for t, v in scored["answers"].items()}
                     accuracy[option] = self.accuracy(option)
                 result["accuracy"] = accuracy[option]
+                result["accuracy_engine"] = scored["engine"]  # answers are cached by content: maybe another run's
                 results.append(result)
         report = {
             "schema_version": SCHEMA_VERSION,
