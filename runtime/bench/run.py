@@ -3,8 +3,9 @@ measure accuracy, load, memory, cold start and adapter load on the same work; pl
 
 Phases and their caches (Ctrl-C loses only the phase in progress):
 - zoo: each model is built only when the store lacks it (training resumes from its last checkpoint);
-- accuracy answers: ``$MIXMERGE_HOME/cache/bench-accuracy/KEY.json``, KEY = the served models' manifests, the
-  items and the sampling, so an unchanged model is never scored twice (greedy answers are deterministic);
+- accuracy answers: ``$MIXMERGE_HOME/cache/bench-accuracy/KEY.json``, KEY = the weights that answer each task
+  (model and adapter manifests), the items and the sampling, so the same weights are never scored twice (greedy
+  answers are deterministic; the agreement sample checks it across engines);
 - serving measurements: ``OUT/phases/OPTION-ENGINE.json``, keyed by the config and the models; ``--fresh``
   measures them again.
 """
@@ -228,10 +229,28 @@ class Bench:
         plan = build_plan(deployment, self.store)
         return {name: path for spec in plan.engines.values() for name, path in spec.adapters.items()}
 
+    def served_by(self, deployment: DeploymentConfig) -> dict[str, list[str]]:
+        """Per task, the weights that answer it: the engine's model and the adapter, by manifest hash. Greedy
+        answers depend on nothing else, so two options that route a task the same way share its answers (a
+        hybrid that sends every task to the experts is scored by the experts' answers)."""
+        from runtime.router import route
+
+        plan = build_plan(deployment, self.store)
+
+        def weights(path: Path | str) -> str:
+            manifest = Path(path) / "manifest.json"
+            return digest(str(path), manifest.read_text() if manifest.is_file() else "")
+
+        adapters = {name: p for spec in plan.engines.values() for name, p in spec.adapters.items()}
+        out = {}
+        for task in self.items:
+            r = route(plan.table, task)
+            out[task] = [weights(r.engine), weights(adapters[r.adapter]) if r.adapter else ""]
+        return out
+
     def accuracy_cache(self, deployment: DeploymentConfig) -> Path:
         sampling = {t: sampling_for(self.tasks, t) for t in self.items}
-        key = digest(deployment.model_dump(exclude={"engine", "name", "description", "fallback"}),
-                     self.models_key(deployment), {t: [it.id for it in its] for t, its in self.items.items()},
+        key = digest(self.served_by(deployment), {t: [it.id for it in its] for t, its in self.items.items()},
                      {t: (s.max_new_tokens, s.stop) for t, s in sampling.items()}, self.tasks.model_dump(),
                      load_card()["content_hash"])
         return self.store.home / "cache" / "bench-accuracy" / f"{key}.json"

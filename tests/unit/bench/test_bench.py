@@ -221,3 +221,17 @@ def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_pat
     assert report["results"] == [] and [f["deployment"] for f in report["failures"]] == ["merged", "hybrid"]
     assert "unknown model 'smollm2-merged'" in report["failures"][0]["error"]
     assert "**Failed**: merged on fake" in (tmp_path / "bench" / "report.md").read_text()
+
+
+def test_answers_are_keyed_by_the_weights_that_answer_each_task(tiny_zoo, tmp_path):
+    from runtime.config import DeploymentConfig
+
+    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, ["accuracy.n=2"])
+    bench = Bench(cfg, tmp_path / "bench", Recorder())
+    experts = bench.deployment("experts")[1]
+    all_experts = DeploymentConfig(name="hybrid", option="hybrid", base_model="smollm2-135m",
+                                   routes=dict.fromkeys(("generation", "completion", "review", "summarization"),
+                                                        "experts"))
+    one_mixed = all_experts.model_copy(update={"routes": all_experts.routes | {"review": "mixed"}})
+    assert bench.accuracy_cache(all_experts) == bench.accuracy_cache(experts)
+    assert bench.accuracy_cache(one_mixed) != bench.accuracy_cache(experts)
