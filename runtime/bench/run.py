@@ -261,12 +261,12 @@ class Bench:
         path, deployment = self.deployment(option)
         cache = self.out / "phases" / f"{option}-{engine}.json"
         key = digest(self.config_hash, option, engine, self.models_key(deployment), path.read_text())
-        if cache.is_file() and not self.fresh:
+        answers_file = self.accuracy_cache(deployment)
+        if cache.is_file() and not self.fresh and (reference is not None or answers_file.is_file()):
             cached = json.loads(cache.read_text())
             if cached.get("key") == key:
                 self.progress.say(f"{option} on {engine}: measured before ({cache}); --fresh measures again")
-                return cached["result"]
-        answers_file = self.accuracy_cache(deployment)
+                return cached["result"] | {"answers_file": str(answers_file)}
         need_answers = reference is None and not answers_file.is_file()
         agreement_items = {t: its[: self.config.accuracy.agreement_n] for t, its in self.items.items()}
         adapters = self.adapters_of(deployment)

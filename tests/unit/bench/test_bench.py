@@ -211,6 +211,13 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     Bench(cfg, out, fresh, fresh=True).measure("experts", "fake", None)
     assert not [p for p in fresh.phases if p.endswith("accuracy")] and fresh.phases[-1].endswith("load")
 
+    # a measured phase whose scored answers are gone is measured again, not read with a dangling path
+    shutil.rmtree(ModelStore().home / "cache" / "bench-accuracy")
+    cfg_one = cfg.model_copy(update={"deployments": ["merged"]})
+    lost = Recorder()
+    run_bench(cfg_one, out, lost)
+    assert "merged/fake accuracy" in lost.phases
+
 
 def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_path):
     ModelStore().remove("smollm2-merged")
