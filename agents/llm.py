@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.api_types import route_from_headers
+
 log = logging.getLogger(__name__)
 RETRIES = 3  # attempts after the first for 429 / 503 / timeouts / connection errors
 BACKOFF_S = 0.5  # doubled after each failed attempt
@@ -66,10 +68,9 @@ def call(llm: Any, messages: list[tuple[str, str]], sleep: Callable[[float], Non
             last = e
             log.warning("model call failed (%s), attempt %d of %d", type(e).__name__, attempt + 1, RETRIES + 1)
             continue
-        headers = (getattr(message, "response_metadata", None) or {}).get("headers") or {}
-        usage = getattr(message, "usage_metadata", None) or {}
-        route = {k.removeprefix("x-mixmerge-"): v for k, v in headers.items() if k.startswith("x-mixmerge-")}
         metadata = getattr(message, "response_metadata", None) or {}
+        usage = getattr(message, "usage_metadata", None) or {}
+        route = route_from_headers(metadata.get("headers") or {})
         return Reply(str(message.content), route, usage.get("input_tokens", 0), usage.get("output_tokens", 0),
                      time.perf_counter() - start, metadata.get("finish_reason"))
     raise CallFailed(f"gave up after {RETRIES + 1} attempts: {type(last).__name__}: {last}")

@@ -172,6 +172,14 @@ class LoadLoraAdapterRequest(Lenient):
     lora_path: str
 
 
+ROUTE_HEADER = "x-mixmerge-"  # the route goes back in x-mixmerge-{deployment,engine,adapter,task,route-reason}
+
+
+def route_from_headers(headers: Any) -> dict[str, str]:
+    """The route a response reports (deployment, engine, adapter, task, route-reason), from its headers."""
+    return {k.removeprefix(ROUTE_HEADER): v for k, v in headers.items() if k.startswith(ROUTE_HEADER)}
+
+
 class UnloadLoraAdapterRequest(Lenient):
     lora_name: str
     lora_int_id: int | None = None

@@ -289,9 +289,9 @@ def _error(exc: MixmergeError, metrics: ServerMetrics) -> JSONResponse:
 
 
 def _headers(r: Route) -> dict[str, str]:
-    return {"x-mixmerge-deployment": r.deployment, "x-mixmerge-engine": Path(r.engine).name,
-            "x-mixmerge-adapter": r.adapter or "", "x-mixmerge-task": r.task or "",
-            "x-mixmerge-route-reason": r.reason}
+    fields = {"deployment": r.deployment, "engine": Path(r.engine).name, "adapter": r.adapter or "",
+              "task": r.task or "", "route-reason": r.reason}
+    return {f"{wire.ROUTE_HEADER}{k}": v for k, v in fields.items()}
 
 
 def _model_cards(plan: ServingPlan, engines: dict[str, Engine]) -> list[wire.ModelCard]:

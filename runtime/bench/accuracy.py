@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from runtime.api_types import route_from_headers
 from runtime.bench.sandbox import Sandbox
 from runtime.bench.scoring import SCORERS
 from runtime.config import TasksConfig, configs_dir, load_config
@@ -126,8 +127,7 @@ def evaluate_served(url: str, tasks: TasksConfig, items: dict[str, list[TaskItem
                 return {"id": item.id, "answer": data["choices"][0]["message"]["content"] or "",
                         "finish_reason": data["choices"][0]["finish_reason"],
                         "completion_tokens": data["usage"]["completion_tokens"],
-                        "route": {k.removeprefix("x-mixmerge-"): v for k, v in r.headers.items()
-                                  if k.startswith("x-mixmerge-")}}
+                        "route": route_from_headers(r.headers)}
 
             answers = await asyncio.gather(*(one(t, it) for t, its in items.items() for it in its))
         out: dict[str, list[dict]] = {t: [] for t in items}

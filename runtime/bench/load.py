@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
+from runtime.api_types import route_from_headers
+
 
 @dataclass(frozen=True)
 class RequestSpec:
@@ -57,8 +59,7 @@ async def one_request(client: httpx.AsyncClient, url: str, spec: RequestSpec, he
     last = None
     try:
         async with client.stream("POST", f"{url}/chat/completions", json=body, headers=headers) as r:
-            record.route = {k.removeprefix("x-mixmerge-"): v for k, v in r.headers.items()
-                            if k.startswith("x-mixmerge-")}
+            record.route = route_from_headers(r.headers)
             if r.status_code != 200:
                 record.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
                 return record
