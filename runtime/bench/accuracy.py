@@ -34,12 +34,13 @@ def sampling_for(tasks: TasksConfig, task: str) -> SamplingParams:
     return SamplingParams(max_new_tokens=cfg.max_new_tokens, stop=tuple(cfg.stop))
 
 
-def cap_tokens(tasks: TasksConfig, max_tokens: int | None) -> TasksConfig:
-    """The task prompts with every task's output length capped (faster runs; the cap is in each task's
-    ``sampling`` in eval.json)."""
+def cap_tokens(tasks: TasksConfig, max_tokens: int | dict[str, int] | None) -> TasksConfig:
+    """The task prompts with output lengths capped, every task's by one number or each by its own (faster runs;
+    the cap is in each task's ``sampling`` in eval.json and the bench report)."""
     if max_tokens is None:
         return tasks
-    capped = {name: cfg.model_copy(update={"max_new_tokens": min(cfg.max_new_tokens, max_tokens)})
+    caps = max_tokens if isinstance(max_tokens, dict) else dict.fromkeys(tasks.tasks, max_tokens)
+    capped = {name: cfg.model_copy(update={"max_new_tokens": min(cfg.max_new_tokens, caps.get(name, 10**6))})
               for name, cfg in tasks.tasks.items()}
     return tasks.model_copy(update={"tasks": capped})
 

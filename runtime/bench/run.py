@@ -28,7 +28,7 @@ import httpx
 import yaml
 from transformers import TrainerCallback
 
-from runtime.bench.accuracy import HEADLINE, evaluate_served, sampling_for
+from runtime.bench.accuracy import HEADLINE, cap_tokens, evaluate_served, sampling_for
 from runtime.bench.launch import ServerProcess
 from runtime.bench.load import run_load, workload
 from runtime.bench.memory import TreeRSSSampler
@@ -69,13 +69,6 @@ def installed_engines(requested: list[str]) -> tuple[list[str], dict[str, str]]:
         else:
             have.append(kind)
     return have, skipped
-
-
-def capped_tasks(caps: dict[str, int]) -> TasksConfig:
-    tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
-    updated = {name: cfg.model_copy(update={"max_new_tokens": min(cfg.max_new_tokens, caps.get(name, 10**6))})
-               for name, cfg in tasks.tasks.items()}
-    return tasks.model_copy(update={"tasks": updated})
 
 
 def environment(config_hash: str) -> dict:
@@ -204,7 +197,8 @@ class Bench:
 
     def __post_init__(self) -> None:
         self.store = ModelStore()
-        self.tasks = capped_tasks(dict(self.config.accuracy.max_tokens))
+        self.tasks = cap_tokens(load_config(configs_dir() / "tasks.yaml", TasksConfig),
+                                dict(self.config.accuracy.max_tokens))
         self.items = {t: load_items(t, "test", self.config.accuracy.n) for t in self.config.accuracy.tasks}
         self.config_hash = digest(self.config.model_dump(exclude={"quick"}))
         (self.out / "phases").mkdir(parents=True, exist_ok=True)

@@ -75,3 +75,6 @@ def test_cap_tokens_lowers_every_tasks_output_length_only():
     assert {t: c.max_new_tokens for t, c in capped.tasks.items()} == {t: min(24, c.max_new_tokens)
                                                                        for t, c in tasks.tasks.items()}
     assert capped.tasks["review"].prompt == tasks.tasks["review"].prompt and cap_tokens(tasks, None) is tasks
+    each = cap_tokens(tasks, {"summarization": 8})  # per task: the others keep their length
+    assert each.tasks["summarization"].max_new_tokens == 8
+    assert each.tasks["generation"].max_new_tokens == tasks.tasks["generation"].max_new_tokens
