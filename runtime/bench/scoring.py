@@ -79,10 +79,23 @@ def parse_review(answer: str) -> Review:
 
 
 # ------------------------------------------------------------------------------------------------- scorers
-def score_generation(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None) -> dict:
+# How each answer is read, shared by the scorers and by ``headline_statistic``.
+def _generated_bodies(items: list[TaskItem], answers: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(bodies as written into the function, dedented bodies, dedented references)."""
     bodies = [function_body(a, str(it.meta.get("entry_point", ""))) for it, a in zip(items, answers, strict=True)]
-    preds = [textwrap.dedent(b) for b in bodies]
-    refs = [textwrap.dedent(it.reference) for it in items]
+    return bodies, [textwrap.dedent(b) for b in bodies], [textwrap.dedent(it.reference) for it in items]
+
+
+def _summary(answer: str) -> str:
+    return first_line(answer).strip("\"' ")
+
+
+def _line_hit(item: TaskItem, review: Review) -> bool:
+    return review.line == item.meta["line"]
+
+
+def score_generation(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None) -> dict:
+    bodies, preds, refs = _generated_bodies(items, answers)
     return {
         "chrf_pp": m.chrf_pp(preds, refs),
         "bleu4": m.bleu4(preds, refs),
@@ -92,7 +105,7 @@ def score_generation(items: list[TaskItem], answers: list[str], sandbox: Sandbox
 
 
 def score_summarization(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None) -> dict:
-    preds = [first_line(a).strip("\"' ") for a in answers]
+    preds = [_summary(a) for a in answers]
     refs = [it.reference for it in items]
     return {
         "smoothed_bleu4": 100 * m.mean([m.smoothed_bleu(p, r) for p, r in zip(preds, refs, strict=True)]),
@@ -116,7 +129,7 @@ def score_review(items: list[TaskItem], answers: list[str], sandbox: Sandbox | N
     clean = [r for it, r in zip(items, reviews, strict=True) if it.meta["clean"]]
     detected = [r.clean == bool(it.meta["clean"]) for it, r in zip(items, reviews, strict=True)]
     return {
-        "line_accuracy": 100 * m.mean([r.line == it.meta["line"] for it, r in buggy]),
+        "line_accuracy": 100 * m.mean([_line_hit(it, r) for it, r in buggy]),
         "kind_accuracy": 100 * m.mean([r.kind == it.meta["kind"] for it, r in buggy]),
         "fix_exact_match": 100 * m.mean([r.fix is not None and m.exact_match(r.fix, str(it.meta["fixed_line"]))
                                          for it, r in buggy]),
@@ -152,17 +165,14 @@ def headline_statistic(task: str, items: list[TaskItem], answers: list[str]):
     from runtime.bench.stats import mean_of
 
     if task == "generation":
-        preds = [textwrap.dedent(function_body(a, str(it.meta.get("entry_point", ""))))
-                 for it, a in zip(items, answers, strict=True)]
-        refs = [textwrap.dedent(it.reference) for it in items]
+        _, preds, refs = _generated_bodies(items, answers)
         return m.chrf_pp_on_subsets(preds, refs)
     if task == "summarization":
-        return mean_of([100 * m.smoothed_bleu(first_line(a).strip("\"' "), it.reference)
-                        for it, a in zip(items, answers, strict=True)])
+        return mean_of([100 * m.smoothed_bleu(_summary(a), it.reference) for it, a in zip(items, answers, strict=True)])
     if task == "completion":
         return mean_of([m.edit_similarity(first_line(a), it.reference) for it, a in zip(items, answers, strict=True)])
     if task == "review":
-        hits = [None if it.meta["clean"] else 100.0 * (parse_review(a).line == it.meta["line"])
+        hits = [None if it.meta["clean"] else 100.0 * _line_hit(it, parse_review(a))
                 for it, a in zip(items, answers, strict=True)]
 
         def line_accuracy(idx) -> float:

@@ -61,6 +61,19 @@ def test_paired_difference_sees_a_real_gap_and_not_a_fake_one():
     assert not same["significant"] and same["diff"] == 0
 
 
+def test_the_headline_statistic_on_every_item_is_the_scorers_headline(store_home):
+    from runtime.bench.accuracy import HEADLINE
+    from runtime.bench.scoring import SCORERS, headline_statistic
+
+    build_dataset()
+    for task in ("generation", "summarization", "completion", "review"):
+        items = load_items(task, "test", 10)
+        answers = [it.reference if i % 2 else "line: 3\nno idea" for i, it in enumerate(items)]
+        every = list(range(len(items)))
+        expected = SCORERS[task](items, answers, None)[HEADLINE[task]]
+        assert headline_statistic(task, items, answers)(every) == pytest.approx(expected), task
+
+
 # ---------------------------------------------------------------------------------------------- plan
 def _result(option: str, rss: float, p90: float) -> dict:
     return {"deployment": option, "engine": "hf", "peak_rss_mb": rss, "latency": {"8": {"p90_e2el_ms": p90}}}
