@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import itertools
 
+from runtime.bench.report import top_level
 from runtime.bench.scoring import headline_statistic
 from runtime.bench.stats import paired_difference
 from runtime.config import BudgetConfig
 from training.tasks import TaskItem
-
-
-def p90_at_top(result: dict) -> float:
-    levels = [k for k in result["latency"] if k.isdigit()]
-    top = max(levels, key=int)
-    return result["latency"][top]["p90_e2el_ms"]
 
 
 def plan_cost(plan: dict[str, str], costs: dict[str, dict], sizes: dict[str, dict[str, float]]) -> dict:
@@ -40,7 +35,8 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
               resamples: int = 1000) -> dict:
     options = [o for o in accuracy if o != "hybrid"]
     tasks = list(items)
-    costs = {r["deployment"]: {"peak_rss_mb": r["peak_rss_mb"], "p90_e2el_ms": p90_at_top(r)} for r in results}
+    costs = {r["deployment"]: {"peak_rss_mb": r["peak_rss_mb"],
+                                  "p90_e2el_ms": r["latency"][top_level(r)]["p90_e2el_ms"]} for r in results}
     candidates = []
     for choice in itertools.product(options, repeat=len(tasks)):
         plan = dict(zip(tasks, choice, strict=True))

@@ -1,7 +1,7 @@
 """`runtime bench`: build what is missing, then serve every deployment option on every installed engine and
 measure accuracy, load, memory, cold start and adapter load on the same work; plan the hybrid; write the report.
 
-Phases and their caches (Ctrl-C loses only the phase in progress):
+Phases and their caches (Ctrl-C loses only the phase in progress); the zoo phase is `runtime/bench/zoo.py`:
 - zoo: each model is built only when the store lacks it (training resumes from its last checkpoint);
 - accuracy answers: ``$MIXMERGE_HOME/cache/bench-accuracy/KEY.json``, KEY = the weights that answer each task
   (model and adapter manifests), the items and the sampling, so the same weights are never scored twice (greedy
@@ -20,13 +20,11 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import yaml
-from transformers import TrainerCallback
 
 from runtime.bench.accuracy import HEADLINE, cap_tokens, evaluate_served, sampling_for
 from runtime.bench.launch import ServerProcess
@@ -36,23 +34,16 @@ from runtime.bench.recommend import recommend
 from runtime.bench.report import SCHEMA_VERSION, write_report
 from runtime.bench.scoring import SCORERS, headline_statistic
 from runtime.bench.stats import bootstrap_ci
+from runtime.bench.zoo import Progress, build_zoo, use_zoo_home
 from runtime.config import BenchConfig, DeploymentConfig, TasksConfig, configs_dir, load_config
-from runtime.deploy import build_plan, load_deployment
+from runtime.deploy import ServingPlan, build_plan, load_deployment
 from runtime.errors import ConfigError, EngineUnavailableError, MixmergeError
-from runtime.models import ModelStore, mixmerge_home
+from runtime.models import ModelStore
+from runtime.router import route
+from training.sft import git_sha
 from training.tasks import TaskItem, load_card, load_items
 
 log = logging.getLogger(__name__)
-Say = Callable[[str], None]
-
-
-class Progress:
-    """What the phases report to (the CLI shows rich bars with ETA; tests pass a recorder)."""
-
-    def phase(self, name: str, total: int) -> None: ...
-    def advance(self, n: int = 1) -> None: ...
-    def say(self, message: str) -> None:
-        log.info(message)
 
 
 # -------------------------------------------------------------------------------------------------- helpers
@@ -75,11 +66,6 @@ def environment(config_hash: str) -> dict:
     import torch
     import transformers
 
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        sha = None
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     versions = {"python": platform.python_version(), "torch": torch.__version__,
@@ -96,7 +82,7 @@ def environment(config_hash: str) -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") *
             os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "gpu": gpu, "platform": platform.platform(),
-            "versions": versions, "git_sha": sha, "config_hash": config_hash}
+            "versions": versions, "git_sha": git_sha(), "config_hash": config_hash}
 
 
 def gpu_memory_mb() -> float | None:
@@ -107,83 +93,6 @@ def gpu_memory_mb() -> float | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return float(out.stdout.split()[0]) if out.returncode == 0 and out.stdout.strip() else None
-
-
-# ------------------------------------------------------------------------------------------------------ zoo
-def build_zoo(config: BenchConfig, out: Path, progress: Progress) -> dict:
-    """Every model the options need, built only where missing; returns what was built and how long it took."""
-    from merge.adapters import merge_adapters
-    from merge.sweep import run_sweep
-    from runtime.config import AdapterMergeConfig, MergeConfig, TrainConfig
-    from training.sft import train
-
-    z = config.zoo
-
-    def shipped(path: str) -> str:  # `configs/...` paths work from any folder
-        return path if Path(path).is_file() else str(configs_dir().parent / path)
-
-    steps: list[tuple[str, str, Callable[[], object]]] = []
-    store = ModelStore()
-    for path in z.train:  # the Trainer's own bar would fight the bench's: its steps go to a bench bar instead
-        tc = load_config(shipped(path), TrainConfig, [*z.train_overrides, "disable_tqdm=true"])
-        steps.append((tc.name, f"train {path}",
-                      lambda tc=tc: train(tc, step=progress.say, callbacks=[StepsToProgress(progress, tc.name)])))
-    if z.merge_sweep:
-        mc = load_config(shipped(z.merge_sweep), MergeConfig, z.sweep_overrides)
-        steps.append((mc.name, f"merge sweep {z.merge_sweep}",
-                      lambda mc=mc: run_sweep(mc, out / "zoo" / f"sweep-{mc.name}", step=progress.say)))
-    if z.adapter_merge:
-        ac = load_config(shipped(z.adapter_merge), AdapterMergeConfig)
-        steps.append((ac.name, f"merge adapters {z.adapter_merge}",
-                      lambda ac=ac: merge_adapters(ac, step=progress.say)))
-    progress.phase("zoo", len(steps) + 1)
-    record: dict = {"built": {}, "reused": []}
-    start = time.perf_counter()
-    if not store.has(config.base_model):
-        store.pull(config.base_model, step=progress.say)
-        record["built"][config.base_model] = round(time.perf_counter() - start, 1)
-    else:
-        record["reused"].append(config.base_model)
-    progress.advance()
-    for name, what, build in steps:
-        if store.has(name):
-            record["reused"].append(name)
-        else:
-            progress.say(f"building {name}: {what}")
-            t0 = time.perf_counter()
-            build()
-            record["built"][name] = round(time.perf_counter() - t0, 1)
-        progress.advance()
-    record["wall_s"] = round(time.perf_counter() - start, 1)
-    return record
-
-
-class StepsToProgress(TrainerCallback):
-    """Training steps as a bench phase with its ETA (instead of the Trainer's own bar)."""
-
-    def __init__(self, progress: Progress, name: str) -> None:
-        self.progress, self.name = progress, name
-
-    def on_train_begin(self, args, state, control, **kwargs) -> None:
-        self.progress.phase(f"train {self.name}", state.max_steps)
-        self.progress.advance(state.global_step)  # resumed runs start part-way
-
-    def on_step_end(self, args, state, control, **kwargs) -> None:
-        self.progress.advance()
-
-
-def use_zoo_home(config: BenchConfig) -> Path:
-    """A zoo with its own home (``--quick``) lives in $MIXMERGE_HOME/HOME, with the base model borrowed from the
-    main store when it is there (registered, not copied). Child servers inherit the variable."""
-    main = mixmerge_home()
-    if not config.zoo.home:
-        return main
-    home = main / config.zoo.home
-    os.environ["MIXMERGE_HOME"] = str(home)
-    main_store, store = ModelStore(main), ModelStore(home)
-    if not store.has(config.base_model) and main_store.has(config.base_model):
-        store.register(config.base_model, main_store.get(config.base_model).path, kind="base")
-    return home
 
 
 # --------------------------------------------------------------------------------------------------- bench
@@ -213,38 +122,21 @@ class Bench:
         path = configs_dir() / "deployments" / f"{option}.yaml"
         return path, load_deployment(str(path))
 
-    def models_key(self, deployment: DeploymentConfig) -> dict[str, str]:
-        """Each served model's manifest hash: a retrained or re-merged model invalidates cached results."""
-        plan = build_plan(deployment, self.store)
-        return {name: digest((e.path / "manifest.json").read_text() if (e.path / "manifest.json").is_file()
-                             else str(e.path)) for name, e in sorted(plan.models.items())}
+    def plan(self, option: str) -> tuple[Path, ServingPlan]:
+        path, deployment = self.deployment(option)
+        return path, build_plan(deployment, self.store)
 
-    def adapters_of(self, deployment: DeploymentConfig) -> dict[str, Path]:
-        plan = build_plan(deployment, self.store)
-        return {name: path for spec in plan.engines.values() for name, path in spec.adapters.items()}
-
-    def served_by(self, deployment: DeploymentConfig) -> dict[str, list[str]]:
-        """Per task, the weights that answer it: the engine's model and the adapter, by manifest hash. Greedy
-        answers depend on nothing else, so two options that route a task the same way share its answers (a
-        hybrid that sends every task to the experts is scored by the experts' answers)."""
-        from runtime.router import route
-
-        plan = build_plan(deployment, self.store)
-
-        def weights(path: Path | str) -> str:
-            manifest = Path(path) / "manifest.json"
-            return digest(str(path), manifest.read_text() if manifest.is_file() else "")
-
-        adapters = {name: p for spec in plan.engines.values() for name, p in spec.adapters.items()}
-        out = {}
+    def accuracy_cache(self, plan: ServingPlan) -> Path:
+        """Where the option's scored answers live. The key is what answers each task — the engine's model and
+        the adapter, by manifest — plus the items and the sampling: greedy answers depend on nothing else, so two
+        options that route every task the same way share them (a hybrid that sends every task to the experts
+        is scored by the experts' answers)."""
+        adapters, served = adapters_of(plan), {}
         for task in self.items:
             r = route(plan.table, task)
-            out[task] = [weights(r.engine), weights(adapters[r.adapter]) if r.adapter else ""]
-        return out
-
-    def accuracy_cache(self, deployment: DeploymentConfig) -> Path:
+            served[task] = [weights_digest(Path(r.engine)), weights_digest(adapters[r.adapter]) if r.adapter else ""]
         sampling = {t: sampling_for(self.tasks, t) for t in self.items}
-        key = digest(self.served_by(deployment), {t: [it.id for it in its] for t, its in self.items.items()},
+        key = digest(served, {t: [it.id for it in its] for t, its in self.items.items()},
                      {t: (s.max_new_tokens, s.stop) for t, s in sampling.items()}, self.tasks.model_dump(),
                      load_card()["content_hash"])
         return self.store.home / "cache" / "bench-accuracy" / f"{key}.json"
@@ -252,10 +144,11 @@ class Bench:
     def measure(self, option: str, engine: str, reference: dict | None) -> dict:
         """One server for one option on one engine: answers (or the agreement sample), load, memory, adapter
         load. ``reference`` is the first engine's answers for this option, if there was one."""
-        path, deployment = self.deployment(option)
+        path, plan = self.plan(option)
+        models = models_key(plan)
         cache = self.out / "phases" / f"{option}-{engine}.json"
-        key = digest(self.config_hash, option, engine, self.models_key(deployment), path.read_text())
-        answers_file = self.accuracy_cache(deployment)
+        key = digest(self.config_hash, option, engine, models, path.read_text())
+        answers_file = self.accuracy_cache(plan)
         if cache.is_file() and not self.fresh and (reference is not None or answers_file.is_file()):
             cached = json.loads(cache.read_text())
             if cached.get("key") == key:
@@ -263,10 +156,10 @@ class Bench:
                 return cached["result"] | {"answers_file": str(answers_file)}
         need_answers = reference is None and not answers_file.is_file()
         agreement_items = {t: its[: self.config.accuracy.agreement_n] for t, its in self.items.items()}
-        adapters = self.adapters_of(deployment)
+        adapters = adapters_of(plan)
         args = ["--deployment", str(path), "--engine", engine, "--enable-lora-updates",
                 "--lora-dir", str(self.store.models_dir)]
-        result: dict = {"deployment": option, "engine": engine, "models": self.models_key(deployment),
+        result: dict = {"deployment": option, "engine": engine, "models": models,
                         "adapters": sorted(adapters)}
         self.progress.say(f"{option} on {engine}: starting the server")
         started = time.perf_counter()
@@ -337,22 +230,12 @@ class Bench:
             return {"error": repr(e)}
         return round(wall_ms, 1)
 
-    # ----------------------------------------------------------------------------------------- accuracy
-    def accuracy(self, option: str) -> dict:
-        _, deployment = self.deployment(option)
-        answers = json.loads(self.accuracy_cache(deployment).read_text())["answers"]
-        return score_answers(self.items, answers, self.config.accuracy.bootstrap)
-
-    def answers(self, option: str) -> dict[str, list[str]]:
-        _, deployment = self.deployment(option)
-        data = json.loads(self.accuracy_cache(deployment).read_text())["answers"]
-        return {t: [a["answer"] for a in data[t]] for t in self.items}
-
     # ---------------------------------------------------------------------------------------------- run
     def run(self, engines: list[str], skipped_engines: dict[str, str], zoo: dict) -> dict:
         options = list(self.config.deployments)
         results: list[dict] = []
         accuracy: dict[str, dict] = {}
+        answers: dict[str, dict[str, list[str]]] = {}  # per option, the scored answers' texts
         failures: list[dict] = []
         recommendation = None
         scorer = self.config.accuracy.engine if self.config.accuracy.engine in engines else engines[0]
@@ -365,7 +248,7 @@ class Bench:
                     continue
                 recommendation = recommend(
                     {r["deployment"]: accuracy[r["deployment"]] for r in measured}, measured, self.config.budget,
-                    self.items, {r["deployment"]: self.answers(r["deployment"]) for r in measured},
+                    self.items, {r["deployment"]: answers[r["deployment"]] for r in measured},
                     self.model_sizes_mb([r["deployment"] for r in measured]), self.config.accuracy.bootstrap)
                 recommendation["engine"] = costed
                 self.write_hybrid(recommendation["routes"], costed)
@@ -381,8 +264,8 @@ class Bench:
                     continue
                 scored = json.loads(Path(result["answers_file"]).read_text())
                 if reference is None:
-                    reference = {t: [a["answer"] for a in v] for t, v in scored["answers"].items()}
-                    accuracy[option] = self.accuracy(option)
+                    reference = answers[option] = {t: [a["answer"] for a in scored["answers"][t]] for t in self.items}
+                    accuracy[option] = score_answers(self.items, scored["answers"], self.config.accuracy.bootstrap)
                 result["accuracy"] = accuracy[option]
                 result["accuracy_engine"] = scored["engine"]  # answers are cached by content: maybe another run's
                 results.append(result)
@@ -409,8 +292,7 @@ class Bench:
 
         sizes = {}
         for option in options:
-            _, deployment = self.deployment(option)
-            plan = build_plan(deployment, self.store)
+            _, plan = self.plan(option)
             sizes[option] = {key: round(dir_size(Path(key)) / 2**20, 1) for key in plan.engines}
         return sizes
 
@@ -424,6 +306,21 @@ class Bench:
                 "# Written by `runtime bench`: the per-task plan with the best mean accuracy within the budget "
                 "(see report.md).\n" + yaml.safe_dump(doc, sort_keys=False))
         (self.out / "hybrid.yaml").write_text(text)
+
+
+def weights_digest(path: Path) -> str:
+    """Which weights a directory holds: its path and its manifest (a retrained or re-merged model changes it)."""
+    manifest = path / "manifest.json"
+    return digest(str(path), manifest.read_text() if manifest.is_file() else "")
+
+
+def models_key(plan: ServingPlan) -> dict[str, str]:
+    """Every model and adapter the plan serves, by name: cached measurements hold only while these do."""
+    return {name: weights_digest(e.path) for name, e in sorted(plan.models.items())}
+
+
+def adapters_of(plan: ServingPlan) -> dict[str, Path]:
+    return {name: path for spec in plan.engines.values() for name, path in spec.adapters.items()}
 
 
 def agreement(reference: dict[str, list[str]], mine: dict[str, list[dict]]) -> dict:

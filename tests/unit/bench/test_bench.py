@@ -245,13 +245,18 @@ def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_pat
 
 def test_answers_are_keyed_by_the_weights_that_answer_each_task(tiny_zoo, tmp_path):
     from runtime.config import DeploymentConfig
+    from runtime.deploy import build_plan
 
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, ["accuracy.n=2"])
     bench = Bench(cfg, tmp_path / "bench", Recorder())
-    experts = bench.deployment("experts")[1]
+    experts = bench.plan("experts")[1]
     all_experts = DeploymentConfig(name="hybrid", option="hybrid", base_model="smollm2-135m",
                                    routes=dict.fromkeys(("generation", "completion", "review", "summarization"),
                                                         "experts"))
     one_mixed = all_experts.model_copy(update={"routes": all_experts.routes | {"review": "mixed"}})
-    assert bench.accuracy_cache(all_experts) == bench.accuracy_cache(experts)
-    assert bench.accuracy_cache(one_mixed) != bench.accuracy_cache(experts)
+
+    def plan(deployment):
+        return build_plan(deployment, ModelStore())
+
+    assert bench.accuracy_cache(plan(all_experts)) == bench.accuracy_cache(experts)
+    assert bench.accuracy_cache(plan(one_mixed)) != bench.accuracy_cache(experts)

@@ -1,0 +1,102 @@
+"""The bench's zoo: every model the deployment options need, built only where the store lacks it (training,
+the merge-weight sweep, the adapter merge), and the separate store a ``--quick`` zoo lives in."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from runtime.config import BenchConfig, configs_dir, load_config
+from runtime.models import ModelStore, mixmerge_home
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """What the phases report to (the CLI shows rich bars with ETA; tests pass a recorder)."""
+
+    def phase(self, name: str, total: int) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def say(self, message: str) -> None:
+        log.info(message)
+
+
+def build_zoo(config: BenchConfig, out: Path, progress: Progress) -> dict:
+    """Every model the options need, built only where missing; returns what was built and how long it took."""
+    from merge.adapters import merge_adapters
+    from merge.sweep import run_sweep
+    from runtime.config import AdapterMergeConfig, MergeConfig, TrainConfig
+    from training.sft import train
+
+    z = config.zoo
+
+    def shipped(path: str) -> str:  # `configs/...` paths work from any folder
+        return path if Path(path).is_file() else str(configs_dir().parent / path)
+
+    steps: list[tuple[str, str, Callable[[], object]]] = []
+    store = ModelStore()
+    for path in z.train:  # the Trainer's own bar would fight the bench's: its steps go to a bench bar instead
+        tc = load_config(shipped(path), TrainConfig, [*z.train_overrides, "disable_tqdm=true"])
+        steps.append((tc.name, f"train {path}",
+                      lambda tc=tc: train(tc, step=progress.say, callbacks=[StepsToProgress(progress, tc.name)])))
+    if z.merge_sweep:
+        mc = load_config(shipped(z.merge_sweep), MergeConfig, z.sweep_overrides)
+        steps.append((mc.name, f"merge sweep {z.merge_sweep}",
+                      lambda mc=mc: run_sweep(mc, out / "zoo" / f"sweep-{mc.name}", step=progress.say)))
+    if z.adapter_merge:
+        ac = load_config(shipped(z.adapter_merge), AdapterMergeConfig)
+        steps.append((ac.name, f"merge adapters {z.adapter_merge}",
+                      lambda ac=ac: merge_adapters(ac, step=progress.say)))
+    progress.phase("zoo", len(steps) + 1)
+    record: dict = {"built": {}, "reused": []}
+    start = time.perf_counter()
+    if not store.has(config.base_model):
+        store.pull(config.base_model, step=progress.say)
+        record["built"][config.base_model] = round(time.perf_counter() - start, 1)
+    else:
+        record["reused"].append(config.base_model)
+    progress.advance()
+    for name, what, build in steps:
+        if store.has(name):
+            record["reused"].append(name)
+        else:
+            progress.say(f"building {name}: {what}")
+            t0 = time.perf_counter()
+            build()
+            record["built"][name] = round(time.perf_counter() - t0, 1)
+        progress.advance()
+    record["wall_s"] = round(time.perf_counter() - start, 1)
+    return record
+
+
+class StepsToProgress(TrainerCallback):
+    """Training steps as a bench phase with its ETA (instead of the Trainer's own bar)."""
+
+    def __init__(self, progress: Progress, name: str) -> None:
+        self.progress, self.name = progress, name
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        self.progress.phase(f"train {self.name}", state.max_steps)
+        self.progress.advance(state.global_step)  # resumed runs start part-way
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        self.progress.advance()
+
+
+def use_zoo_home(config: BenchConfig) -> Path:
+    """A zoo with its own home (``--quick``) lives in $MIXMERGE_HOME/HOME, with the base model borrowed from the
+    main store when it is there (registered, not copied). Child servers inherit the variable."""
+    main = mixmerge_home()
+    if not config.zoo.home:
+        return main
+    home = main / config.zoo.home
+    os.environ["MIXMERGE_HOME"] = str(home)
+    main_store, store = ModelStore(main), ModelStore(home)
+    if not store.has(config.base_model) and main_store.has(config.base_model):
+        store.register(config.base_model, main_store.get(config.base_model).path, kind="base")
+    return home
