@@ -130,9 +130,10 @@ def evaluate_served(url: str, tasks: TasksConfig, items: dict[str, list[TaskItem
                         "completion_tokens": data["usage"]["completion_tokens"],
                         "route": route_from_headers(r.headers)}
 
-            answers = await asyncio.gather(*(one(t, it) for t, its in items.items() for it in its))
+            pairs = [(t, it) for t, its in items.items() for it in its]
+            answers = await asyncio.gather(*(one(t, it) for t, it in pairs))
         out: dict[str, list[dict]] = {t: [] for t in items}
-        for (task, _), answer in zip(((t, it) for t, its in items.items() for it in its), answers, strict=True):
+        for (task, _), answer in zip(pairs, answers, strict=True):
             out[task].append(answer)
         return out
 
