@@ -10,6 +10,7 @@ config's name, the others are deleted, and the chosen merge alone is evaluated o
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 import logging
@@ -67,16 +68,19 @@ def objective(scores: dict[str, float], expert: dict[str, float], kind: str) -> 
 
 
 def eval_score(model: Path, adapter: str | None, tasks: list[str], split: str, limit: int, out: Path,
-               dtype: str = "float32") -> dict[str, float]:
-    """The headline metric per task from ``runtime eval``'s runner (greedy, the fixed first ``limit`` items)."""
-    from runtime.bench.accuracy import evaluate
+               max_tokens: dict[str, int] | None = None) -> dict[str, float]:
+    """The headline metric per task from ``runtime eval``'s runner (greedy, the fixed first ``limit`` items,
+    answers capped at ``max_tokens`` per task where given)."""
+    from runtime.bench.accuracy import cap_tokens, evaluate
+    from runtime.config import TasksConfig, configs_dir, load_config
     from runtime.engines.hf import HFRunner
 
-    report = evaluate(HFRunner(model, adapter, dtype=dtype), tasks, split, limit, out)
+    task_config = cap_tokens(load_config(configs_dir() / "tasks.yaml", TasksConfig), dict(max_tokens or {}))
+    report = evaluate(HFRunner(model, adapter), tasks, split, limit, out, tasks=task_config)
     return {t: r["metrics"][r["headline"]] for t, r in report["tasks"].items()}
 
 
-def run_sweep(config: MergeConfig, out: Path, score: Score = eval_score,
+def run_sweep(config: MergeConfig, out: Path, score: Score | None = None,
               step: Callable[[str], None] = log.info) -> dict:
     """Merge and score every candidate on val; keep the best as ``config.name``; score it on test."""
     from merge.run import merge
@@ -84,6 +88,7 @@ def run_sweep(config: MergeConfig, out: Path, score: Score = eval_score,
     sweep = config.sweep
     if sweep is None:
         raise ValueError(f"{config.name} has no `sweep:` section; add one (see configs/merge/*-sweep.yaml)")
+    score = score or functools.partial(eval_score, max_tokens=sweep.max_tokens)
     store = ModelStore()
     if (store.models_dir / config.name / "manifest.json").is_file() and (out / "sweep.json").is_file():
         step(f"{config.name} was already chosen by a sweep; `runtime models remove {config.name}` to redo it")
@@ -124,7 +129,8 @@ def run_sweep(config: MergeConfig, out: Path, score: Score = eval_score,
     test = score(final, None, tasks, "test", sweep.limit, out / "chosen-test")
     summary = {"chosen": best["name"], "weights": [best[k] for k in best if k.startswith("w")],
                "density": best["density"], "objective": sweep.objective, "expert_val": expert,
-               "chosen_val": {t: best[f"val_{t}"] for t in tasks}, "chosen_test": test, "candidates": len(rows)}
+               "chosen_val": {t: best[f"val_{t}"] for t in tasks}, "chosen_test": test, "candidates": len(rows),
+               "limit": sweep.limit, "max_tokens": dict(sweep.max_tokens)}
     _write_csv(rows, out / "sweep.csv")
     _plot(rows, tasks, expert, out / "sweep.png")
     (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -208,6 +208,8 @@ class MergeSweep(Frozen):
     densities: list[float] = Field(default_factory=lambda: [0.5])  # ignored by methods without density
     tasks: list[TaskName] = Field(default_factory=list)  # scored tasks; default: one per merged expert
     limit: int = Field(40, gt=0)  # validation items per task per candidate: more = steadier, slower
+    max_tokens: dict[TaskName, int] = Field(default_factory=dict)  # caps on tasks.yaml's max_new_tokens while
+    # scoring (generation's 256 tokens dominate a sweep's time; the bench caps its answers the same way)
     objective: Literal["mean_retention", "mean_score"] = "mean_retention"  # retention = score / expert score
 
 

@@ -50,6 +50,21 @@ def test_the_sweep_keeps_the_argmax_of_a_scripted_objective(merge_home, tmp_path
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000
 
 
+def test_the_sweep_scores_with_its_token_caps(merge_home, tmp_path, monkeypatch):
+    import merge.sweep
+
+    caps = []
+    monkeypatch.setattr(merge.sweep, "eval_score", lambda model, adapter, tasks, split, limit, out, max_tokens=None:
+                        caps.append(max_tokens) or dict.fromkeys(tasks, 1.0))
+    config = MergeConfig(name="capped", base_model="tiny", method="linear",
+                         models=[{"model": "exp-a", "weight": 0.5}, {"model": "exp-b", "weight": 0.5}],
+                         sweep={"weights": [0.3, 0.7], "tasks": ["completion"], "limit": 2,
+                                "objective": "mean_score", "max_tokens": {"completion": 5}})
+    summary = run_sweep(config, tmp_path / "sweep")
+    assert len(caps) == 3 and all(c == {"completion": 5} for c in caps)  # two candidates, then the test split
+    assert summary["max_tokens"] == {"completion": 5}
+
+
 def test_retention_without_expert_baselines_is_refused(merge_home, tmp_path):
     config = MergeConfig(name="swept2", base_model="tiny", method="linear",
                          models=[{"model": "exp-a", "weight": 0.5}, {"model": "exp-b", "weight": 0.5}],
