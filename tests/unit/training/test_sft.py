@@ -116,3 +116,11 @@ def test_shipped_train_configs_validate():
     assert paths
     for path in paths:
         load_config(path, TrainConfig)
+
+
+def test_rows_are_batched_by_length_unless_the_config_says_otherwise(tmp_path):
+    from training.sft import build_args
+
+    assert build_args(_config(tmp_path), tmp_path / "w", False).train_sampling_strategy == "group_by_length"
+    random = _config(tmp_path, **{"training.train_sampling_strategy": "random"})
+    assert build_args(random, tmp_path / "w", False).train_sampling_strategy == "random"
