@@ -17,7 +17,8 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   (launch to first healthy answer), ``adapter_load_ms`` (null when the option serves no adapter; {error} when
   the engine refused), ``wall_s`` (this server's whole phase), ``accuracy_wall_s`` (scoring, where it ran),
   ``agreement`` (second engine only: {matched, n, per_task} greedy answers identical to the
-  first engine's).
+  first engine's), ``same_as`` (hybrid only, when the plan routes every task to one option: that option, whose
+  measurements the entry repeats instead of serving the same thing twice).
 - ``failures``: [{deployment, engine, error}] for options or engines that could not be measured (the rest is).
 - ``recommendation``: routes {task: option}, engine (whose measurements costed it), mean_accuracy,
   estimated_memory_mb, estimated_p90_e2el_ms, budget,
@@ -85,7 +86,8 @@ def markdown(report: dict, charts: list[str]) -> str:
         lat = r["latency"][top]
         agree = r.get("agreement")
         adapter = r["adapter_load_ms"]
-        cells = [r["deployment"], r["engine"], _fmt(r["mean_accuracy"]),
+        cells = [r["deployment"] + (f" = {r['same_as']}" if r.get("same_as") else ""), r["engine"],
+                 _fmt(r["mean_accuracy"]),
                  *(f"{a['value']:.1f} [{a['ci95'][0]:.0f}, {a['ci95'][1]:.0f}]" for a in
                    (r["accuracy"][t] for t in tasks)),
                  _fmt(lat["output_throughput"]), _fmt(lat["p90_e2el_ms"], 0), _fmt(r["peak_rss_mb"], 0),
@@ -104,14 +106,18 @@ def markdown(report: dict, charts: list[str]) -> str:
     rec = report.get("recommendation")
     if rec:
         measured = [r for r in results if r["deployment"] == "hybrid"]
+        single = set(rec["routes"].values())
+        plan = (f"Deploy **{next(iter(single))}** (every task → `{next(iter(single))}`)" if len(single) == 1 else
+                "Deploy **hybrid** with " + ", ".join(f"{t} → `{o}`" for t, o in rec["routes"].items()))
         lines += ["", "## Recommendation", "",
-                  "Deploy **hybrid** with " + ", ".join(f"{t} → `{o}`" for t, o in rec["routes"].items())
-                  + f": mean accuracy {rec['mean_accuracy']:.2f}, estimated {rec['estimated_memory_mb']:.0f} MB and "
-                  f"p90 E2EL {rec['estimated_p90_e2el_ms']:.0f} ms (budget {rec['budget']['memory_mb']:.0f} MB, "
+                  plan + f" (`hybrid.yaml`): mean accuracy {rec['mean_accuracy']:.2f}, estimated "
+                  f"{rec['estimated_memory_mb']:.0f} MB and p90 E2EL {rec['estimated_p90_e2el_ms']:.0f} ms "
+                  f"(budget {rec['budget']['memory_mb']:.0f} MB, "
                   f"{rec['budget']['p90_e2el_ms']:.0f} ms on {rec['engine']}; {rec['plans_in_budget']} of "
                   f"{rec['plans_considered']} plans fit)."]
         for r in measured:
-            lines.append(f"Measured on {r['engine']}: {r['peak_rss_mb']:.0f} MB, p90 E2EL "
+            twin = f" (as {r['same_as']}: same routes)" if r.get("same_as") else ""
+            lines.append(f"Measured on {r['engine']}{twin}: {r['peak_rss_mb']:.0f} MB, p90 E2EL "
                          f"{r['latency'][top_level(r)]['p90_e2el_ms']:.0f} ms, mean accuracy {r['mean_accuracy']:.2f}.")
         lines += ["", *(f"- {w}" for w in rec["why"])]
     lines += ["", *(f"![{c}]({c})" for c in charts), ""]
@@ -125,7 +131,7 @@ def plot(report: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    results = report["results"]
+    results = [r for r in report["results"] if not r.get("same_as")]  # a repeated row would hide its twin
     if not results:
         return []
     tasks = list(report["n_per_task"])

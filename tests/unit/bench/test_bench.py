@@ -207,6 +207,13 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     assert set(rec["routes"].values()) <= {"experts", "merged", "mixed"}
     hybrid_yaml = (out / "hybrid.yaml").read_text()
     assert "option: hybrid" in hybrid_yaml and "kind: fake" in hybrid_yaml
+    (twin,) = set(rec["routes"].values())  # answers of the fake engine tie: one option is recommended,
+    assert by["hybrid"]["same_as"] == twin and "hybrid/fake load" not in progress.phases  # not served again
+    assert by["hybrid"]["latency"] == by[twin]["latency"]
+    for r in saved["results"]:  # answers were asked shortest prompt first but are kept in item order
+        scored = json.loads(Path(r["answers_file"]).read_text())["answers"]
+        assert {t: [a["id"] for a in v] for t, v in scored.items()} == {
+            t: [it.id for it in load_items(t, "test", 4)] for t in scored}
     md = (out / "report.md").read_text()
     assert "## Recommendation" in md and "| experts | fake |" in md
     for chart in ("accuracy_vs_throughput.png", "accuracy_per_task.png", "latency.png"):
@@ -217,7 +224,7 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     again = Recorder()
     run_bench(cfg, out, again)
     assert not [p for p in again.phases if p.endswith(("load", "accuracy"))]
-    assert sum("measured before" in s for s in again.said) == 4
+    assert sum("measured before" in s for s in again.said) == 3
 
     # answers are cached by content: a fresh measurement does not score the same models again
     fresh = Recorder()
@@ -230,6 +237,28 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     lost = Recorder()
     run_bench(cfg_one, out, lost)
     assert "merged/fake accuracy" in lost.phases
+
+
+def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_path, monkeypatch):
+    import runtime.bench.run as bench_run
+
+    def mixed_plan(*args, **kwargs):  # the real recommendation, then made per-task
+        rec = recommend(*args, **kwargs)
+        return rec | {"routes": {"generation": "experts", "summarization": "mixed", "completion": "experts",
+                                 "review": "mixed"}}
+
+    monkeypatch.setattr(bench_run, "recommend", mixed_plan)
+    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
+        "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
+        "deployments=[experts, mixed, hybrid]", "accuracy.n=2", "accuracy.bootstrap=100",
+        "load.requests={1: 2}", "load.concurrency=[1]", "load.rate=null", "budget.memory_mb=100000"])
+    progress = Recorder()
+    report = run_bench(cfg, tmp_path / "bench", progress)
+    hybrid = next(r for r in report["results"] if r["deployment"] == "hybrid")
+    assert "same_as" not in hybrid and "hybrid/fake load" in progress.phases
+    assert [a["route"]["adapter"] for a in json.loads(Path(hybrid["answers_file"]).read_text())["answers"]["review"]] \
+        == ["smollm2-lora-mix"] * 2
+    assert "Deploy **hybrid** with generation → `experts`" in (tmp_path / "bench" / "report.md").read_text()
 
 
 def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_path):
