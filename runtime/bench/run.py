@@ -238,7 +238,7 @@ class Bench:
         answers: dict[str, dict[str, list[str]]] = {}  # per option, the scored answers' texts
         failures: list[dict] = []
         recommendation = None
-        scorer = self.config.accuracy.engine if self.config.accuracy.engine in engines else engines[0]
+        default_scorer = self.config.accuracy.engine if self.config.accuracy.engine in engines else engines[0]
         costed = self.config.budget.engine if self.config.budget.engine in engines else engines[0]
         for option in options:
             if option == "hybrid":
@@ -259,6 +259,8 @@ class Bench:
                     self.progress.say(f"hybrid routes every task to {twin}: {twin}'s measurements stand for it")
                     continue
             reference = None
+            scorer = self.config.accuracy.engine_for.get(option, default_scorer)
+            scorer = scorer if scorer in engines else default_scorer
             for engine in [scorer, *(e for e in engines if e != scorer)]:  # the scoring engine answers first
                 try:
                     result = self.measure(option, engine, reference)

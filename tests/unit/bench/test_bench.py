@@ -146,6 +146,8 @@ def test_hybrid_must_come_last(tmp_path):
     with pytest.raises(ConfigError, match="hybrid is planned"):
         load_config(configs_dir() / "bench" / "default.yaml", BenchConfig,
                     ["deployments=[hybrid, experts]"])
+    with pytest.raises(ConfigError, match="accuracy.engine_for names no deployment: merge"):
+        load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, ["accuracy.engine_for={merge: vllm}"])
 
 
 # ----------------------------------------------------------------------------- a whole bench, fake engine
@@ -259,6 +261,18 @@ def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_
     assert [a["route"]["adapter"] for a in json.loads(Path(hybrid["answers_file"]).read_text())["answers"]["review"]] \
         == ["smollm2-lora-mix"] * 2
     assert "Deploy **hybrid** with generation → `experts`" in (tmp_path / "bench" / "report.md").read_text()
+
+
+def test_an_option_is_scored_on_the_engine_named_for_it(tiny_zoo, tmp_path):
+    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
+        "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake, hf]",
+        "deployments=[mixed]", "accuracy.n=2", "accuracy.agreement_n=1", "accuracy.engine=fake",
+        "accuracy.engine_for={mixed: hf}", "load.requests={1: 1}", "load.concurrency=[1]", "load.rate=null",
+        "load.warmup=0", "load.max_tokens=2"])
+    report = run_bench(cfg, tmp_path / "bench", Recorder())
+    rows = {r["engine"]: r for r in report["results"]}
+    assert rows["hf"]["accuracy_engine"] == "hf" and "agreement" not in rows["hf"]
+    assert rows["fake"]["agreement"]["n"] == 4  # one item per task, answered by the other engine
 
 
 def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_path):
