@@ -94,7 +94,8 @@ class HFRunner:
         if params.stop:
             kwargs["stopping_criteria"] = [StopOnText(self.tokenizer, width, params.stop)]
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **kwargs)
+            cache = prefill_rows(self.model, inputs["input_ids"], inputs["attention_mask"])
+            out = self.model.generate(**inputs, **kwargs, **({"past_key_values": cache} if cache else {}))
         return [self._result(row[width:].tolist(), int(mask.sum()), params)
                 for row, mask in zip(out, inputs["attention_mask"], strict=True)]
 
@@ -134,6 +135,46 @@ def generate_kwargs(params: SamplingParams, max_new_tokens: int, pad_token_id: i
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     return kwargs
+
+
+def prefill_rows(model, input_ids, attention_mask, adapter_names: Sequence[str] | None = None):
+    """The KV cache of a left-padded batch's prompts but their last token, computed a row at a time.
+
+    A padded batch's prompt pass computes every pad position and, with a padding mask, takes SDPA's slow masked
+    path: on 16 review prompts (525 tokens on average, up to 1,472) the batched pass took 27 s on 2 cores, the
+    rows one by one 11.5 s. The rows' caches are left-padded into one (the pads are masked as before), and
+    ``generate`` then runs only the last prompt token and the new ones, batched. Greedy answers are unchanged
+    (tests compare them). Returns None where it would not help: one row, or rows of equal length.
+    """
+    import torch
+    from torch.nn.functional import pad
+    from transformers import DynamicCache
+
+    lengths = attention_mask.sum(dim=1).tolist()
+    width = input_ids.shape[1]
+    if len(lengths) < 2 or len(set(lengths)) == 1:
+        return None
+    rows = []
+    for i, length in enumerate(lengths):
+        cache = DynamicCache()
+        if length > 1:
+            extra = {"adapter_names": [adapter_names[i]]} if adapter_names else {}
+            model(input_ids=input_ids[i:i + 1, width - length:width - 1], past_key_values=cache, use_cache=True,
+                  logits_to_keep=1, **extra)
+        rows.append(cache)
+    shaped = next(c for c in rows if c.get_seq_length())  # some row is longer than one token: lengths differ
+    merged = DynamicCache()
+    for layer, template in enumerate(shaped.layers):
+        keys, values = [], []
+        for cache in rows:
+            if cache.get_seq_length():
+                k, v = cache.layers[layer].keys, cache.layers[layer].values
+            else:
+                k = v = template.keys.new_zeros(*template.keys.shape[:2], 0, template.keys.shape[3])
+            keys.append(pad(k, (0, 0, width - 1 - k.shape[2], 0)))
+            values.append(pad(v, (0, 0, width - 1 - v.shape[2], 0)))
+        merged.update(torch.cat(keys), torch.cat(values), layer)
+    return merged
 
 
 class StopOnText:

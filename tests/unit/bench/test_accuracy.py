@@ -24,6 +24,24 @@ def test_batched_greedy_equals_one_by_one(runner: HFRunner):
     assert all(g.completion_tokens == 6 and g.finish_reason == "length" for g in batched)
 
 
+def test_prompts_prefilled_a_row_at_a_time_give_the_padded_batchs_answers(runner: HFRunner):
+    import torch
+
+    from runtime.engines.hf import generate_kwargs, prefill_rows
+
+    prompts = [runner.render([{"role": "user", "content": t}]) for t in ("a", "def f(x):\n    return x + 1", "b = 2")]
+    inputs = runner.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    kwargs = generate_kwargs(SamplingParams(max_new_tokens=6), 6, runner.tokenizer.pad_token_id)
+    with torch.inference_mode():
+        cache = prefill_rows(runner.model, inputs["input_ids"], inputs["attention_mask"])
+        assert cache is not None and cache.get_seq_length() == inputs["input_ids"].shape[1] - 1
+        with_cache = runner.model.generate(**inputs, **kwargs, past_key_values=cache)
+        padded = runner.model.generate(**inputs, **kwargs)
+    assert with_cache.tolist() == padded.tolist()
+    same = runner.tokenizer([prompts[0]] * 2, return_tensors="pt", add_special_tokens=False)
+    assert prefill_rows(runner.model, same["input_ids"], same["attention_mask"]) is None  # nothing padded
+
+
 def test_stop_strings_cut_the_text(runner: HFRunner):
     prompt = runner.render([{"role": "user", "content": "x"}])
     full = runner.generate([prompt], SamplingParams(max_new_tokens=12))[0].text
