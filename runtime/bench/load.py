@@ -26,7 +26,7 @@ class RequestSpec:
 class RequestRecord:
     ok: bool
     start: float
-    ttft: float = 0.0  # seconds to the first content chunk
+    ttft: float | None = None  # seconds to the first content chunk; None for an answer with no text
     e2el: float = 0.0
     itl: list[float] = field(default_factory=list)  # gaps between content chunks
     output_tokens: int = 0
@@ -128,12 +128,13 @@ def _stats(name: str, values: list[float]) -> dict[str, float]:
 def summarize(records: list[RequestRecord], duration: float) -> dict:
     done = [r for r in records if r.ok]
     tokens = sum(r.output_tokens for r in done)
-    tpot = [(r.e2el - r.ttft) / (r.output_tokens - 1) for r in done if r.output_tokens > 1]
+    tpot = [(r.e2el - r.ttft) / (r.output_tokens - 1) for r in done if r.output_tokens > 1 and r.ttft is not None]
     out = {"completed": len(done), "failed": len(records) - len(done), "duration_s": duration,
+           "empty_answers": sum(r.ttft is None for r in done),  # completed without a content chunk: no TTFT
            "total_output_tokens": tokens, "request_throughput": len(done) / duration if duration else 0.0,
            "output_throughput": tokens / duration if duration else 0.0,
            "errors": sorted({r.error for r in records if r.error})[:5]}
-    for name, values in (("ttft", [r.ttft for r in done]), ("tpot", tpot),
+    for name, values in (("ttft", [r.ttft for r in done if r.ttft is not None]), ("tpot", tpot),
                          ("itl", [g for r in done for g in r.itl]), ("e2el", [r.e2el for r in done])):
         out |= _stats(name, values)
     return out

@@ -12,7 +12,8 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   ``mean_accuracy`` (mean of the headline values, 0-100),
   ``latency`` {"1" | "4" | "8" | "poisson-RATE": vllm-bench-serve fields: completed, failed, duration_s,
   request_throughput, output_throughput, total_output_tokens, {mean,median,p90,p99}_{ttft,tpot,itl,e2el}_ms,
-  errors}, ``peak_rss_mb`` (serving process tree, sampled every 0.2 s during the load runs),
+  empty_answers (completed with no text: counted in E2EL, not in TTFT), errors}, ``peak_rss_mb`` (serving
+  process tree, sampled every 0.2 s during the load runs),
   ``gpu_memory_mb`` (null without a GPU), ``cold_start_s``
   (launch to first healthy answer), ``adapter_load_ms`` (null when the option serves no adapter; {error} when
   the engine refused), ``wall_s`` (this server's whole phase), ``accuracy_wall_s`` (scoring, where it ran),

@@ -37,6 +37,14 @@ def test_percentiles_and_throughput_follow_vllm_bench_serve():
     assert out["median_itl_ms"] == pytest.approx(50)
 
 
+def test_an_answer_without_text_has_no_ttft_and_does_not_pull_the_median_to_zero():
+    records = [RequestRecord(ok=True, start=0, ttft=1.0, e2el=2.0, output_tokens=3) for _ in range(3)]
+    records += [RequestRecord(ok=True, start=0, e2el=0.5, output_tokens=0) for _ in range(4)]  # EOS at once
+    out = summarize(records, duration=4.0)
+    assert out["completed"] == 7 and out["empty_answers"] == 4
+    assert out["median_ttft_ms"] == pytest.approx(1000) and out["median_e2el_ms"] == pytest.approx(500)
+
+
 def test_no_completed_request_gives_zero_throughput_not_a_crash():
     out = summarize([RequestRecord(ok=False, start=0, error="x")], duration=0.0)
     assert out["completed"] == 0 and out["request_throughput"] == 0.0 and out["p90_e2el_ms"] == 0.0
