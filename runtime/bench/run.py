@@ -62,7 +62,7 @@ def installed_engines(requested: list[str]) -> tuple[list[str], dict[str, str]]:
     return have, skipped
 
 
-def environment(config_hash: str) -> dict:
+def environment(config_hash: str, sha: str | None) -> dict:
     import torch
     import transformers
 
@@ -82,7 +82,7 @@ def environment(config_hash: str) -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") *
             os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "gpu": gpu, "platform": platform.platform(),
-            "versions": versions, "git_sha": git_sha(), "config_hash": config_hash}
+            "versions": versions, "git_sha": sha, "config_hash": config_hash}
 
 
 def gpu_memory_mb() -> float | None:
@@ -103,6 +103,7 @@ class Bench:
     progress: Progress = field(default_factory=Progress)
     fresh: bool = False
     serve_env: dict[str, str] = field(default_factory=dict)  # extra environment for the child servers
+    git_sha: str | None = field(default_factory=git_sha)  # of the code that runs (read when the run starts)
 
     def __post_init__(self) -> None:
         self.store = ModelStore()
@@ -280,7 +281,7 @@ class Bench:
         report = {
             "schema_version": SCHEMA_VERSION,
             "name": self.config.name,
-            "environment": environment(self.config_hash),
+            "environment": environment(self.config_hash, self.git_sha),
             "config": self.config.model_dump(exclude={"quick"}),
             "engines_skipped": skipped_engines,
             "n_per_task": {t: len(v) for t, v in self.items.items()},
@@ -358,7 +359,7 @@ def score_answers(items: dict[str, list[TaskItem]], answers: dict[str, list[dict
 def run_bench(config: BenchConfig, out: Path, progress: Progress, engines: list[str] | None = None,
               fresh: bool = False) -> dict:
     """The whole bench; returns the report (also written to OUT/report.json, report.md and charts)."""
-    start = time.perf_counter()
+    start, sha = time.perf_counter(), git_sha()  # a commit made while the bench runs is not the code that ran
     use_zoo_home(config)
     out.mkdir(parents=True, exist_ok=True)
     usable, skipped = installed_engines(engines or list(config.engines))
@@ -366,7 +367,7 @@ def run_bench(config: BenchConfig, out: Path, progress: Progress, engines: list[
         raise EngineUnavailableError(f"none of the engines {engines or config.engines} can run here: {skipped}",
                                      fix="install one, or pass --engines hf")
     zoo = build_zoo(config, out, progress)
-    bench = Bench(config, out, progress, fresh=fresh)
+    bench = Bench(config, out, progress, fresh=fresh, git_sha=sha)
     report = bench.run(usable, skipped, zoo)
     report["wall_s"] = round(time.perf_counter() - start, 1)
     write_report(report, out)

@@ -1,8 +1,9 @@
 """The `hf` engine: transformers + PEFT behind a batching scheduler.
 
 Requests that arrive together are run as one padded batch (their prompts prefilled a row at a time into one KV
-cache, ``hf.prefill_rows``); a batch mixes adapters (PEFT ``adapter_names=``, the base model as ``__base__``). Adapters live in slots: at most ``max_loras`` are resident, the least recently used
-unpinned one is evicted to make room. Generation runs on one worker thread; a per-step hook streams each row's
+cache, ``hf.prefill_rows``); a batch mixes adapters (PEFT ``adapter_names=``, the base model as ``__base__``).
+Adapters live in slots: at most ``max_loras`` are resident, the least recently used unpinned one is evicted to
+make room. Generation runs on one worker thread; a per-step hook streams each row's
 new text to its request, applies its stop strings and token limit, and stops a row whose client went away.
 """
 
