@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from runtime.config import TasksConfig, configs_dir, load_config
-from runtime.engines.hf import prefill_rows
+from runtime.engines.hf import generate_prefilled
 from runtime.models import ModelStore
 from training.tasks import load_items
 from training.tasks.prompts import messages_for
@@ -28,8 +28,7 @@ def run(model, batches: list[dict], new_tokens: int, pad_id: int, by_row: bool) 
     start, out = time.perf_counter(), []
     with torch.inference_mode():
         for inputs in batches:
-            cache = prefill_rows(model, inputs["input_ids"], inputs["attention_mask"]) if by_row else None
-            ids = model.generate(**inputs, **kwargs, **({"past_key_values": cache} if cache else {}))
+            ids = generate_prefilled(model, inputs, **kwargs) if by_row else model.generate(**inputs, **kwargs)
             out += ids[:, inputs["input_ids"].shape[1]:].tolist()
     return time.perf_counter() - start, out
 

@@ -94,8 +94,7 @@ class HFRunner:
         if params.stop:
             kwargs["stopping_criteria"] = [StopOnText(self.tokenizer, width, params.stop)]
         with torch.inference_mode():
-            cache = prefill_rows(self.model, inputs["input_ids"], inputs["attention_mask"])
-            out = self.model.generate(**inputs, **kwargs, **({"past_key_values": cache} if cache else {}))
+            out = generate_prefilled(self.model, inputs, **kwargs)
         return [self._result(row[width:].tolist(), int(mask.sum()), params)
                 for row, mask in zip(out, inputs["attention_mask"], strict=True)]
 
@@ -175,6 +174,13 @@ def prefill_rows(model, input_ids, attention_mask, adapter_names: Sequence[str] 
             values.append(pad(v, (0, 0, width - 1 - v.shape[2], 0)))
         merged.update(torch.cat(keys), torch.cat(values), layer)
     return merged
+
+
+def generate_prefilled(model, inputs, **kwargs):
+    """``model.generate`` on a left-padded batch, its prompts prefilled a row at a time where that helps (the one
+    way the runner, the serving engine and the benchmark generate)."""
+    cache = prefill_rows(model, inputs["input_ids"], inputs["attention_mask"], kwargs.get("adapter_names"))
+    return model.generate(**inputs, **kwargs, **({"past_key_values": cache} if cache is not None else {}))
 
 
 class StopOnText:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from runtime.config import EngineConfig
 from runtime.engines.base import EngineRequest, EngineResult, StreamDelta
-from runtime.engines.hf import HFRunner, SamplingParams, generate_kwargs, prefill_rows
+from runtime.engines.hf import HFRunner, SamplingParams, generate_kwargs, generate_prefilled
 from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
 
 log = logging.getLogger(__name__)
@@ -234,11 +234,7 @@ class HFEngine:
             kwargs["adapter_names"] = [j.request.adapter or BASE for j in batch]
         hook = _StepHook(self, batch, width, inputs["attention_mask"].sum(dim=1).tolist())
         with torch.inference_mode():
-            cache = prefill_rows(self.runner.model, inputs["input_ids"], inputs["attention_mask"],
-                                 kwargs.get("adapter_names"))
-            if cache is not None:
-                kwargs["past_key_values"] = cache
-            self.runner.model.generate(**inputs, stopping_criteria=[hook], **kwargs)
+            generate_prefilled(self.runner.model, inputs, stopping_criteria=[hook], **kwargs)
         hook.finish_all()
 
 
