@@ -82,7 +82,8 @@ def eval_score(model: Path, adapter: str | None, tasks: list[str], split: str, l
 
 def run_sweep(config: MergeConfig, out: Path, score: Score | None = None,
               step: Callable[[str], None] = log.info) -> dict:
-    """Merge and score every candidate on val; keep the best as ``config.name``; score it on test."""
+    """Merge and score every candidate on val; keep the best as ``config.name``; score it on test unless
+    ``sweep.score_test`` is off (``chosen_test`` is then None)."""
     from merge.run import merge
 
     sweep = config.sweep
@@ -126,7 +127,7 @@ def run_sweep(config: MergeConfig, out: Path, score: Score | None = None,
         shutil.rmtree(final)
     Path(best["path"]).rename(final)
     _rename_manifest(final, config.name, best)
-    test = score(final, None, tasks, "test", sweep.limit, out / "chosen-test")
+    test = score(final, None, tasks, "test", sweep.limit, out / "chosen-test") if sweep.score_test else None
     summary = {"chosen": best["name"], "weights": [best[k] for k in best if k.startswith("w")],
                "density": best["density"], "objective": sweep.objective, "expert_val": expert,
                "chosen_val": {t: best[f"val_{t}"] for t in tasks}, "chosen_test": test, "candidates": len(rows),

@@ -214,6 +214,7 @@ class MergeSweep(Frozen):
     max_tokens: dict[TaskName, int] = Field(default_factory=dict)  # caps on tasks.yaml's max_new_tokens while
     # scoring (generation's 256 tokens dominate a sweep's time; the bench caps its answers the same way)
     objective: Literal["mean_retention", "mean_score"] = "mean_retention"  # retention = score / expert score
+    score_test: bool = True  # score the chosen merge on `limit` test items too (the bench scores test itself)
 
 
 class MergeConfig(Frozen):

@@ -45,7 +45,8 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress) -> dict:
         steps.append((tc.name, f"train {path}",
                       lambda tc=tc: train(tc, step=progress.say, callbacks=[StepsToProgress(progress, tc.name)])))
     if z.merge_sweep:
-        mc = load_config(shipped(z.merge_sweep), MergeConfig, z.sweep_overrides)
+        # the bench scores the chosen merge on test itself, on more items: the sweep's own test score is skipped
+        mc = load_config(shipped(z.merge_sweep), MergeConfig, ["sweep.score_test=false", *z.sweep_overrides])
         steps.append((mc.name, f"merge sweep {z.merge_sweep}",
                       lambda mc=mc: run_sweep(mc, out / "zoo" / f"sweep-{mc.name}", step=progress.say)))
     if z.adapter_merge:

@@ -65,6 +65,18 @@ def test_the_sweep_scores_with_its_token_caps(merge_home, tmp_path, monkeypatch)
     assert summary["max_tokens"] == {"completion": 5}
 
 
+def test_the_test_split_is_skipped_when_asked(merge_home, tmp_path):
+    splits = []
+    config = MergeConfig(name="untested", base_model="tiny", method="linear",
+                         models=[{"model": "exp-a", "weight": 0.5}, {"model": "exp-b", "weight": 0.5}],
+                         sweep={"weights": [0.3, 0.7], "tasks": ["completion"], "limit": 2,
+                                "objective": "mean_score", "score_test": False})
+    summary = run_sweep(config, tmp_path / "sweep",
+                        score=lambda model, adapter, tasks, split, *a: splits.append(split) or {"completion": 1.0})
+    assert splits == ["val", "val"] and summary["chosen_test"] is None
+    assert ModelStore().has("untested")
+
+
 def test_retention_without_expert_baselines_is_refused(merge_home, tmp_path):
     config = MergeConfig(name="swept2", base_model="tiny", method="linear",
                          models=[{"model": "exp-a", "weight": 0.5}, {"model": "exp-b", "weight": 0.5}],
