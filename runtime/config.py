@@ -12,7 +12,7 @@ import string
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -326,6 +326,8 @@ class BenchConfig(Frozen):
     load: LoadConfig = Field(default_factory=LoadConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     quick: list[str] = Field(default_factory=list)  # key=value overrides that `--quick` applies
+    skip: dict[str, str] = Field(default_factory=dict)  # "option/engine" -> why it is not run (the report says
+    # it); "option/engine-cpu" skips it only where there is no GPU
 
     @field_validator("deployments")
     @classmethod
@@ -335,13 +337,23 @@ class BenchConfig(Frozen):
         return value
 
     @model_validator(mode="after")
-    def _known_scoring_options(self) -> BenchConfig:
+    def _known_options(self) -> BenchConfig:
         known = {p.stem for p in (configs_dir() / "deployments").glob("*.yaml")}
         unknown = sorted(set(self.accuracy.engine_for) - known)
         if unknown:
             raise ValueError(f"accuracy.engine_for names no deployment: {', '.join(unknown)} (known: "
                              f"{', '.join(sorted(known))})")
+        engines = list(get_args(EngineKind))
+        for key in self.skip:
+            option, _, engine = key.partition("/")
+            if option not in known | {"hybrid"} or engine.removesuffix("-cpu") not in engines:
+                raise ValueError(f"skip: '{key}' is not option/engine (options: {', '.join(sorted(known))}; "
+                                 f"engines: {', '.join(engines)}, each optionally with -cpu)")
         return self
+
+    def skipped(self, option: str, engine: str, gpu: bool) -> str | None:
+        """Why this option is not run on this engine here, or None."""
+        return self.skip.get(f"{option}/{engine}") or (None if gpu else self.skip.get(f"{option}/{engine}-cpu"))
 
 
 def trainer_fields() -> frozenset[str]:

@@ -21,6 +21,7 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   first engine's), ``same_as`` (hybrid only, when the plan routes every task to one option: that option, whose
   measurements the entry repeats instead of serving the same thing twice).
 - ``failures``: [{deployment, engine, error}] for options or engines that could not be measured (the rest is).
+- ``skipped``: [{deployment, engine, reason}] for pairs the config's ``skip`` left out, with its reason.
 - ``recommendation``: routes {task: option}, engine (whose measurements costed it), mean_accuracy,
   estimated_memory_mb, estimated_p90_e2el_ms, budget,
   fits_budget, unconstrained_best, simplified_from (null, or the per-task plan a single option replaced),
@@ -78,6 +79,8 @@ def markdown(report: dict, charts: list[str]) -> str:
              f"streamed, max_tokens {report['config']['load']['max_tokens']}.", ""]
     for f in report.get("failures", []):
         lines += [f"**Failed**: {f['deployment']} on {f['engine']}: {f['error']}", ""]
+    for s in report.get("skipped", []):
+        lines += [f"**Not run** (config `skip`): {s['deployment']} on {s['engine']}: {s['reason']}", ""]
     if report.get("engines_skipped"):
         lines += ["Engines skipped: " + "; ".join(f"{k}: {v}" for k, v in report["engines_skipped"].items()), ""]
     head = ["option", "engine", "mean acc.", *tasks, f"out tok/s @{top}", f"p90 E2EL ms @{top}", "peak RSS MB",

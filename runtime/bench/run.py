@@ -79,10 +79,17 @@ def environment(config_hash: str, sha: str | None) -> dict:
                 break
             except PackageNotFoundError:
                 continue
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    gpu = environment_gpu()
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") *
             os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "gpu": gpu, "platform": platform.platform(),
             "versions": versions, "git_sha": sha, "config_hash": config_hash}
+
+
+def environment_gpu() -> str | None:
+    """The name of GPU 0, or None without one."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def gpu_memory_mb() -> float | None:
@@ -238,7 +245,9 @@ class Bench:
         accuracy: dict[str, dict] = {}
         answers: dict[str, dict[str, list[str]]] = {}  # per option, the scored answers' texts
         failures: list[dict] = []
+        not_run: list[dict] = []
         recommendation = None
+        gpu = environment_gpu() is not None
         default_scorer = self.config.accuracy.engine if self.config.accuracy.engine in engines else engines[0]
         costed = self.config.budget.engine if self.config.budget.engine in engines else engines[0]
         for option in options:
@@ -263,6 +272,10 @@ class Bench:
             scorer = self.config.accuracy.engine_for.get(option, default_scorer)
             scorer = scorer if scorer in engines else default_scorer
             for engine in [scorer, *(e for e in engines if e != scorer)]:  # the scoring engine answers first
+                if why := self.config.skipped(option, engine, gpu):
+                    self.progress.say(f"{option} on {engine}: not run (config `skip`): {why}")
+                    not_run.append({"deployment": option, "engine": engine, "reason": why})
+                    continue
                 try:
                     result = self.measure(option, engine, reference)
                 except (MixmergeError, RuntimeError, httpx.HTTPError) as e:  # one option failing spoils no other
@@ -291,6 +304,7 @@ class Bench:
             "zoo": zoo,
             "results": results,
             "failures": failures,
+            "skipped": not_run,
             "recommendation": recommendation,
         }
         return report

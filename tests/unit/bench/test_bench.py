@@ -16,6 +16,7 @@ from runtime.bench.recommend import plan_cost, recommend
 from runtime.bench.run import Bench, Progress, agreement, run_bench
 from runtime.bench.stats import bootstrap_ci, mean_of, paired_difference
 from runtime.config import BenchConfig, BudgetConfig, configs_dir, load_config
+from runtime.errors import ConfigError
 from runtime.models import ModelStore
 from training.tasks import build_dataset, load_items
 
@@ -149,8 +150,6 @@ def test_the_shipped_bench_config_and_its_quick_variant_validate():
 
 
 def test_hybrid_must_come_last(tmp_path):
-    from runtime.errors import ConfigError
-
     with pytest.raises(ConfigError, match="hybrid is planned"):
         load_config(configs_dir() / "bench" / "default.yaml", BenchConfig,
                     ["deployments=[hybrid, experts]"])
@@ -292,6 +291,26 @@ def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_pat
     assert report["results"] == [] and [f["deployment"] for f in report["failures"]] == ["merged", "hybrid"]
     assert "unknown model 'smollm2-merged'" in report["failures"][0]["error"]
     assert "**Failed**: merged on fake" in (tmp_path / "bench" / "report.md").read_text()
+
+
+def test_a_pair_the_config_skips_is_not_served_and_the_report_says_why(tiny_zoo, tmp_path, monkeypatch):
+    from runtime.bench import run as bench_run
+
+    args = ["zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
+            "deployments=[mixed, experts]", "accuracy.n=2", "accuracy.bootstrap=100", "load.requests={1: 1}",
+            "load.concurrency=[1]", "load.rate=null", "load.warmup=0"]
+    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig,
+                      [*args, "skip={mixed/fake: too slow here, experts/fake-cpu: no GPU}"])
+    monkeypatch.setattr(bench_run, "environment_gpu", lambda: "a GPU")  # -cpu keys do not apply with a GPU
+    report = run_bench(cfg, tmp_path / "gpu", Recorder())
+    assert [r["deployment"] for r in report["results"]] == ["experts"]
+    assert report["skipped"] == [{"deployment": "mixed", "engine": "fake", "reason": "too slow here"}]
+    assert "**Not run** (config `skip`): mixed on fake: too slow here" in (tmp_path / "gpu" / "report.md").read_text()
+    monkeypatch.setattr(bench_run, "environment_gpu", lambda: None)
+    report = run_bench(cfg, tmp_path / "cpu", Recorder())
+    assert report["results"] == [] and [s["deployment"] for s in report["skipped"]] == ["mixed", "experts"]
+    with pytest.raises(ConfigError, match="skip: 'mixed/gpu' is not option/engine"):
+        load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [*args, "skip={mixed/gpu: x}"])
 
 
 def test_answers_are_keyed_by_the_weights_that_answer_each_task(tiny_zoo, tmp_path):
