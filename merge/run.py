@@ -6,6 +6,7 @@ Merging goes through mergekit's Python API (``run_merge``); LoRA experts are fir
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -54,6 +55,32 @@ def input_path(name: str, base_name: str, store: ModelStore, step: Step = log.in
     return fold_lora(entry, base_name, store, step) if entry.format == "lora" else entry.path
 
 
+@contextlib.contextmanager
+def topk_trimming():
+    """mergekit's magnitude trimming (TIES, breadcrumbs' lower cut) argsorts every whole tensor to keep its top
+    ``density`` share: 32 of the 43 s a TIES merge of four 135M experts took on 2 cores. ``torch.topk`` with
+    ``sorted=False`` picks the same entries about 5x faster on a CPU (a tie at the cut is broken arbitrarily by
+    either; a test checks equality with mergekit's own). Swapped in for CPU tensors, only while we merge."""
+    import mergekit.sparsify as sparsify
+    import torch
+
+    original = sparsify.magnitude
+
+    def magnitude(tensor: torch.Tensor, density: float, rescale_norm=None) -> torch.Tensor:
+        if tensor.device.type != "cpu" or not 0 < density < 1 or tensor.numel() == 0:
+            return original(tensor, density, rescale_norm)
+        k = max(1, int(density * tensor.numel()))
+        mask = torch.zeros(tensor.numel(), dtype=tensor.dtype)
+        mask[torch.topk(tensor.abs().reshape(-1).float(), k, sorted=False).indices] = 1
+        return sparsify.rescaled_masked_tensor(tensor, mask.reshape_as(tensor), rescale_norm)
+
+    sparsify.magnitude = magnitude
+    try:
+        yield
+    finally:
+        sparsify.magnitude = original
+
+
 def output_dir(config: MergeConfig, store: ModelStore) -> Path:
     return Path(config.output_dir).expanduser() if config.output_dir else store.models_dir / config.name
 
@@ -75,7 +102,7 @@ def merge(config: MergeConfig, step: Step = log.info) -> ModelEntry:
     plan = to_mergekit(config.method, base.path, inputs, config.parameters, config.dtype)
     step(f"merging {len(inputs)} models with {config.method}")
     start = time.time()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, topk_trimming():
         try:
             run_merge(plan, str(tmp), MergeOptions(random_seed=config.seed, copy_tokenizer=True, quiet=True,
                                                    write_model_card=False))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from merge.run import merge
+from merge.run import merge, topk_trimming
 from runtime.config import MergeConfig, load_config
 from runtime.engines.hf import HFRunner, SamplingParams
 from runtime.errors import ConfigError
@@ -140,3 +140,30 @@ def test_cat_adapter_merge_is_the_weighted_sum_of_deltas(merge_home, tmp_path):
     for name in base:
         expected = base[name] + 0.3 * (c[name] - base[name]) + 0.7 * (d[name] - base[name])
         torch.testing.assert_close(m[name], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("density,norm", [(0.5, None), (0.2, "l1"), (0.9, "l2")])
+def test_topk_trimming_keeps_what_mergekits_magnitude_keeps(dtype, density, norm):
+    import mergekit.sparsify as sparsify
+
+    signs = torch.randint(0, 2, (16, 16), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    tensor = (torch.randperm(256).add(1).reshape(16, 16) * signs).to(torch.float32).div(64).to(dtype)  # no ties
+    rescale = sparsify.RescaleNorm(norm) if norm else None
+    expected = sparsify.sparsify(tensor, density, sparsify.SparsificationMethod.magnitude, rescale_norm=rescale)
+    with topk_trimming():
+        ours_name = sparsify.magnitude.__qualname__
+        got = sparsify.sparsify(tensor, density, sparsify.SparsificationMethod.magnitude, rescale_norm=rescale)
+    assert "topk_trimming" in ours_name and "topk_trimming" not in sparsify.magnitude.__qualname__  # restored
+    assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
+def test_topk_trimming_keeps_exactly_the_share_when_magnitudes_tie():
+    import mergekit.sparsify as sparsify
+
+    tensor = torch.tensor([3.0, -1.0, 1.0, 1.0, -1.0, 0.5, 0.0, 2.0])
+    with topk_trimming():
+        got = sparsify.magnitude(tensor, 0.5)
+    kept = got != 0
+    assert int(kept.sum()) == 4 and kept[0] and kept[7]  # 3 and 2, then two of the four tied 1s
+    assert got[kept].abs().min() >= tensor[~kept].abs().max()
