@@ -114,9 +114,9 @@ def evaluate_served(url: str, tasks: TasksConfig, items: dict[str, list[TaskItem
         done: dict[str, int] = dict.fromkeys(items, 0)
         async with httpx.AsyncClient(timeout=900, headers=headers) as client:
 
-            async def one(task: str, item: TaskItem) -> dict:
-                sampling = sampling_for(tasks, task)
-                body = {"model": task, "messages": messages_for(tasks, task, item), "temperature": 0,
+            async def one(task: str, i: int) -> dict:
+                item, sampling = items[task][i], sampling_for(tasks, task)
+                body = {"model": task, "messages": messages[task][i], "temperature": 0,
                         "max_tokens": sampling.max_new_tokens, "stop": list(sampling.stop) or None}
                 async with gate:
                     r = await client.post(f"{url}/chat/completions", json=body)
@@ -133,17 +133,15 @@ def evaluate_served(url: str, tasks: TasksConfig, items: dict[str, list[TaskItem
 
             # a task at a time, shortest prompt first: requests in flight together have similar lengths, so a
             # batch wastes little on padding (1.3x faster scoring here; greedy answers are the same)
-            pairs = [(t, i) for t, its in items.items()
-                     for i in sorted(range(len(its)), key=lambda i, t=t, its=its: prompt_size(t, its[i]))]
-            answers = await asyncio.gather(*(one(t, items[t][i]) for t, i in pairs))
+            pairs = [(t, i) for t, msgs in messages.items()
+                     for i in sorted(range(len(msgs)), key=lambda i, ms=msgs: sum(len(m["content"]) for m in ms[i]))]
+            answers = await asyncio.gather(*(one(t, i) for t, i in pairs))
         out: dict[str, list[dict]] = {t: [{}] * len(its) for t, its in items.items()}
         for (task, i), answer in zip(pairs, answers, strict=True):
             out[task][i] = answer
         return out
 
-    def prompt_size(task: str, item: TaskItem) -> int:
-        return sum(len(m["content"]) for m in messages_for(tasks, task, item))
-
+    messages = {t: [messages_for(tasks, t, it) for it in its] for t, its in items.items()}  # built once: sorted, sent
     return asyncio.run(run())
 
 
