@@ -247,7 +247,8 @@ class Bench:
         failures: list[dict] = []
         not_run: list[dict] = []
         recommendation = None
-        gpu = environment_gpu() is not None
+        env = environment(self.config_hash, self.git_sha)
+        gpu = env["gpu"] is not None
         default_scorer = self.config.accuracy.engine if self.config.accuracy.engine in engines else engines[0]
         costed = self.config.budget.engine if self.config.budget.engine in engines else engines[0]
         for option in options:
@@ -294,7 +295,7 @@ class Bench:
         report = {
             "schema_version": SCHEMA_VERSION,
             "name": self.config.name,
-            "environment": environment(self.config_hash, self.git_sha),
+            "environment": env,
             "config": self.config.model_dump(exclude={"quick"}),
             "engines_skipped": skipped_engines,
             "n_per_task": {t: len(v) for t, v in self.items.items()},
