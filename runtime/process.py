@@ -1,0 +1,157 @@
+"""Child processes that we start and own: a server in its own session, its output in a log file, polled until it
+answers, and stopped with its whole process group.
+
+Used for vLLM's OpenAI server (whose engine core and workers are further processes of the same group: stopping the
+server alone left them running, 3.4 GB) and for ``runtime serve`` under the bench. Linux only: group members are
+read from /proc.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from runtime.errors import EngineUnavailableError
+
+log = logging.getLogger(__name__)
+Probe = Callable[[], bool]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # it exited while we looked
+            continue
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def http_probe(url: str, uds: str | None = None, timeout_s: float = 2.0) -> Probe:
+    """A probe that is True when GET ``url`` answers 200 (over the unix socket ``uds`` if given)."""
+
+    def probe() -> bool:
+        transport = httpx.HTTPTransport(uds=uds) if uds else None
+        try:
+            with httpx.Client(transport=transport, timeout=timeout_s) as client:
+                return client.get(url).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return probe
+
+
+class ChildProcess:
+    """One server process in its own session (so its process group is all of its descendants).
+
+    ``env`` is the child's whole environment, given explicitly; secrets go there, never into ``cmd``, which every
+    user of the machine can read in /proc/PID/cmdline. Output goes to ``log_path`` (a private temp file by
+    default), appended across restarts.
+    """
+
+    def __init__(self, cmd: list[str], env: dict[str, str], name: str, log_path: Path | None = None) -> None:
+        self.cmd = cmd
+        self.env = env
+        self.name = name
+        if log_path is None:
+            fd, path = tempfile.mkstemp(prefix=f"mixmerge-{name}-", suffix=".log")  # mode 0600
+            os.close(fd)
+            log_path = Path(path)
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError(f"{self.name} was not started")
+        return self.process.pid
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:  # the child keeps its own descriptor
+            self.started_at = time.perf_counter()
+            self.process = subprocess.Popen(self.cmd, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        log.info("started %s (pid %d, log %s): %s", self.name, self.process.pid, self.log_path, " ".join(self.cmd))
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_healthy(self, probe: Probe, timeout_s: float, interval_s: float = 0.5,
+                     cancel: threading.Event | None = None) -> float:
+        """Poll ``probe`` until it passes; return the seconds since start. If the child exits, the time runs out or
+        ``cancel`` is set, the group is stopped and EngineUnavailableError says why, with the log's last lines."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not (cancel and cancel.is_set()):
+            if not self.alive():
+                code = self.process.returncode if self.process else None
+                self.stop()
+                raise EngineUnavailableError(f"{self.name} exited with {code} while starting; last lines: "
+                                             f"{self.tail()}", fix=f"see {self.log_path} for the cause")
+            if probe():
+                return time.perf_counter() - self.started_at
+            time.sleep(interval_s)
+        self.stop()
+        why = "start was cancelled" if cancel and cancel.is_set() else f"did not answer within {timeout_s:.0f} s"
+        raise EngineUnavailableError(f"{self.name} {why}; last lines: {self.tail()}",
+                                     fix=f"see {self.log_path}; a slow machine needs a longer startup timeout")
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """SIGTERM the whole group, wait up to ``grace_s`` for every member, then SIGKILL what is left."""
+        if self.process is None:
+            return
+        pgid = self.process.pid  # the session leader's pid; the group outlives the leader while members remain
+        if _signal_group(pgid, signal.SIGTERM) and not self._wait_group_gone(pgid, grace_s):
+            log.warning("%s: group %d still running after %.0f s; killing it", self.name, pgid, grace_s)
+            _signal_group(pgid, signal.SIGKILL)
+            if not self._wait_group_gone(pgid, 10.0):
+                log.error("%s: processes %s of group %d survived SIGKILL", self.name, group_members(pgid), pgid)
+        self.process.poll()
+
+    def _wait_group_gone(self, pgid: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.process.poll()  # reap the leader, or it stays a zombie member
+            if not group_members(pgid):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+    def tail(self, lines: int = 8) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Send ``sig`` to the group; False when no process of it is left."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
