@@ -2,7 +2,9 @@
 
 Requests rotate over the upstreams that are in service. A connection error, a timeout or a 5xx takes an upstream
 out of rotation for ``cooldown_s`` and the request is retried on the next one with exponential backoff, up to
-``retries`` times; a 4xx is the request's fault and is raised at once. Health checks bring upstreams back.
+``retries`` times (a stream too, until its first delta has reached the caller); a 4xx is the request's fault
+and is raised at once. Health checks bring upstreams back. ``api_key`` goes to every upstream as a Bearer
+token; ``transport`` reaches them another way (a unix socket, for the vllm engine's own server).
 Adapters are upstream model ids (vLLM serves each LoRA under its name).
 """
 
@@ -35,7 +37,8 @@ class RemoteEngine:
 
     def __init__(self, model_path: str | Path, adapters: dict[str, Path] | None = None,
                  config: EngineConfig | None = None, cooldown_s: float = 5.0, backoff_s: float = 0.2,
-                 served_name: str | None = None) -> None:
+                 served_name: str | None = None, api_key: str | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config or EngineConfig(kind="remote", upstreams=["http://127.0.0.1:8000"])
         self.upstreams = [u.rstrip("/") for u in self.config.upstreams]
         self.model_name = served_name or Path(model_path).name
@@ -46,7 +49,9 @@ class RemoteEngine:
         self.failures: dict[str, int] = {u: 0 for u in self.upstreams}
         self._next = 0
         self._inflight = 0
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(self.config.timeout_s, connect=5.0))
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None  # vLLM's --api-key / VLLM_API_KEY
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(self.config.timeout_s, connect=5.0), headers=headers,
+                                        transport=transport)
 
     # ------------------------------------------------------------------------------------------ rotation
     def in_service(self) -> list[str]:
@@ -121,34 +126,31 @@ class RemoteEngine:
         raise EngineUnavailableError(f"every upstream attempt failed ({last})", fix="check the upstream servers")
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
+        """Stream from one upstream. Until the first delta reaches the caller, a failure (connection error,
+        timeout, 5xx at open) is retried on the next upstream like ``generate``; after it, the stream fails."""
         path, body = self._payload(request, stream=True)
-        upstream = self._pick()
-        prompt_tokens = completion_tokens = 0
-        finish: str | None = None
-        try:
-            async with self.client.stream("POST", upstream + path, json=body) as r:
-                if r.status_code >= 400:
-                    await r.aread()
-                    if r.status_code >= 500:
+        last = "no attempt"
+        async for upstream in self._attempts():
+            sent = False
+            try:
+                async with self.client.stream("POST", upstream + path, json=body) as r:
+                    if r.status_code >= 400:
+                        await r.aread()
+                        _raise_for_client_error(r)
                         self._mark_down(upstream, f"HTTP {r.status_code}")
-                    _raise_for_client_error(r)
-                    raise EngineUnavailableError(f"upstream answered HTTP {r.status_code}")
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        last = f"HTTP {r.status_code}"
                         continue
-                    chunk = json.loads(line[6:])
-                    if chunk.get("usage"):
-                        prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
-                        completion_tokens = chunk["usage"].get("completion_tokens", 0)
-                    for choice in chunk.get("choices") or []:
-                        text = choice.get("delta", {}).get("content") if "delta" in choice else choice.get("text")
-                        finish = choice.get("finish_reason") or finish
-                        if text:
-                            yield StreamDelta(text)
-        except httpx.TransportError as e:
-            self._mark_down(upstream, repr(e))
-            raise EngineUnavailableError(f"upstream {upstream} failed mid-stream: {e!r}") from e
-        yield StreamDelta("", finish or "stop", prompt_tokens, completion_tokens)
+                    async for delta in _sse_deltas(r):
+                        sent = True
+                        yield delta
+                    return
+            except httpx.TransportError as e:
+                self._mark_down(upstream, repr(e))
+                if sent:
+                    raise EngineUnavailableError(f"upstream {upstream} failed mid-stream: {e!r}") from e
+                last = repr(e)
+        raise EngineUnavailableError(f"every upstream attempt to open the stream failed ({last})",
+                                     fix="check the upstream servers")
 
     # ------------------------------------------------------------------------------------- adapters, health
     async def load_adapter(self, name: str, path: str) -> float:
@@ -198,3 +200,22 @@ def _raise_for_client_error(r: httpx.Response) -> None:
             message = r.text[:200]
         error: type[MixmergeError] = ModelNotFoundError if r.status_code == 404 else BadRequestError
         raise error(f"upstream: {message}")
+
+
+async def _sse_deltas(r: httpx.Response) -> AsyncIterator[StreamDelta]:
+    """The text deltas of an OpenAI server-sent event stream, then one last delta with the finish and usage."""
+    prompt_tokens = completion_tokens = 0
+    finish: str | None = None
+    async for line in r.aiter_lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if chunk.get("usage"):
+            prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
+            completion_tokens = chunk["usage"].get("completion_tokens", 0)
+        for choice in chunk.get("choices") or []:
+            text = choice.get("delta", {}).get("content") if "delta" in choice else choice.get("text")
+            finish = choice.get("finish_reason") or finish
+            if text:
+                yield StreamDelta(text)
+    yield StreamDelta("", finish or "stop", prompt_tokens, completion_tokens)

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from serving_fakes import make_client
@@ -17,7 +18,7 @@ from runtime.config import EngineConfig
 from runtime.engines.base import EngineRequest
 from runtime.engines.hf import SamplingParams
 from runtime.engines.remote import RemoteEngine
-from runtime.errors import ModelNotFoundError
+from runtime.errors import EngineUnavailableError, ModelNotFoundError
 
 
 def _port() -> int:
@@ -116,3 +117,70 @@ def test_client_errors_are_not_retried():
             return engine.failures[a.url]
 
         assert asyncio.run(run()) == 0
+
+
+class Failing503(Upstream):
+    """An upstream that answers 503 to everything (an overloaded or restarting server)."""
+
+    def __init__(self) -> None:
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        async def unavailable(request):
+            return JSONResponse({"error": {"message": "overloaded"}}, 503)
+
+        self.port = _port()
+        app = Starlette(routes=[Route("/{path:path}", unavailable, methods=["GET", "POST"])])
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+
+@pytest.mark.parametrize("failure", ["refused", "503"])
+def test_a_stream_that_fails_before_its_first_byte_is_retried_on_the_next_upstream(failure: str):
+    with Upstream() as good, Failing503() as overloaded:
+        bad = f"http://127.0.0.1:{_port()}" if failure == "refused" else overloaded.url
+
+        async def run():
+            engine = _engine([good.url, bad], retries=1)  # the first pick is the second upstream: the bad one
+            streams = [[d async for d in engine.stream(_req(n=3))] for _ in range(3)]
+            await engine.aclose()
+            return streams, engine
+
+        streams, engine = asyncio.run(run())
+    assert all("".join(d.text for d in s) and s[-1].completion_tokens == 3 for s in streams)
+    assert engine.failures[bad] == 1 and engine.failures[good.url] == 0
+    assert good.served() == 3
+
+
+def test_a_stream_fails_with_a_clear_error_when_every_upstream_refuses():
+    dead = f"http://127.0.0.1:{_port()}"
+
+    async def run():
+        engine = _engine([dead], retries=0)
+        try:
+            with pytest.raises(EngineUnavailableError, match="every upstream attempt to open the stream failed"):
+                [d async for d in engine.stream(_req())]
+        finally:
+            await engine.aclose()
+
+    asyncio.run(run())
+
+
+def test_the_api_key_is_sent_as_a_bearer_token_over_the_given_transport():
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"choices": [{"text": "ok", "finish_reason": "stop"}],
+                                         "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+
+    async def run():
+        engine = RemoteEngine(Path("/m/base"), {}, EngineConfig(kind="remote", upstreams=["http://vllm"]),
+                              api_key="k123", transport=httpx.MockTransport(answer))
+        result = await engine.generate(EngineRequest("r", SamplingParams(max_new_tokens=1), prompt="x"))
+        await engine.aclose()
+        return result
+
+    assert asyncio.run(run()).text == "ok"
+    assert seen[0].headers["authorization"] == "Bearer k123" and seen[0].url.path == "/v1/completions"
