@@ -1,24 +1,51 @@
 """From model answers to task scores: parse each answer the way the task's prompt asked for it, then apply the
-task's metrics. One scorer per task in ``SCORERS``; HumanEval runs its tests in the sandbox."""
+task's metrics. One scorer per task in ``SCORERS``; HumanEval runs its tests in the sandbox.
+
+An empty or off-format answer is a wrong answer, never a lucky one, and every scorer counts them in
+``format_failures`` beside its metrics (the categories are exclusive; a task leaves out one that cannot occur):
+
+- ``empty``: the answer has no non-whitespace character (every task).
+- ``off_format``: not empty, but holds nothing the task's format asks for:
+  generation / humaneval: no function body can be taken from it (only a fence or quotes, or prose at the top
+  level before any code); summarization: no content line once fences and docstring quotes are stripped, or that
+  line is Python code (it parses as more than a lone name or constant, or opens with ``>>>``); completion: no
+  content line once fences are stripped (what a stop on "\\n" leaves of an answer that opens with a fence);
+  review: neither a "no issues" verdict nor a line number, a fix, or any of the format's labels.
+- ``unparseable``: in the task's format but unreadable: generation / humaneval: the prompt plus the body is not
+  valid Python; review: it uses the labels ``line:``, ``kind:`` or ``fix:`` but gives no line number and no fix.
+  Summarization (free text) and completion (one line of an unfinished block) have no such category.
+
+Share metrics (0/1 per item) also get exact Clopper-Pearson 95% intervals in ``ci95`` {metric: [low, high]}.
+"""
 
 from __future__ import annotations
 
+import ast
 import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from runtime.bench import metrics as m
 from runtime.bench.sandbox import Sandbox
+from runtime.bench.stats import Proportion, clopper_pearson
 from training.tasks import NO_ISSUES, TaskItem
 
-_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.S)
+# a fence opens at the start of the text or after whitespace, with an optional language tag; a missing closing
+# fence (the answer was cut) runs to the end
+_FENCE = re.compile(r"(?<!\S)```[^\n`]*(?:\n|\Z)(.*?)(?:```|\Z)", re.S)
+_DOC_QUOTES = re.compile(r"(?<![\w\"'])[rRuU]?(?:\"\"\"|''')|\"\"\"|'''")
 _NUMBERED = re.compile(r"^\s*\d+\s*\|\s?")
 _TOP_LEVEL = re.compile(r"^\S", re.M)
+Form = Literal["ok", "empty", "off_format", "unparseable"]
+CODE_FAILURES = ("empty", "off_format", "unparseable")
+TEXT_FAILURES = ("empty", "off_format")
 
 
 def strip_fences(text: str) -> str:
-    """The first fenced code block if there is one, else the text."""
+    """The first fenced code block if there is one (the rest of the text after an unclosed fence), else the
+    text. An answer that is only an opening fence, such as "```python", gives ""."""
     match = _FENCE.search(text)
     return match.group(1) if match else text
 
@@ -52,30 +79,72 @@ def _strip_docstring(code: str) -> str:
 
 
 def first_line(answer: str) -> str:
+    """The first content line, stripped: fences are taken off first, and a line of only backticks (a stray
+    fence) or blanks is skipped; backticks around a line (`x = 1`) go too (Python code has none)."""
     for line in strip_fences(answer).splitlines():
-        if line.strip():
-            return line.strip()
+        if text := line.strip().strip("`").strip():
+            return text
     return ""
+
+
+def summary_line(answer: str) -> str:
+    """The summary sentence: fences and docstring quotes are taken off first, so '\"\"\"\\nReturn the sum.\"\"\"'
+    gives 'Return the sum.', then the first content line without surrounding quotes."""
+    return first_line(_DOC_QUOTES.sub("\n", strip_fences(answer))).strip("\"' ")
+
+
+def _looks_like_code(line: str) -> bool:
+    if line.startswith(">>>"):
+        return True
+    for source in (line, line + "\n    pass"):  # "def f(x):" parses once given a body
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError):
+            continue
+        lone = len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr) and \
+            isinstance(tree.body[0].value, ast.Name | ast.Constant)
+        return not lone
+    return False
 
 
 @dataclass(frozen=True)
 class Review:
-    clean: bool
+    """A parsed review answer. ``form``: "clean" (a no-issues verdict), "bug" (names a line or a fix), or one
+    of the format failures "empty", "off_format", "unparseable" (see the module docstring)."""
+
+    form: Literal["clean", "bug", "empty", "off_format", "unparseable"]
     line: int | None = None
     kind: str | None = None
     fix: str | None = None
 
+    @property
+    def clean(self) -> bool:
+        return self.form == "clean"
+
 
 def parse_review(answer: str) -> Review:
-    text = answer.strip()
-    line = re.search(r"line\s*:?\s*(\d+)", text, re.I)
+    if not answer.strip():
+        return Review(form="empty")
+    text = answer.strip()  # fields are searched anywhere, so a fenced review reads the same
+    line = re.search(r"line\s*:?\s*`?(\d+)", text, re.I)
     if line is None and re.search(r"\bno (issues?|bugs?)\b", text, re.I):
-        return Review(clean=True)
-    kind = re.search(r"kind\s*:\s*([A-Za-z-]+)", text, re.I)
-    fix = re.search(r"fix\s*:\s*(.+)", text, re.I)
-    return Review(clean=False, line=int(line.group(1)) if line else None,
-                  kind=kind.group(1).lower() if kind else None,
-                  fix=_NUMBERED.sub("", fix.group(1)).strip().strip("`") if fix else None)
+        return Review(form="clean")
+    kind = re.search(r"kind\s*:\s*`?([A-Za-z-]+)", text, re.I)
+    fix_at = re.search(r"fix\s*:", text, re.I)
+    fix = _fix_line(text[fix_at.end():]) if fix_at else ""
+    if line is None and not fix:
+        labelled = kind or fix_at or re.search(r"^\s*line\s*:", text, re.I | re.M)
+        return Review(form="unparseable" if labelled else "off_format", kind=kind.group(1).lower() if kind else None)
+    return Review(form="bug", line=int(line.group(1)) if line else None,
+                  kind=kind.group(1).lower() if kind else None, fix=fix or None)
+
+
+def _fix_line(rest: str) -> str:
+    """The fix after "fix:": the rest of its line, or the first content line below it (in a fence or not),
+    without a review's line-number prefix ("12 | ")."""
+    rest = rest.lstrip(" \t")
+    line = first_line(rest) if rest.startswith(("\n", "```")) else rest.split("\n", 1)[0].strip().strip("`")
+    return _NUMBERED.sub("", line).strip()
 
 
 # ------------------------------------------------------------------------------------------------- scorers
@@ -86,8 +155,29 @@ def _generated_bodies(items: list[TaskItem], answers: list[str]) -> tuple[list[s
     return bodies, [textwrap.dedent(b) for b in bodies], [textwrap.dedent(it.reference) for it in items]
 
 
-def _summary(answer: str) -> str:
-    return first_line(answer).strip("\"' ")
+def code_form(answer: str, prompt: str, body: str) -> Form:
+    if not answer.strip():
+        return "empty"
+    if not body.strip():
+        return "off_format"
+    return "ok" if m.parses(prompt.rstrip("\n") + "\n" + body) else "unparseable"
+
+
+def text_form(answer: str, line: str, code_is_off: bool = False) -> Form:
+    if not answer.strip():
+        return "empty"
+    return "off_format" if not line or (code_is_off and _looks_like_code(line)) else "ok"
+
+
+def format_failures(forms: list[str], categories: tuple[str, ...]) -> dict[str, int]:
+    return {c: forms.count(c) for c in categories}
+
+
+def _shares(flags: dict[str, list[bool]]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """{metric: share x100} and {metric: exact 95% interval x100} of 0/1 outcomes."""
+    values = {k: 100 * m.mean(v) for k, v in flags.items()}
+    cis = {k: [round(100 * b, 2) for b in clopper_pearson(sum(v), len(v))] for k, v in flags.items()}
+    return values, cis
 
 
 def _line_hit(item: TaskItem, review: Review) -> bool:
@@ -95,49 +185,67 @@ def _line_hit(item: TaskItem, review: Review) -> bool:
 
 
 def score_generation(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None) -> dict:
+    """``parse_rate``: share of answers with a body that is valid Python in the function (an empty body used to
+    count as parsing, since the prompt alone parses)."""
     bodies, preds, refs = _generated_bodies(items, answers)
-    return {
-        "chrf_pp": m.chrf_pp(preds, refs),
-        "bleu4": m.bleu4(preds, refs),
-        "exact_match": 100 * m.mean([m.exact_match(p, r) for p, r in zip(preds, refs, strict=True)]),
-        "parse_rate": 100 * m.mean([m.parses(it.input + "\n" + b) for it, b in zip(items, bodies, strict=True)]),
-    }
+    forms = [code_form(a, it.input, b) for it, a, b in zip(items, answers, bodies, strict=True)]
+    shares, cis = _shares({"exact_match": [m.exact_match(p, r) for p, r in zip(preds, refs, strict=True)],
+                           "parse_rate": [f == "ok" for f in forms]})
+    return {"chrf_pp": m.chrf_pp(preds, refs), "bleu4": m.bleu4(preds, refs), **shares, "ci95": cis,
+            "format_failures": format_failures(forms, CODE_FAILURES)}
+
+
+def _summaries(answers: list[str]) -> tuple[list[str], list[Form]]:
+    """(summary lines, forms); an empty or off-format answer's summary is "" (it scores 0, see below)."""
+    lines = [summary_line(a) for a in answers]
+    forms = [text_form(a, s, code_is_off=True) for a, s in zip(answers, lines, strict=True)]
+    return [s if f == "ok" else "" for s, f in zip(lines, forms, strict=True)], forms
+
+
+def _smoothed_bleu(summary: str, reference: str) -> float:
+    """CodeXGLUE's smoothed BLEU-4, x100, but 0 for no summary (its smoothing gives "" exp(-2) = 13.5)."""
+    return 100 * m.smoothed_bleu(summary, reference) if summary else 0.0
 
 
 def score_summarization(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None) -> dict:
-    preds = [_summary(a) for a in answers]
+    """An empty or off-format answer (a code line, quotes only) scores 0 on every metric."""
+    preds, forms = _summaries(answers)
     refs = [it.reference for it in items]
     return {
-        "smoothed_bleu4": 100 * m.mean([m.smoothed_bleu(p, r) for p, r in zip(preds, refs, strict=True)]),
+        "smoothed_bleu4": m.mean([_smoothed_bleu(p, r) for p, r in zip(preds, refs, strict=True)]),
         "chrf_pp": m.chrf_pp(preds, refs),
-        "rouge_l": 100 * m.mean([m.rouge_l(p, r) for p, r in zip(preds, refs, strict=True)]),
+        "rouge_l": 100 * m.mean([m.rouge_l(p, r) if p else 0.0 for p, r in zip(preds, refs, strict=True)]),
+        "format_failures": format_failures(forms, TEXT_FAILURES),
     }
 
 
 def score_completion(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None) -> dict:
     preds = [first_line(a) for a in answers]
     refs = [it.reference for it in items]
-    return {
-        "exact_match": 100 * m.mean([m.exact_match(p, r) for p, r in zip(preds, refs, strict=True)]),
-        "edit_similarity": m.mean([m.edit_similarity(p, r) for p, r in zip(preds, refs, strict=True)]),
-    }
+    shares, cis = _shares({"exact_match": [m.exact_match(p, r) for p, r in zip(preds, refs, strict=True)]})
+    return {**shares, "edit_similarity": m.mean([m.edit_similarity(p, r) for p, r in zip(preds, refs, strict=True)]),
+            "ci95": cis, "format_failures": format_failures([text_form(a, p) for a, p in zip(answers, preds,
+                                                                                              strict=True)],
+                                                             TEXT_FAILURES)}
 
 
 def score_review(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None) -> dict:
+    """Detection is right only for a readable verdict that matches ("no issues" on a clean item, a named line or
+    fix on a buggy one): an empty or off-format answer is wrong on both. ``false_positive_rate``: clean items
+    answered with a bug."""
     reviews = [parse_review(a) for a in answers]
     buggy = [(it, r) for it, r in zip(items, reviews, strict=True) if not it.meta["clean"]]
     clean = [r for it, r in zip(items, reviews, strict=True) if it.meta["clean"]]
-    detected = [r.clean == bool(it.meta["clean"]) for it, r in zip(items, reviews, strict=True)]
-    return {
-        "line_accuracy": 100 * m.mean([_line_hit(it, r) for it, r in buggy]),
-        "kind_accuracy": 100 * m.mean([r.kind == it.meta["kind"] for it, r in buggy]),
-        "fix_exact_match": 100 * m.mean([r.fix is not None and m.exact_match(r.fix, str(it.meta["fixed_line"]))
-                                         for it, r in buggy]),
-        "false_positive_rate": 100 * m.mean([not r.clean for r in clean]),
-        "detection_accuracy": 100 * m.mean(detected),
-        "n_buggy": len(buggy),
-        "n_clean": len(clean),
-    }
+    shares, cis = _shares({
+        "line_accuracy": [_line_hit(it, r) for it, r in buggy],
+        "kind_accuracy": [r.kind == it.meta["kind"] for it, r in buggy],
+        "fix_exact_match": [r.fix is not None and m.exact_match(r.fix, str(it.meta["fixed_line"])) for it, r in buggy],
+        "false_positive_rate": [r.form == "bug" for r in clean],
+        "detection_accuracy": [r.form == ("clean" if it.meta["clean"] else "bug")
+                               for it, r in zip(items, reviews, strict=True)],
+    })
+    return {**shares, "n_buggy": len(buggy), "n_clean": len(clean), "ci95": cis,
+            "format_failures": format_failures([r.form for r in reviews], CODE_FAILURES)}
 
 
 def humaneval_program(item: TaskItem, answer: str) -> str:
@@ -150,39 +258,40 @@ def score_humaneval(items: list[TaskItem], answers: list[str], sandbox: Sandbox 
     sandbox = sandbox or Sandbox()
     results = sandbox.run_many([humaneval_program(it, a) for it, a in zip(items, answers, strict=True)])
     passed = [r.passed for r in results]
+    forms = [code_form(a, it.input, function_body(a, str(it.meta["entry_point"])))
+             for it, a in zip(items, answers, strict=True)]
+    _, cis = _shares({"pass_at_1": passed})
     return {
         "pass_at_1": 100 * m.mean([m.pass_at_k(1, int(p), 1) for p in passed]),
         "passed": sum(passed),
         "timeouts": sum(r.status == "timeout" for r in results),
         "sandbox": sandbox.isolation,
+        "ci95": cis,
+        "format_failures": format_failures(forms, CODE_FAILURES),
     }
 
 
 def headline_statistic(task: str, items: list[TaskItem], answers: list[str]):
-    """The task's headline metric as a function of item indices (for bootstrap intervals and paired tests).
-    Per-item metrics average; generation's chrF++ is a corpus statistic, recomputed on each resample. Review's
-    line accuracy counts buggy items only, so a resample's clean items contribute nothing."""
+    """The task's headline metric as a function of item indices (for intervals and paired tests). Per-item
+    metrics average; generation's chrF++ is a corpus statistic, recomputed on each resample. The 0/1 headlines
+    (review's line accuracy, HumanEval pass@1) are ``Proportion``s, so they get exact intervals; review's line
+    accuracy counts buggy items only, so a resample's clean items contribute nothing."""
     from runtime.bench.stats import mean_of
 
     if task == "generation":
         _, preds, refs = _generated_bodies(items, answers)
         return m.chrf_pp_on_subsets(preds, refs)
     if task == "summarization":
-        return mean_of([100 * m.smoothed_bleu(_summary(a), it.reference) for it, a in zip(items, answers, strict=True)])
+        summaries, _ = _summaries(answers)
+        return mean_of([_smoothed_bleu(p, it.reference) for it, p in zip(items, summaries, strict=True)])
     if task == "completion":
         return mean_of([m.edit_similarity(first_line(a), it.reference) for it, a in zip(items, answers, strict=True)])
     if task == "review":
-        hits = [None if it.meta["clean"] else 100.0 * _line_hit(it, parse_review(a))
-                for it, a in zip(items, answers, strict=True)]
-
-        def line_accuracy(idx) -> float:
-            picked = [hits[i] for i in idx if hits[i] is not None]
-            return sum(picked) / len(picked) if picked else 0.0
-
-        return line_accuracy
+        return Proportion(tuple(None if it.meta["clean"] else _line_hit(it, parse_review(a))
+                                for it, a in zip(items, answers, strict=True)))
     if task == "humaneval":
         results = Sandbox().run_many([humaneval_program(it, a) for it, a in zip(items, answers, strict=True)])
-        return mean_of([100.0 * r.passed for r in results])
+        return Proportion(tuple(r.passed for r in results))
     raise KeyError(task)
 
 
@@ -194,4 +303,5 @@ SCORERS: dict[str, Callable[[list[TaskItem], list[str], Sandbox | None], dict]] 
     "humaneval": score_humaneval,
 }
 
-__all__ = ["NO_ISSUES", "SCORERS", "function_body", "headline_statistic", "humaneval_program", "parse_review"]
+__all__ = ["NO_ISSUES", "SCORERS", "first_line", "function_body", "headline_statistic", "humaneval_program",
+           "parse_review", "summary_line"]

@@ -2,6 +2,7 @@ import pytest
 
 from runtime.bench.scoring import (
     first_line,
+    score_humaneval,
     function_body,
     humaneval_program,
     parse_review,
@@ -9,6 +10,7 @@ from runtime.bench.scoring import (
     score_generation,
     score_review,
     score_summarization,
+    summary_line,
 )
 from training.tasks import TaskItem
 
@@ -59,7 +61,9 @@ def test_score_completion_by_hand():
 def test_score_generation_and_summarization_perfect_and_wrong():
     gen = [_item("generation", "def f(x):\n    \"\"\"Add one.\"\"\"", "    return x + 1", entry_point="f")]
     perfect = score_generation(gen, ["    return x + 1"])
-    assert perfect == pytest.approx({"chrf_pp": 100.0, "bleu4": 100.0, "exact_match": 100.0, "parse_rate": 100.0})
+    headline = {k: perfect[k] for k in ("chrf_pp", "bleu4", "exact_match", "parse_rate")}
+    assert headline == pytest.approx({"chrf_pp": 100.0, "bleu4": 100.0, "exact_match": 100.0, "parse_rate": 100.0})
+    assert perfect["format_failures"] == {"empty": 0, "off_format": 0, "unparseable": 0}
     bad = score_generation(gen, ["    return (x +"])
     assert bad["parse_rate"] == 0.0 and bad["exact_match"] == 0.0
     summ = [_item("summarization", "", "Return the sum of two numbers.")]
@@ -77,3 +81,90 @@ def test_humaneval_program_assembles_prompt_body_and_check():
     program = humaneval_program(item, "```python\ndef add(a, b):\n    return a + b\n```")
     assert program.startswith(item.input + "    return a + b")
     assert program.rstrip().endswith("check(add)")
+
+
+# ------------------------------------------------------------------------ empty and off-format answers
+def _review_items() -> list[TaskItem]:
+    return [_item("review", "", "", clean=False, line=3, kind="comparison", fixed_line="if a < b:"),
+            _item("review", "", "", clean=False, line=5, kind="variable", fixed_line="return x"),
+            _item("review", "", "", clean=True)]
+
+
+def test_an_empty_review_is_wrong_on_buggy_and_clean_items_and_counted():
+    s = score_review(_review_items(), ["", "  \n", ""])
+    assert s["detection_accuracy"] == 0.0  # it used to count as "bug found" on the two buggy items
+    assert s["false_positive_rate"] == 0.0 and s["line_accuracy"] == 0.0
+    assert s["format_failures"] == {"empty": 3, "off_format": 0, "unparseable": 0}
+
+
+def test_review_forms_prose_is_off_format_and_labels_without_values_are_unparseable():
+    assert parse_review("The function looks fine to me.").form == "off_format"
+    assert parse_review("```\n```").form == "off_format"
+    assert parse_review("line: the third one\nkind: comparison").form == "unparseable"
+    assert parse_review("fix: `return a`").form == "bug"  # a fix alone still names the bug
+    s = score_review(_review_items(), ["It is fine.", "line: ?", "no issues"])
+    assert s["format_failures"] == {"empty": 0, "off_format": 1, "unparseable": 1}
+    assert s["detection_accuracy"] == pytest.approx(100 / 3)  # only the readable "no issues" on the clean item
+
+
+def test_a_fenced_review_is_parsed_inside_the_fence():
+    r = parse_review("```\nline: 3\nkind: comparison\nfix: if a < b:\n```")
+    assert (r.form, r.line, r.kind, r.fix) == ("bug", 3, "comparison", "if a < b:")
+    r = parse_review("line: 3\nkind: comparison\nfix:\n```python\nif a < b:\n```")
+    assert (r.form, r.line, r.kind, r.fix) == ("bug", 3, "comparison", "if a < b:")
+
+
+def test_review_share_metrics_carry_exact_intervals():
+    s = score_review(_review_items(), ["", "", "no issues"])
+    assert s["ci95"]["line_accuracy"] == [0.0, pytest.approx(84.19, abs=0.01)]  # 0 of 2: 1 - 0.025 ** (1/2)
+
+
+def test_fenced_or_quoted_answers_give_their_first_content_line():
+    assert first_line("```python\n    x = 1\n```") == "x = 1"
+    assert first_line("```python") == ""  # what a stop on "\n" leaves of a fenced answer
+    assert first_line("`return a`") == "return a"
+    assert summary_line('"""\nReturn the sum."""') == "Return the sum."
+    assert summary_line("r'''Return the sum.'''") == "Return the sum."
+    assert summary_line('```\n"""Return the sum."""\n```') == "Return the sum."
+    assert summary_line('"""') == ""
+
+
+def test_summarization_counts_empty_quote_only_and_code_answers():
+    items = [_item("summarization", "", "Return the sum.") for _ in range(4)]
+    s = score_summarization(items, ["", '"""', "return a + b", '"""\nReturn the sum."""'])
+    assert s["format_failures"] == {"empty": 1, "off_format": 2}
+    assert s["rouge_l"] == pytest.approx(25.0)  # only the quoted summary scores, and fully
+    assert s["smoothed_bleu4"] == pytest.approx(25.0)  # "" would get exp(-2) from CodeXGLUE's smoothing
+
+
+def test_completion_counts_empty_and_fence_only_answers():
+    items = [_item("completion", "", "x = 1") for _ in range(3)]
+    s = score_completion(items, ["", "```python", "```python\nx = 1\n```"])
+    assert s["format_failures"] == {"empty": 1, "off_format": 1}
+    assert s["exact_match"] == pytest.approx(100 / 3)
+    assert s["ci95"]["exact_match"][0] > 0 and s["ci95"]["exact_match"][1] < 100
+
+
+def test_generation_empty_body_no_longer_counts_as_parsing():
+    gen = [_item("generation", "def f(x):\n    \"\"\"Add one.\"\"\"", "    return x + 1", entry_point="f")]
+    for answer, failure in (("", "empty"), ("```python\n```", "off_format"), ("    return (x +", "unparseable")):
+        s = score_generation(gen, [answer])
+        assert s["parse_rate"] == 0.0, answer
+        assert s["format_failures"][failure] == 1 and sum(s["format_failures"].values()) == 1, answer
+
+
+class _NoSandbox:
+    isolation = {"mode": "fake"}
+
+    def run_many(self, programs):
+        from types import SimpleNamespace
+        return [SimpleNamespace(passed=False, status="failed") for _ in programs]
+
+
+def test_humaneval_counts_format_failures_and_gives_an_exact_interval_for_zero_passes():
+    items = [_item("humaneval", "def add(a, b):\n    \"\"\"Add.\"\"\"\n", "    return a + b\n",
+                   test="def check(c):\n    assert c(1, 2) == 3\n", entry_point="add") for _ in range(29)]
+    answers = [""] * 27 + ["```python", "    return (a +"]
+    s = score_humaneval(items, answers, _NoSandbox())
+    assert s["pass_at_1"] == 0.0 and s["format_failures"] == {"empty": 27, "off_format": 1, "unparseable": 1}
+    assert s["ci95"]["pass_at_1"] == [0.0, pytest.approx(11.94, abs=0.01)]
