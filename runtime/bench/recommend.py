@@ -5,7 +5,9 @@ A plan's cost is estimated from its options' measurements on the recommended eng
 RSS among the options it uses plus the weights of every extra model engine it needs (adapters ride on the base
 model's engine, so experts + mixed + merged-adapter share one); p90 E2EL = the worst p90 of its options at the
 highest concurrency. Where the most accurate plan beats the best single option on no task beyond the noise (95%
-paired bootstrap), the single option is recommended instead: per-task routing must earn its complexity. The bench
+paired bootstrap, Holm-corrected over the tasks compared), the single option is recommended instead: per-task
+routing must earn its complexity. Each task's evidence compares its option with every other; those p-values are
+one family, Holm-corrected (``p_holm``; ``significant`` is Holm's verdict at 5%). The bench
 then serves the plan and measures it like any other option, so the report shows
 the estimate beside the truth.
 """
@@ -16,7 +18,7 @@ import itertools
 
 from runtime.bench.report import top_level
 from runtime.bench.scoring import headline_statistic
-from runtime.bench.stats import paired_difference
+from runtime.bench.stats import holm, paired_difference
 from runtime.config import BudgetConfig
 from training.tasks import TaskItem
 
@@ -55,8 +57,9 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
     single = min(singles, key=order) if singles else None
     if single and single["routes"] != chosen["routes"]:
         only = next(iter(single["routes"].values()))
-        gains = [t for t, o in chosen["routes"].items() if o != only and paired_difference(
-            stats[o][t], stats[only][t], len(items[t]), resamples)["significant"]]
+        gains = [t for t, d in holm_family({t: paired_difference(stats[o][t], stats[only][t], len(items[t]), resamples)
+                                              for t, o in chosen["routes"].items() if o != only}).items()
+                 if d["significant"]]
         if not gains:
             simplest = {"option": only, "instead_of": chosen["routes"], "mean_accuracy": chosen["mean_accuracy"]}
             chosen = single
@@ -64,10 +67,10 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
     for task, option in chosen["routes"].items():
         evidence[task] = {"option": option, "value": accuracy[option][task]["value"],
                           "headline": accuracy[option][task]["headline"], "versus": {}}
-        for other in options:
-            if other != option:
-                d = paired_difference(stats[option][task], stats[other][task], len(items[task]), resamples)
-                evidence[task]["versus"][other] = {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
+        versus = holm_family({other: paired_difference(stats[option][task], stats[other][task], len(items[task]),
+                                                       resamples) for other in options if other != option})
+        evidence[task]["versus"] = {other: {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
+                                    for other, d in versus.items()}
     why = explain(chosen, best_any, evidence, budget, bool(feasible))
     if simplest:
         why.insert(1, f"Every task goes to {simplest['option']}: the per-task plan with the best point estimates "
@@ -79,6 +82,14 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
             "budget": budget.model_dump(), "fits_budget": bool(feasible), "unconstrained_best": best_any,
             "evidence": evidence, "why": why, "simplified_from": simplest, "plans_considered": len(candidates),
             "plans_in_budget": len(feasible)}
+
+
+def holm_family(comparisons: dict[str, dict]) -> dict[str, dict]:
+    """Paired differences as one family: each gains ``p_holm`` (Holm-adjusted) and ``significant`` becomes Holm's
+    verdict at 5%, so m comparisons together claim a false difference at most 5% of the time."""
+    adjusted, reject = holm([d["p_value"] for d in comparisons.values()])
+    return {name: d | {"p_holm": p, "significant": r}
+            for (name, d), p, r in zip(comparisons.items(), adjusted, reject, strict=True)}
 
 
 def explain(chosen: dict, best_any: dict, evidence: dict, budget: BudgetConfig, feasible: bool) -> list[str]:
@@ -99,7 +110,8 @@ def explain(chosen: dict, best_any: dict, evidence: dict, budget: BudgetConfig, 
         worse = [o for o, d in e["versus"].items() if d["significant"] and d["diff"] < 0]
         text = f"{task}: {e['option']} ({e['headline']} {e['value']:.1f})"
         if beaten:
-            text += f"; better than {', '.join(beaten)} beyond the noise (95% paired bootstrap)"
+            text += (f"; better than {', '.join(beaten)} beyond the noise (95% paired bootstrap, Holm-corrected "
+                     f"over {len(e['versus'])} comparison(s))")
         if ties:
             text += f"; not distinguishable from {', '.join(ties)}"
         if worse:

@@ -7,7 +7,9 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   ``headline_metrics`` {task: metric}, ``engines_skipped`` {engine: why}, ``zoo`` {built: {name: seconds},
   reused: [names], wall_s}, ``wall_s`` (the whole run).
 - ``results``: one entry per option and engine: ``deployment``, ``engine``, ``models`` {name: manifest hash},
-  ``adapters``, ``accuracy`` {task: {n, headline, value, ci95 [low, high], metrics {all of the task's metrics},
+  ``adapters``, ``accuracy`` {task: {n, headline, value, ci95 [low, high], ci_method ("clopper-pearson" for a
+  0/1 headline, else "bootstrap"), metrics {all of the task's metrics, with format_failures {empty, off_format,
+  unparseable: answer counts, defined in runtime/bench/scoring.py} and ci95 {share metric: exact interval}},
   truncated_share, completion_tokens}}, ``accuracy_engine`` (the engine whose answers were scored),
   ``mean_accuracy`` (mean of the headline values, 0-100),
   ``latency`` {"1" | "4" | "8" | "poisson-RATE": vllm-bench-serve fields: completed, failed, duration_s,
@@ -26,7 +28,8 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   estimated_memory_mb, estimated_p90_e2el_ms, budget,
   fits_budget, unconstrained_best, simplified_from (null, or the per-task plan a single option replaced),
   evidence {task: {option, value, versus {option: paired difference, 95% CI,
-  p_value, significant}}}, why [sentences], plans_considered, plans_in_budget.
+  p_value, p_holm (Holm-adjusted over the task's comparisons), significant (Holm, 5%)}}}, why [sentences],
+  plans_considered, plans_in_budget.
 """
 
 from __future__ import annotations
@@ -75,7 +78,9 @@ def markdown(report: dict, charts: list[str]) -> str:
              + "; output capped at " + ", ".join(f"{t} {s['max_tokens']}" for t, s in report["sampling"].items())
              + " tokens. Headline metrics (0-100): " + ", ".join(f"{t} {m}" for t, m in
                                                                    report["headline_metrics"].items())
-             + "; [low, high] is the 95% bootstrap interval over items. Load: the four tasks' prompts in turn, "
+             + "; [low, high] is the 95% interval over items (exact Clopper-Pearson for a share of items, such as "
+             "review's line accuracy and HumanEval pass@1; percentile bootstrap for the rest). "
+             "Load: the four tasks' prompts in turn, "
              f"streamed, max_tokens {report['config']['load']['max_tokens']}.", ""]
     for f in report.get("failures", []):
         lines += [f"**Failed**: {f['deployment']} on {f['engine']}: {f['error']}", ""]
@@ -98,6 +103,7 @@ def markdown(report: dict, charts: list[str]) -> str:
                  _fmt(r["cold_start_s"]), adapter.get("error", "error")[:40] if isinstance(adapter, dict) else
                  _fmt(adapter, 0), f"{agree['matched']}/{agree['n']}" if agree else "—"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += format_failure_table(results, tasks)
     lines += ["", "Latency at every load level (ms; throughput in requests/s and output tokens/s; failed requests):",
               "", "| option | engine | load | req/s | out tok/s | TTFT p50 / p90 | TPOT p50 | ITL p50 | "
               "E2EL p50 / p90 / p99 | failed |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -126,6 +132,25 @@ def markdown(report: dict, charts: list[str]) -> str:
         lines += ["", *(f"- {w}" for w in rec["why"])]
     lines += ["", *(f"![{c}]({c})" for c in charts), ""]
     return "\n".join(lines)
+
+
+def format_failure_table(results: list[dict], tasks: list[str]) -> list[str]:
+    """Per option and task, answers scored as wrong for their form: empty / off-format / unparseable of N
+    ("—" where a task has no such category; see runtime/bench/scoring.py)."""
+    if not any("format_failures" in r["accuracy"][t]["metrics"] for r in results for t in tasks):
+        return []  # results measured before the count existed
+    lines = ["", "Answers wrong by their form, empty / off-format / unparseable of N (empty and off-format ones "
+             "score 0; unparseable code fails parse_rate and pass@1):", "",
+             "| option | engine | " + " | ".join(tasks) + " |", "|---|---|" + "---:|" * len(tasks)]
+    for r in results:
+        cells = []
+        for t in tasks:
+            acc = r["accuracy"][t]
+            fails = acc["metrics"].get("format_failures", {})
+            counts = " / ".join(str(fails[k]) if k in fails else "—" for k in ("empty", "off_format", "unparseable"))
+            cells.append(f"{counts} of {acc['n']}" if fails else "—")
+        lines.append(f"| {r['deployment']} | {r['engine']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(report: dict, out: Path) -> list[str]:

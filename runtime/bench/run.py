@@ -33,7 +33,7 @@ from runtime.bench.memory import TreeRSSSampler
 from runtime.bench.recommend import recommend
 from runtime.bench.report import SCHEMA_VERSION, write_report
 from runtime.bench.scoring import SCORERS, headline_statistic
-from runtime.bench.stats import bootstrap_ci
+from runtime.bench.stats import confidence_interval
 from runtime.bench.zoo import Progress, build_zoo, use_zoo_home
 from runtime.config import BenchConfig, DeploymentConfig, TasksConfig, configs_dir, load_config
 from runtime.deploy import ServingPlan, build_plan, load_deployment
@@ -357,15 +357,16 @@ def agreement(reference: dict[str, list[str]], mine: dict[str, list[dict]]) -> d
 
 
 def score_answers(items: dict[str, list[TaskItem]], answers: dict[str, list[dict]], resamples: int) -> dict:
-    """{task: {n, headline, value, ci95, metrics, truncated_share, completion_tokens}} from served answers."""
+    """{task: {n, headline, value, ci95, ci_method, metrics, truncated_share, completion_tokens}} from served
+    answers; ci95 is exact (Clopper-Pearson) for a 0/1 headline, the percentile bootstrap otherwise."""
     out = {}
     for task, its in items.items():
         texts = [a["answer"] for a in answers[task]]
         metrics = SCORERS[task](its, texts, None)
         stat = headline_statistic(task, its, texts)
-        low, high = bootstrap_ci(stat, len(its), resamples)
+        low, high, method = confidence_interval(stat, len(its), resamples)
         out[task] = {"n": len(its), "headline": HEADLINE[task], "value": metrics[HEADLINE[task]],
-                     "ci95": [round(low, 2), round(high, 2)], "metrics": metrics,
+                     "ci95": [round(low, 2), round(high, 2)], "ci_method": method, "metrics": metrics,
                      "truncated_share": sum(a["finish_reason"] == "length" for a in answers[task]) / max(len(its), 1),
                      "completion_tokens": sum(a["completion_tokens"] for a in answers[task])}
     return out
