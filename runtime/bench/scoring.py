@@ -45,9 +45,14 @@ TEXT_FAILURES = ("empty", "off_format")
 
 def strip_fences(text: str) -> str:
     """The first fenced code block if there is one (the rest of the text after an unclosed fence), else the
-    text. An answer that is only an opening fence, such as "```python", gives ""."""
+    text. An answer that is only an opening fence, such as "```python", gives ""; a closing fence with no
+    opener ("x = 1\n```") gives the text before it."""
     match = _FENCE.search(text)
-    return match.group(1) if match else text
+    if match is None:
+        return text
+    if not match.group(1).strip() and text[: match.start()].strip():
+        return text[: match.start()]
+    return match.group(1)
 
 
 def function_body(answer: str, entry_point: str) -> str:

@@ -2,12 +2,12 @@ import pytest
 
 from runtime.bench.scoring import (
     first_line,
-    score_humaneval,
     function_body,
     humaneval_program,
     parse_review,
     score_completion,
     score_generation,
+    score_humaneval,
     score_review,
     score_summarization,
     summary_line,
@@ -123,6 +123,8 @@ def test_fenced_or_quoted_answers_give_their_first_content_line():
     assert first_line("```python\n    x = 1\n```") == "x = 1"
     assert first_line("```python") == ""  # what a stop on "\n" leaves of a fenced answer
     assert first_line("`return a`") == "return a"
+    assert first_line("x = 1\n```") == "x = 1"  # a closing fence with no opener
+    assert function_body("    return x + 1\n```", "f") == "    return x + 1"
     assert summary_line('"""\nReturn the sum."""') == "Return the sum."
     assert summary_line("r'''Return the sum.'''") == "Return the sum."
     assert summary_line('```\n"""Return the sum."""\n```') == "Return the sum."
