@@ -32,9 +32,8 @@ def measure(args: list[str], specs: list[RequestSpec], concurrency: int) -> dict
 
 
 def overhead(n: int = 300) -> dict:
-    from runtime.engines.base import EngineRequest
+    from runtime.engines.base import EngineRequest, SamplingParams
     from runtime.engines.fake import FakeEngine
-    from runtime.engines.hf import SamplingParams
 
     engine = FakeEngine("smollm2-135m")
     messages = [{"role": "user", "content": "Write a function that adds two numbers."}]

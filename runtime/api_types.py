@@ -1,47 +1,116 @@
 """OpenAI wire types: chat/completions, completions, models, errors and stream chunks.
 
-Requests validate the fields we act on and ignore the rest (clients such as LangChain send extra OpenAI fields
-like ``logprobs: false``); values we cannot honour (``n > 1``, tools) are rejected with a 400 that says so.
+Requests are strict: an argument the server does not know is a 400 that names it (as OpenAI answers
+"Unrecognized request argument"), and an OpenAI argument it does not implement is accepted only at its no-op
+value (``logprobs: false``, ``tool_choice: "none"``, ...; LangChain and the official client send some of those),
+any other value is a 400 that names it. Nothing a client asks for is silently ignored. vLLM's sampling extras
+``min_tokens`` and ``ignore_eos`` are implemented.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+MAX_SEED = 2**63 - 1
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
-class Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-class ChatMessage(Lenient):
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(Strict):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[TextPart] | None = None
+    name: str | None = None  # the author's name: accepted, as it changes nothing in a single-user prompt
+    tool_call_id: str | None = None  # carried by `tool` messages; tool calls themselves are refused
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        for part in value if isinstance(value, list) else ():
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise ValueError(f"content part type {kind!r} is not supported; send text parts only")
+        return value
 
     def text(self) -> str:
-        if isinstance(self.content, list):  # OpenAI content parts: keep the text ones
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
         return self.content or ""
 
 
-class StreamOptions(Lenient):
+class StreamOptions(Strict):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's; usage is sent once, at the end
+
+    @field_validator("continuous_usage_stats")
+    @classmethod
+    def _no_continuous(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("continuous_usage_stats is not supported; usage comes once, at the end")
+        return value
 
 
-class SamplingFields(Lenient):
-    model: str
+# OpenAI arguments this server does not implement, each with the value that means "not used". A request may send
+# that value (clients fill some in by default); anything else is refused with the argument's name.
+NOT_IMPLEMENTED: dict[str, Any] = {
+    "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}),
+    "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "response_format": (None, {"type": "text"}),
+    "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False), "functions": (None, []),
+    "function_call": (None, "none", "auto"), "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""),
+    "modalities": (None, ["text"]), "audio": (None,), "prediction": (None,), "reasoning_effort": (None,),
+    "web_search_options": (None,),
+}
+
+
+class SamplingFields(Strict):
+    model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, gt=0)
     max_completion_tokens: int | None = Field(None, gt=0)
-    temperature: float = Field(0.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    min_tokens: int = Field(0, ge=0)  # vLLM extra: no EOS or stop string before this many tokens
+    ignore_eos: bool = False  # vLLM extra: decode to max_tokens whatever the model says
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1)  # one choice per request
+    n: int | None = Field(1, ge=1, le=1)  # one choice per request
+    user: str | None = None  # an end-user id for the caller's own records: accepted, logged nowhere
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    logit_bias: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    response_format: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    functions: Any = None
+    function_call: Any = None
+    modalities: Any = None
+    audio: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    web_search_options: Any = None
+
+    @field_validator(*[k for k in NOT_IMPLEMENTED if k not in ("echo", "best_of", "suffix")])
+    @classmethod
+    def _not_implemented(cls, value: Any, info: ValidationInfo) -> Any:
+        return _no_op_only(value, info.field_name)
 
     @field_validator("stop")
     @classmethod
@@ -64,6 +133,12 @@ class SamplingFields(Lenient):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+def _no_op_only(value: Any, name: str | None) -> Any:
+    if value not in NOT_IMPLEMENTED[name or ""]:
+        raise ValueError(f"{name} is not supported by this server; leave it unset")
+    return value
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[Any] | None = None
@@ -78,12 +153,22 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str]
+    echo: Any = None
+    best_of: Any = None
+    suffix: Any = None
+
+    @field_validator("echo", "best_of", "suffix")
+    @classmethod
+    def _not_implemented(cls, value: Any, info: ValidationInfo) -> Any:
+        return _no_op_only(value, info.field_name)
 
     @field_validator("prompt")
     @classmethod
     def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, list) and len(value) != 1:
             raise ValueError("send one prompt per request")
+        if not (value if isinstance(value, str) else value[0]):
+            raise ValueError("the prompt is empty")
         return value
 
     @property
@@ -165,11 +250,18 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class LoadLoraAdapterRequest(Lenient):
+class LoadLoraAdapterRequest(Strict):
     """vLLM's shape for POST /v1/load_lora_adapter."""
 
-    lora_name: str
-    lora_path: str
+    lora_name: str = Field(pattern=ADAPTER_NAME.pattern)
+    lora_path: str = Field(min_length=1)
+
+    @field_validator("lora_path")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\0" in value:
+            raise ValueError("the path has a NUL byte")
+        return value
 
 
 ROUTE_HEADER = "x-mixmerge-"  # the route goes back in x-mixmerge-{deployment,engine,adapter,task,route-reason}
@@ -180,6 +272,6 @@ def route_from_headers(headers: Any) -> dict[str, str]:
     return {k.removeprefix(ROUTE_HEADER): v for k, v in headers.items() if k.startswith(ROUTE_HEADER)}
 
 
-class UnloadLoraAdapterRequest(Lenient):
-    lora_name: str
+class UnloadLoraAdapterRequest(Strict):
+    lora_name: str = Field(pattern=ADAPTER_NAME.pattern)
     lora_int_id: int | None = None

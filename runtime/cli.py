@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +26,10 @@ app.add_typer(models_app, name="models")
 
 console = Console()
 err_console = Console(stderr=True)
+UnsafeSandbox = Annotated[bool, typer.Option(
+    "--unsafe-sandbox", envvar="MIXMERGE_UNSAFE_SANDBOX",
+    help="Run model code even where the sandbox has no namespaces; as root it could then read every file, secret "
+         "and process here (README: The sandbox).")]
 
 
 def human_size(n: int) -> str:
@@ -198,10 +203,10 @@ def serve(
     import uvicorn
 
     from runtime.deploy import build_plan, load_deployment, single_model_deployment
-    from runtime.engines.base import build_engine
     from runtime.errors import BadRequestError
     from runtime.models import ModelStore
-    from runtime.server import ServerSettings, build_app
+    from runtime.server import build_app
+    from runtime.serving import ServerSettings, build_engines
 
     if (deployment is None) == (model is None):
         raise BadRequestError("give exactly one of --deployment and --model",
@@ -210,10 +215,8 @@ def serve(
     primary = load_deployment(deployment) if deployment else single_model_deployment(model or "", store)
     plan = build_plan(primary, store, engine)
     quiet_transformers()
-    engines = {}
-    with console.status("starting engines"):
-        for key, spec in plan.engines.items():
-            engines[key] = build_engine(engine or spec.config.kind, spec.model_path, spec.adapters, spec.config)
+    with console.status("starting engines"):  # before the port is bound: a model that fails to load exits here
+        engines = build_engines(plan, engine)
     settings = ServerSettings(api_key=api_key, enable_lora_updates=enable_lora_updates,
                               lora_dirs=list(lora_dir or []))
     console.print(f"serving {primary.name} ({primary.option}) on http://{host}:{port}/v1 with "
@@ -234,12 +237,15 @@ def agent_cmd(
     max_revisions: Annotated[int, typer.Option(min=0)] = 2,
     thread_id: Annotated[str, typer.Option(help="Checkpoint thread, to resume or inspect a run.")] = "default",
     sqlite: Annotated[str | None, typer.Option(help="Checkpoint to this SQLite file instead of memory.")] = None,
+    unsafe_sandbox: UnsafeSandbox = False,
 ):
     """Run the LangGraph coding agent against a running `runtime serve`, printing each step."""
     from agents.coding_agent import build_graph, make_checkpointer, run_agent
     from agents.llm import chat_factory
+    from runtime.bench.sandbox import Sandbox
 
-    graph = build_graph(chat_factory(base_url, api_key, deployment), checkpointer=make_checkpointer(sqlite))
+    graph = build_graph(chat_factory(base_url, api_key, deployment), sandbox=Sandbox(allow_unsafe=unsafe_sandbox),
+                        checkpointer=make_checkpointer(sqlite))
 
     def show(step: dict) -> None:
         route = step.get("route") or {}
@@ -274,6 +280,7 @@ def bench_cmd(
     quick: Annotated[bool, typer.Option(help="The same phases, smaller: a separate tiny zoo, few items.")] = False,
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/bench-NAME[-quick]).")] = None,
     fresh: Annotated[bool, typer.Option(help="Measure serving again instead of reusing OUT's cached phases.")] = False,
+    unsafe_sandbox: UnsafeSandbox = False,
 ):
     """Accuracy, latency, throughput and memory of every deployment option in one run; recommends a hybrid."""
     from rich.progress import (
@@ -286,6 +293,7 @@ def bench_cmd(
     )
 
     from runtime.bench import run as bench
+    from runtime.bench.sandbox import UNSAFE_ENV, Sandbox
     from runtime.config import BenchConfig, configs_dir, load_config
 
     path = config or configs_dir() / "bench" / "default.yaml"
@@ -298,6 +306,10 @@ def bench_cmd(
     if quick:
         cfg = load_config(path, BenchConfig, [*cfg.quick, *extra])
     out = out or Path("runs") / f"bench-{cfg.name}{'-quick' if quick else ''}"
+    if unsafe_sandbox:  # the bench builds its sandboxes deep inside; they read the opt-in from the environment
+        os.environ[UNSAFE_ENV] = "1"
+    if "humaneval" in cfg.accuracy.tasks:
+        Sandbox()  # refuses now, not after the zoo's training, where model code may not run safely
     quiet_transformers()  # training steps get a bench bar of their own
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops like Ctrl-C: servers stopped, phases kept
     columns = (TextColumn("{task.description:>28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -340,11 +352,13 @@ def eval_(
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 8,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Cap every task's output length (faster; "
                                                                 "scores drop for long answers).")] = None,
+    unsafe_sandbox: UnsafeSandbox = False,
 ):
     """Score a model on the code tasks: greedy, batched; writes eval.json, eval.md and every prediction."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from runtime.bench.accuracy import cap_tokens, evaluate
+    from runtime.bench.sandbox import Sandbox
     from runtime.config import TasksConfig, configs_dir, load_config
     from runtime.engines.hf import HFRunner
     from runtime.errors import BadRequestError
@@ -358,6 +372,7 @@ def eval_(
                               fix=f"use a comma-separated list of: {', '.join(TASK_NAMES)}")
     if split not in SPLIT_NAMES:
         raise BadRequestError(f"unknown split '{split}'", fix=f"use one of: {', '.join(SPLIT_NAMES)}")
+    sandbox = Sandbox(allow_unsafe=unsafe_sandbox)  # refuses now, before the model loads, where it is not safe
     store = ModelStore()
     entry = store.get(model)
     adapter_path = store.get(adapter).path if adapter else None
@@ -377,7 +392,7 @@ def eval_(
             bar.update(ids[task], completed=done)
 
         tasks_cfg = cap_tokens(load_config(configs_dir() / "tasks.yaml", TasksConfig), max_tokens)
-        report = evaluate(runner, names, split, limit, out, tasks=tasks_cfg, progress=progress)
+        report = evaluate(runner, names, split, limit, out, tasks=tasks_cfg, progress=progress, sandbox=sandbox)
     console.print((out / "eval.md").read_text(), soft_wrap=True, highlight=False, markup=False)
     console.print(f"wrote {out / 'eval.json'} ({sum(r['wall_s'] for r in report['tasks'].values()):.0f} s)")
 

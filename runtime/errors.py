@@ -69,6 +69,23 @@ class HubUnreachableError(ModelStoreError):
     error_type = "service_unavailable"
 
 
+class PayloadTooLargeError(MixmergeError):
+    status_code = 413
+    error_type = "invalid_request_error"
+
+
+class MethodNotAllowedError(MixmergeError):
+    status_code = 405
+    error_type = "invalid_request_error"
+
+
+class ConflictError(MixmergeError):
+    """The request is valid but clashes with the server's state (e.g. unloading a deployment's own expert)."""
+
+    status_code = 409
+    error_type = "conflict_error"
+
+
 class AuthenticationError(MixmergeError):
     status_code = 401
     error_type = "authentication_error"

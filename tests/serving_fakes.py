@@ -6,7 +6,8 @@ from runtime.config import DeploymentConfig
 from runtime.deploy import ServingPlan
 from runtime.engines.fake import FakeEngine
 from runtime.router import RoutingTable, Target
-from runtime.server import ServerSettings, build_app
+from runtime.server import build_app
+from runtime.serving import ServerSettings
 
 ADAPTERS = {"gen-lora": "/adapters/gen", "rev-lora": "/adapters/rev"}
 

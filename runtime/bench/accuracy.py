@@ -17,7 +17,8 @@ from runtime.api_types import route_from_headers
 from runtime.bench.sandbox import Sandbox
 from runtime.bench.scoring import SCORERS
 from runtime.config import TasksConfig, configs_dir, load_config
-from runtime.engines.hf import HFRunner, SamplingParams
+from runtime.engines.base import SamplingParams
+from runtime.engines.hf import HFRunner
 from training.tasks import TaskItem, load_card, load_items
 from training.tasks.prompts import messages_for, task_config
 

@@ -9,10 +9,25 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from runtime.config import EngineConfig
-from runtime.engines.hf import SamplingParams
 from runtime.errors import BadRequestError
 
 Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    min_tokens: int = 0  # no EOS and no stop string before this many tokens (vLLM's `min_tokens`)
+    ignore_eos: bool = False  # run to max_new_tokens: fixed-length load, so early stoppers do not look fast
+
+    @property
+    def eos_floor(self) -> int:
+        """Tokens before which the answer may not end (EOS or stop string)."""
+        return self.max_new_tokens if self.ignore_eos else min(self.min_tokens, self.max_new_tokens)
 
 
 @dataclass(frozen=True)

@@ -11,21 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.engines.base import SamplingParams
 from runtime.errors import BadRequestError, ModelStoreError
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16")
 Message = dict[str, str]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +128,31 @@ def generate_kwargs(params: SamplingParams, max_new_tokens: int, pad_token_id: i
     return kwargs
 
 
+class HoldEOS:
+    """A logits processor that keeps each row from ending before its floor (``SamplingParams.eos_floor``): the
+    end-of-sequence ids get -inf while the row has fewer new tokens than its floor (vLLM's ``min_tokens`` and
+    ``ignore_eos``, per row, so one batch can mix them)."""
+
+    def __init__(self, floors: Sequence[int], eos_ids: Sequence[int], prompt_width: int) -> None:
+        self.floors = list(floors)
+        self.eos_ids = sorted({int(i) for i in eos_ids if i is not None})
+        self.width = prompt_width
+
+    def __call__(self, input_ids, scores):
+        generated = input_ids.shape[1] - self.width
+        for row, floor in enumerate(self.floors):
+            if generated < floor:
+                scores[row, self.eos_ids] = float("-inf")
+        return scores
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every id that ends an answer: the tokenizer's EOS and pad, and the generation config's EOS (Qwen has two)."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = configured if isinstance(configured, list) else [configured]
+    return {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id, *configured) if i is not None}
+
+
 def prefill_rows(model, input_ids, attention_mask, adapter_names: Sequence[str] | None = None):
     """The KV cache of a left-padded batch's prompts but their last token, computed a row at a time.
 
@@ -201,10 +218,44 @@ class StopOnText:
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+def check_adapter(path: Path) -> dict:
+    """Read and check a LoRA adapter directory before any layer is injected: a readable config, a positive rank,
+    and weights whose LoRA ranks match it (a config that disagrees with its weights used to leave half-injected
+    layers behind on each failed load). Returns the config."""
+    import json
+
+    from safetensors import safe_open
+
+    config_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
+    if not config_file.is_file():
+        raise BadRequestError(f"{path} is not a PEFT adapter directory (no adapter_config.json)", param="lora_path",
+                              fix="pass the folder that the LoRA training run saved")
+    try:
+        config = json.loads(config_file.read_text())
+        rank = int(config["r"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise BadRequestError(f"{config_file} is not a LoRA config ({e})", param="lora_path",
+                              fix="pass an adapter saved by PEFT") from e
+    if config.get("peft_type", "LORA") != "LORA" or rank <= 0:
+        raise BadRequestError(f"{config_file}: only LoRA adapters with a positive rank are served", param="lora_path")
+    if weights.is_file():
+        try:
+            with safe_open(weights, "pt") as f:
+                shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # the header only: no tensor is read
+        except Exception as e:  # safetensors raises its own error types for a bad header
+            raise BadRequestError(f"{weights} is unreadable ({e})", param="lora_path") from e
+        patterns = config.get("rank_pattern") or {}
+        for key, shape in shapes.items():
+            expected = next((int(r) for p, r in patterns.items() if p in key), rank)
+            found = shape[0] if ".lora_A." in key else shape[1] if ".lora_B." in key else expected
+            if found != expected:
+                raise BadRequestError(f"{path}: rank {expected} in adapter_config.json but {key} has rank {found}",
+                                      param="lora_path", fix="save the adapter again with PEFT")
+    return config
+
+
 def load_adapter(model, adapter_path: Path):
     from peft import PeftModel
 
-    if not (adapter_path / "adapter_config.json").is_file():
-        raise ModelStoreError(f"{adapter_path} is not a PEFT adapter directory (no adapter_config.json)",
-                              fix="pass the folder that the LoRA training run saved")
+    check_adapter(adapter_path)
     return PeftModel.from_pretrained(model, adapter_path)

@@ -10,6 +10,7 @@ new text to its request, applies its stop strings and token limit, and stops a r
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 import time
@@ -20,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.config import EngineConfig
-from runtime.engines.base import EngineRequest, EngineResult, StreamDelta
-from runtime.engines.hf import HFRunner, SamplingParams, generate_kwargs, generate_prefilled
+from runtime.engines.base import EngineRequest, EngineResult, SamplingParams, StreamDelta
+from runtime.engines.hf import HFRunner, HoldEOS, check_adapter, eos_ids, generate_kwargs, generate_prefilled
 from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
 
 log = logging.getLogger(__name__)
@@ -56,25 +57,45 @@ class HFEngine:
         self.batch_window_s = batch_window_s
         self.adapter_load_ms: dict[str, float] = {}
         self._pending: list[_Job] = []
+        self._preparing = 0  # requests admitted whose prompts are still being tokenized
         self._wake = asyncio.Event()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
+        # Prompts are rendered and counted on their own thread with their own tokenizer: a fast tokenizer's
+        # padding state is shared, so one instance must not encode on two threads at once.
+        self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine-prep")
+        self._counter = copy.deepcopy(self.runner.tokenizer)
         self._lock = threading.Lock()  # guards the model between batches and adapter loads
         self._loop_task: asyncio.Task | None = None
         self._closed = False
         self.batches: list[int] = []  # sizes of the batches run (for tests and metrics)
+        self.eos = eos_ids(self.runner.model, self.runner.tokenizer)
         for name in list(self.known)[: self.config.max_loras]:
             self._load_now(name)
 
     # ------------------------------------------------------------------------------------------- adapters
     def _load_now(self, name: str) -> float:
-        from peft import PeftModel
+        """Load one adapter into the model; a load that fails leaves the model exactly as it was."""
+        from peft import PeftConfig, PeftModel, set_peft_model_state_dict
+        from peft.utils import load_peft_weights
 
         start = time.perf_counter()
-        path = self.known[name]
-        if not hasattr(self.runner.model, "peft_config"):
-            self.runner.model = PeftModel.from_pretrained(self.runner.model, path, adapter_name=name).eval()
-        else:
-            self.runner.model.load_adapter(path, adapter_name=name)
+        path = Path(self.known[name])
+        check_adapter(path)
+        model = self.runner.model
+        wrapped = hasattr(model, "peft_config")
+        try:
+            if wrapped:
+                model.load_adapter(str(path), adapter_name=name)
+            else:  # the first adapter wraps the model: in steps, so a failure can unwrap it again
+                config = PeftConfig.from_pretrained(str(path))
+                config.inference_mode = True
+                model = PeftModel(model, config, adapter_name=name)
+                set_peft_model_state_dict(model, load_peft_weights(str(path)), adapter_name=name)
+        except Exception as e:
+            self.runner.model = _rolled_back(model, name, wrapped)
+            raise BadRequestError(f"adapter {path} does not fit this model: {e}", param="lora_path",
+                                  fix="load an adapter trained on this engine's base model") from e
+        self.runner.model = model.eval()
         self.resident[name] = None
         ms = (time.perf_counter() - start) * 1000
         self.adapter_load_ms[name] = ms
@@ -95,8 +116,8 @@ class HFEngine:
             self._load_now(name)
 
     async def load_adapter(self, name: str, path: str) -> float:
-        if not (Path(path) / "adapter_config.json").is_file():
-            raise BadRequestError(f"{path} is not a PEFT adapter directory", param="lora_path")
+        check_adapter(Path(path))
+        previous = self.known.get(name)
         self.known[name] = path
 
         def load() -> float:
@@ -104,7 +125,14 @@ class HFEngine:
                 if name in self.resident:  # loading a name again replaces its weights
                     self.runner.model.delete_adapter(name)
                     del self.resident[name]
-                self._ensure_resident({name})
+                try:
+                    self._ensure_resident({name})
+                except MixmergeError:
+                    if previous is None:
+                        del self.known[name]
+                    else:
+                        self.known[name] = previous
+                    raise
                 return self.adapter_load_ms[name]
 
         return await asyncio.get_running_loop().run_in_executor(self._worker, load)
@@ -126,24 +154,34 @@ class HFEngine:
         return dict(self.known)
 
     # ------------------------------------------------------------------------------------------ requests
-    def _submit(self, request: EngineRequest) -> _Job:
+    async def _submit(self, request: EngineRequest) -> _Job:
         if request.adapter and request.adapter not in self.known:
             raise ModelNotFoundError(f"adapter '{request.adapter}' is not loaded on this engine",
                                      fix="load it with POST /v1/load_lora_adapter", param="model")
-        if len(self._pending) >= self.max_queue:
+        if len(self._pending) + self._preparing >= self.max_queue:
             raise QueueFullError(f"the request queue is full ({self.max_queue})", fix="retry after a moment")
-        prompt = request.prompt if request.prompt is not None else self.runner.render(request.messages or [])
-        n_prompt = len(self.runner.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        self.runner.check_fits(n_prompt, request.params.max_new_tokens)
-        job = _Job(request, prompt, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self._preparing += 1
+        try:  # a long prompt is tokenized off the event loop: it never stalls other requests or /health
+            prompt = await loop.run_in_executor(self._prep, self._prepare, request)
+        finally:
+            self._preparing -= 1
+        job = _Job(request, prompt, loop)
         self._pending.append(job)
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._schedule())
         self._wake.set()
         return job
 
+    def _prepare(self, request: EngineRequest) -> str:
+        """The prompt rendered and checked against the context (on the prep thread, with its own tokenizer)."""
+        prompt = request.prompt if request.prompt is not None else self.runner.render(request.messages or [])
+        self.runner.check_fits(len(self._counter(prompt, add_special_tokens=False)["input_ids"]),
+                               request.params.max_new_tokens)
+        return prompt
+
     async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
-        job = self._submit(request)
+        job = await self._submit(request)
         try:
             while True:
                 item = await job.queue.get()
@@ -174,6 +212,7 @@ class HFEngine:
         if self._loop_task:
             self._loop_task.cancel()
         self._worker.shutdown(wait=False, cancel_futures=True)
+        self._prep.shutdown(wait=False, cancel_futures=True)
 
     # ----------------------------------------------------------------------------------------- scheduler
     async def _schedule(self) -> None:
@@ -224,6 +263,7 @@ class HFEngine:
 
     def _generate(self, batch: list[_Job]) -> None:
         import torch
+        from transformers import LogitsProcessorList
 
         tok = self.runner.tokenizer
         inputs = tok([j.prompt for j in batch], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -232,10 +272,22 @@ class HFEngine:
         kwargs = generate_kwargs(batch[0].request.params, limit, tok.pad_token_id)
         if hasattr(self.runner.model, "peft_config"):
             kwargs["adapter_names"] = [j.request.adapter or BASE for j in batch]
+        floors = [j.request.params.eos_floor for j in batch]
+        if any(floors):
+            kwargs["logits_processor"] = LogitsProcessorList([HoldEOS(floors, self.eos, width)])
         hook = _StepHook(self, batch, width, inputs["attention_mask"].sum(dim=1).tolist())
         with torch.inference_mode():
             generate_prefilled(self.runner.model, inputs, stopping_criteria=[hook], **kwargs)
         hook.finish_all()
+
+
+def _rolled_back(model, name: str, was_wrapped: bool):
+    """The model without the adapter a failed load left half-injected."""
+    if name in getattr(model, "peft_config", {}):
+        if not was_wrapped:
+            return model.unload()  # drops every LoRA layer: the base model as it was
+        model.delete_adapter(name)
+    return model
 
 
 def _batch_key(p: SamplingParams) -> tuple:
@@ -250,8 +302,7 @@ class _StepHook:
         self.batch = batch
         self.width = width
         self.prompt_lens = prompt_lens
-        tok = engine.runner.tokenizer
-        self.eos = {tok.eos_token_id, tok.pad_token_id}
+        self.eos = engine.eos
         self.ids: list[list[int]] = [[] for _ in batch]
 
     def __call__(self, input_ids, scores, **kwargs):
@@ -274,7 +325,8 @@ class _StepHook:
     def _emit(self, i: int) -> None:
         job = self.batch[i]
         text = self.engine.runner.tokenizer.decode(self.ids[i], skip_special_tokens=True)
-        stop_at = min((text.index(s) for s in job.request.params.stop if s in text), default=None)
+        held = len(self.ids[i]) < job.request.params.eos_floor  # no stop string before min_tokens (as vLLM)
+        stop_at = None if held else min((text.index(s) for s in job.request.params.stop if s in text), default=None)
         if stop_at is not None:
             self._send(i, text[:stop_at], "stop")
         elif job.cancelled:

@@ -5,7 +5,8 @@ import pytest
 
 from runtime.bench.accuracy import evaluate
 from runtime.config import TasksConfig, configs_dir, load_config
-from runtime.engines.hf import HFRunner, SamplingParams
+from runtime.engines.base import SamplingParams
+from runtime.engines.hf import HFRunner
 from training.tasks import load_items
 from training.tasks.prompts import messages_for
 

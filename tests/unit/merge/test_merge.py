@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from merge.run import merge, topk_trimming
 from runtime.config import MergeConfig, load_config
-from runtime.engines.hf import HFRunner, SamplingParams
+from runtime.engines.base import SamplingParams
+from runtime.engines.hf import HFRunner
 from runtime.errors import ConfigError
 from runtime.models import ModelStore
 

@@ -10,8 +10,7 @@ import pytest
 from loras import make_lora
 
 from runtime.config import EngineConfig
-from runtime.engines.base import EngineRequest
-from runtime.engines.hf import SamplingParams
+from runtime.engines.base import EngineRequest, SamplingParams
 from runtime.engines.hf_engine import HFEngine
 
 MESSAGES = [[{"role": "user", "content": t}] for t in ("def add(a, b):", "x = [1, 2, 3]", "for i in range(3):")]
@@ -129,3 +128,90 @@ def test_a_full_queue_answers_queue_full(tiny_model_dir, adapters):
     assert any(isinstance(r, QueueFullError) for r in results)
     assert any(not isinstance(r, Exception) for r in results)
     assert QueueFullError.status_code == 429
+
+
+def test_ignore_eos_and_min_tokens_hold_the_answer_open(tiny_model_dir, adapters):
+    async def run():
+        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_loras=2))
+        full = await engine.generate(_req(0, "one", n=8))
+        stop = full.text[len(full.text) // 3:][:2]  # a stop string that greedy decoding meets early
+        cut = await engine.generate(_req(0, "one", n=8, stop=(stop,)))
+        held = await engine.generate(EngineRequest("h", SamplingParams(max_new_tokens=8, stop=(stop,), min_tokens=8),
+                                                   messages=MESSAGES[0], adapter="one"))
+        fixed = await asyncio.gather(*(engine.generate(EngineRequest(
+            f"f{i}", SamplingParams(max_new_tokens=12, ignore_eos=True), messages=MESSAGES[i % 3], adapter=a))
+            for i, a in enumerate([None, "one", "two"])))
+        await engine.aclose()
+        return full, cut, held, fixed
+
+    full, cut, held, fixed = asyncio.run(run())
+    assert stop_cut(cut, full) and held.completion_tokens == 8 and held.text.startswith(cut.text)
+    assert [r.completion_tokens for r in fixed] == [12, 12, 12]
+    assert {r.finish_reason for r in fixed} == {"length"}
+
+
+def stop_cut(cut, full) -> bool:
+    return cut.finish_reason == "stop" and len(cut.text) < len(full.text)
+
+
+def test_hold_eos_masks_end_ids_per_row_until_each_rows_floor():
+    import torch
+
+    from runtime.engines.hf import HoldEOS
+
+    hold = HoldEOS(floors=[0, 3], eos_ids=[1, 2], prompt_width=4)
+    scores = hold(torch.zeros(2, 6, dtype=torch.long), torch.zeros(2, 5))  # 2 tokens generated so far
+    assert scores[0].tolist() == [0.0] * 5
+    assert scores[1, 1] == float("-inf") and scores[1, 2] == float("-inf") and scores[1, 0] == 0
+    assert hold(torch.zeros(2, 7, dtype=torch.long), torch.zeros(2, 5))[1].tolist() == [0.0] * 5
+
+
+def test_prompts_are_tokenized_off_the_event_loop(tiny_model_dir, adapters):
+    import threading
+
+    async def run():
+        engine = HFEngine(tiny_model_dir, adapters)
+        threads = []
+        prepare = engine._prepare
+        engine._prepare = lambda request: threads.append(threading.current_thread().name) or prepare(request)
+        await engine.generate(_req(0, None, n=2))
+        await engine.aclose()
+        return threads
+
+    assert asyncio.run(run()) == ["hf-engine-prep_0"]
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_malformed_adapter_is_refused_and_leaves_the_model_as_it_was(tiny_model_dir, adapters, tmp_path, first):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from runtime.errors import BadRequestError
+
+    lying = shutil.copytree(adapters["two"], tmp_path / "lying")  # config says rank 8, weights are rank 4
+    config = json.loads((lying / "adapter_config.json").read_text())
+    (lying / "adapter_config.json").write_text(json.dumps(config | {"r": 8}))
+    wrong_base = shutil.copytree(adapters["two"], tmp_path / "wrong")  # right rank, wrong input width
+    weights = load_file(wrong_base / "adapter_model.safetensors")
+    save_file({k: torch.zeros(v.shape[0], v.shape[1] + 3) if ".lora_A." in k else v for k, v in weights.items()},
+              wrong_base / "adapter_model.safetensors")
+
+    async def run():
+        engine = HFEngine(tiny_model_dir, {} if first else {"one": adapters["one"]}, EngineConfig(max_loras=3))
+        before = (sum(p.numel() for p in engine.runner.model.parameters()), type(engine.runner.model).__name__)
+        answer = (await engine.generate(_req(0, None, n=6))).text
+        with pytest.raises(BadRequestError, match="rank 8 in adapter_config.json"):
+            await engine.load_adapter("lying", str(lying))
+        with pytest.raises(BadRequestError, match="does not fit this model"):
+            await engine.load_adapter("wrong", str(wrong_base))
+        after = (sum(p.numel() for p in engine.runner.model.parameters()), type(engine.runner.model).__name__)
+        again = (await engine.generate(_req(0, None, n=6))).text
+        names = set(engine.adapters())
+        await engine.load_adapter("two", str(adapters["two"]))  # a good adapter still loads afterwards
+        await engine.aclose()
+        return before, after, answer, again, names
+
+    before, after, answer, again, names = asyncio.run(run())
+    assert after == before and again == answer and not names & {"lying", "wrong"}

@@ -6,7 +6,7 @@ import json
 
 from serving_fakes import make_client
 
-from runtime.server import ServerSettings
+from runtime.serving import ServerSettings
 
 CHAT = {"model": "generation", "messages": [{"role": "user", "content": "Write a function."}], "max_tokens": 5}
 
@@ -76,7 +76,7 @@ def test_api_key_and_body_limit():
     assert ok.status_code == 200
     big = CHAT | {"messages": [{"role": "user", "content": "x" * 5000}]}
     r = client.post("/v1/chat/completions", json=big, headers={"Authorization": "Bearer sekrit"})
-    assert r.status_code == 400 and "limit" in r.json()["error"]["message"]
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
 
 
 def test_a_failing_expert_falls_back_to_the_merged_model_and_is_counted():

@@ -9,7 +9,8 @@ import pytest
 from transformers import TrainerCallback
 
 from runtime.config import TrainConfig, configs_dir, load_config
-from runtime.engines.hf import HFRunner, SamplingParams
+from runtime.engines.base import SamplingParams
+from runtime.engines.hf import HFRunner
 from runtime.errors import ConfigError
 from runtime.models import ModelStore
 from training.sft import train
