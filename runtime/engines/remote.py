@@ -79,6 +79,8 @@ class RemoteEngine:
             body["stop"] = list(p.stop)
         if p.seed is not None:
             body["seed"] = p.seed
+        if p.min_tokens or p.ignore_eos:  # vLLM's sampling extras: sent only when used (OpenAI itself refuses them)
+            body |= {"min_tokens": p.min_tokens, "ignore_eos": p.ignore_eos}
         if stream:
             body["stream_options"] = {"include_usage": True}
         if request.messages is not None:

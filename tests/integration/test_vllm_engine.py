@@ -17,8 +17,7 @@ import pytest
 from tiny import build_tiny_model_dir
 
 from runtime.config import EngineConfig
-from runtime.engines.base import EngineRequest
-from runtime.engines.hf import SamplingParams
+from runtime.engines.base import EngineRequest, SamplingParams
 from runtime.engines.hf_engine import HFEngine
 from runtime.process import group_members
 

@@ -15,8 +15,7 @@ import uvicorn
 from serving_fakes import make_client
 
 from runtime.config import EngineConfig
-from runtime.engines.base import EngineRequest
-from runtime.engines.hf import SamplingParams
+from runtime.engines.base import EngineRequest, SamplingParams
 from runtime.engines.remote import RemoteEngine
 from runtime.errors import EngineUnavailableError, ModelNotFoundError
 
@@ -105,6 +104,20 @@ def test_streaming_through_the_upstream_matches_generate():
         full, deltas = asyncio.run(run())
     assert "".join(d.text for d in deltas) == full.text
     assert deltas[-1].finish_reason == "length" and deltas[-1].completion_tokens == 5
+
+
+def test_min_tokens_and_ignore_eos_are_passed_upstream_only_when_used():
+    with Upstream() as a:
+        async def run():
+            engine = _engine([a.url])
+            await engine.generate(EngineRequest("r", SamplingParams(max_new_tokens=4, min_tokens=2, ignore_eos=True),
+                                                prompt="x", adapter="merged"))
+            await engine.generate(_req(n=3))
+            await engine.aclose()
+
+        asyncio.run(run())
+        fixed, plain = (a.engines[m].calls[-1].params for m in ("/models/merged", "/models/base"))
+    assert (fixed.min_tokens, fixed.ignore_eos) == (2, True) and (plain.min_tokens, plain.ignore_eos) == (0, False)
 
 
 def test_client_errors_are_not_retried():
