@@ -300,6 +300,7 @@ class LoadConfig(Frozen):
     rate: float | None = Field(1.0, gt=0)  # Poisson mode, requests per second; null skips it
     rate_requests: int = Field(12, gt=0)
     max_tokens: int = Field(32, gt=0)
+    fixed_length: bool = True  # every request decodes exactly max_tokens (ignore_eos), so early stoppers look no faster
     warmup: int = Field(2, ge=0)
 
     def requests_at(self, concurrency: int) -> int:

@@ -20,6 +20,7 @@ class RequestSpec:
     model: str
     messages: list[dict[str, str]]
     max_tokens: int
+    fixed_length: bool = True  # decode exactly max_tokens (vLLM's ignore_eos): every option does the same work
 
 
 @dataclass
@@ -30,13 +31,16 @@ class RequestRecord:
     e2el: float = 0.0
     itl: list[float] = field(default_factory=list)  # gaps between content chunks
     output_tokens: int = 0
+    max_tokens: int | None = None  # the length a fixed-length request must reach (None: natural stopping)
     route: dict[str, str] = field(default_factory=dict)
     error: str = ""
 
 
-def workload(n: int, max_tokens: int, model_for=lambda task: task, offset: int = 0) -> list[RequestSpec]:
+def workload(n: int, max_tokens: int, model_for=lambda task: task, offset: int = 0,
+             fixed_length: bool = True) -> list[RequestSpec]:
     """An agent-like mix: the four tasks in turn, real test-split items through the task prompts (items from
-    ``offset`` on, so a warm-up can use others)."""
+    ``offset`` on, so a warm-up can use others). With ``fixed_length`` every answer is exactly ``max_tokens`` long,
+    so a model that stops early does not look fast."""
     from runtime.config import TASKS, TasksConfig, configs_dir, load_config
     from training.tasks import load_items
     from training.tasks.prompts import messages_for
@@ -47,15 +51,17 @@ def workload(n: int, max_tokens: int, model_for=lambda task: task, offset: int =
     for i in range(n):
         task = TASKS[i % len(TASKS)]
         item = per_task[task][i // len(TASKS)]
-        specs.append(RequestSpec(model_for(task), messages_for(tasks, task, item), max_tokens))
+        specs.append(RequestSpec(model_for(task), messages_for(tasks, task, item), max_tokens, fixed_length))
     return specs
 
 
 async def one_request(client: httpx.AsyncClient, url: str, spec: RequestSpec, headers: dict[str, str]) -> RequestRecord:
     body = {"model": spec.model, "messages": spec.messages, "max_tokens": spec.max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
+    if spec.fixed_length:
+        body |= {"ignore_eos": True, "min_tokens": spec.max_tokens}
     start = time.perf_counter()
-    record = RequestRecord(ok=False, start=start)
+    record = RequestRecord(ok=False, start=start, max_tokens=spec.max_tokens if spec.fixed_length else None)
     last = None
     try:
         async with client.stream("POST", f"{url}/chat/completions", json=body, headers=headers) as r:
@@ -131,6 +137,8 @@ def summarize(records: list[RequestRecord], duration: float) -> dict:
     tpot = [(r.e2el - r.ttft) / (r.output_tokens - 1) for r in done if r.output_tokens > 1 and r.ttft is not None]
     out = {"completed": len(done), "failed": len(records) - len(done), "duration_s": duration,
            "empty_answers": sum(r.ttft is None for r in done),  # completed without a content chunk: no TTFT
+           # fixed-length requests that came back shorter: the engine did not honour ignore_eos (0 where it did)
+           "short_answers": sum(r.max_tokens is not None and r.output_tokens < r.max_tokens for r in done),
            "total_output_tokens": tokens, "request_throughput": len(done) / duration if duration else 0.0,
            "output_throughput": tokens / duration if duration else 0.0,
            "errors": sorted({r.error for r in records if r.error})[:5]}

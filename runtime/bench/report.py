@@ -14,7 +14,8 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   ``mean_accuracy`` (mean of the headline values, 0-100),
   ``latency`` {"1" | "4" | "8" | "poisson-RATE": vllm-bench-serve fields: completed, failed, duration_s,
   request_throughput, output_throughput, total_output_tokens, {mean,median,p90,p99}_{ttft,tpot,itl,e2el}_ms,
-  empty_answers (completed with no text: counted in E2EL, not in TTFT), errors}, ``peak_rss_mb`` (serving
+  empty_answers (completed with no text: counted in E2EL, not in TTFT), short_answers (fixed-length requests
+  that came back shorter than max_tokens: 0 where the engine honours ignore_eos), errors}, ``peak_rss_mb`` (serving
   process tree, sampled every 0.2 s during the load runs),
   ``gpu_memory_mb`` (null without a GPU), ``cold_start_s``
   (launch to first healthy answer), ``adapter_load_ms`` (null when the option serves no adapter; {error} when
@@ -81,7 +82,9 @@ def markdown(report: dict, charts: list[str]) -> str:
              + "; [low, high] is the 95% interval over items (exact Clopper-Pearson for a share of items, such as "
              "review's line accuracy and HumanEval pass@1; percentile bootstrap for the rest). "
              "Load: the four tasks' prompts in turn, "
-             f"streamed, max_tokens {report['config']['load']['max_tokens']}.", ""]
+             f"streamed, max_tokens {report['config']['load']['max_tokens']}"
+             + (" decoded in full by every request (ignore_eos: the same work for every option)."
+                if report["config"]["load"].get("fixed_length") else " (natural stopping)."), ""]
     for f in report.get("failures", []):
         lines += [f"**Failed**: {f['deployment']} on {f['engine']}: {f['error']}", ""]
     for s in report.get("skipped", []):

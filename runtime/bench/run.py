@@ -208,16 +208,19 @@ class Bench:
         levels = {str(c): cfg.requests_at(c) for c in cfg.concurrency}
         total = cfg.warmup + sum(levels.values()) + (cfg.rate_requests if cfg.rate else 0)
         self.progress.phase(f"{option}/{engine} load", total)
+
+        def specs(n: int, offset: int = 0) -> list:
+            return workload(n, cfg.max_tokens, offset=offset, fixed_length=cfg.fixed_length)
+
         if cfg.warmup:
-            asyncio.run(run_load(url, workload(cfg.warmup, cfg.max_tokens, offset=200), concurrency=cfg.warmup))
+            asyncio.run(run_load(url, specs(cfg.warmup, offset=200), concurrency=cfg.warmup))
             self.progress.advance(cfg.warmup)
         out = {}
         for c in cfg.concurrency:
-            out[str(c)] = asyncio.run(run_load(url, workload(levels[str(c)], cfg.max_tokens), concurrency=c))
+            out[str(c)] = asyncio.run(run_load(url, specs(levels[str(c)]), concurrency=c))
             self.progress.advance(levels[str(c)])
         if cfg.rate:
-            out[f"poisson-{cfg.rate:g}"] = asyncio.run(run_load(url, workload(cfg.rate_requests, cfg.max_tokens),
-                                                                rate=cfg.rate))
+            out[f"poisson-{cfg.rate:g}"] = asyncio.run(run_load(url, specs(cfg.rate_requests), rate=cfg.rate))
             self.progress.advance(cfg.rate_requests)
         return out
 

@@ -330,3 +330,21 @@ def test_answers_are_keyed_by_the_weights_that_answer_each_task(tiny_zoo, tmp_pa
 
     assert bench.accuracy_cache(plan(all_experts)) == bench.accuracy_cache(experts)
     assert bench.accuracy_cache(plan(one_mixed)) != bench.accuracy_cache(experts)
+
+
+def test_the_load_asks_for_fixed_length_answers_and_counts_short_ones():
+    import asyncio
+
+    from serving_fakes import Upstream
+
+    from runtime.bench.load import RequestSpec, run_load
+
+    messages = [{"role": "user", "content": "x"}]
+    with Upstream() as server:
+        fixed = asyncio.run(run_load(f"{server.url}/v1", [RequestSpec("merged", messages, 5)] * 2, concurrency=2))
+        natural = asyncio.run(run_load(f"{server.url}/v1", [RequestSpec("merged", messages, 5, False)], concurrency=1))
+        calls = [c.params for c in server.engines["/models/merged"].calls]
+    assert [(p.ignore_eos, p.min_tokens) for p in calls] == [(True, 5), (True, 5), (False, 0)]
+    assert fixed["completed"] == 2 and fixed["short_answers"] == 0 and natural["short_answers"] == 0
+    short = [RequestRecord(ok=True, start=0, ttft=0.1, e2el=1.0, output_tokens=n, max_tokens=5) for n in (5, 3)]
+    assert summarize(short, duration=1.0)["short_answers"] == 1

@@ -4,51 +4,19 @@ health checks, streaming, and client errors passed through."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
-from serving_fakes import make_client
+from serving_fakes import Upstream
 
 from runtime.config import EngineConfig
 from runtime.engines.base import EngineRequest, SamplingParams
 from runtime.engines.remote import RemoteEngine
 from runtime.errors import EngineUnavailableError, ModelNotFoundError
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Upstream:
-    def __init__(self) -> None:
-        self.port = _port()
-        client, self.engines = make_client()
-        self.server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Upstream:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def served(self) -> int:
-        return sum(len(e.calls) for e in self.engines.values())
+from runtime.process import free_port
 
 
 def _req(model: str = "generation", n: int = 4) -> EngineRequest:
@@ -63,7 +31,7 @@ def _engine(urls: list[str], retries: int = 2) -> RemoteEngine:
 
 def test_requests_rotate_and_a_dead_upstream_leaves_rotation():
     with Upstream() as a, Upstream() as b:
-        dead = f"http://127.0.0.1:{_port()}"
+        dead = f"http://127.0.0.1:{free_port()}"
 
         async def run():
             engine = _engine([a.url, dead, b.url])
@@ -143,7 +111,7 @@ class Failing503(Upstream):
         async def unavailable(request):
             return JSONResponse({"error": {"message": "overloaded"}}, 503)
 
-        self.port = _port()
+        self.port = free_port()
         app = Starlette(routes=[Route("/{path:path}", unavailable, methods=["GET", "POST"])])
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -152,7 +120,7 @@ class Failing503(Upstream):
 @pytest.mark.parametrize("failure", ["refused", "503"])
 def test_a_stream_that_fails_before_its_first_byte_is_retried_on_the_next_upstream(failure: str):
     with Upstream() as good, Failing503() as overloaded:
-        bad = f"http://127.0.0.1:{_port()}" if failure == "refused" else overloaded.url
+        bad = f"http://127.0.0.1:{free_port()}" if failure == "refused" else overloaded.url
 
         async def run():
             engine = _engine([good.url, bad], retries=1)  # the first pick is the second upstream: the bad one
@@ -167,7 +135,7 @@ def test_a_stream_that_fails_before_its_first_byte_is_retried_on_the_next_upstre
 
 
 def test_a_stream_fails_with_a_clear_error_when_every_upstream_refuses():
-    dead = f"http://127.0.0.1:{_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
 
     async def run():
         engine = _engine([dead], retries=0)
