@@ -8,7 +8,9 @@ An empty or off-format answer is a wrong answer, never a lucky one, and every sc
 - ``off_format``: not empty, but holds nothing the task's format asks for:
   generation / humaneval: no function body can be taken from it (only a fence or quotes, or prose at the top
   level before any code); summarization: no content line once fences and docstring quotes are stripped, or that
-  line is Python code (it parses as more than a lone name or constant, or opens with ``>>>``); completion: no
+  line is a Python statement (it parses as anything but an expression: "return a + b", "def f(x):", "x = 1"),
+  or opens with ``>>>`` (a bare expression stays a summary: two stdlib docstrings open with a call signature,
+  "execle(file, *args, env)"); completion: no
   content line once fences are stripped (what a stop on "\\n" leaves of an answer that opens with a fence);
   review: neither a "no issues" verdict nor a line number, a fix, or any of the format's labels.
 - ``unparseable``: in the task's format but unreadable: generation / humaneval: the prompt plus the body is not
@@ -83,11 +85,19 @@ def _strip_docstring(code: str) -> str:
     return code
 
 
+def unwrap(line: str, marks: str) -> str:
+    """The line without pairs of the same mark around all of it: "`x = 1`" -> "x = 1", but "'a' or 'b'" stays."""
+    line = line.strip()
+    while len(line) > 1 and line[0] == line[-1] and line[0] in marks:
+        line = line[1:-1].strip()
+    return "" if line in marks else line
+
+
 def first_line(answer: str) -> str:
-    """The first content line, stripped: fences are taken off first, and a line of only backticks (a stray
-    fence) or blanks is skipped; backticks around a line (`x = 1`) go too (Python code has none)."""
+    """The first content line, stripped: fences are taken off first, a line of only backticks (a stray fence)
+    or blanks is skipped, and backticks around a whole line (`x = 1`) go too."""
     for line in strip_fences(answer).splitlines():
-        if text := line.strip().strip("`").strip():
+        if text := unwrap(line, "`"):
             return text
     return ""
 
@@ -95,7 +105,7 @@ def first_line(answer: str) -> str:
 def summary_line(answer: str) -> str:
     """The summary sentence: fences and docstring quotes are taken off first, so '\"\"\"\\nReturn the sum.\"\"\"'
     gives 'Return the sum.', then the first content line without surrounding quotes."""
-    return first_line(_DOC_QUOTES.sub("\n", strip_fences(answer))).strip("\"' ")
+    return unwrap(first_line(_DOC_QUOTES.sub("\n", strip_fences(answer))), "\"'")
 
 
 def _looks_like_code(line: str) -> bool:
@@ -106,9 +116,7 @@ def _looks_like_code(line: str) -> bool:
             tree = ast.parse(source)
         except (SyntaxError, ValueError):
             continue
-        lone = len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr) and \
-            isinstance(tree.body[0].value, ast.Name | ast.Constant)
-        return not lone
+        return not all(isinstance(node, ast.Expr) for node in tree.body)
     return False
 
 
@@ -148,7 +156,7 @@ def _fix_line(rest: str) -> str:
     """The fix after "fix:": the rest of its line, or the first content line below it (in a fence or not),
     without a review's line-number prefix ("12 | ")."""
     rest = rest.lstrip(" \t")
-    line = first_line(rest) if rest.startswith(("\n", "```")) else rest.split("\n", 1)[0].strip().strip("`")
+    line = first_line(rest) if rest.startswith(("\n", "```")) else unwrap(rest.split("\n", 1)[0], "`")
     return _NUMBERED.sub("", line).strip()
 
 

@@ -137,6 +137,8 @@ def test_summarization_counts_empty_quote_only_and_code_answers():
     assert s["format_failures"] == {"empty": 1, "off_format": 2}
     assert s["rouge_l"] == pytest.approx(25.0)  # only the quoted summary scores, and fully
     assert s["smoothed_bleu4"] == pytest.approx(25.0)  # "" would get exp(-2) from CodeXGLUE's smoothing
+    signature = score_summarization(items[:3], ["execle(file, *args, env)", "def f(x):", ">>> f(1)"])
+    assert signature["format_failures"]["off_format"] == 2  # a call signature is a summary; a def is not
 
 
 def test_completion_counts_empty_and_fence_only_answers():
@@ -170,3 +172,17 @@ def test_humaneval_counts_format_failures_and_gives_an_exact_interval_for_zero_p
     s = score_humaneval(items, answers, _NoSandbox())
     assert s["pass_at_1"] == 0.0 and s["format_failures"] == {"empty": 27, "off_format": 1, "unparseable": 1}
     assert s["ci95"]["pass_at_1"] == [0.0, pytest.approx(11.94, abs=0.01)]
+
+
+def test_every_test_reference_given_as_the_answer_is_in_format_and_scores_full_marks(store_home):
+    from training.tasks import build_dataset, load_items
+
+    build_dataset()
+    for task in ("generation", "summarization", "completion", "review"):
+        items = load_items(task, "test", None)  # the whole split: 4 of 406 summaries open or close with a quote
+        scores = {"generation": score_generation, "summarization": score_summarization,
+                  "completion": score_completion, "review": score_review}[task](items, [it.reference for it in items])
+        assert sum(scores["format_failures"].values()) == 0, (task, scores["format_failures"])
+        headline = {"generation": "exact_match", "summarization": "rouge_l", "completion": "exact_match",
+                    "review": "detection_accuracy"}[task]
+        assert scores[headline] == pytest.approx(100.0), task  # quotes or backticks inside a summary survive
