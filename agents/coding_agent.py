@@ -5,7 +5,7 @@ Each node calls the runtime with ``model`` set to its task (generation, completi
 not the agent, decides which deployment and adapter answer. ``build_graph(llm_factory, ...)`` takes its model
 maker as an argument, so tests pass a scripted fake. State is checkpointed under a ``thread_id``.
 
-    python -m agents.coding_agent "Write a function that ..." --base-url http://127.0.0.1:8000/v1
+    runtime agent "Write a function that ..." --base-url http://127.0.0.1:8000/v1
 """
 
 from __future__ import annotations
@@ -202,14 +202,3 @@ def run_agent(graph, job: str, *, tests: str | None = None, entry_point: str | N
                 if on_step:
                     on_step(step)
     return graph.get_state(config).values
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m agents.coding_agent` runs the same thing as `runtime agent`."""
-    from runtime.cli import app
-
-    app(["agent", *(argv if argv is not None else __import__("sys").argv[1:])])
-
-
-if __name__ == "__main__":
-    main()
