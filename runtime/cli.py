@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -280,7 +279,6 @@ def bench_cmd(
     quick: Annotated[bool, typer.Option(help="The same phases, smaller: a separate tiny zoo, few items.")] = False,
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/bench-NAME[-quick]).")] = None,
     fresh: Annotated[bool, typer.Option(help="Measure serving again instead of reusing OUT's cached phases.")] = False,
-    unsafe_sandbox: UnsafeSandbox = False,
 ):
     """Accuracy, latency, throughput and memory of every deployment option in one run; recommends a hybrid."""
     from rich.progress import (
@@ -293,7 +291,6 @@ def bench_cmd(
     )
 
     from runtime.bench import run as bench
-    from runtime.bench.sandbox import UNSAFE_ENV, Sandbox
     from runtime.config import BenchConfig, configs_dir, load_config
 
     path = config or configs_dir() / "bench" / "default.yaml"
@@ -306,10 +303,6 @@ def bench_cmd(
     if quick:
         cfg = load_config(path, BenchConfig, [*cfg.quick, *extra])
     out = out or Path("runs") / f"bench-{cfg.name}{'-quick' if quick else ''}"
-    if unsafe_sandbox:  # the bench builds its sandboxes deep inside; they read the opt-in from the environment
-        os.environ[UNSAFE_ENV] = "1"
-    if "humaneval" in cfg.accuracy.tasks:
-        Sandbox()  # refuses now, not after the zoo's training, where model code may not run safely
     quiet_transformers()  # training steps get a bench bar of their own
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops like Ctrl-C: servers stopped, phases kept
     columns = (TextColumn("{task.description:>28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -372,7 +365,8 @@ def eval_(
                               fix=f"use a comma-separated list of: {', '.join(TASK_NAMES)}")
     if split not in SPLIT_NAMES:
         raise BadRequestError(f"unknown split '{split}'", fix=f"use one of: {', '.join(SPLIT_NAMES)}")
-    sandbox = Sandbox(allow_unsafe=unsafe_sandbox)  # refuses now, before the model loads, where it is not safe
+    # refuses now, before the model loads, where model code would run unsafely (only HumanEval runs any)
+    sandbox = Sandbox(allow_unsafe=unsafe_sandbox or "humaneval" not in names)
     store = ModelStore()
     entry = store.get(model)
     adapter_path = store.get(adapter).path if adapter else None

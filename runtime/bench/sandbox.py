@@ -195,7 +195,7 @@ class Sandbox:
                     "process on this machine",
                     fix="run where `unshare --pid --mount --net` works (root with CAP_SYS_ADMIN, e.g. a privileged "
                         f"container), or accept the risk with --unsafe-sandbox ({UNSAFE_ENV}=1)")
-            log.warning("sandbox: %s", self._warning())
+        self._warned = self.namespaces
 
     def _warning(self) -> str:
         user = pwd.getpwuid(os.geteuid()).pw_name
@@ -227,6 +227,9 @@ class Sandbox:
                 } | common
 
     def run(self, program: str) -> RunResult:
+        if not self._warned:
+            log.warning("sandbox: %s", self._warning())
+            self._warned = True
         return execute(program, self.limits, self.namespaces)
 
     def run_many(self, programs: list[str]) -> list[RunResult]:
