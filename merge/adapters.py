@@ -39,6 +39,8 @@ def merge_adapters(config: AdapterMergeConfig, step: Callable[[str], None] = log
     model = PeftModel.from_pretrained(model, entries[0].path, adapter_name=names[0])
     for name, entry in zip(names[1:], entries[1:], strict=True):
         model.load_adapter(str(entry.path), adapter_name=name)
+    if config.combination == "cat":
+        _check_cat_is_exact(model, names)
     step(f"combining {len(entries)} adapters with {config.combination}")
     try:
         model.add_weighted_adapter(names, [a.weight for a in config.adapters], "merged",
@@ -65,6 +67,16 @@ def merge_adapters(config: AdapterMergeConfig, step: Callable[[str], None] = log
                        peak_rss_mb=peak_rss_mb())
     step(f"saved {config.name} to {out}")
     return store.get(config.name)
+
+
+def _check_cat_is_exact(model, names: list[str]) -> None:
+    """cat's delta is the weighted sum of the inputs' deltas only for plain LoRA: PEFT gives the stacked adapter
+    lora_alpha = r (scaling 1) but copies the first input's rsLoRA flag (scaling would become sqrt(r)) and has no
+    rule for DoRA's magnitudes."""
+    odd = [n for n in names if model.peft_config[n].use_rslora or model.peft_config[n].use_dora]
+    if odd:
+        raise ModelStoreError(f"cat would not add the adapters' deltas exactly: {len(odd)} of them use rsLoRA or "
+                              "DoRA", fix="use combination: svd, or adapters trained without use_rslora/use_dora")
 
 
 def _tasks(entry: ModelEntry) -> list[str]:

@@ -1,70 +1,35 @@
-"""`runtime merge sweep`: choose merge weights on the validation split, then test only the chosen merge.
+"""`runtime merge sweep`: choose a merge on the validation split, then test only the chosen merge.
 
-The paper picked its merge weights on test data; here every candidate of a grid (weight on one expert 0.1-0.9
-and the rest on the other, or a simplex grid for more experts; times densities) is scored on the *validation*
-split under a declared objective (default: mean over tasks of score / expert score), the best is kept under the
-config's name, the others are deleted, and the chosen merge alone is evaluated on test. Every point goes to
-``sweep.csv`` and ``sweep.png``.
+The paper picked its merge weights on test data; here every candidate (the config's method over a weight grid --
+the paper's (w, 1 - w) for two experts, points of the simplex for more -- plus a ``sweep.grid`` of other methods
+and settings, see merge/grid.py) is scored on the *validation* split. The untuned base model and each expert are
+scored once on the same items (cached in ``OUT/val-scores.json``); a candidate below the base on any task is
+rejected, and the best survivor by the objective (default: mean over tasks of (score - base) / (expert - base),
+see merge/selection.py) is kept under the config's name; the others are deleted. Every candidate's per-task
+scores, retention and verdict go to ``sweep.csv``, ``sweep.json`` and ``sweep.png``.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
-import itertools
+import hashlib
 import json
 import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from runtime.bench.accuracy import HEADLINE
-from runtime.config import MergeConfig, MergeModel
-from runtime.models import ModelStore
+from merge.grid import Candidate, candidates, weight_grid
+from merge.selection import MIN_GAP, choose, judge, objective, objective_tasks
+from merge.sweep_report import write_outputs
+from runtime.config import MergeConfig, as_plain
+from runtime.models import ModelEntry, ModelStore
 
+__all__ = ["objective", "run_sweep", "weight_grid", "eval_score"]
 log = logging.getLogger(__name__)
 Score = Callable[[Path, str | None, list[str], str, int, Path], dict[str, float]]  # model, adapter -> headline
-
-
-def weight_grid(n_models: int, weights: list[float]) -> list[tuple[float, ...]]:
-    """Every assignment of the listed weights to the models that sums to 1. Two experts and 0.1..0.9 give the
-    paper's grid (w, 1 - w); more experts give points of the simplex, e.g. [0.25, 0.4, 0.2] over four experts
-    gives equal weights and each expert in turn at 0.4."""
-    return [c for c in itertools.product(weights, repeat=n_models) if abs(sum(c) - 1) < 1e-6]
-
-
-def candidates(config: MergeConfig) -> list[tuple[str, MergeConfig, dict[str, float]]]:
-    sweep = config.sweep
-    assert sweep is not None
-    out = []
-    for weights in weight_grid(len(config.models), sweep.weights):
-        for density in sweep.densities:
-            params = {"weights": weights, "density": density}
-            models = []
-            for m, w in zip(config.models, weights, strict=True):
-                extra = m.parameters | {"weight": w}
-                if "density" in _per_model_params(config.method):
-                    extra["density"] = density
-                models.append(MergeModel(model=m.model, **extra))
-            tag = "-".join(f"{w:g}" for w in weights) + (f"-d{density:g}" if "density" in
-                                                         _per_model_params(config.method) else "")
-            name = f"{config.name}--{tag}"
-            out.append((name, config.model_copy(update={"name": name, "models": models, "output_dir": None}),
-                        params))
-    return out
-
-
-def _per_model_params(method: str) -> set[str]:
-    from merge.plans import method_specs
-
-    return {p.name for p in method_specs()[method].input_parameters}
-
-
-def objective(scores: dict[str, float], expert: dict[str, float], kind: str) -> float:
-    if kind == "mean_score":
-        return sum(scores.values()) / len(scores)
-    ratios = [scores[t] / expert[t] for t in scores if expert.get(t)]
-    return sum(ratios) / len(ratios) if ratios else 0.0
+MIN_ITEMS = 40  # fewer validation items per task and one item moves a score by more than 2.5 points
 
 
 def eval_score(model: Path, adapter: str | None, tasks: list[str], split: str, limit: int, out: Path,
@@ -80,10 +45,29 @@ def eval_score(model: Path, adapter: str | None, tasks: list[str], split: str, l
     return {t: r["metrics"][r["headline"]] for t, r in report["tasks"].items()}
 
 
+class ScoreCache:
+    """Validation scores kept in the sweep's output folder, keyed by what was scored and how: the base model's
+    and the experts' are computed once, and an interrupted sweep does not score a finished candidate again."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path = path
+        self.settings = settings
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, what: dict[str, Any], compute: Callable[[], dict[str, float]]) -> dict[str, float]:
+        key = hashlib.sha256(json.dumps(what | self.settings, sort_keys=True).encode()).hexdigest()[:16]
+        if key not in self.data:
+            self.data[key] = {"what": what, "scores": compute()}
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+            tmp.replace(self.path)
+        return dict(self.data[key]["scores"])
+
+
 def run_sweep(config: MergeConfig, out: Path, score: Score | None = None,
               step: Callable[[str], None] = log.info) -> dict:
-    """Merge and score every candidate on val; keep the best as ``config.name``; score it on test unless
-    ``sweep.score_test`` is off (``chosen_test`` is then None)."""
+    """Merge and score every candidate on val; keep the best that is not below the base as ``config.name``;
+    score it on test unless ``sweep.score_test`` is off (``chosen_test`` is then None)."""
     from merge.run import merge
 
     sweep = config.sweep
@@ -94,48 +78,115 @@ def run_sweep(config: MergeConfig, out: Path, score: Score | None = None,
     if (store.models_dir / config.name / "manifest.json").is_file() and (out / "sweep.json").is_file():
         step(f"{config.name} was already chosen by a sweep; `runtime models remove {config.name}` to redo it")
         return json.loads((out / "sweep.json").read_text())
+    todo = candidates(config)
+    if not todo:
+        raise ValueError(f"{config.name}: the sweep has no candidates; list sweep.weights or sweep.grid")
     expert_tasks = {m.model: _task_of(m.model, store) for m in config.models}
     tasks = list(sweep.tasks) or sorted({t for t in expert_tasks.values() if t})
     if not tasks:
         raise ValueError(f"{config.name}: the inputs are not single-task experts; list sweep.tasks")
+    if sweep.limit < MIN_ITEMS:
+        log.warning("%s: %d validation items per task (< %d): one item moves a score by %.1f points, so the choice "
+                    "is mostly noise", config.name, sweep.limit, MIN_ITEMS, 100 / sweep.limit)
     out.mkdir(parents=True, exist_ok=True)
-    expert = {}
+    cache = ScoreCache(out / "val-scores.json", {"split": "val", "limit": sweep.limit,
+                                                 "max_tokens": dict(sweep.max_tokens)})
+    base, expert = _reference_scores(config, tasks, expert_tasks, score, cache, out, store, step)
+    if sweep.objective == "mean_retention" and not expert:
+        raise ValueError(f"{config.name}: mean_retention divides by each task's expert score, but no input is a "
+                         "single-task expert of the swept tasks; set sweep.objective: mean_score")
+    results = []
+    for i, cand in enumerate(todo, 1):
+        step(f"candidate {i}/{len(todo)} {cand.name}")
+        entry = merge(cand.config, step=lambda _: None)
+        what = {"candidate": as_plain(cand.config), "inputs": {m.model: _identity(store.get(m.model))
+                                                                for m in config.models}, "tasks": tasks}
+        scores = cache.get(what, functools.partial(score, entry.path, None, tasks, "val", sweep.limit,
+                                                   out / "candidates" / cand.name))
+        verdict = judge(scores, base, expert, sweep.objective)
+        if verdict["rejected"]:
+            step(f"rejected {cand.name}: below the base on "
+                 + ", ".join(f"{b['task']} ({b['score']:.1f} < {b['base']:.1f})" for b in verdict["below_base"]))
+        results.append(_describe(cand) | verdict | {"path": str(entry.path)})
+    best, none_survived = choose(results)
+    if none_survived:
+        log.warning("%s: every candidate scores below the base on some task; keeping the best by the objective, "
+                    "%s (sweep.json: no_candidate_at_or_above_base)", config.name, best["name"])
+    final = _keep(best, results, config.name, none_survived, store)
+    test = score(final, None, tasks, "test", sweep.limit, out / "chosen-test") if sweep.score_test else None
+    summary = _summary(config, best, results, base, expert, tasks, test, none_survived)
+    write_outputs(results, summary, tasks, out)
+    return summary
+
+
+def _reference_scores(config: MergeConfig, tasks: list[str], expert_tasks: dict[str, str | None], score: Score,
+                      cache: ScoreCache, out: Path, store: ModelStore,
+                      step: Callable[[str], None]) -> tuple[dict[str, float], dict[str, float]]:
+    """The base model's val score on every task and each expert's on its own task (cached in the output)."""
+    base_entry = store.get(config.base_model)
+    step(f"scoring the base model {base_entry.name} on val")
+    limit = config.sweep.limit
+    base = cache.get({"base": _identity(base_entry), "tasks": tasks},
+                     functools.partial(score, base_entry.path, None, tasks, "val", limit, out / "base"))
+    expert: dict[str, float] = {}
     for m in config.models:
         task = expert_tasks[m.model]
         if task in tasks and task not in expert:
             entry = store.get(m.model)
-            base, adapter = _model_and_adapter(entry, store)
-            expert[task] = score(base, adapter, [task], "val", sweep.limit, out / "experts" / m.model)[task]
-    if sweep.objective == "mean_retention" and not expert:
-        raise ValueError(f"{config.name}: mean_retention divides by each task's expert score, but no input is a "
-                         "single-task expert of the swept tasks; set sweep.objective: mean_score")
-    rows = []
-    for name, candidate, params in candidates(config):
-        step(f"candidate {name}")
-        entry = merge(candidate, step=lambda _: None)
-        scores = score(entry.path, None, tasks, "val", sweep.limit, out / "candidates" / name)
-        rows.append({"name": name, **{f"w{i}": w for i, w in enumerate(params["weights"])},
-                     "density": params["density"], **{f"val_{t}": s for t, s in scores.items()},
-                     "objective": objective(scores, expert, sweep.objective), "path": str(entry.path)})
-    best = max(rows, key=lambda r: r["objective"])
-    for row in rows:
-        if row is not best:
-            if store.has(row["name"]):
-                store.remove(row["name"])
-    final = store.models_dir / config.name
+            model, adapter = _model_and_adapter(entry, store)
+            step(f"scoring the expert {m.model} on {task} val")
+            expert[task] = cache.get({"expert": _identity(entry), "tasks": [task]},
+                                     functools.partial(score, model, adapter, [task], "val", limit,
+                                                       out / "experts" / m.model))[task]
+    return base, expert
+
+
+def _describe(cand: Candidate) -> dict[str, Any]:
+    return {"name": cand.name, "method": cand.method, "parameters": dict(cand.shared),
+            "weights": list(cand.weights), "density": cand.density}
+
+
+def _keep(best: dict, results: list[dict], name: str, none_survived: bool, store: ModelStore) -> Path:
+    """Delete every other candidate and store the best under ``name``."""
+    for row in results:
+        if row is not best and store.has(row["name"]):
+            store.remove(row["name"])
+    final = store.models_dir / name
     if final.exists():
         shutil.rmtree(final)
     Path(best["path"]).rename(final)
-    _rename_manifest(final, config.name, best)
-    test = score(final, None, tasks, "test", sweep.limit, out / "chosen-test") if sweep.score_test else None
-    summary = {"chosen": best["name"], "weights": [best[k] for k in best if k.startswith("w")],
-               "density": best["density"], "objective": sweep.objective, "expert_val": expert,
-               "chosen_val": {t: best[f"val_{t}"] for t in tasks}, "chosen_test": test, "candidates": len(rows),
-               "limit": sweep.limit, "max_tokens": dict(sweep.max_tokens)}
-    _write_csv(rows, out / "sweep.csv")
-    _plot(rows, tasks, expert, out / "sweep.png")
-    (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    manifest = json.loads((final / "manifest.json").read_text())
+    manifest.update(name=name, chosen_by_sweep={
+        "candidate": best["name"], "objective": best["objective"], "retention": best["retention"],
+        "rejected": best["rejected"], "no_candidate_at_or_above_base": none_survived})
+    (final / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return final
+
+
+def _summary(config: MergeConfig, best: dict, results: list[dict], base: dict[str, float],
+             expert: dict[str, float], tasks: list[str], test: dict[str, float] | None, none_survived: bool) -> dict:
+    sweep = config.sweep
+    assert sweep is not None
+    return {
+        "chosen": best["name"], "method": best["method"], "parameters": best["parameters"],
+        "weights": best["weights"], "density": best["density"],
+        "objective": sweep.objective, "min_gap": MIN_GAP, "objective_tasks": objective_tasks(base, expert),
+        "base_val": base, "expert_val": expert,
+        "chosen_val": {t: best["val"][t] for t in tasks}, "chosen_retention": best["retention"],
+        "chosen_of_expert": best["of_expert"], "chosen_objective": best["objective"],
+        "chosen_below_base": best["below_base"], "no_candidate_at_or_above_base": none_survived,
+        "rejected": [{"name": r["name"], "below_base": r["below_base"]} for r in results if r["rejected"]],
+        "chosen_test": test, "candidates": len(results), "limit": sweep.limit,
+        "max_tokens": dict(sweep.max_tokens),
+        "results": [{k: v for k, v in r.items() if k != "path"} for r in results],
+    }
+
+
+def _identity(entry: ModelEntry) -> str:
+    """What a stored model is, for the score cache: its manifest's hash (a rebuilt model gets a new one)."""
+    manifest = entry.path / "manifest.json"
+    text = manifest.read_bytes() if manifest.is_file() else str(entry.path.resolve()).encode()
+    return hashlib.sha256(text).hexdigest()[:16]
 
 
 def _task_of(name: str, store: ModelStore) -> str | None:
@@ -147,41 +198,7 @@ def _task_of(name: str, store: ModelStore) -> str | None:
     return tasks[0] if len(tasks) == 1 else None
 
 
-def _model_and_adapter(entry, store: ModelStore) -> tuple[Path, str | None]:
+def _model_and_adapter(entry: ModelEntry, store: ModelStore) -> tuple[Path, str | None]:
     if entry.format == "lora":
         return store.get(entry.parent).path, str(entry.path)
     return entry.path, None
-
-
-def _rename_manifest(path: Path, name: str, best: dict) -> None:
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest.update(name=name, chosen_by_sweep={"candidate": best["name"], "objective": best["objective"]})
-    (path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def _write_csv(rows: list[dict], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "path"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _plot(rows: list[dict], tasks: list[str], expert: dict[str, float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = [r["w0"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for task in tasks:
-        ax.plot(x, [r[f"val_{task}"] for r in rows], marker="o", label=f"{task} ({HEADLINE[task]})")
-        if task in expert:
-            ax.axhline(expert[task], linestyle="--", linewidth=0.8, color=ax.lines[-1].get_color())
-    ax.set_xlabel("weight on the first expert")
-    ax.set_ylabel("validation score")
-    ax.set_title("merge sweep (dashed: each expert alone)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -213,7 +213,10 @@ class MergeSweep(Frozen):
     limit: int = Field(40, gt=0)  # validation items per task per candidate: more = steadier, slower
     max_tokens: dict[TaskName, int] = Field(default_factory=dict)  # caps on tasks.yaml's max_new_tokens while
     # scoring (generation's 256 tokens dominate a sweep's time; the bench caps its answers the same way)
-    objective: Literal["mean_retention", "mean_score"] = "mean_retention"  # retention = score / expert score
+    grid: list[dict[str, Any]] = Field(default_factory=list)  # more candidates: other methods and settings
+    # ({method, weight, density, parameters}; a list is swept), checked against mergekit by merge/grid.py
+    objective: Literal["mean_retention", "mean_score"] = "mean_retention"  # retention: (score - base) / (expert
+    # - base) per task (merge/selection.py); either way a candidate below the base on a task is rejected
     score_test: bool = True  # score the chosen merge on `limit` test items too (the bench scores test itself)
 
 
@@ -234,6 +237,10 @@ class MergeConfig(Frozen):
 
         problems = check_plan(self.method, [{"model": m.model, **m.parameters} for m in self.models],
                               self.parameters)
+        if self.sweep and self.sweep.grid:
+            from merge.grid import check_grid
+
+            problems += check_grid(self.sweep.grid, [m.model for m in self.models])
         if problems:
             raise ValueError("; ".join(problems))
         return self

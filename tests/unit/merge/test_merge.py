@@ -120,7 +120,8 @@ def test_adapter_merge_makes_one_loadable_adapter(merge_home, tmp_path, tiny_mod
     assert out[0].completion_tokens == 3
 
 
-def test_cat_adapter_merge_is_the_weighted_sum_of_deltas(merge_home, tmp_path):
+@pytest.mark.parametrize("weights", [(0.3, 0.7), (1.0, 1.0)])  # 1.0 each: task arithmetic in LoRA space
+def test_cat_adapter_merge_is_the_weighted_sum_of_deltas(merge_home, tmp_path, weights):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -128,9 +129,10 @@ def test_cat_adapter_merge_is_the_weighted_sum_of_deltas(merge_home, tmp_path):
     from runtime.config import AdapterMergeConfig
 
     store = ModelStore()
-    entry = merge_adapters(AdapterMergeConfig(name="cat-exact", base_model="tiny", combination="cat",
-                                              adapters=[{"adapter": "lora-c", "weight": 0.3},
-                                                        {"adapter": "lora-d", "weight": 0.7}]))
+    wc, wd = weights
+    entry = merge_adapters(AdapterMergeConfig(name=f"cat-exact-{wc:g}-{wd:g}", base_model="tiny", combination="cat",
+                                              adapters=[{"adapter": "lora-c", "weight": wc},
+                                                        {"adapter": "lora-d", "weight": wd}]))
 
     def folded(path: Path) -> dict[str, torch.Tensor]:
         base = AutoModelForCausalLM.from_pretrained(store.get("tiny").path, dtype=torch.float32)
@@ -138,9 +140,12 @@ def test_cat_adapter_merge_is_the_weighted_sum_of_deltas(merge_home, tmp_path):
 
     base = AutoModelForCausalLM.from_pretrained(store.get("tiny").path, dtype=torch.float32).state_dict()
     c, d, m = folded(store.get("lora-c").path), folded(store.get("lora-d").path), folded(entry.path)
+    changed = 0
     for name in base:
-        expected = base[name] + 0.3 * (c[name] - base[name]) + 0.7 * (d[name] - base[name])
+        expected = base[name] + wc * (c[name] - base[name]) + wd * (d[name] - base[name])
         torch.testing.assert_close(m[name], expected, rtol=1e-4, atol=1e-5)
+        changed += int(not torch.equal(c[name], base[name]))
+    assert changed > 0  # the adapters do move weights, so the equality is not 0 == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -168,3 +173,21 @@ def test_topk_trimming_keeps_exactly_the_share_when_magnitudes_tie():
     kept = got != 0
     assert int(kept.sum()) == 4 and kept[0] and kept[7]  # 3 and 2, then two of the four tied 1s
     assert got[kept].abs().min() >= tensor[~kept].abs().max()
+
+
+def test_cat_refuses_rslora_adapters_whose_sum_it_would_get_wrong(merge_home, tmp_path, tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from merge.adapters import merge_adapters
+    from runtime.config import AdapterMergeConfig
+    from runtime.errors import ModelStoreError
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", use_rslora=True))
+    model.save_pretrained(tmp_path / "rs")
+    ModelStore().register("lora-rs", tmp_path / "rs", "expert", parent="tiny")
+    with pytest.raises(ModelStoreError, match="rsLoRA or DoRA"):
+        merge_adapters(AdapterMergeConfig(name="cat-rs", base_model="tiny", combination="cat",
+                                          adapters=[{"adapter": "lora-rs"}, {"adapter": "lora-c"}]))
+    assert not ModelStore().has("cat-rs")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from merge.sweep import objective, run_sweep, weight_grid
+from merge.grid import weight_grid
+from merge.sweep import run_sweep
 from runtime.config import MergeConfig
 from runtime.models import ModelStore
 
@@ -16,12 +17,6 @@ def test_weight_grid_is_the_papers_pairs_and_a_simplex_for_more():
     assert len(pairs) == 9 and pairs[0] == (0.1, 0.9) and all(abs(a + b - 1) < 1e-9 for a, b in pairs)
     four = weight_grid(4, [0.25, 0.4, 0.2])
     assert (0.25, 0.25, 0.25, 0.25) in four and (0.4, 0.2, 0.2, 0.2) in four and len(four) == 5
-
-
-def test_objective_is_mean_retention_over_tasks_with_a_known_expert():
-    assert objective({"a": 5.0, "b": 2.0}, {"a": 10.0, "b": 2.0}, "mean_retention") == pytest.approx(0.75)
-    assert objective({"a": 5.0, "b": 2.0}, {"a": 10.0, "b": 0.0}, "mean_retention") == pytest.approx(0.5)
-    assert objective({"a": 5.0, "b": 2.0}, {}, "mean_score") == pytest.approx(3.5)
 
 
 def test_the_sweep_keeps_the_argmax_of_a_scripted_objective(merge_home, tmp_path):
@@ -61,7 +56,7 @@ def test_the_sweep_scores_with_its_token_caps(merge_home, tmp_path, monkeypatch)
                          sweep={"weights": [0.3, 0.7], "tasks": ["completion"], "limit": 2,
                                 "objective": "mean_score", "max_tokens": {"completion": 5}})
     summary = run_sweep(config, tmp_path / "sweep")
-    assert len(caps) == 3 and all(c == {"completion": 5} for c in caps)  # two candidates, then the test split
+    assert len(caps) == 4 and all(c == {"completion": 5} for c in caps)  # base, two candidates, the test split
     assert summary["max_tokens"] == {"completion": 5}
 
 
@@ -73,7 +68,7 @@ def test_the_test_split_is_skipped_when_asked(merge_home, tmp_path):
                                 "objective": "mean_score", "score_test": False})
     summary = run_sweep(config, tmp_path / "sweep",
                         score=lambda model, adapter, tasks, split, *a: splits.append(split) or {"completion": 1.0})
-    assert splits == ["val", "val"] and summary["chosen_test"] is None
+    assert splits == ["val", "val", "val"] and summary["chosen_test"] is None  # the base, two candidates
     assert ModelStore().has("untested")
 
 
@@ -83,3 +78,94 @@ def test_retention_without_expert_baselines_is_refused(merge_home, tmp_path):
                          sweep={"weights": [0.5], "tasks": ["completion"]})
     with pytest.raises(ValueError, match="set sweep.objective: mean_score"):
         run_sweep(config, tmp_path / "s", score=lambda *a: {"completion": 1.0})
+
+
+def _grid_config(name: str) -> MergeConfig:
+    return MergeConfig(name=name, base_model="tiny", method="task_arithmetic",
+                       models=[{"model": "exp-gen", "weight": 1.0}, {"model": "exp-sum", "weight": 1.0}],
+                       sweep={"weights": [], "limit": 2, "score_test": False, "grid": [
+                           {"method": "task_arithmetic", "weight": [0.5, 1.0], "parameters": {"normalize": False}},
+                           {"method": "ties", "weight": 1.0, "density": 0.5,
+                            "parameters": {"normalize": False, "lambda": [1.0, 2.0]}}]})
+
+
+def _scripted(table: dict[tuple, dict[str, float]], calls: list[str]):
+    """Scores by what was scored: the base, an expert (by name), or a candidate (by method, weight, lambda)."""
+
+    def score(model: Path, adapter, tasks, split, limit, out):
+        manifest_path = model / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        if "method" in manifest:
+            key = (manifest["method"], manifest["inputs"][0]["weight"], manifest["parameters"].get("lambda"))
+        else:
+            key = ("base",) if model.resolve() == ModelStore().get("tiny").path.resolve() else (manifest["name"],)
+        calls.append(key[0])
+        return {t: table[key][t] for t in tasks}
+
+    return score
+
+
+REFERENCE = {("base",): {"generation": 20.0, "summarization": 10.0}, ("exp-gen",): {"generation": 40.0},
+             ("exp-sum",): {"summarization": 20.0}}
+
+
+def test_the_sweep_rejects_candidates_below_the_base_and_writes_retention(merge_home, tmp_path):
+    table = REFERENCE | {
+        ("task_arithmetic", 0.5, None): {"generation": 25.0, "summarization": 12.0},  # retention 0.25, 0.2
+        ("task_arithmetic", 1.0, None): {"generation": 35.0, "summarization": 15.0},  # 0.75, 0.5: the best survivor
+        ("ties", 1.0, 1.0): {"generation": 30.0, "summarization": 10.0},  # 0.5, 0.0: at the base is allowed
+        ("ties", 1.0, 2.0): {"generation": 60.0, "summarization": 9.0},  # 2.0, -0.1: best objective, below base
+    }
+    calls: list[str] = []
+    summary = run_sweep(_grid_config("gridded"), tmp_path / "sweep", score=_scripted(table, calls))
+    assert summary["chosen"] == "gridded--task-arithmetic-w1-normalizefalse"
+    assert summary["no_candidate_at_or_above_base"] is False
+    assert summary["base_val"] == REFERENCE[("base",)]
+    assert summary["expert_val"] == {"generation": 40.0, "summarization": 20.0}
+    assert summary["chosen_retention"] == pytest.approx({"generation": 0.75, "summarization": 0.5})
+    assert summary["chosen_of_expert"] == pytest.approx({"generation": 35 / 40, "summarization": 15 / 20})
+    assert summary["rejected"] == [{"name": "gridded--ties-w1-d0.5-lambda2-normalizefalse",
+                                    "below_base": [{"task": "summarization", "score": 9.0, "base": 10.0}]}]
+    assert len(summary["results"]) == 4 and summary["candidates"] == 4
+    rows = {r["name"]: r for r in csv.DictReader((tmp_path / "sweep" / "sweep.csv").open())}
+    lam2 = rows["gridded--ties-w1-d0.5-lambda2-normalizefalse"]
+    assert lam2["rejected"] == "True" and lam2["below_base"] == "summarization 9.00 < base 10.00"
+    assert float(lam2["retention_generation"]) == pytest.approx(2.0) and lam2["method"] == "ties"
+    assert rows["gridded--ties-w1-d0.5-lambda1-normalizefalse"]["rejected"] == "False"
+    assert float(rows["gridded--task-arithmetic-w0.5-normalizefalse"]["retention_summarization"]) == pytest.approx(0.2)
+    manifest = json.loads((ModelStore().get("gridded").path / "manifest.json").read_text())
+    assert manifest["chosen_by_sweep"]["no_candidate_at_or_above_base"] is False
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000
+
+
+def test_when_every_candidate_is_below_the_base_the_sweep_says_so(merge_home, tmp_path):
+    table = REFERENCE | {
+        ("task_arithmetic", 0.5, None): {"generation": 19.0, "summarization": 12.0},
+        ("task_arithmetic", 1.0, None): {"generation": 35.0, "summarization": 9.5},  # the best objective
+        ("ties", 1.0, 1.0): {"generation": 30.0, "summarization": 5.0},
+        ("ties", 1.0, 2.0): {"generation": 10.0, "summarization": 15.0},
+    }
+    summary = run_sweep(_grid_config("all-below"), tmp_path / "sweep", score=_scripted(table, []))
+    assert summary["no_candidate_at_or_above_base"] is True
+    assert summary["chosen"] == "all-below--task-arithmetic-w1-normalizefalse"
+    assert summary["chosen_below_base"] == [{"task": "summarization", "score": 9.5, "base": 10.0}]
+    assert len(summary["rejected"]) == 4
+    assert all(set(r["val"]) == {"generation", "summarization"} and set(r["retention"]) == set(r["val"])
+               for r in summary["results"])  # every candidate's per-task numbers, for the report
+    saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert saved["no_candidate_at_or_above_base"] is True and len(saved["results"]) == 4
+    assert ModelStore().has("all-below")
+
+
+def test_base_and_expert_scores_are_computed_once_and_cached_in_the_output(merge_home, tmp_path):
+    table = REFERENCE | {key: {"generation": 30.0, "summarization": 15.0 + i} for i, key in enumerate(
+        [("task_arithmetic", 0.5, None), ("task_arithmetic", 1.0, None), ("ties", 1.0, 1.0), ("ties", 1.0, 2.0)])}
+    calls: list[str] = []
+    run_sweep(_grid_config("cached"), tmp_path / "sweep", score=_scripted(table, calls))
+    assert calls.count("base") == 1 and calls.count("exp-gen") == 1 and len(calls) == 7
+    assert (tmp_path / "sweep" / "val-scores.json").is_file()
+    ModelStore().remove("cached")  # as after an interrupted run: the next sweep redoes the choice...
+    (tmp_path / "sweep" / "sweep.json").unlink()
+    summary = run_sweep(_grid_config("cached"), tmp_path / "sweep", score=_scripted(table, calls))
+    assert len(calls) == 7  # ...from the cached scores, scoring nothing again
+    assert summary["chosen"] == "cached--ties-w1-d0.5-lambda2-normalizefalse"
