@@ -38,8 +38,18 @@ def clean_or_found(sandbox: Sandbox, program: str) -> str:
     return result.stdout.strip()
 
 
-@needs_namespaces
-def test_a_secret_in_the_parent_environment_is_not_in_the_child(sandbox: Sandbox, monkeypatch):
+@pytest.fixture(params=["isolated", "unsafe"])
+def either_sandbox(request, monkeypatch) -> Sandbox:
+    """The namespaces mode where this machine has it, and the process mode (as if it had not) with the opt-in."""
+    if request.param == "isolated":
+        if not namespaces_available():
+            pytest.skip("needs root with namespaces (the isolated mode)")
+        return Sandbox(FAST)
+    monkeypatch.setattr(sandbox_mod, "namespaces_available", lambda: False)
+    return Sandbox(FAST, allow_unsafe=True)
+
+
+def test_a_secret_in_the_parent_environment_is_not_in_the_child(either_sandbox: Sandbox, monkeypatch):
     monkeypatch.setenv("MIXMERGE_FAKE_SECRET", uuid.uuid4().hex)
     program = """
 import ctypes, os
@@ -61,7 +71,7 @@ if b"MIXMERGE_FAKE_SECRET" in stack:
     found.append("stack")
 print("found " + " ".join(found) if found else "clean")
 """
-    assert clean_or_found(sandbox, program) == "clean"
+    assert clean_or_found(either_sandbox, program) == "clean"
 
 
 @pytest.fixture
@@ -180,6 +190,11 @@ print(held >> 20, shm >> 20)
     result = sandbox.run(program)
     memfd_mb, shm_mb = map(int, result.stdout.split())
     assert memfd_mb < limit_mb and shm_mb < limit_mb
+
+
+def test_memfd_is_refused_in_either_mode(either_sandbox: Sandbox):
+    result = either_sandbox.run("import os\nos.memfd_create('hog')")
+    assert result.status == "failed" and "PermissionError" in result.stderr
 
 
 @pytest.mark.parametrize("exit_early", ["import os\nos._exit(0)", "raise SystemExit(0)", "import sys\nsys.exit()",
