@@ -7,13 +7,19 @@ Strategies (the share of task t, with n_t items available):
 - ``temperature``: share proportional to n_t ** (1 / T) (T=1 is concat's shares, large T tends to balanced).
 For every strategy but ``concat`` the total is ``total`` items (default: all items); a task asked for more items
 than it has repeats its items in a fresh order each pass.
+
+Each task's items come from its own seeded stream (``Mixture.draws``), which depends only on the seed, the task
+and its size: a task given the same count in two mixtures gets the same items. So a mix whose per-task counts are
+the experts' (``weighted`` with each expert's max_steps as its weight and ``total`` their rows) trains on exactly
+the union of the experts' rows (``training/budget.py`` checks shipped configs for it).
 """
 
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Literal
 
 Strategy = Literal["concat", "balanced", "weighted", "temperature"]
@@ -22,12 +28,26 @@ STRATEGIES: tuple[str, ...] = ("concat", "balanced", "weighted", "temperature")
 
 @dataclass(frozen=True)
 class Mixture:
-    picks: list[tuple[str, int]]  # (task, item index) in training order
+    counts: dict[str, int]  # items per task
     shares: dict[str, float]  # the strategy's target shares
+    sizes: dict[str, int]  # items available per task
+    seed: int = 0
+
+    def draws(self, task: str) -> Iterator[int]:
+        """Endless item indices of ``task``: seeded passes over all its items, each in a fresh order. The
+        first ``counts[task]`` are the task's picks; the ones after replace picks that turn out unusable."""
+        rng = random.Random(f"{self.seed}/{task}")
+        while self.sizes[task] > 0:
+            order = list(range(self.sizes[task]))
+            rng.shuffle(order)
+            yield from order
 
     @property
-    def counts(self) -> dict[str, int]:
-        return dict(sorted(Counter(task for task, _ in self.picks).items()))
+    def picks(self) -> list[tuple[str, int]]:
+        """(task, item index): each task's first ``counts[task]`` draws, shuffled together."""
+        picks = [(task, i) for task, count in self.counts.items() for i in islice(self.draws(task), count)]
+        random.Random(self.seed).shuffle(picks)
+        return picks
 
 
 def target_shares(sizes: dict[str, int], strategy: str, weights: dict[str, float] | None = None,
@@ -50,19 +70,14 @@ def target_shares(sizes: dict[str, int], strategy: str, weights: dict[str, float
 
 def mix(sizes: dict[str, int], strategy: str, total: int | None = None, seed: int = 0,
         weights: dict[str, float] | None = None, temperature: float = 1.0) -> Mixture:
-    """Pick items per task by the strategy's shares, then shuffle them together (deterministic in ``seed``)."""
+    """How many items of each task by the strategy's shares; which ones is deterministic in ``seed`` and the task."""
     shares = target_shares(sizes, strategy, weights, temperature)
     total = sum(sizes.values()) if total is None else total
     if strategy == "concat" and total >= sum(sizes.values()):
         counts = dict(sizes)
     else:
         counts = _apportion(shares, total)
-    rng = random.Random(seed)
-    picks: list[tuple[str, int]] = []
-    for task, count in counts.items():
-        picks.extend((task, i) for i in _draw(sizes[task], count, rng))
-    rng.shuffle(picks)
-    return Mixture(picks, shares)
+    return Mixture(dict(sorted((t, c) for t, c in counts.items() if c > 0)), shares, dict(sizes), seed)
 
 
 def _apportion(shares: dict[str, float], total: int) -> dict[str, int]:
@@ -72,13 +87,3 @@ def _apportion(shares: dict[str, float], total: int) -> dict[str, int]:
     for t in sorted(exact, key=lambda t: exact[t] - counts[t], reverse=True)[: total - sum(counts.values())]:
         counts[t] += 1
     return counts
-
-
-def _draw(n: int, count: int, rng: random.Random) -> list[int]:
-    """``count`` indices from range(n): without repetition while possible, then further shuffled passes."""
-    out: list[int] = []
-    while len(out) < count and n > 0:
-        order = list(range(n))
-        rng.shuffle(order)
-        out.extend(order[: count - len(out)])
-    return out

@@ -9,20 +9,24 @@ is saved, so an interrupted run resumes where it stopped and never leaves a dire
 from __future__ import annotations
 
 import logging
+import math
+import random
 import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from runtime.bench.memory import peak_rss_mb
 from runtime.config import TasksConfig, TrainConfig, as_plain, configs_dir, load_config
 from runtime.errors import ConfigError, ModelStoreError
 from runtime.models import MANIFEST, ModelEntry, ModelStore, atomic_dir, write_manifest
-from training.examples import BuildStats, PadCollator, Row, build_row, pack
+from training.budget import budget, items_per_step, task_rows
+from training.examples import IGNORE, BuildStats, PadCollator, Row, build_row, pack
 from training.mixing import mix
-from training.tasks import load_card, load_items
+from training.tasks import VIEW, load_card, load_items
 from training.tasks.prompts import messages_for
 
 log = logging.getLogger(__name__)
@@ -51,38 +55,45 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
-def items_per_step(config: TrainConfig) -> int:
-    t = config.training
-    return int(t.get("per_device_train_batch_size", 8)) * int(t.get("gradient_accumulation_steps", 1))
-
-
 # ------------------------------------------------------------------------------------------------ setup
 def build_rows(config: TrainConfig, tokenizer, tasks: TasksConfig) -> tuple[list[Row], list[Row], dict]:
-    """Training rows from the data mix, validation rows from each task's val split, and what was realised."""
+    """Training rows from the data mix, validation rows from each task's val split, and what was realised: per
+    task the rows, tokens, and every item dropped (prompt too long; replaced by the next draw), cut (response
+    past max_length) or cropped (tasks.views), so that nothing leaves the budget unrecorded."""
     train_items = {t: load_items(t, "train") for t in config.tasks}
     max_steps = int(config.training.get("max_steps", -1))
-    total = config.mixing.total or (max_steps * items_per_step(config) if max_steps > 0 else None)
+    batch = items_per_step(config)
+    total = config.mixing.total or (max_steps * batch if max_steps > 0 else None)
     mixture = mix({t: len(v) for t, v in train_items.items()}, config.mixing.strategy, total, config.seed,
                   dict(config.mixing.weights), config.mixing.temperature)
-    stats = BuildStats()
-    rows = [row for task, i in mixture.picks
-            if (row := _row(tokenizer, tasks, train_items[task][i], config.data.max_length, stats)) is not None]
-    val_stats = BuildStats()
-    val = [row for t in config.tasks for item in load_items(t, "val", config.data.max_val_items)
-           if (row := _row(tokenizer, tasks, item, config.data.max_length, val_stats)) is not None]
+    build = partial(_row, tokenizer, tasks, config.data.max_length)
+    rows: list[Row] = []
+    train_record, val_record = {}, {}
+    for task, count in mixture.counts.items():
+        task_rows_, train_record[task] = task_rows(train_items[task], mixture.draws(task), count, build)
+        rows.extend(task_rows_)
+    random.Random(config.seed).shuffle(rows)  # the sampler shuffles too; packing below sees tasks interleaved
+    val: list[Row] = []
+    for task in config.tasks:  # the first max_val_items usable val items: a fixed sample, none lost
+        items = load_items(task, "val")
+        task_val, val_record[task] = task_rows(items, iter(range(len(items))), config.data.max_val_items, build)
+        val.extend(task_val)
+    epochs = float(config.training.get("num_train_epochs", 3.0))  # TrainingArguments' default
+    steps = max_steps if max_steps > 0 else math.ceil(len(rows) / batch * epochs)
     if config.data.packing:
         rows = pack(rows, config.data.max_length)
     if not rows or not val:
         raise ConfigError(config.name, [f"no examples fit data.max_length={config.data.max_length}; raise it"])
     realised = {"strategy": config.mixing.strategy, "target_shares": mixture.shares, "items": mixture.counts,
-                "train_rows": len(rows), "val_rows": len(val), "train_build": asdict(stats),
-                "val_build": asdict(val_stats),
+                "train_rows": len(rows), "val_rows": len(val), "views": VIEW,
                 "train_tokens": sum(len(r.input_ids) for r in rows),
-                "response_tokens": sum(sum(1 for x in r.labels if x != -100) for r in rows)}
+                "response_tokens": sum(sum(1 for x in r.labels if x != IGNORE) for r in rows),
+                "budget": budget(train_record, steps, batch),
+                "val": {t: asdict(r) for t, r in val_record.items()}}
     return rows, val, realised
 
 
-def _row(tokenizer, tasks: TasksConfig, item, max_length: int, stats: BuildStats) -> Row | None:
+def _row(tokenizer, tasks: TasksConfig, max_length: int, item, stats: BuildStats) -> Row | None:
     return build_row(tokenizer, messages_for(tasks, item.task, item), item.reference, max_length, stats)
 
 

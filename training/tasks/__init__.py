@@ -2,5 +2,7 @@
 
 from training.tasks.builders import NO_ISSUES, TaskItem
 from training.tasks.dataset import SPLIT_NAMES, TASK_NAMES, build_dataset, load_card, load_items
+from training.tasks.views import VIEW, crop_counts, view
 
-__all__ = ["NO_ISSUES", "SPLIT_NAMES", "TASK_NAMES", "TaskItem", "build_dataset", "load_card", "load_items"]
+__all__ = ["NO_ISSUES", "SPLIT_NAMES", "TASK_NAMES", "VIEW", "TaskItem", "build_dataset", "crop_counts", "load_card",
+           "load_items", "view"]

@@ -25,6 +25,7 @@ from runtime.models import atomic_dir, mixmerge_home
 from training.tasks.builders import BUILDERS, TaskItem
 from training.tasks.humaneval import load_humaneval
 from training.tasks.source import SPLITS, collect, split_by_module, stdlib_dir
+from training.tasks.views import view
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,11 @@ def load_card(home: Path | None = None) -> dict[str, object]:
     return json.loads((dataset_dir(home) / CARD).read_text())
 
 
-def load_items(task: str, split: str, limit: int | None = None, home: Path | None = None) -> list[TaskItem]:
-    """Items of one task and split, in file order (the first ``limit`` are a fixed, reproducible sample)."""
+def load_items(task: str, split: str, limit: int | None = None, home: Path | None = None,
+               raw: bool = False) -> list[TaskItem]:
+    """Items of one task and split, in file order (the first ``limit`` are a fixed, reproducible sample), as
+    models see them (long inputs cropped by ``views.view``, the same in training, eval and the bench); ``raw``:
+    as stored, whole functions."""
     if task not in TASK_NAMES:
         raise BadRequestError(f"unknown task '{task}'", fix=f"use one of: {', '.join(TASK_NAMES)}")
     if split not in SPLIT_NAMES:
@@ -129,5 +133,6 @@ def load_items(task: str, split: str, limit: int | None = None, home: Path | Non
         for line in f:
             if limit is not None and len(items) >= limit:
                 break
-            items.append(TaskItem(**json.loads(line)))
+            item = TaskItem(**json.loads(line))
+            items.append(item if raw else view(item))
     return items

@@ -90,6 +90,14 @@ def test_a_mixed_run_records_its_realised_mixture(home, tmp_path):
     manifest = _manifest(entry)
     assert manifest["mixture"]["items"] == {"completion": 4, "summarization": 4}
     assert manifest["kind"] == "mixed" and manifest["tasks"] == ["completion", "summarization"]
+    budget = manifest["mixture"]["budget"]
+    assert (budget["steps"], budget["items_per_step"], budget["rows"], budget["epochs"]) == (2, 4, 8, 1.0)
+    for task in ("completion", "summarization"):
+        spent = budget["per_task"][task]
+        assert spent["rows"] == 4 and spent["tokens"] == spent["tokens_seen"] > spent["response_tokens"] > 0
+        assert {"dropped_long_prompt", "truncated_response", "cropped_input", "lines_hidden"} <= set(spent)
+        assert manifest["mixture"]["val"][task]["rows"] == 8  # max_val_items, none lost
+    assert manifest["mixture"]["views"]["review_window"] == 20
 
 
 def test_overrides_reach_trainer_fields_and_output_dir(home, tmp_path):
