@@ -331,11 +331,13 @@ def convert_gguf(directory: Path, gguf_file: str, out: Path, dtype: str = "float
     quantization config), so a fresh model is built from the config without it and given the state dict.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     torch_dtype = getattr(torch, dtype)
+    unpack = GgufConfig(dequantize=True)  # into plain tensors, never kept packed for GGUF kernels
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch_dtype)
+        loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch_dtype,
+                                                      quantization_config=unpack)
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
     except Exception as e:  # gguf/transformers raise ValueError, OSError, struct errors... on a bad file
         raise ModelStoreError(f"could not read {gguf_file}: {e}", fix="delete the download and pull again") from e
