@@ -137,9 +137,13 @@ def test_sqlite_checkpoints_survive_a_new_graph(tmp_path):
     assert reopened.get_state({"configurable": {"thread_id": "disk"}}).values["code"] == GOOD
 
 
-def test_module_entry_point_is_the_cli_command():
-    import subprocess
-    import sys
+def test_the_agent_does_not_import_the_cli_that_imports_it():
+    import ast
+    from pathlib import Path
 
-    out = subprocess.run([sys.executable, "-m", "agents.coding_agent", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "--base-url" in out.stdout and "--tests" in out.stdout
+    import agents.coding_agent as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "runtime.cli" not in imported  # `runtime agent` is the one entry point (lazy imports included)
