@@ -56,7 +56,8 @@ def quiet_transformers(progress: bool = False) -> None:
 
 
 @models_app.command("pull")
-def models_pull(name: Annotated[str, typer.Argument(help="smollm2-135m, or a hub id (needs a reachable hub).")]):
+def models_pull(name: Annotated[str, typer.Argument(help="smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, "
+                                                         "or a hub id (needs a reachable hub).")]):
     """Fetch a model into the store (idempotent; interrupted pulls leave nothing behind)."""
     from runtime.models import ModelStore
 
