@@ -1,160 +1,203 @@
-"""The `hf` engine: transformers + PEFT behind a batching scheduler.
+"""The `hf` engine: transformers + PEFT behind a continuous-batching scheduler (``scheduler.py`` says why not
+transformers' own).
 
-Requests that arrive together are run as one padded batch (their prompts prefilled a row at a time into one KV
-cache, ``hf.prefill_rows``); a batch mixes adapters (PEFT ``adapter_names=``, the base model as ``__base__``).
-Adapters live in slots: at most ``max_loras`` are resident, the least recently used unpinned one is evicted to
-make room. Generation runs on one worker thread; a per-step hook streams each row's
-new text to its request, applies its stop strings and token limit, and stops a row whose client went away.
+One worker thread loops: it runs model changes queued between steps (adapter loads and unloads), admits waiting
+requests, prefills newcomers alone in chunks under ``prefill_budget`` tokens per step, and runs one decode step of
+every running row. A request that arrives mid-answer joins at the next step; a row that ends (EOS, stop string,
+limit, client gone) leaves at once. A batch mixes adapters (PEFT ``adapter_names=``, the base model as
+``__base__``) and sampling settings. Adapters live in slots: at most ``max_loras`` are resident, the least recently
+used unpinned one that no running row uses is evicted to make room. An adapter loaded at runtime is checked and
+read on a loader thread; only the injection (on meta, weights assigned: ``low_cpu_mem_usage``) holds the model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import logging
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.config import EngineConfig
-from runtime.engines.base import EngineRequest, EngineResult, SamplingParams, StreamDelta
-from runtime.engines.hf import HFRunner, HoldEOS, check_adapter, eos_ids, generate_kwargs, generate_prefilled
+from runtime.engines.base import EngineRequest, EngineResult, StreamDelta
+from runtime.engines.hf import HFRunner, adapter_layers, check_adapter, eos_ids, transplant
+from runtime.engines.scheduler import BASE, Batch, Job, next_tokens, prefill
 from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
 
 log = logging.getLogger(__name__)
-BASE = "__base__"
+__all__ = ["BASE", "HFEngine"]
 
 
-@dataclass
-class _Job:
-    request: EngineRequest
-    prompt: str
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancelled: bool = False
-    emitted: str = ""  # text already sent
-    done: bool = False
-
-    def push(self, item: StreamDelta | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+class _Later(Exception):
+    """A model change that must wait for the rows using its adapter to finish."""
 
 
 class HFEngine:
     kind = "hf"
 
     def __init__(self, model_path: str | Path, adapters: dict[str, Path] | None = None,
-                 config: EngineConfig | None = None, max_queue: int = 64, batch_window_s: float = 0.005) -> None:
+                 config: EngineConfig | None = None, max_queue: int = 64, prefill_budget: int = 256) -> None:
         self.config = config or EngineConfig()
         self.runner = HFRunner(model_path, dtype=self.config.dtype, max_batch_size=self.config.max_batch_size)
         self.known: dict[str, str] = {k: str(v) for k, v in (adapters or {}).items()}
         self.resident: OrderedDict[str, None] = OrderedDict()
         self.pinned = set(self.config.pinned_adapters)
         self.max_queue = max_queue
-        self.batch_window_s = batch_window_s
-        self.adapter_load_ms: dict[str, float] = {}
-        self._pending: list[_Job] = []
+        self.prefill_budget = prefill_budget
+        self.adapter_load_ms: dict[str, float] = {}  # a load, end to end
+        self.adapter_lock_ms: dict[str, float] = {}  # of which the model was held (between two steps)
+        self.eos = eos_ids(self.runner.model, self.runner.tokenizer)
+        self._base_config = self.runner.model.config  # before any adapter wraps the model
+        self._eos_list = sorted(self.eos)
+        self._pending: deque[Job] = deque()
+        self._ops: list[tuple[Callable[[], object], concurrent.futures.Future]] = []
+        self._changing: set[str] = set()  # adapters with a queued load/unload: no new rows for them meanwhile
         self._preparing = 0  # requests admitted whose prompts are still being tokenized
-        self._wake = asyncio.Event()
+        self._cond = threading.Condition()  # guards _pending, _ops, _running between the loop and the worker
+        self._running = False
+        self.batch = Batch()
+        self._filling: list[Job] = []  # admitted, prompt being prefilled
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
         # Prompts are rendered and counted on their own thread with their own tokenizer: a fast tokenizer's
         # padding state is shared, so one instance must not encode on two threads at once.
         self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine-prep")
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine-loader")
         self._counter = copy.deepcopy(self.runner.tokenizer)
-        self._lock = threading.Lock()  # guards the model between batches and adapter loads
-        self._loop_task: asyncio.Task | None = None
         self._closed = False
-        self.batches: list[int] = []  # sizes of the batches run (for tests and metrics)
-        self.eos = eos_ids(self.runner.model, self.runner.tokenizer)
+        self.batches: deque[int] = deque(maxlen=4096)  # rows in each recent decode step (for tests and metrics)
         for name in list(self.known)[: self.config.max_loras]:
-            self._load_now(name)
+            self._install(name, *self._read(Path(self.known[name])))
 
     # ------------------------------------------------------------------------------------------- adapters
-    def _load_now(self, name: str) -> float:
-        """Load one adapter into the model; a load that fails leaves the model exactly as it was."""
-        from peft import PeftConfig, PeftModel, set_peft_model_state_dict
+    def _read(self, path: Path, prebuild: bool = False) -> tuple[object, dict, list | None]:
+        """An adapter checked and read without touching the model: its config, its weights in float32 (the dtype
+        PEFT gives LoRA layers, upcast from bf16/fp16 by ``autocast_adapter_dtype``) and, if asked, its layers
+        prebuilt on a meta skeleton for ``transplant`` (None where that fails: the install then injects)."""
+        from peft import PeftConfig
         from peft.utils import load_peft_weights
 
-        start = time.perf_counter()
-        path = Path(self.known[name])
         check_adapter(path)
+        try:
+            config = PeftConfig.from_pretrained(str(path))
+            weights = {k: v.float() for k, v in load_peft_weights(str(path)).items()}
+        except Exception as e:
+            raise BadRequestError(f"adapter {path} is unreadable: {e}", param="lora_path",
+                                  fix="pass the folder that the LoRA training run saved") from e
+        config.inference_mode = True
+        built = None
+        if prebuild:
+            try:
+                built = adapter_layers(self._base_config, config, weights)
+            except Exception as e:  # the PEFT injection will say what is wrong, and roll back
+                log.info("adapter %s: no skeleton (%s); it will be injected", path, e)
+        return config, weights, built
+
+    def _install(self, name: str, config, weights: dict, layers: list | None = None) -> float:
+        """Add one read adapter to the model: its prebuilt layers set into the LoRA layers already there (fast),
+        else PEFT's injection; a failure leaves the model as it was."""
+        from peft import PeftModel, set_peft_model_state_dict
+
+        start = time.perf_counter()
         model = self.runner.model
         wrapped = hasattr(model, "peft_config")
-        try:
-            if wrapped:
-                model.load_adapter(str(path), adapter_name=name)
-            else:  # the first adapter wraps the model: in steps, so a failure can unwrap it again
-                config = PeftConfig.from_pretrained(str(path))
-                config.inference_mode = True
-                model = PeftModel(model, config, adapter_name=name)
-                set_peft_model_state_dict(model, load_peft_weights(str(path)), adapter_name=name)
-        except Exception as e:
-            self.runner.model = _rolled_back(model, name, wrapped)
-            raise BadRequestError(f"adapter {path} does not fit this model: {e}", param="lora_path",
-                                  fix="load an adapter trained on this engine's base model") from e
+        if not (wrapped and layers and transplant(model, layers, name, config)):
+            try:
+                if wrapped:
+                    model.add_adapter(name, config)
+                else:  # the first adapter wraps the model: in steps, so a failure can unwrap it again
+                    model = PeftModel(model, config, adapter_name=name)
+                result = set_peft_model_state_dict(model, weights, adapter_name=name)
+                missing = [k for k in result.missing_keys if ".lora_" in k and f".{name}." in k]
+                if missing:
+                    raise ValueError(f"{len(missing)} LoRA weights missing from the file, e.g. {missing[0]}")
+            except Exception as e:
+                self.runner.model = _rolled_back(model, name, wrapped)
+                raise BadRequestError(f"adapter for '{name}' does not fit this model: {e}", param="lora_path",
+                                      fix="load an adapter trained on this engine's base model") from e
         self.runner.model = model.eval()
         self.resident[name] = None
         ms = (time.perf_counter() - start) * 1000
-        self.adapter_load_ms[name] = ms
-        log.info("loaded adapter %s in %.0f ms", name, ms)
+        self.adapter_lock_ms[name] = ms
+        log.info("added adapter %s to the model in %.1f ms", name, ms)
         return ms
 
-    def _ensure_resident(self, names: set[str]) -> None:
-        for name in names:
-            if name in self.resident:
-                self.resident.move_to_end(name)
-                continue
-            while len(self.resident) >= self.config.max_loras:
-                victim = next((n for n in self.resident if n not in self.pinned and n not in names), None)
-                if victim is None:
-                    raise QueueFullError("no adapter slot is free", fix="raise engine.max_loras")
-                self.runner.model.delete_adapter(victim)
-                del self.resident[victim]
-            self._load_now(name)
+    def _busy(self) -> set[str]:
+        return {job.adapter for job in [*self.batch.rows, *self._filling]} - {BASE}
+
+    def _make_room(self, name: str) -> bool:
+        """Evict unpinned adapters no row uses, least recently used first, until ``name`` fits; False while the
+        slots are held by running rows (wait), an error when pinned adapters fill them."""
+        busy = self._busy()
+        while len(self.resident) >= self.config.max_loras:
+            victim = next((n for n in self.resident if n not in self.pinned and n not in busy and n != name), None)
+            if victim is None:
+                if any(n not in self.pinned for n in self.resident):
+                    return False
+                raise QueueFullError("no adapter slot is free: pinned adapters fill them", fix="raise engine.max_loras")
+            self._drop(victim)
+        return True
+
+    def _drop(self, name: str) -> None:
+        self.runner.model.delete_adapter(name)
+        del self.resident[name]
+
+    def _ready(self, name: str) -> bool:
+        """Make a request's adapter resident (read here: it was evicted); False while it must wait for a slot."""
+        if name in self.resident:
+            self.resident.move_to_end(name)
+            return True
+        if name not in self.known:
+            raise ModelNotFoundError(f"adapter '{name}' was unloaded", fix="load it again", param="model")
+        if not self._make_room(name):
+            return False
+        self._install(name, *self._read(Path(self.known[name])))
+        return True
 
     async def load_adapter(self, name: str, path: str) -> float:
-        check_adapter(Path(path))
-        previous = self.known.get(name)
-        self.known[name] = path
+        start = time.perf_counter()
+        read = await asyncio.get_running_loop().run_in_executor(self._loader, self._read, Path(path), True)
 
-        def load() -> float:
-            with self._lock:
-                if name in self.resident:  # loading a name again replaces its weights
-                    self.runner.model.delete_adapter(name)
-                    del self.resident[name]
-                try:
-                    self._ensure_resident({name})
-                except MixmergeError:
-                    if previous is None:
-                        del self.known[name]
-                    else:
-                        self.known[name] = previous
-                    raise
-                return self.adapter_load_ms[name]
+        def install() -> None:
+            if name in self._busy():
+                raise _Later
+            if name in self.resident:  # loading a name again replaces its weights
+                self._drop(name)
+            if not self._make_room(name):
+                raise _Later
+            self._install(name, *read)
+            self.known[name] = path
 
-        return await asyncio.get_running_loop().run_in_executor(self._worker, load)
+        await self._between_steps(install, name)
+        self.adapter_load_ms[name] = ms = (time.perf_counter() - start) * 1000
+        log.info("loaded adapter %s in %.0f ms (%.1f ms of it holding the model)", name, ms,
+                 self.adapter_lock_ms[name])
+        return ms
 
     async def unload_adapter(self, name: str) -> None:
         if name not in self.known:
             raise ModelNotFoundError(f"adapter '{name}' is not loaded", fix="see GET /v1/models", param="lora_name")
 
         def unload() -> None:
-            with self._lock:
-                if name in self.resident:
-                    self.runner.model.delete_adapter(name)
-                    del self.resident[name]
-                del self.known[name]
+            if name in self._busy():
+                raise _Later
+            if name in self.resident:
+                self._drop(name)
+            self.known.pop(name, None)
 
-        await asyncio.get_running_loop().run_in_executor(self._worker, unload)
+        await self._between_steps(unload, name)
 
     def adapters(self) -> dict[str, str]:
         return dict(self.known)
 
     # ------------------------------------------------------------------------------------------ requests
-    async def _submit(self, request: EngineRequest) -> _Job:
+    async def _submit(self, request: EngineRequest) -> Job:
+        if self._closed:
+            raise QueueFullError("the engine is shutting down", fix="retry on another replica")
         if request.adapter and request.adapter not in self.known:
             raise ModelNotFoundError(f"adapter '{request.adapter}' is not loaded on this engine",
                                      fix="load it with POST /v1/load_lora_adapter", param="model")
@@ -163,22 +206,23 @@ class HFEngine:
         loop = asyncio.get_running_loop()
         self._preparing += 1
         try:  # a long prompt is tokenized off the event loop: it never stalls other requests or /health
-            prompt = await loop.run_in_executor(self._prep, self._prepare, request)
+            ids = await loop.run_in_executor(self._prep, self._prepare, request)
         finally:
             self._preparing -= 1
-        job = _Job(request, prompt, loop)
-        self._pending.append(job)
-        if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.get_running_loop().create_task(self._schedule())
-        self._wake.set()
+        job = Job(request, ids, loop)
+        with self._cond:
+            self._pending.append(job)
+            self._kick()
         return job
 
-    def _prepare(self, request: EngineRequest) -> str:
-        """The prompt rendered and checked against the context (on the prep thread, with its own tokenizer)."""
+    def _prepare(self, request: EngineRequest) -> list[int]:
+        """The prompt rendered, tokenized and checked against the context (on the prep thread, own tokenizer)."""
         prompt = request.prompt if request.prompt is not None else self.runner.render(request.messages or [])
-        self.runner.check_fits(len(self._counter(prompt, add_special_tokens=False)["input_ids"]),
-                               request.params.max_new_tokens)
-        return prompt
+        ids = self._counter(prompt, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise BadRequestError("the prompt has no tokens", fix="send a non-empty prompt", param="prompt")
+        self.runner.check_fits(len(ids), request.params.max_new_tokens)
+        return ids
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
         job = await self._submit(request)
@@ -191,7 +235,7 @@ class HFEngine:
                 if item.finish_reason is not None:
                     return
         finally:
-            job.cancelled = True  # a client that went away stops its row at the next step
+            job.cancelled = True  # a client that went away frees its row at the next step
 
     async def generate(self, request: EngineRequest) -> EngineResult:
         text, last = "", None
@@ -204,81 +248,139 @@ class HFEngine:
     def queue_depth(self) -> int:
         return len(self._pending)
 
+    def running(self) -> int:
+        return len(self.batch) + len(self._filling)
+
     async def health(self) -> bool:
         return not self._closed
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._loop_task:
-            self._loop_task.cancel()
+        with self._cond:
+            for job in self._pending:
+                job.abort()
+            self._pending.clear()
         self._worker.shutdown(wait=False, cancel_futures=True)
         self._prep.shutdown(wait=False, cancel_futures=True)
+        self._loader.shutdown(wait=False, cancel_futures=True)
 
     # ----------------------------------------------------------------------------------------- scheduler
-    async def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._pending:
-                self._wake.clear()
-                await self._wake.wait()
-            await asyncio.sleep(self.batch_window_s)  # let requests that arrive together share a batch
-            batch = self._take_batch()
-            if batch:
-                await loop.run_in_executor(self._worker, self._run_batch, batch)
+    def _kick(self) -> None:
+        """Start the worker loop if it is not running (call with ``_cond`` held)."""
+        if not self._running and not self._closed:
+            self._running = True
+            self._worker.submit(self._serve)
 
-    def _take_batch(self) -> list[_Job]:
-        """Up to max_batch_size pending jobs with the first job's sampling settings, whose adapters fit."""
-        live = [j for j in self._pending if not j.cancelled]
-        for j in self._pending:
-            if j.cancelled:
-                j.push(StreamDelta("", "abort"))
-        self._pending = live
-        if not live:
-            return []
-        key = _batch_key(live[0].request.params)
-        batch, adapters = [], set()
-        for job in live:
-            name = job.request.adapter
-            fits = name is None or name in adapters or len(adapters) < self.config.max_loras
-            if _batch_key(job.request.params) == key and fits and len(batch) < self.config.max_batch_size:
-                batch.append(job)
-                if name:
-                    adapters.add(name)
-        self._pending = [j for j in live if j not in batch]
-        return batch
+    def _between_steps(self, change: Callable[[], object], adapter: str) -> asyncio.Future:
+        """Run a model change on the worker between two steps; it may raise _Later to wait for busy rows."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            self._ops.append((change, future))
+            self._changing.add(adapter)
+            future.add_done_callback(lambda _: self._changing.discard(adapter))
+            self._kick()
+        return asyncio.wrap_future(future)
 
-    def _run_batch(self, batch: list[_Job]) -> None:
-        try:
-            with self._lock:
-                self._ensure_resident({j.request.adapter for j in batch if j.request.adapter})
-                self.batches.append(len(batch))
-                self._generate(batch)
-        except MixmergeError as e:
-            for job in batch:
-                job.push(e)
-        except Exception as e:  # a failed batch fails its requests, never the server
-            log.exception("batch of %d failed", len(batch))
-            for job in batch:
-                job.push(RuntimeError(f"generation failed: {e}"))
-
-    def _generate(self, batch: list[_Job]) -> None:
+    def _serve(self) -> None:
+        """The worker loop: until nothing is queued or running."""
         import torch
-        from transformers import LogitsProcessorList
 
-        tok = self.runner.tokenizer
-        inputs = tok([j.prompt for j in batch], return_tensors="pt", padding=True, add_special_tokens=False)
-        width = inputs["input_ids"].shape[1]
-        limit = max(j.request.params.max_new_tokens for j in batch)  # rows stop at their own limit in the hook
-        kwargs = generate_kwargs(batch[0].request.params, limit, tok.pad_token_id)
-        if hasattr(self.runner.model, "peft_config"):
-            kwargs["adapter_names"] = [j.request.adapter or BASE for j in batch]
-        floors = [j.request.params.eos_floor for j in batch]
-        if any(floors):
-            kwargs["logits_processor"] = LogitsProcessorList([HoldEOS(floors, self.eos, width)])
-        hook = _StepHook(self, batch, width, inputs["attention_mask"].sum(dim=1).tolist())
         with torch.inference_mode():
-            generate_prefilled(self.runner.model, inputs, stopping_criteria=[hook], **kwargs)
-        hook.finish_all()
+            while True:
+                with self._cond:
+                    idle = not (self._pending or self._ops or self._filling or len(self.batch))
+                    if idle or self._closed:
+                        self._running = False
+                        break
+                try:
+                    self._run_ops()
+                    self._admit()
+                    self._prefill()
+                    self._decode()
+                except Exception as e:  # a failed step fails its requests, never the server
+                    log.exception("step with %d rows failed", self.running())
+                    self._fail_all(RuntimeError(f"generation failed: {e}"))
+        if self._closed:
+            self._fail_all(None)
+
+    def _fail_all(self, error: BaseException | None) -> None:
+        for job in [*self.batch.rows, *self._filling]:
+            if error is None:
+                job.abort()
+            else:
+                job.push(error)
+        self.batch, self._filling = Batch(), []
+
+    def _run_ops(self) -> None:
+        with self._cond:
+            ops, self._ops = self._ops, []
+        later = []
+        for change, future in ops:
+            try:
+                future.set_result(change())
+            except _Later:
+                later.append((change, future))
+            except Exception as e:
+                future.set_exception(e)
+        if later:
+            with self._cond:
+                self._ops[:0] = later
+
+    def _admit(self) -> None:
+        """Waiting requests into free rows, oldest first; one whose adapter waits for a slot lets others pass."""
+        with self._cond:
+            waiting = list(self._pending)
+        for job in waiting:
+            if job.cancelled:
+                self._take(job).abort()
+                continue
+            if self.running() >= self.config.max_batch_size:
+                return
+            name = job.request.adapter
+            try:
+                if name and (name in self._changing or not self._ready(name)):
+                    continue
+            except MixmergeError as e:
+                self._take(job).push(e)
+                continue
+            self._filling.append(self._take(job))
+
+    def _take(self, job: Job) -> Job:
+        with self._cond:
+            self._pending.remove(job)
+        return job
+
+    def _prefill(self) -> None:
+        """Newcomers' prompts, oldest first, up to ``prefill_budget`` tokens; a finished one samples its first
+        token and joins the batch."""
+        model, wrapped = self.runner.model, hasattr(self.runner.model, "peft_config")
+        budget = self.prefill_budget
+        while self._filling and budget > 0:
+            job = self._filling[0]
+            if job.cancelled:
+                self._filling.pop(0).abort()
+                continue
+            before = job.filled
+            logits = prefill(model, job, budget, wrapped)
+            budget -= job.filled - before
+            if logits is None:
+                return
+            self._filling.pop(0)
+            token = next_tokens(logits[None], [job], self._eos_list)[0]
+            job.take(token, self.runner.tokenizer, self.eos)
+            if not job.done:
+                self.batch.join(job, token)
+
+    def _decode(self) -> None:
+        if not len(self.batch):
+            return
+        logits = self.batch.step(self.runner.model, hasattr(self.runner.model, "peft_config"))
+        self.batches.append(len(self.batch))
+        tokens = next_tokens(logits, self.batch.rows, self._eos_list)
+        for job, token in zip(self.batch.rows, tokens, strict=True):
+            job.take(token, self.runner.tokenizer, self.eos)
+        self.batch.pending = tokens
+        self.batch.leave()
 
 
 def _rolled_back(model, name: str, was_wrapped: bool):
@@ -288,71 +390,3 @@ def _rolled_back(model, name: str, was_wrapped: bool):
             return model.unload()  # drops every LoRA layer: the base model as it was
         model.delete_adapter(name)
     return model
-
-
-def _batch_key(p: SamplingParams) -> tuple:
-    return (p.temperature, p.top_p, p.seed) if p.temperature > 0 else (0.0,)
-
-
-class _StepHook:
-    """Called by generate after every step: streams new text per row and decides which rows are done."""
-
-    def __init__(self, engine: HFEngine, batch: list[_Job], width: int, prompt_lens: list[int]) -> None:
-        self.engine = engine
-        self.batch = batch
-        self.width = width
-        self.prompt_lens = prompt_lens
-        self.eos = engine.eos
-        self.ids: list[list[int]] = [[] for _ in batch]
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        done = []
-        for i, (job, row) in enumerate(zip(self.batch, input_ids, strict=True)):
-            if job.done:
-                done.append(True)
-                continue
-            token = int(row[-1])
-            if token in self.eos:
-                self._finish(i, "stop")
-            else:
-                self.ids[i].append(token)
-                self._emit(i)
-            done.append(job.done)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-    def _emit(self, i: int) -> None:
-        job = self.batch[i]
-        text = self.engine.runner.tokenizer.decode(self.ids[i], skip_special_tokens=True)
-        held = len(self.ids[i]) < job.request.params.eos_floor  # no stop string before min_tokens (as vLLM)
-        stop_at = None if held else min((text.index(s) for s in job.request.params.stop if s in text), default=None)
-        if stop_at is not None:
-            self._send(i, text[:stop_at], "stop")
-        elif job.cancelled:
-            self._send(i, job.emitted, "abort")
-        elif len(self.ids[i]) >= job.request.params.max_new_tokens:
-            self._send(i, text.rstrip("\ufffd"), "length")  # a cut multi-byte character is dropped
-        elif not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            self._send(i, text, None)
-
-    def _finish(self, i: int, reason: str) -> None:
-        # a multi-byte character left incomplete is dropped, not sent as U+FFFD (vLLM does the same)
-        text = self.engine.runner.tokenizer.decode(self.ids[i], skip_special_tokens=True).rstrip("\ufffd")
-        stop_at = min((text.index(s) for s in self.batch[i].request.params.stop if s in text), default=None)
-        self._send(i, text if stop_at is None else text[:stop_at], reason)
-
-    def _send(self, i: int, text: str, finish: str | None) -> None:
-        job = self.batch[i]
-        delta = text[len(job.emitted):] if text.startswith(job.emitted) else ""
-        if delta or finish:
-            job.emitted += delta
-            job.push(StreamDelta(delta, finish, self.prompt_lens[i], len(self.ids[i])))
-        if finish:
-            job.done = True
-
-    def finish_all(self) -> None:
-        """Rows still open when generate returned ran out of tokens."""
-        for i, job in enumerate(self.batch):
-            if not job.done:
-                self._finish(i, "length")

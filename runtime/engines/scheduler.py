@@ -1,0 +1,209 @@
+"""Continuous batching for the `hf` engine: rows that join and leave one left-padded KV cache between steps.
+
+Why our own and not transformers' (5.19, ``generation/continuous_batching/``): its ``ContinuousBatchingManager``
+packs every scheduled token of every request into ONE row (``input_outputs.get_model_kwargs`` builds
+``input_ids[:q_size].unsqueeze(0)``, shape ``[1, num_tokens]``, with ``cu_seq_lens_q`` for the boundaries), while
+PEFT mixes adapters by row of the batch dimension (``peft/tuners/lora/layer.py``, ``_mixed_batch_forward`` takes
+``x[sub_batch_indices]`` per adapter name, and ``adapter_names`` must have one entry per row), so a packed step
+can carry one adapter only. Its sampling is also global (``model_runner._sample``: one ``do_sample`` for the
+manager, ``torch.multinomial`` without a per-request generator), so per-request greedy/sampled/seeded rows in one
+batch and vLLM's per-request ``min_tokens``/``ignore_eos`` are not expressible; ``add_request`` takes only the
+temperature/top_k/top_p per-request processor kwargs (``cb_logits_processors.py``).
+
+Here: each step is one forward of every running row's pending token (``[rows, 1]``, ``adapter_names`` per row,
+the base model as ``__base__``) over one DynamicCache whose rows are left-padded to a common width. The cache is
+reshaped only when membership changes: a newcomer, prefilled alone in chunks under a per-step token budget
+(``prefill``), is padded in; finished rows are selected out and columns that are padding in every row are cut.
+Every row keeps its own sampling (argmax, or temperature/top_p with its own seeded generator), EOS floor, stop
+strings and limit; text is streamed per row as it grows (``Job.take``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from runtime.engines.base import EngineRequest, StreamDelta
+
+BASE = "__base__"
+
+
+@dataclass(eq=False)
+class Job:
+    request: EngineRequest
+    prompt_ids: list[int]
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    emitted: str = ""  # text already sent
+    done: bool = False
+    ids: list[int] = field(default_factory=list)  # generated tokens (an EOS that ended the row excluded)
+    filled: int = 0  # prompt tokens in `cache` so far
+    cache: object | None = None  # the row's own DynamicCache while it is prefilled
+    generator: object | None = None  # the row's torch.Generator when it samples
+
+    @property
+    def adapter(self) -> str:
+        return self.request.adapter or BASE
+
+    def push(self, item: StreamDelta | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    # ---------------------------------------------------------------------------- text, stops, limits
+    def take(self, token: int, tokenizer, eos: set[int]) -> None:
+        """One new token: stream the text it completes, or end the row (EOS, stop string, limit, cancel)."""
+        if token in eos:
+            self.finish("stop", tokenizer)
+            return
+        self.ids.append(token)
+        params = self.request.params
+        text = tokenizer.decode(self.ids, skip_special_tokens=True)
+        held = len(self.ids) < params.eos_floor  # no stop string before min_tokens (as vLLM)
+        stop_at = None if held else min((text.index(s) for s in params.stop if s in text), default=None)
+        if stop_at is not None:
+            self._send(text[:stop_at], "stop")
+        elif self.cancelled:
+            self._send(self.emitted, "abort")
+        elif len(self.ids) >= params.max_new_tokens:
+            self._send(text.rstrip("\ufffd"), "length")  # a cut multi-byte character is dropped
+        elif not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            self._send(text, None)
+
+    def finish(self, reason: str, tokenizer) -> None:
+        # a multi-byte character left incomplete is dropped, not sent as U+FFFD (vLLM does the same)
+        text = tokenizer.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd")
+        stop_at = min((text.index(s) for s in self.request.params.stop if s in text), default=None)
+        self._send(text if stop_at is None else text[:stop_at], reason)
+
+    def abort(self) -> None:
+        self._send(self.emitted, "abort")
+
+    def _send(self, text: str, finish: str | None) -> None:
+        delta = text[len(self.emitted):] if text.startswith(self.emitted) else ""
+        if delta or finish:
+            self.emitted += delta
+            self.push(StreamDelta(delta, finish, len(self.prompt_ids), len(self.ids)))
+        if finish:
+            self.done = True
+            self.cache = None
+
+
+# ------------------------------------------------------------------------------------------------ steps
+def prefill(model, job: Job, budget: int, wrapped: bool):
+    """Up to ``budget`` more prompt tokens of one row into its own cache; the last position's logits once the
+    whole prompt is in (else None)."""
+    import torch
+    from transformers import DynamicCache
+
+    if job.cache is None:
+        job.cache = DynamicCache()
+    chunk = job.prompt_ids[job.filled:job.filled + budget]
+    extra = {"adapter_names": [job.adapter]} if wrapped else {}
+    out = model(input_ids=torch.tensor([chunk]), past_key_values=job.cache, use_cache=True, logits_to_keep=1,
+                **extra)
+    job.filled += len(chunk)
+    return out.logits[0, -1].float() if job.filled == len(job.prompt_ids) else None
+
+
+def next_tokens(logits, jobs: list[Job], eos: list[int]) -> list[int]:
+    """One token per row from its logits ``[rows, vocab]``: EOS held below the row's floor, then argmax or the
+    row's own seeded sampling."""
+    import torch
+
+    for i, job in enumerate(jobs):
+        if len(job.ids) < job.request.params.eos_floor:
+            logits[i, eos] = float("-inf")
+    picked = logits.argmax(dim=-1).tolist()
+    for i, job in enumerate(jobs):
+        params = job.request.params
+        if params.temperature > 0:
+            if job.generator is None:
+                job.generator = torch.Generator()
+                if params.seed is None:
+                    job.generator.seed()
+                else:
+                    job.generator.manual_seed(params.seed)
+            picked[i] = _sample(logits[i] / params.temperature, params.top_p, job.generator)
+    return picked
+
+
+def _sample(scores, top_p: float, generator) -> int:
+    """Nucleus sampling over one row (transformers' TopPLogitsWarper: the smallest set of tokens whose
+    probability reaches top_p, at least one)."""
+    import torch
+
+    if top_p < 1.0:
+        ordered, index = torch.sort(scores, descending=False)
+        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= (1 - top_p)
+        drop[-1] = False
+        scores = scores.scatter(0, index, ordered.masked_fill(drop, float("-inf")))
+    return int(torch.multinomial(scores.softmax(dim=-1), 1, generator=generator))
+
+
+class Batch:
+    """The rows decoding together: one left-padded KV cache, its padding mask and each row's pending token."""
+
+    def __init__(self) -> None:
+        self.rows: list[Job] = []
+        self.pending: list[int] = []  # the token each row feeds next (sampled, not yet in the cache)
+        self.cache = None
+        self.mask = None  # [rows, width]: 1 where the cache holds a real token
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def join(self, job: Job, token: int) -> None:
+        """A prefilled row (its cache holds the whole prompt) with its first token to feed."""
+        import torch
+        from torch.nn.functional import pad
+
+        cache, length = job.cache, job.filled
+        job.cache = None
+        row_mask = torch.ones(1, length, dtype=torch.long)
+        if self.cache is None:
+            self.cache, self.mask = cache, row_mask
+        else:
+            width = max(self.mask.shape[1], length)
+            grow, room = width - self.mask.shape[1], width - length
+            for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+                mine.keys = torch.cat([pad(mine.keys, (0, 0, grow, 0)), pad(theirs.keys, (0, 0, room, 0))])
+                mine.values = torch.cat([pad(mine.values, (0, 0, grow, 0)), pad(theirs.values, (0, 0, room, 0))])
+            self.mask = torch.cat([pad(self.mask, (grow, 0)), pad(row_mask, (room, 0))])
+        self.rows.append(job)
+        self.pending.append(token)
+
+    def leave(self) -> list[Job]:
+        """Drop the rows that are done; cut the columns that are padding in every row left. Returns the dropped."""
+        import torch
+
+        keep = [i for i, job in enumerate(self.rows) if not job.done]
+        if len(keep) == len(self.rows):
+            return []
+        gone = [job for job in self.rows if job.done]
+        if not keep:
+            self.__init__()
+            return gone
+        index = torch.tensor(keep)
+        mask = self.mask[index]
+        start = int(mask.any(dim=0).long().argmax())  # the first column some row still uses
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]
+        self.mask = mask[:, start:]
+        self.rows = [self.rows[i] for i in keep]
+        self.pending = [self.pending[i] for i in keep]
+        return gone
+
+    def step(self, model, wrapped: bool):
+        """One forward of every row's pending token; returns the logits ``[rows, vocab]`` in float32."""
+        import torch
+
+        rows = len(self.rows)
+        mask = torch.cat([self.mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
+        positions = self.mask.sum(dim=1, keepdim=True)  # real tokens before the pending one
+        extra = {"adapter_names": [job.adapter for job in self.rows]} if wrapped else {}
+        out = model(input_ids=torch.tensor(self.pending).unsqueeze(1), attention_mask=mask, position_ids=positions,
+                    past_key_values=self.cache, use_cache=True, **extra)
+        self.mask = mask
+        return out.logits[:, -1].float()
