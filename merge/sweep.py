@@ -3,10 +3,12 @@
 The paper picked its merge weights on test data; here every candidate (the config's method over a weight grid --
 the paper's (w, 1 - w) for two experts, points of the simplex for more -- plus a ``sweep.grid`` of other methods
 and settings, see merge/grid.py) is scored on the *validation* split. The untuned base model and each expert are
-scored once on the same items (cached in ``OUT/val-scores.json``); a candidate below the base on any task is
-rejected, and the best survivor by the objective (default: mean over tasks of (score - base) / (expert - base),
-see merge/selection.py) is kept under the config's name; the others are deleted. Every candidate's per-task
-scores, retention and verdict go to ``sweep.csv``, ``sweep.json`` and ``sweep.png``.
+scored once on the same items (cached in ``OUT/val-scores.json``, with every candidate's scores, so an interrupted
+sweep resumes). Candidates are scored task by task, the tasks with the shortest answers first; a candidate below
+the base on any task is rejected there and not scored further (unless no candidate survives: then every one is
+scored on every task, for the report). The best survivor by the objective (default: mean over tasks of
+(score - base) / (expert - base), see merge/selection.py) is kept under the config's name; the others are deleted.
+Every candidate's per-task scores, retention and verdict go to ``sweep.csv``, ``sweep.json`` and ``sweep.png``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from merge.grid import Candidate, candidates, weight_grid
-from merge.selection import MIN_GAP, choose, judge, objective, objective_tasks
+from merge.selection import MIN_GAP, below_base, choose, judge, objective, objective_tasks
 from merge.sweep_report import write_outputs
 from runtime.config import MergeConfig, as_plain
 from runtime.models import ModelEntry, ModelStore
@@ -95,19 +98,22 @@ def run_sweep(config: MergeConfig, out: Path, score: Score | None = None,
     if sweep.objective == "mean_retention" and not expert:
         raise ValueError(f"{config.name}: mean_retention divides by each task's expert score, but no input is a "
                          "single-task expert of the swept tasks; set sweep.objective: mean_score")
-    results = []
+    scoring = _Scoring(score, cache, sweep.limit, out,
+                       {m.model: _identity(store.get(m.model)) for m in config.models})
+    order = sorted(tasks, key=lambda t: (sweep.max_tokens.get(t, 10**6), t))  # cheapest answers first
+    scored: list[tuple[Candidate, ModelEntry, dict[str, float]]] = []
     for i, cand in enumerate(todo, 1):
         step(f"candidate {i}/{len(todo)} {cand.name}")
         entry = merge(cand.config, step=lambda _: None)
-        what = {"candidate": as_plain(cand.config), "inputs": {m.model: _identity(store.get(m.model))
-                                                                for m in config.models}, "tasks": tasks}
-        scores = cache.get(what, functools.partial(score, entry.path, None, tasks, "val", sweep.limit,
-                                                   out / "candidates" / cand.name))
-        verdict = judge(scores, base, expert, sweep.objective)
-        if verdict["rejected"]:
-            step(f"rejected {cand.name}: below the base on "
-                 + ", ".join(f"{b['task']} ({b['score']:.1f} < {b['base']:.1f})" for b in verdict["below_base"]))
-        results.append(_describe(cand) | verdict | {"path": str(entry.path)})
+        scored.append((cand, entry, scoring.candidate(cand, entry.path, order, base, stop_below_base=True)))
+        if below_base(scored[-1][2], base):
+            step(f"rejected {cand.name}: below the base on " + ", ".join(
+                f"{b['task']} ({b['score']:.1f} < {b['base']:.1f})" for b in below_base(scored[-1][2], base)))
+    if all(below_base(scores, base) for _, _, scores in scored):
+        step("no candidate is at or above the base on every task: scoring the rejected ones on every task")
+        scored = [(c, e, scoring.candidate(c, e.path, order, base, stop_below_base=False)) for c, e, _ in scored]
+    results = [_describe(c) | judge(scores, base, expert, sweep.objective)
+               | {"unscored": [t for t in tasks if t not in scores], "path": str(e.path)} for c, e, scores in scored]
     best, none_survived = choose(results)
     if none_survived:
         log.warning("%s: every candidate scores below the base on some task; keeping the best by the objective, "
@@ -117,6 +123,29 @@ def run_sweep(config: MergeConfig, out: Path, score: Score | None = None,
     summary = _summary(config, best, results, base, expert, tasks, test, none_survived)
     write_outputs(results, summary, tasks, out)
     return summary
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """Scores candidates task by task through the cache; a candidate below the base on a task is rejected, so
+    its other tasks are not scored (unless every candidate is rejected: the report then needs all numbers)."""
+
+    score: Score
+    cache: ScoreCache
+    limit: int
+    out: Path
+    inputs: dict[str, str]  # the experts' identities: a retrained expert makes every candidate new
+
+    def candidate(self, cand: Candidate, path: Path, tasks: list[str], base: dict[str, float],
+                  stop_below_base: bool) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        for task in tasks:
+            what = {"candidate": as_plain(cand.config), "inputs": self.inputs, "tasks": [task]}
+            scores[task] = self.cache.get(what, functools.partial(self.score, path, None, [task], "val", self.limit,
+                                                                  self.out / "candidates" / cand.name / task))[task]
+            if stop_below_base and scores[task] < base[task]:
+                break
+        return scores
 
 
 def _reference_scores(config: MergeConfig, tasks: list[str], expert_tasks: dict[str, str | None], score: Score,

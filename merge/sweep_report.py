@@ -19,7 +19,8 @@ def write_outputs(results: list[dict], summary: dict, tasks: list[str], out: Pat
 
 def csv_row(result: dict, tasks: list[str]) -> dict[str, Any]:
     """One candidate flattened: method, settings, weights, then per task its score, retention and score/expert,
-    then the objective and the verdict (``below_base`` names each failing task with both numbers)."""
+    then the objective and the verdict (``below_base`` names each failing task with both numbers; ``unscored``
+    the tasks a rejected candidate was not scored on, once it fell below the base)."""
     row: dict[str, Any] = {"name": result["name"], "method": result["method"],
                            "parameters": ";".join(f"{k}={v}" for k, v in sorted(result["parameters"].items())),
                            "density": "" if result["density"] is None else result["density"]}
@@ -30,7 +31,8 @@ def csv_row(result: dict, tasks: list[str]) -> dict[str, Any]:
         row[f"of_expert_{task}"] = _round(result["of_expert"].get(task))
     row |= {"objective": _round(result["objective"]), "rejected": result["rejected"],
             "below_base": "; ".join(f"{b['task']} {b['score']:.2f} < base {b['base']:.2f}"
-                                    for b in result["below_base"])}
+                                    for b in result["below_base"]),
+            "unscored": ";".join(result.get("unscored", []))}
     return row
 
 
@@ -56,7 +58,7 @@ def plot(results: list[dict], tasks: list[str], base: dict[str, float], expert: 
     x = [r["weights"][0] for r in results] if one_method else list(range(len(results)))
     fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(results)), 4.5))
     for task in tasks:
-        ys = [r["val"][task] for r in results]
+        ys = [r["val"].get(task, float("nan")) for r in results]  # a rejected one may stop before a task
         line = ax.plot(x, ys, marker="o", label=f"{task} ({HEADLINE[task]})")[0]
         color = line.get_color()
         ax.scatter([xi for xi, r in zip(x, results, strict=True) if r["rejected"]],

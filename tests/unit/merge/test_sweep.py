@@ -80,10 +80,10 @@ def test_retention_without_expert_baselines_is_refused(merge_home, tmp_path):
         run_sweep(config, tmp_path / "s", score=lambda *a: {"completion": 1.0})
 
 
-def _grid_config(name: str) -> MergeConfig:
+def _grid_config(name: str, **sweep) -> MergeConfig:
     return MergeConfig(name=name, base_model="tiny", method="task_arithmetic",
                        models=[{"model": "exp-gen", "weight": 1.0}, {"model": "exp-sum", "weight": 1.0}],
-                       sweep={"weights": [], "limit": 2, "score_test": False, "grid": [
+                       sweep=sweep | {"weights": [], "limit": 2, "score_test": False, "grid": [
                            {"method": "task_arithmetic", "weight": [0.5, 1.0], "parameters": {"normalize": False}},
                            {"method": "ties", "weight": 1.0, "density": 0.5,
                             "parameters": {"normalize": False, "lambda": [1.0, 2.0]}}]})
@@ -162,10 +162,30 @@ def test_base_and_expert_scores_are_computed_once_and_cached_in_the_output(merge
         [("task_arithmetic", 0.5, None), ("task_arithmetic", 1.0, None), ("ties", 1.0, 1.0), ("ties", 1.0, 2.0)])}
     calls: list[str] = []
     run_sweep(_grid_config("cached"), tmp_path / "sweep", score=_scripted(table, calls))
-    assert calls.count("base") == 1 and calls.count("exp-gen") == 1 and len(calls) == 7
+    assert calls.count("base") == 1 and calls.count("exp-gen") == 1 and len(calls) == 3 + 4 * 2  # a task a call
     assert (tmp_path / "sweep" / "val-scores.json").is_file()
     ModelStore().remove("cached")  # as after an interrupted run: the next sweep redoes the choice...
     (tmp_path / "sweep" / "sweep.json").unlink()
     summary = run_sweep(_grid_config("cached"), tmp_path / "sweep", score=_scripted(table, calls))
-    assert len(calls) == 7  # ...from the cached scores, scoring nothing again
+    assert len(calls) == 11  # ...from the cached scores, scoring nothing again
     assert summary["chosen"] == "cached--ties-w1-d0.5-lambda2-normalizefalse"
+
+
+def test_a_candidate_below_the_base_is_not_scored_on_its_other_tasks_while_another_survives(merge_home, tmp_path):
+    table = REFERENCE | {
+        ("task_arithmetic", 0.5, None): {"generation": 25.0, "summarization": 12.0},
+        ("task_arithmetic", 1.0, None): {"generation": 35.0, "summarization": 15.0},
+        ("ties", 1.0, 1.0): {"generation": 30.0, "summarization": 8.0},  # below on the first task scored
+        ("ties", 1.0, 2.0): {"generation": 60.0, "summarization": 9.0},
+    }
+    calls: list[str] = []
+    config = _grid_config("early", max_tokens={"summarization": 8, "generation": 32})  # summarization first
+    summary = run_sweep(config, tmp_path / "sweep", score=_scripted(table, calls))
+    assert calls.count("ties") == 2 and calls.count("task_arithmetic") == 4  # ties: summarization only
+    ties = [r for r in summary["results"] if r["method"] == "ties"]
+    assert all(r["rejected"] and r["unscored"] == ["generation"] and set(r["val"]) == {"summarization"}
+               for r in ties)
+    rows = list(csv.DictReader((tmp_path / "sweep" / "sweep.csv").open()))
+    assert {r["unscored"] for r in rows if r["method"] == "ties"} == {"generation"}
+    assert {r["val_generation"] for r in rows if r["method"] == "ties"} == {""}
+    assert summary["chosen"] == "early--task-arithmetic-w1-normalizefalse"
