@@ -30,8 +30,9 @@ def retention(scores: dict[str, float], base: dict[str, float], expert: dict[str
 
 
 def of_expert(scores: dict[str, float], expert: dict[str, float]) -> dict[str, float | None]:
-    """score / expert per task; None where the task has no expert or the expert scored 0."""
-    return {t: s / expert[t] if expert.get(t) else None for t, s in scores.items()}
+    """score / expert per task; None where the task has no expert or the expert scored under MIN_GAP (a ratio to
+    a score of ~0 is meaningless: a smoothed BLEU of 1e-77 is not a specialist)."""
+    return {t: s / expert[t] if expert.get(t, 0.0) >= MIN_GAP else None for t, s in scores.items()}
 
 
 def below_base(scores: dict[str, float], base: dict[str, float]) -> list[dict[str, Any]]:

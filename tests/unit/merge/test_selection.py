@@ -30,6 +30,7 @@ def test_a_task_whose_expert_does_not_beat_the_base_is_left_out_of_the_mean_but_
         verdict = judge(scores, BASE, exp, "mean_retention")
         assert verdict["rejected"] and verdict["below_base"] == [{"task": "review", "score": 9.0, "base": 10.0}]
     assert of_expert(scores, {"review": 0.0})["review"] is None
+    assert of_expert({"review": 5.0}, {"review": 1e-77})["review"] is None
 
 
 def test_with_no_task_defined_the_objective_is_the_mean_gain_over_the_base():
