@@ -1,0 +1,140 @@
+"""The hf engine's scheduler: static batches (the engine before continuous batching, loaded from git) vs
+continuous batching, side by side in one process, on a fixed-length streamed load.
+
+    .venv/bin/python benchmarks/continuous_batching.py [--n 32] [--tokens 32] [--models tiny,smollm2-135m]
+
+For each model (the tiny random test model, and SmolLM2-135M from the store, bf16) and scheduler: ``--n``
+chat prompts of varied length, ``--tokens`` new tokens each with ``ignore_eos`` (every answer as long), streamed at
+concurrency 1 and 8; output tokens/s over the wall time and the median time to first token. Then the new
+engine's adapter hot-load: an r16 LoRA on every linear layer loaded while a request streams, the ms it held the
+model (``adapter_lock_ms``; the first adapter wraps the model, the next ones are set into its LoRA layers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from runtime.config import EngineConfig  # noqa: E402
+from runtime.engines.base import EngineRequest, SamplingParams  # noqa: E402
+from runtime.engines.hf_engine import HFEngine  # noqa: E402
+
+log = logging.getLogger("continuous_batching")
+STATIC_COMMIT = "87273e9"  # the last hf_engine.py with the static scheduler
+TOPICS = ["reverse a string", "merge two sorted lists", "parse an ISO date and return the weekday",
+          "count the words in a file, ignoring case and punctuation", "flatten a nested list",
+          "check whether a number is prime", "read a CSV file and sum one of its columns by a key column",
+          "retry a function call with exponential backoff and a maximum number of attempts"]
+
+
+def static_engine_class() -> type:
+    """HFEngine as it was at STATIC_COMMIT, imported from a temp file (nothing in the checkout changes)."""
+    source = subprocess.run(["git", "show", f"{STATIC_COMMIT}:runtime/engines/hf_engine.py"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "hf_engine_static.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("hf_engine_static", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.HFEngine
+
+
+def request(i: int, tokens: int, adapter: str | None = None) -> EngineRequest:
+    prompt = f"Write a Python function to {TOPICS[i % len(TOPICS)]}. Call it task_{i}."
+    return EngineRequest(f"b{i}", SamplingParams(max_new_tokens=tokens, ignore_eos=True),
+                         messages=[{"role": "user", "content": prompt}], adapter=adapter)
+
+
+async def one(engine, req: EngineRequest) -> tuple[float, int]:
+    start, first, tokens = time.perf_counter(), None, 0
+    async for delta in engine.stream(req):
+        if first is None and delta.text:
+            first = time.perf_counter() - start
+        tokens = delta.completion_tokens
+    return first if first is not None else time.perf_counter() - start, tokens
+
+
+async def load(engine, n: int, tokens: int, concurrency: int) -> dict:
+    limit = asyncio.Semaphore(concurrency)
+
+    async def limited(i: int):
+        async with limit:
+            return await one(engine, request(i, tokens))
+
+    await one(engine, request(0, 4))  # warm-up
+    start = time.perf_counter()
+    results = await asyncio.gather(*(limited(i) for i in range(n)))
+    wall = time.perf_counter() - start
+    return {"tok_s": sum(t for _, t in results) / wall, "ttft_p50_ms": statistics.median(f for f, _ in results) * 1e3}
+
+
+async def measure(cls, model: Path, dtype: str, n: int, tokens: int) -> dict:
+    engine = cls(model, {}, EngineConfig(dtype=dtype, max_batch_size=8))
+    try:
+        return {c: await load(engine, n, tokens, c) for c in (1, 8)}
+    finally:
+        await engine.aclose()
+
+
+async def hot_load(model: Path, dtype: str, tokens: int) -> dict[str, float]:
+    from loras import make_lora
+
+    root = Path(tempfile.mkdtemp())
+    lora = make_lora(model, root / "r16", 1, rank=16)
+    engine = HFEngine(model, {}, EngineConfig(dtype=dtype, max_loras=4))
+    try:
+        for name in ("first", "second", "third"):
+            running = asyncio.ensure_future(one(engine, request(1, tokens)))
+            await engine.load_adapter(name, str(lora))
+            await running
+        return dict(engine.adapter_lock_ms)
+    finally:
+        await engine.aclose()
+
+
+def model_path(name: str) -> Path:
+    if name == "tiny":
+        from tiny import build_tiny_model_dir
+
+        return build_tiny_model_dir(Path(tempfile.mkdtemp()) / "tiny-llama")
+    from runtime.models import ModelStore
+
+    return ModelStore().get(name).path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--models", default="tiny,smollm2-135m")
+    parser.add_argument("--dtype", default="bfloat16")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    static = static_engine_class()
+    for name in args.models.split(","):
+        path = model_path(name)
+        print(f"\n{name} ({args.dtype}), {args.n} prompts x {args.tokens} tokens, ignore_eos, streamed")
+        print("| scheduler | c=1 tok/s | c=8 tok/s | TTFT p50 c=1 | TTFT p50 c=8 |\n|---|---:|---:|---:|---:|")
+        for label, cls in (("static", static), ("continuous", HFEngine)):
+            r = asyncio.run(measure(cls, path, args.dtype, args.n, args.tokens))
+            print(f"| {label} | {r[1]['tok_s']:.1f} | {r[8]['tok_s']:.1f} | {r[1]['ttft_p50_ms']:.0f} ms "
+                  f"| {r[8]['ttft_p50_ms']:.0f} ms |", flush=True)
+        locks = asyncio.run(hot_load(path, args.dtype, args.tokens))
+        print("r16 adapter loaded mid-stream, ms holding the model: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in locks.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
