@@ -31,6 +31,12 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   evidence {task: {option, value, versus {option: paired difference, 95% CI,
   p_value, p_holm (Holm-adjusted over the task's comparisons), significant (Holm, 5%)}}}, why [sentences],
   plans_considered, plans_in_budget.
+- ``baselines`` {task: {baseline name: {value, ci95, ci_method}}}: trivial answers (runtime/bench/baselines.py)
+  scored on the same items.
+- ``gains_over_base`` {option: {task: {diff, ci95, p_value, at_or_below_base, below_base}}}: headline points over
+  the untuned ``base`` option (always measured), paired 95% bootstrap on the same items.
+- ``detectable_difference`` {task: points}: the smallest difference from base a two-sided 5% test on this N finds
+  with 80% power (2.8 x sqrt(2) x the base's bootstrap standard error); null when base was not measured.
 """
 
 from __future__ import annotations
@@ -106,6 +112,7 @@ def markdown(report: dict, charts: list[str]) -> str:
                  _fmt(r["cold_start_s"]), adapter.get("error", "error")[:40] if isinstance(adapter, dict) else
                  _fmt(adapter, 0), f"{agree['matched']}/{agree['n']}" if agree else "—"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += controls_section(report, tasks)
     lines += format_failure_table(results, tasks)
     lines += ["", "Latency at every load level (ms; throughput in requests/s and output tokens/s; failed requests):",
               "", "| option | engine | load | req/s | out tok/s | TTFT p50 / p90 | TPOT p50 | ITL p50 | "
@@ -133,8 +140,40 @@ def markdown(report: dict, charts: list[str]) -> str:
             lines.append(f"Measured on {r['engine']}{twin}: {r['peak_rss_mb']:.0f} MB, p90 E2EL "
                          f"{r['latency'][top_level(r)]['p90_e2el_ms']:.0f} ms, mean accuracy {r['mean_accuracy']:.2f}.")
         lines += ["", *(f"- {w}" for w in rec["why"])]
+        gains = report.get("gains_over_base") or {}
+        flagged = [f"{t} → {o} ({gains[o][t]['diff']:+.1f} vs base)" for t, o in rec["routes"].items()
+                   if gains.get(o, {}).get(t, {}).get("at_or_below_base")]
+        if flagged:
+            lines.append(f"- **At or below the untuned base model**: {', '.join(flagged)}: fine-tuning bought "
+                         "nothing there (see the gains over base above).")
     lines += ["", *(f"![{c}]({c})" for c in charts), ""]
     return "\n".join(lines)
+
+
+def controls_section(report: dict, tasks: list[str]) -> list[str]:
+    """Each option's gain over the untuned base (paired 95% interval; flagged at or below it), the trivial
+    baselines scored on the same items, and the smallest difference this N can detect."""
+    gains, baselines = report.get("gains_over_base") or {}, report.get("baselines") or {}
+    lines: list[str] = []
+    if gains:
+        lines += ["", "Gain over the untuned `base` on the same items (headline points, paired 95% bootstrap "
+                  "interval; **≤ base** where the estimate is not above base, **below base** where the whole "
+                  "interval is):", "", "| option | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+        for option, per_task in gains.items():
+            cells = []
+            for t in tasks:
+                g = per_task[t]
+                flag = " **below base**" if g["below_base"] else " **≤ base**" if g["at_or_below_base"] else ""
+                cells.append(f"{g['diff']:+.1f} [{g['ci95'][0]:+.1f}, {g['ci95'][1]:+.1f}]{flag}")
+            lines.append(f"| {option} | " + " | ".join(cells) + " |")
+    if baselines:
+        lines += ["", "Trivial baselines on the same items (what the metric gives away for nothing):", ""]
+        lines += [f"- {t}: " + "; ".join(f"{name} {b['value']:.1f} [{b['ci95'][0]:.0f}, {b['ci95'][1]:.0f}]"
+                                          for name, b in baselines[t].items()) for t in tasks if baselines.get(t)]
+    if report.get("detectable_difference"):
+        lines += ["", "Smallest difference from base this N detects (two-sided 5%, 80% power): " + ", ".join(
+            f"{t} {d:.1f}" for t, d in report["detectable_difference"].items()) + " headline points."]
+    return lines
 
 
 def format_failure_table(results: list[dict], tasks: list[str]) -> list[str]:

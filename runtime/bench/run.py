@@ -27,13 +27,12 @@ import httpx
 import yaml
 
 from runtime.bench.accuracy import HEADLINE, cap_tokens, evaluate_served, sampling_for
+from runtime.bench.compare import BASE, detectable_difference, gains_over_base, score_answers, score_baselines
 from runtime.bench.launch import ServerProcess
 from runtime.bench.load import run_load, workload
 from runtime.bench.memory import TreeRSSSampler
 from runtime.bench.recommend import recommend
 from runtime.bench.report import SCHEMA_VERSION, write_report
-from runtime.bench.scoring import SCORERS, headline_statistic
-from runtime.bench.stats import confidence_interval
 from runtime.bench.zoo import Progress, build_zoo, use_zoo_home
 from runtime.config import BenchConfig, DeploymentConfig, TasksConfig, configs_dir, load_config
 from runtime.deploy import ServingPlan, build_plan, load_deployment
@@ -41,7 +40,7 @@ from runtime.errors import ConfigError, EngineUnavailableError, MixmergeError
 from runtime.models import ModelStore
 from runtime.router import route
 from training.sft import git_sha
-from training.tasks import TaskItem, load_card, load_items
+from training.tasks import load_card, load_items
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +242,8 @@ class Bench:
 
     # ---------------------------------------------------------------------------------------------- run
     def run(self, engines: list[str], skipped_engines: dict[str, str], zoo: dict) -> dict:
-        options = list(self.config.deployments)
+        # the untuned base model is in every run: the control each option's gain is measured against
+        options = [BASE, *(o for o in self.config.deployments if o != BASE)]
         results: list[dict] = []
         accuracy: dict[str, dict] = {}
         answers: dict[str, dict[str, list[str]]] = {}  # per option, the scored answers' texts
@@ -311,7 +311,15 @@ class Bench:
             "skipped": not_run,
             "recommendation": recommendation,
         }
-        return report
+        return report | self.controls(answers)
+
+    def controls(self, answers: dict[str, dict[str, list[str]]]) -> dict:
+        """The trivial baselines, each option's gain over base, and the difference the chosen N can detect."""
+        resamples = self.config.accuracy.bootstrap
+        return {"baselines": score_baselines(self.items, resamples),
+                "gains_over_base": gains_over_base(self.items, answers, resamples),
+                "detectable_difference": detectable_difference(self.items, answers[BASE], resamples)
+                if BASE in answers else None}
 
     def model_sizes_mb(self, options: list[str]) -> dict[str, dict[str, float]]:
         """Per option, the size on disk of each full model it serves (weights an extra engine would hold)."""
@@ -357,22 +365,6 @@ def agreement(reference: dict[str, list[str]], mine: dict[str, list[dict]]) -> d
         per_task[task] = {"matched": matched, "n": len(answers)}
     return {"matched": sum(v["matched"] for v in per_task.values()), "n": sum(v["n"] for v in per_task.values()),
             "per_task": per_task}
-
-
-def score_answers(items: dict[str, list[TaskItem]], answers: dict[str, list[dict]], resamples: int) -> dict:
-    """{task: {n, headline, value, ci95, ci_method, metrics, truncated_share, completion_tokens}} from served
-    answers; ci95 is exact (Clopper-Pearson) for a 0/1 headline, the percentile bootstrap otherwise."""
-    out = {}
-    for task, its in items.items():
-        texts = [a["answer"] for a in answers[task]]
-        metrics = SCORERS[task](its, texts, None)
-        stat = headline_statistic(task, its, texts)
-        low, high, method = confidence_interval(stat, len(its), resamples)
-        out[task] = {"n": len(its), "headline": HEADLINE[task], "value": metrics[HEADLINE[task]],
-                     "ci95": [round(low, 2), round(high, 2)], "ci_method": method, "metrics": metrics,
-                     "truncated_share": sum(a["finish_reason"] == "length" for a in answers[task]) / max(len(its), 1),
-                     "completion_tokens": sum(a["completion_tokens"] for a in answers[task])}
-    return out
 
 
 def run_bench(config: BenchConfig, out: Path, progress: Progress, engines: list[str] | None = None,

@@ -64,6 +64,11 @@ def _resamples(n: int, resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
+def bootstrap_se(stat: Statistic, n: int, resamples: int = 1000, seed: int = 0) -> float:
+    """The bootstrap standard error of ``stat`` over n items."""
+    return float(np.std([stat(idx) for idx in _resamples(n, resamples, seed)])) if n else 0.0
+
+
 def bootstrap_ci(stat: Statistic, n: int, resamples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float]:
     """The percentile interval of ``stat`` over ``resamples`` resamples of n items with replacement."""

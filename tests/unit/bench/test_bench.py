@@ -200,8 +200,8 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     saved = json.loads((out / "report.json").read_text())
     assert saved["schema_version"] == 1
     assert {"cpu", "versions", "git_sha", "config_hash"} <= set(saved["environment"])
-    assert [(r["deployment"], r["engine"]) for r in saved["results"]] == [
-        ("experts", "fake"), ("merged", "fake"), ("mixed", "fake"), ("hybrid", "fake")]
+    assert [(r["deployment"], r["engine"]) for r in saved["results"]] == [  # base first: always measured
+        ("base", "fake"), ("experts", "fake"), ("merged", "fake"), ("mixed", "fake"), ("hybrid", "fake")]
     for r in saved["results"]:
         assert set(r["accuracy"]) == {"generation", "completion", "review", "summarization"}
         assert all(a["n"] == 4 and len(a["ci95"]) == 2 for a in r["accuracy"].values())
@@ -213,7 +213,16 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     assert isinstance(by["experts"]["adapter_load_ms"], float)
     rec = saved["recommendation"]
     assert set(rec["routes"]) == set(by["experts"]["accuracy"]) and rec["fits_budget"]
-    assert set(rec["routes"].values()) <= {"experts", "merged", "mixed"}
+    assert set(rec["routes"].values()) <= {"base", "experts", "merged", "mixed"}
+    tasks = {"generation", "completion", "review", "summarization"}
+    assert set(saved["gains_over_base"]) == {"experts", "merged", "mixed"}
+    for per_task in saved["gains_over_base"].values():
+        assert set(per_task) == tasks
+        for g in per_task.values():
+            assert g["ci95"][0] <= g["diff"] <= g["ci95"][1] and g["at_or_below_base"] == (g["diff"] <= 0)
+    assert saved["baselines"]["review"]["no issues"]["value"] == 0.0  # right on no buggy item: line accuracy 0
+    assert set(saved["baselines"]["completion"]) == {"previous line", "constant"}
+    assert set(saved["detectable_difference"]) == tasks
     hybrid_yaml = (out / "hybrid.yaml").read_text()
     assert "option: hybrid" in hybrid_yaml and "kind: fake" in hybrid_yaml
     (twin,) = set(rec["routes"].values())  # answers of the fake engine tie: one option is recommended,
@@ -224,7 +233,8 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
         assert {t: [a["id"] for a in v] for t, v in scored.items()} == {
             t: [it.id for it in load_items(t, "test", 4)] for t in scored}
     md = (out / "report.md").read_text()
-    assert "## Recommendation" in md and "| experts | fake |" in md
+    assert "## Recommendation" in md and "| experts | fake |" in md and "| base | fake |" in md
+    assert "Gain over the untuned `base`" in md and "Trivial baselines" in md and "docstring echo" in md
     for chart in ("accuracy_vs_throughput.png", "accuracy_per_task.png", "latency.png"):
         assert (out / chart).stat().st_size > 1000 and f"]({chart})" in md
     assert report["wall_s"] > 0
@@ -233,7 +243,7 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     again = Recorder()
     run_bench(cfg, out, again)
     assert not [p for p in again.phases if p.endswith(("load", "accuracy"))]
-    assert sum("measured before" in s for s in again.said) == 3
+    assert sum("measured before" in s for s in again.said) == 4
 
     # answers are cached by content: a fresh measurement does not score the same models again
     fresh = Recorder()
@@ -288,7 +298,8 @@ def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_pat
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
         "deployments=[merged, hybrid]", "accuracy.n=2"])
     report = run_bench(cfg, tmp_path / "bench", Recorder())
-    assert report["results"] == [] and [f["deployment"] for f in report["failures"]] == ["merged", "hybrid"]
+    assert [r["deployment"] for r in report["results"]] == ["base", "hybrid"]  # the plan falls back to base
+    assert report["results"][1]["same_as"] == "base" and [f["deployment"] for f in report["failures"]] == ["merged"]
     assert "unknown model 'smollm2-merged'" in report["failures"][0]["error"]
     assert "**Failed**: merged on fake" in (tmp_path / "bench" / "report.md").read_text()
 
@@ -303,12 +314,13 @@ def test_a_pair_the_config_skips_is_not_served_and_the_report_says_why(tiny_zoo,
                       [*args, "skip={mixed/fake: too slow here, experts/fake-cpu: no GPU}"])
     monkeypatch.setattr(bench_run, "environment_gpu", lambda: "a GPU")  # -cpu keys do not apply with a GPU
     report = run_bench(cfg, tmp_path / "gpu", Recorder())
-    assert [r["deployment"] for r in report["results"]] == ["experts"]
+    assert [r["deployment"] for r in report["results"]] == ["base", "experts"]
     assert report["skipped"] == [{"deployment": "mixed", "engine": "fake", "reason": "too slow here"}]
     assert "**Not run** (config `skip`): mixed on fake: too slow here" in (tmp_path / "gpu" / "report.md").read_text()
     monkeypatch.setattr(bench_run, "environment_gpu", lambda: None)
     report = run_bench(cfg, tmp_path / "cpu", Recorder())
-    assert report["results"] == [] and [s["deployment"] for s in report["skipped"]] == ["mixed", "experts"]
+    assert [r["deployment"] for r in report["results"]] == ["base"]
+    assert [s["deployment"] for s in report["skipped"]] == ["mixed", "experts"]
     with pytest.raises(ConfigError, match="skip: 'mixed/gpu' is not option/engine"):
         load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [*args, "skip={mixed/gpu: x}"])
 

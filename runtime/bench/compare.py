@@ -1,0 +1,81 @@
+"""Scores beside their controls: each option's per-task score with its interval, the trivial baselines on the same
+items, each option's gain over the untuned ``base`` (paired 95% bootstrap interval), and the smallest difference
+the chosen N can detect.
+
+A gain is flagged ``at_or_below_base`` where the point estimate is not above the base's, and ``below_base`` where
+the whole interval is under zero: an option that fine-tuning made worse is a finding, never a silent row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.bench.accuracy import HEADLINE
+from runtime.bench.baselines import baseline_answers
+from runtime.bench.scoring import SCORERS, headline_statistic
+from runtime.bench.stats import bootstrap_se, confidence_interval, paired_difference
+from training.tasks import TaskItem
+
+BASE = "base"
+Z_POWER = 2.80  # z(0.975) + z(0.80): a two-sided 5% test with 80% power
+
+
+def score_task(task: str, items: list[TaskItem], texts: list[str], resamples: int) -> dict:
+    """{n, headline, value, ci95, ci_method, metrics} of one task's answers."""
+    metrics = SCORERS[task](items, texts, None)
+    low, high, method = confidence_interval(headline_statistic(task, items, texts), len(items), resamples)
+    return {"n": len(items), "headline": HEADLINE[task], "value": metrics[HEADLINE[task]],
+            "ci95": [round(low, 2), round(high, 2)], "ci_method": method, "metrics": metrics}
+
+
+def score_answers(items: dict[str, list[TaskItem]], answers: dict[str, list[dict]], resamples: int) -> dict:
+    """{task: score_task(...) + truncated_share, completion_tokens} from served answers; ci95 is exact
+    (Clopper-Pearson) for a 0/1 headline, the percentile bootstrap otherwise."""
+    out = {}
+    for task, its in items.items():
+        served = answers[task]
+        out[task] = score_task(task, its, [a["answer"] for a in served], resamples) | {
+            "truncated_share": sum(a["finish_reason"] == "length" for a in served) / max(len(its), 1),
+            "completion_tokens": sum(a["completion_tokens"] for a in served)}
+    return out
+
+
+def score_baselines(items: dict[str, list[TaskItem]], resamples: int) -> dict[str, dict[str, dict]]:
+    """{task: {baseline: {value, ci95, ci_method}}}: the trivial answers scored like an option's."""
+    out: dict[str, dict[str, dict]] = {}
+    for task, its in items.items():
+        out[task] = {}
+        for name, texts in baseline_answers(task, its).items():
+            scored = score_task(task, its, texts, resamples)
+            out[task][name] = {k: scored[k] for k in ("value", "ci95", "ci_method")}
+    return out
+
+
+def gains_over_base(items: dict[str, list[TaskItem]], answers: dict[str, dict[str, list[str]]],
+                    resamples: int) -> dict[str, dict[str, dict]]:
+    """{option: {task: {diff, ci95, p_value, at_or_below_base, below_base}}} against ``base`` on the same items."""
+    if BASE not in answers:
+        return {}
+    out: dict[str, dict[str, dict]] = {}
+    for task, its in items.items():
+        base = headline_statistic(task, its, answers[BASE][task])
+        for option, texts in answers.items():
+            if option == BASE:
+                continue
+            d = paired_difference(headline_statistic(task, its, texts[task]), base, len(its), resamples)
+            out.setdefault(option, {})[task] = {
+                "diff": round(d["diff"], 2), "ci95": [round(d["ci_low"], 2), round(d["ci_high"], 2)],
+                "p_value": round(d["p_value"], 4), "at_or_below_base": d["diff"] <= 0, "below_base": d["ci_high"] < 0}
+    return out
+
+
+def detectable_difference(items: dict[str, list[TaskItem]], base_answers: dict[str, list[str]],
+                          resamples: int) -> dict[str, float]:
+    """Per task, the smallest true difference from ``base`` that a two-sided 5% test on these N items finds with
+    80% power: 2.8 x sqrt(2) x the bootstrap standard error of the base's headline (two options with the base's
+    spread and independent errors; pairing makes the real test somewhat sharper, so this errs large)."""
+    out = {}
+    for task, its in items.items():
+        se = bootstrap_se(headline_statistic(task, its, base_answers[task]), len(its), resamples, seed=1)
+        out[task] = round(Z_POWER * np.sqrt(2) * se, 2)
+    return out
