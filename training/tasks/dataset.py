@@ -25,7 +25,7 @@ from runtime.models import atomic_dir, mixmerge_home
 from training.tasks.builders import BUILDERS, TaskItem
 from training.tasks.humaneval import load_humaneval
 from training.tasks.source import SPLITS, collect, split_by_module, stdlib_dir
-from training.tasks.views import view
+from training.tasks.views import VIEW, view
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,12 @@ def dataset_dir(home: Path | None = None) -> Path:
 
 
 def load_card(home: Path | None = None) -> dict[str, object]:
-    return json.loads((dataset_dir(home) / CARD).read_text())
+    """The data card as models see the data: ``content_hash`` covers the stored items and the views that crop
+    them (``views.VIEW``), so whatever is keyed by it (eval.json, the bench's answer cache, training manifests)
+    changes when either does; ``stored_content_hash`` is card.json's own."""
+    card = json.loads((dataset_dir(home) / CARD).read_text())
+    seen = hashlib.sha256((card["content_hash"] + json.dumps(VIEW, sort_keys=True)).encode()).hexdigest()
+    return card | {"content_hash": seen, "stored_content_hash": card["content_hash"], "views": VIEW}
 
 
 def load_items(task: str, split: str, limit: int | None = None, home: Path | None = None,

@@ -27,8 +27,9 @@ from training.tasks.mutations import mutate
 REVIEW_WINDOW = 20  # lines; ~12 tokens a numbered line: the window's prompt is ~350 Qwen tokens at most
 COMPLETION_LINES = 24  # lines of context before the line to write
 SUMMARIZATION_LINES = 40  # lines from the def on
-VIEW = {"review_window": REVIEW_WINDOW, "completion_lines": COMPLETION_LINES,
-        "summarization_lines": SUMMARIZATION_LINES}  # recorded in manifests: a change here changes every prompt
+# recorded in manifests and hashed into load_card's content_hash: bump the version when the cropping rules change
+VIEW = {"version": 1, "review_window": REVIEW_WINDOW, "completion_lines": COMPLETION_LINES,
+        "summarization_lines": SUMMARIZATION_LINES}
 
 
 def view(item: TaskItem) -> TaskItem:

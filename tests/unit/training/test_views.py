@@ -105,3 +105,14 @@ def test_generation_and_humaneval_are_never_cropped(home: Path):
 def test_crop_counts_per_task():
     items = [view(_review(60, 45)), view(_review(10, 3)), view(_review(30, None, "m:c"))]
     assert crop_counts(items) == {"review": {"items": 3, "cropped": 2, "lines_hidden": 40 + 10}}
+
+
+def test_the_card_hash_that_keys_answers_and_manifests_covers_the_views(home: Path, monkeypatch):
+    from training.tasks import load_card, views
+
+    card = load_card(home)
+    assert card["stored_content_hash"] != card["content_hash"] and card["views"] == views.VIEW
+    monkeypatch.setattr(views, "VIEW", {**views.VIEW, "review_window": 12})
+    monkeypatch.setattr("training.tasks.dataset.VIEW", views.VIEW)
+    assert load_card(home)["content_hash"] != card["content_hash"]
+    assert load_card(home)["stored_content_hash"] == card["stored_content_hash"]
