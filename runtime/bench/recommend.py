@@ -10,6 +10,12 @@ routing must earn its complexity. Each task's evidence compares its option with 
 one family, Holm-corrected (``p_holm``; ``significant`` is Holm's verdict at 5%). The bench
 then serves the plan and measures it like any other option, so the report shows
 the estimate beside the truth.
+
+Plans are ranked by the normalized gain (the decision rule), not by a mean of metrics on different scales: per
+task, (score − base) / (best − base), averaged over the tasks where some option beats base by at least
+``MIN_SPREAD`` points (elsewhere no option can be told apart from base, and the task ranks nothing). Single options
+whose normalized gains are within the noise of the best one's (paired bootstrap over each task's items, Holm over
+the comparisons) are a tie, and the cheapest of them (memory, then p90 latency) is recommended: the report says so.
 """
 
 from __future__ import annotations
@@ -18,9 +24,31 @@ import itertools
 
 from runtime.bench.report import top_level
 from runtime.bench.scoring import headline_statistic
-from runtime.bench.stats import holm, paired_difference
+from runtime.bench.stats import holm, paired_difference, paired_normalized_difference
 from runtime.config import BudgetConfig
 from training.tasks import TaskItem
+
+MIN_SPREAD = 1.0  # headline points some option must gain over base on a task for that task to rank the options
+
+
+def normalizers(accuracy: dict[str, dict], tasks: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per task the floor (base's score; the worst option's where base was not measured) and the scale (best
+    minus floor), for the tasks whose scale is at least MIN_SPREAD."""
+    floor, scale = {}, {}
+    for t in tasks:
+        values = [a[t]["value"] for a in accuracy.values()]
+        floor[t] = accuracy["base"][t]["value"] if "base" in accuracy else min(values)
+        if max(values) - floor[t] >= MIN_SPREAD:
+            scale[t] = max(values) - floor[t]
+    return floor, scale
+
+
+def normalized_gain(plan: dict[str, str], accuracy: dict[str, dict], floor: dict[str, float],
+                    scale: dict[str, float]) -> float:
+    """Mean over the ranking tasks of (score − base) / (best − base): 1 is the best option on every task, 0 base."""
+    if not scale:
+        return 0.0
+    return sum((accuracy[plan[t]][t]["value"] - floor[t]) / scale[t] for t in scale) / len(scale)
 
 
 def plan_cost(plan: dict[str, str], costs: dict[str, dict], sizes: dict[str, dict[str, float]]) -> dict:
@@ -39,14 +67,16 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
     tasks = list(items)
     costs = {r["deployment"]: {"peak_rss_mb": r["peak_rss_mb"],
                                   "p90_e2el_ms": r["latency"][top_level(r)]["p90_e2el_ms"]} for r in results}
+    floor, scale = normalizers({o: accuracy[o] for o in options}, tasks)
     candidates = []
     for choice in itertools.product(options, repeat=len(tasks)):
         plan = dict(zip(tasks, choice, strict=True))
         cost = plan_cost(plan, costs, sizes)
         mean = sum(accuracy[o][t]["value"] for t, o in plan.items()) / len(tasks)
         fits = cost["memory_mb"] <= budget.memory_mb and cost["p90_e2el_ms"] <= budget.p90_e2el_ms
-        candidates.append({"routes": plan, "mean_accuracy": round(mean, 2), "fits": fits, **cost})
-    order = lambda c: (-c["mean_accuracy"], c["engines"], c["memory_mb"])  # noqa: E731
+        candidates.append({"routes": plan, "mean_accuracy": round(mean, 2), "fits": fits, **cost,
+                           "normalized_gain": round(normalized_gain(plan, accuracy, floor, scale), 4)})
+    order = lambda c: (-c["normalized_gain"], c["engines"], c["memory_mb"])  # noqa: E731
     best_any = min(candidates, key=order)
     feasible = [c for c in candidates if c["fits"]]
     chosen = min(feasible, key=order) if feasible else min(candidates, key=lambda c: (c["memory_mb"], order(c)))
@@ -63,6 +93,9 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
         if not gains:
             simplest = {"option": only, "instead_of": chosen["routes"], "mean_accuracy": chosen["mean_accuracy"]}
             chosen = single
+    tie = None
+    if len(set(chosen["routes"].values())) == 1:  # one option: the cheapest of those it ties with takes its place
+        chosen, tie = settle_tie(chosen, singles, stats, items, scale, resamples)
     evidence = {}
     for task, option in chosen["routes"].items():
         evidence[task] = {"option": option, "value": accuracy[option][task]["value"],
@@ -72,16 +105,41 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
         evidence[task]["versus"] = {other: {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
                                     for other, d in versus.items()}
     why = explain(chosen, best_any, evidence, budget, bool(feasible))
+    if tie:
+        why.insert(1, f"Tie: {', '.join(tie['options'])} are within the noise of each other on the normalized gain "
+                      f"(paired bootstrap, Holm-corrected); the cheapest, {tie['chosen']}, is recommended.")
     if simplest:
         why.insert(1, f"Every task goes to {simplest['option']}: the per-task plan with the best point estimates "
                       f"({', '.join(f'{t} → {o}' for t, o in simplest['instead_of'].items())}, mean "
                       f"{simplest['mean_accuracy']:.2f}) beats it on no task beyond the noise, and one option is "
                       "simpler to run.")
     return {"routes": chosen["routes"], "mean_accuracy": chosen["mean_accuracy"],
+            "normalized_gain": chosen["normalized_gain"], "ranking_tasks": sorted(scale), "tie": tie,
             "estimated_memory_mb": chosen["memory_mb"], "estimated_p90_e2el_ms": chosen["p90_e2el_ms"],
             "budget": budget.model_dump(), "fits_budget": bool(feasible), "unconstrained_best": best_any,
             "evidence": evidence, "why": why, "simplified_from": simplest, "plans_considered": len(candidates),
             "plans_in_budget": len(feasible)}
+
+
+def settle_tie(chosen: dict, singles: list[dict], stats: dict, items: dict, scale: dict[str, float],
+               resamples: int) -> tuple[dict, dict | None]:
+    """The single options whose normalized gain is not beyond the noise of ``chosen``'s (Holm over the
+    comparisons) tie with it; the cheapest of them (memory, then p90) is recommended. (plan, tie or None)"""
+    top = next(iter(chosen["routes"].values()))
+    others = {next(iter(c["routes"].values())): c for c in singles if c["routes"] != chosen["routes"]}
+    if scale:
+        n = {t: len(items[t]) for t in scale}
+        versus = holm_family({o: paired_normalized_difference(stats[top], stats[o], n, scale, resamples)
+                              for o in others})
+        tied = [others[o] for o, d in versus.items() if not d["significant"]]
+    else:  # no task ranks the options: every one is as good as base
+        tied = list(others.values())
+    if not tied:
+        return chosen, None
+    group = [chosen, *tied]
+    cheapest = min(group, key=lambda c: (c["memory_mb"], c["p90_e2el_ms"]))
+    names = [next(iter(c["routes"].values())) for c in group]
+    return cheapest, {"options": names, "chosen": next(iter(cheapest["routes"].values())), "best_estimate": top}
 
 
 def holm_family(comparisons: dict[str, dict]) -> dict[str, dict]:

@@ -30,7 +30,10 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   fits_budget, unconstrained_best, simplified_from (null, or the per-task plan a single option replaced),
   evidence {task: {option, value, versus {option: paired difference, 95% CI,
   p_value, p_holm (Holm-adjusted over the task's comparisons), significant (Holm, 5%)}}}, why [sentences],
-  plans_considered, plans_in_budget.
+  plans_considered, plans_in_budget, normalized_gain (the decision rule's score of the plan: mean over
+  ranking_tasks of (score − base) / (best − base)), ranking_tasks (tasks where some option beats base by >= 1 point),
+  tie (null, or {options, chosen, best_estimate}: single options within the noise of the best one; the cheapest
+  is chosen).
 - ``baselines`` {task: {baseline name: {value, ci95, ci_method}}}: trivial answers (runtime/bench/baselines.py)
   scored on the same items.
 - ``gains_over_base`` {option: {task: {diff, ci95, p_value, at_or_below_base, below_base}}}: headline points over
@@ -130,7 +133,8 @@ def markdown(report: dict, charts: list[str]) -> str:
         plan = (f"Deploy **{next(iter(single))}** (every task → `{next(iter(single))}`)" if len(single) == 1 else
                 "Deploy **hybrid** with " + ", ".join(f"{t} → `{o}`" for t, o in rec["routes"].items()))
         lines += ["", "## Recommendation", "",
-                  plan + f" (`hybrid.yaml`): mean accuracy {rec['mean_accuracy']:.2f}, estimated "
+                  plan + f" (`hybrid.yaml`): normalized gain {rec.get('normalized_gain', 0):.2f} (1 = the best "
+                  "option on every task, 0 = base), mean accuracy " + f"{rec['mean_accuracy']:.2f}, estimated "
                   f"{rec['estimated_memory_mb']:.0f} MB and p90 E2EL {rec['estimated_p90_e2el_ms']:.0f} ms "
                   f"(budget {rec['budget']['memory_mb']:.0f} MB, "
                   f"{rec['budget']['p90_e2el_ms']:.0f} ms on {rec['engine']}; {rec['plans_in_budget']} of "

@@ -123,3 +123,20 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> tuple[list[float], l
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted, [p <= alpha for p in adjusted]
+
+
+def paired_normalized_difference(stats_a: dict[str, Statistic], stats_b: dict[str, Statistic], n: dict[str, int],
+                                 scale: dict[str, float], resamples: int = 1000, seed: int = 0,
+                                 level: float = 0.95) -> dict[str, float | bool]:
+    """The mean over tasks of (a - b) / scale[task], each task's items resampled on their own and paired between
+    a and b: the decision rule's normalized gain compared between two options, with its interval and p-value."""
+    tasks = list(scale)
+    everything = {t: list(range(n[t])) for t in tasks}
+    diff = float(np.mean([(stats_a[t](everything[t]) - stats_b[t](everything[t])) / scale[t] for t in tasks]))
+    draws = {t: _resamples(n[t], resamples, seed + i) for i, t in enumerate(tasks)}
+    diffs = np.array([np.mean([(stats_a[t](draws[t][r]) - stats_b[t](draws[t][r])) / scale[t] for t in tasks])
+                      for r in range(resamples)])
+    tail = 100 * (1 - level) / 2
+    low, high = float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100 - tail))
+    return {"diff": diff, "ci_low": low, "ci_high": high, "p_value": bootstrap_p_value(diffs),
+            "significant": bool(low > 0 or high < 0)}

@@ -135,6 +135,24 @@ def test_a_per_task_plan_that_wins_only_within_the_noise_gives_way_to_one_option
     assert "Every task goes to a" in rec["why"][1]
 
 
+def test_options_that_tie_within_the_noise_give_way_to_the_cheapest(store_home):
+    build_dataset()
+    items = {t: load_items(t, "test", 12) for t in ("completion", "summarization")}
+    refs = {t: [it.reference for it in items[t]] for t in items}
+    close = {t: list(v) for t, v in refs.items()}
+    close["completion"][0] = "something else entirely"  # a worse point estimate, far inside the noise
+    answers = {"base": {t: ["x"] * 12 for t in items}, "big": refs, "small": close}
+    acc = {o: {t: {"value": v, "headline": "h"} for t, v in zip(items, values, strict=True)}
+           for o, values in (("base", (5.0, 5.0)), ("big", (100.0, 100.0)), ("small", (92.0, 100.0)))}
+    sizes = {o: {"/base": 500.0} for o in acc}
+    results = [_result("base", 1000, 900), _result("big", 3000, 1000), _result("small", 1500, 1000)]
+    rec = recommend(acc, results, BudgetConfig(memory_mb=4000, p90_e2el_ms=2000), items, answers, sizes, 200)
+    assert rec["routes"] == {"completion": "small", "summarization": "small"}
+    assert rec["tie"] == {"options": ["big", "small"], "chosen": "small", "best_estimate": "big"}
+    assert rec["normalized_gain"] < 1 and rec["ranking_tasks"] == ["completion", "summarization"]
+    assert any(w.startswith("Tie: big, small") for w in rec["why"])
+
+
 def test_agreement_counts_identical_greedy_answers():
     ref = {"review": ["a", "b", "c"]}
     mine = {"review": [{"answer": "a"}, {"answer": "x"}, {"answer": "c"}]}
