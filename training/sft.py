@@ -165,7 +165,7 @@ def train(config: TrainConfig, step: Step = log.info, callbacks: list | None = N
     args = build_args(config, work, bf16)
     model = build_model(config, base)
     trainer = Trainer(model=model, args=args, train_dataset=RowDataset(rows), eval_dataset=RowDataset(val),
-                      data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks)
+                      data_collator=PadCollator(tokenizer.pad_token_id, response_logits=True), callbacks=callbacks)
     last = get_last_checkpoint(str(work)) if work.is_dir() else None
     step(f"training {config.name}: {len(rows)} rows, {config.method}, {'bf16 autocast' if bf16 else 'fp32'}"
          + (f", resuming from {Path(last).name}" if last else ""))

@@ -42,3 +42,20 @@ def test_pack_and_collate():
     assert batch["input_ids"].tolist()[1] == [6, 7, 8, 9, 0]
     assert batch["labels"].tolist()[1] == [IGNORE, 7, 8, 9, IGNORE]
     assert batch["attention_mask"].tolist()[1] == [1, 1, 1, 1, 0]
+
+
+def test_response_logits_give_the_same_loss_from_fewer_positions(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    rows = [Row(list(range(5, 25)), [IGNORE] * 15 + list(range(20, 25))),
+            Row(list(range(30, 42)), [IGNORE] * 9 + list(range(39, 42))),
+            Row(list(range(50, 68)), [IGNORE] * 12 + list(range(62, 68)))]
+    batch = [{"input_ids": r.input_ids, "labels": r.labels} for r in rows]
+    full, cut = PadCollator(0)(batch), PadCollator(0, response_logits=True)(batch)
+    assert cut["logits_to_keep"] == 20 - 8 and cut["labels"].shape == (3, 12)  # from the position before 9 on
+    with torch.no_grad():
+        out = model(**cut)
+        assert out.logits.shape[1] == 12
+        assert torch.allclose(model(**full).loss, out.loss, atol=1e-6)
