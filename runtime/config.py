@@ -21,7 +21,7 @@ from runtime.errors import ConfigError
 
 TaskName = Literal["generation", "completion", "review", "summarization"]
 TASKS: tuple[str, ...] = ("generation", "completion", "review", "summarization")
-DeploymentOption = Literal["base", "mixed", "merged", "experts", "merged-adapter", "hybrid"]
+DeploymentOption = Literal["base", "mixed", "merged", "experts", "folded", "merged-adapter", "hybrid"]
 EngineKind = Literal["hf", "vllm", "remote", "fake"]
 
 
@@ -66,7 +66,8 @@ class TasksConfig(Frozen):
 # ------------------------------------------------------------------------------------- deployments/*.yaml
 class EngineConfig(Frozen):
     kind: EngineKind = "hf"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bf16 is ~1.5x faster on AVX512-BF16 CPUs
+    # auto = bfloat16 where the hardware computes it natively (AVX512-BF16/AMX CPUs, bf16 GPUs), else float32
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_batch_size: int = Field(8, gt=0)  # requests merged into one forward pass; more = throughput, not latency
     max_loras: int = Field(4, gt=0)  # adapters resident at once; the rest are loaded on demand (LRU)
     max_lora_rank: int = Field(16, gt=0)  # vLLM reserves memory for this rank
@@ -92,7 +93,7 @@ class DeploymentConfig(Frozen):
     description: str = ""
     base_model: str  # a name from `runtime models list` or a model directory
     model: str | None = None  # mixed / merged: the model that serves every task
-    adapters: dict[TaskName, str] = Field(default_factory=dict)  # experts: one LoRA per task
+    adapters: dict[TaskName, str] = Field(default_factory=dict)  # experts / folded: one LoRA per task
     adapter: str | None = None  # merged-adapter: the one adapter merged from the task adapters
     routes: dict[TaskName, str] = Field(default_factory=dict)  # hybrid: task -> deployment name
     fallback: list[str] = Field(default_factory=list)  # deployments tried in order when this one fails
@@ -104,8 +105,8 @@ class DeploymentConfig(Frozen):
         field = needs.get(self.option)
         if field and not getattr(self, field):
             raise ValueError(f"option '{self.option}' needs '{field}' (the artifact that serves every task)")
-        if self.option == "experts" and not self.adapters:
-            raise ValueError("option 'experts' needs 'adapters': a LoRA adapter per task")
+        if self.option in ("experts", "folded") and not self.adapters:
+            raise ValueError(f"option '{self.option}' needs 'adapters': a LoRA adapter per task")
         if self.option == "hybrid" and not self.routes:
             raise ValueError("option 'hybrid' needs 'routes': a deployment name per task")
         return self

@@ -22,6 +22,7 @@ from pathlib import Path
 from runtime.bench.memory import peak_rss_mb
 from runtime.config import TasksConfig, TrainConfig, as_plain, configs_dir, load_config
 from runtime.errors import ConfigError, ModelStoreError
+from runtime.hardware import bf16_supported, gpu_present
 from runtime.models import MANIFEST, ModelEntry, ModelStore, atomic_dir, write_manifest
 from training.budget import budget, items_per_step, task_rows
 from training.examples import IGNORE, BuildStats, PadCollator, Row, build_row, pack
@@ -31,19 +32,6 @@ from training.tasks.prompts import messages_for
 
 log = logging.getLogger(__name__)
 Step = Callable[[str], None]
-
-
-def bf16_supported() -> bool:
-    """bf16 autocast pays off on GPUs that support it and on CPUs with AVX512-BF16 or AMX."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def git_sha() -> str | None:
@@ -123,7 +111,6 @@ def build_model(config: TrainConfig, base: ModelEntry):
 
 
 def build_args(config: TrainConfig, work: Path, bf16: bool):
-    import torch
     from transformers import TrainingArguments
 
     defaults = dict(
@@ -139,7 +126,7 @@ def build_args(config: TrainConfig, work: Path, bf16: bool):
     merged.setdefault("save_steps", merged["eval_steps"])  # best-checkpoint tracking needs them aligned
     try:
         return TrainingArguments(output_dir=str(work), seed=config.seed, bf16=bf16,
-                                 use_cpu=not torch.cuda.is_available(), **merged)
+                                 use_cpu=not gpu_present(), **merged)
     except (ValueError, TypeError) as e:
         raise ConfigError(config.name, [f"training: {e}"]) from e
 

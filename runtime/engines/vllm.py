@@ -35,6 +35,7 @@ import httpx
 from runtime.config import EngineConfig
 from runtime.engines.remote import RemoteEngine
 from runtime.errors import EngineUnavailableError
+from runtime.hardware import gpu_present, resolve_dtype
 from runtime.process import ChildProcess, http_probe
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,6 @@ STABLE_S = 120.0  # a child that ran this long before dying restarts after the f
 ORPHAN_GRACE_S = 2.0  # a dead server's engine core and workers get this long after SIGTERM, then SIGKILL
 
 
-def gpu_present() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def adapter_rank(path: Path) -> int:
     return int(json.loads((path / "adapter_config.json").read_text()).get("r", 8))
 
@@ -60,7 +55,7 @@ def vllm_command(model_path: Path, name: str, adapters: dict[str, Path], config:
                  gpu: bool) -> list[str]:
     """The server's argv: public to every user of the machine, so no secret goes here."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
-           "--served-model-name", name, "--uds", uds, "--dtype", config.dtype,
+           "--served-model-name", name, "--uds", uds, "--dtype", resolve_dtype(config.dtype),
            "--max-model-len", str(config.max_model_len), "--max-num-seqs", str(config.max_batch_size),
            "--seed", "0"]
     if not (gpu if config.compile is None else config.compile):

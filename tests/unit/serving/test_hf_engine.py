@@ -13,6 +13,12 @@ from runtime.config import EngineConfig
 from runtime.engines.base import EngineRequest, SamplingParams
 from runtime.engines.hf_engine import HFEngine
 
+
+def fp32(**settings) -> EngineConfig:
+    """The engine config of these tests: greedy tokens compared exactly across batch shapes need fp32."""
+    return EngineConfig(dtype="float32", **settings)
+
+
 MESSAGES = [[{"role": "user", "content": t}] for t in ("def add(a, b):", "x = [1, 2, 3]", "for i in range(3):")]
 
 
@@ -29,7 +35,7 @@ def _req(i: int, adapter: str | None, n: int = 8, stop: tuple[str, ...] = ()) ->
 
 def test_a_mixed_adapter_batch_equals_each_adapter_alone(tiny_model_dir, adapters):
     async def run():
-        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_batch_size=8, max_loras=2))
+        engine = HFEngine(tiny_model_dir, adapters, fp32(max_batch_size=8, max_loras=2))
         names = [None, "one", "two", "one", "two", None]
         together = await asyncio.gather(*(engine.generate(_req(i, a)) for i, a in enumerate(names)))
         assert max(engine.batches) >= 2  # rows ran together, adapters mixed
@@ -44,7 +50,7 @@ def test_a_mixed_adapter_batch_equals_each_adapter_alone(tiny_model_dir, adapter
 
 def test_streaming_yields_the_same_text_with_a_finish_reason(tiny_model_dir, adapters):
     async def run():
-        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_loras=2))
+        engine = HFEngine(tiny_model_dir, adapters, fp32(max_loras=2))
         deltas = [d async for d in engine.stream(_req(0, "one", n=6))]
         full = await engine.generate(_req(0, "one", n=6))
         await engine.aclose()
@@ -60,7 +66,7 @@ def test_lru_slots_evict_the_least_recently_used_unpinned_adapter(tiny_model_dir
     three = {**adapters, "three": make_lora(tiny_model_dir, tmp_path / "three", 3)}
 
     async def run():
-        engine = HFEngine(tiny_model_dir, three, EngineConfig(max_loras=2, pinned_adapters=["one"]))
+        engine = HFEngine(tiny_model_dir, three, fp32(max_loras=2, pinned_adapters=["one"]))
         assert list(engine.resident) == ["one", "two"]
         await engine.generate(_req(0, "three"))
         assert set(engine.resident) == {"one", "three"}  # two was evicted, one is pinned
@@ -73,7 +79,7 @@ def test_lru_slots_evict_the_least_recently_used_unpinned_adapter(tiny_model_dir
 
 def test_runtime_load_and_unload(tiny_model_dir, adapters, tmp_path):
     async def run():
-        engine = HFEngine(tiny_model_dir, {"one": adapters["one"]}, EngineConfig(max_loras=2))
+        engine = HFEngine(tiny_model_dir, {"one": adapters["one"]}, fp32(max_loras=2))
         ms = await engine.load_adapter("extra", str(make_lora(tiny_model_dir, tmp_path / "extra", 9)))
         assert ms > 0 and "extra" in engine.adapters()
         assert (await engine.generate(_req(0, "extra"))).completion_tokens > 0
@@ -86,7 +92,7 @@ def test_runtime_load_and_unload(tiny_model_dir, adapters, tmp_path):
 
 def test_a_cancelled_stream_stops_its_row(tiny_model_dir, adapters):
     async def run():
-        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_loras=2))
+        engine = HFEngine(tiny_model_dir, adapters, fp32(max_loras=2))
         stream = engine.stream(_req(0, None, n=200))
         first = await anext(stream)
         await stream.aclose()  # the client went away
@@ -102,7 +108,7 @@ def test_unknown_adapter_and_long_prompt_are_request_errors(tiny_model_dir, adap
     from runtime.errors import BadRequestError, ModelNotFoundError
 
     async def run():
-        engine = HFEngine(tiny_model_dir, adapters)
+        engine = HFEngine(tiny_model_dir, adapters, fp32())
         with pytest.raises(ModelNotFoundError):
             await engine.generate(_req(0, "nope"))
         long = EngineRequest("x", SamplingParams(max_new_tokens=10), prompt="word " * 5000)
@@ -118,7 +124,7 @@ def test_a_full_queue_answers_queue_full(tiny_model_dir, adapters):
     from runtime.errors import QueueFullError
 
     async def run():
-        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_batch_size=1), max_queue=2)
+        engine = HFEngine(tiny_model_dir, adapters, fp32(max_batch_size=1), max_queue=2)
         results = await asyncio.gather(*(engine.generate(_req(i, None, n=3)) for i in range(5)),
                                        return_exceptions=True)
         await engine.aclose()
@@ -132,7 +138,7 @@ def test_a_full_queue_answers_queue_full(tiny_model_dir, adapters):
 
 def test_ignore_eos_and_min_tokens_hold_the_answer_open(tiny_model_dir, adapters):
     async def run():
-        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_loras=2))
+        engine = HFEngine(tiny_model_dir, adapters, fp32(max_loras=2))
         full = await engine.generate(_req(0, "one", n=8))
         stop = full.text[len(full.text) // 3:][:2]  # a stop string that greedy decoding meets early
         cut = await engine.generate(_req(0, "one", n=8, stop=(stop,)))
@@ -170,7 +176,7 @@ def test_prompts_are_tokenized_off_the_event_loop(tiny_model_dir, adapters):
     import threading
 
     async def run():
-        engine = HFEngine(tiny_model_dir, adapters)
+        engine = HFEngine(tiny_model_dir, adapters, fp32())
         threads = []
         prepare = engine._prepare
         engine._prepare = lambda request: threads.append(threading.current_thread().name) or prepare(request)
@@ -199,7 +205,7 @@ def test_a_malformed_adapter_is_refused_and_leaves_the_model_as_it_was(tiny_mode
               wrong_base / "adapter_model.safetensors")
 
     async def run():
-        engine = HFEngine(tiny_model_dir, {} if first else {"one": adapters["one"]}, EngineConfig(max_loras=3))
+        engine = HFEngine(tiny_model_dir, {} if first else {"one": adapters["one"]}, fp32(max_loras=3))
         before = (sum(p.numel() for p in engine.runner.model.parameters()), type(engine.runner.model).__name__)
         answer = (await engine.generate(_req(0, None, n=6))).text
         with pytest.raises(BadRequestError, match="rank 8 in adapter_config.json"):
@@ -239,7 +245,7 @@ def _fixed(i: int, adapter: str | None, n: int, **sampling) -> EngineRequest:
 
 def test_a_request_arriving_mid_answer_starts_and_ends_before_the_long_one(tiny_model_dir, adapters):
     async def run():
-        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_loras=2))
+        engine = HFEngine(tiny_model_dir, adapters, fp32(max_loras=2))
         events: list[str] = []
 
         async def follow(name: str, request: EngineRequest) -> str:
@@ -275,7 +281,7 @@ def test_mixed_adapters_and_sampling_in_one_running_batch_equal_each_alone(tiny_
                 _fixed(4, "one", 8, temperature=1.3, seed=11), _fixed(5, None, 3)]
 
     async def run():
-        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_batch_size=8, max_loras=2))
+        engine = HFEngine(tiny_model_dir, adapters, fp32(max_batch_size=8, max_loras=2))
         gate = _gate(engine)
         together = asyncio.gather(*(engine.generate(r) for r in requests))
         await _queued(engine, len(requests))
@@ -294,7 +300,7 @@ def test_mixed_adapters_and_sampling_in_one_running_batch_equal_each_alone(tiny_
 
 def test_a_cancelled_row_leaves_and_the_others_carry_on(tiny_model_dir, adapters):
     async def run():
-        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_loras=2))
+        engine = HFEngine(tiny_model_dir, adapters, fp32(max_loras=2))
         gate = _gate(engine)
         gone = engine.stream(_fixed(0, "one", 200))
         first = asyncio.ensure_future(anext(gone))
@@ -320,7 +326,7 @@ def test_a_full_queue_answers_queue_full_while_rows_run(tiny_model_dir, adapters
     from runtime.errors import QueueFullError
 
     async def run():
-        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(max_batch_size=1), max_queue=1)
+        engine = HFEngine(tiny_model_dir, adapters, fp32(max_batch_size=1), max_queue=1)
         gate = _gate(engine)
         first = asyncio.ensure_future(engine.generate(_fixed(0, None, 3)))
         await _queued(engine, 1)
@@ -336,7 +342,7 @@ def test_a_full_queue_answers_queue_full_while_rows_run(tiny_model_dir, adapters
 
 def test_an_adapter_loads_while_a_request_runs_and_is_built_beside_the_model(tiny_model_dir, adapters, tmp_path):
     async def run():
-        engine = HFEngine(tiny_model_dir, {"one": adapters["one"]}, EngineConfig(max_loras=3))
+        engine = HFEngine(tiny_model_dir, {"one": adapters["one"]}, fp32(max_loras=3))
         alone = await engine.generate(_fixed(0, "one", 48))
         running = asyncio.ensure_future(engine.generate(_fixed(0, "one", 48)))
         while not engine.running():
@@ -355,7 +361,7 @@ def test_an_adapter_loads_while_a_request_runs_and_is_built_beside_the_model(tin
 def test_a_hot_loaded_adapter_answers_like_one_loaded_at_start(tiny_model_dir, adapters):
     async def run(at_start: bool):
         known = {"one": adapters["one"], **({"two": adapters["two"]} if at_start else {})}
-        engine = HFEngine(tiny_model_dir, known, EngineConfig(max_loras=3))
+        engine = HFEngine(tiny_model_dir, known, fp32(max_loras=3))
         if not at_start:
             await engine.load_adapter("two", str(adapters["two"]))
         texts = [(await engine.generate(_req(i, "two"))).text for i in range(3)]
