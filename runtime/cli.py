@@ -5,6 +5,7 @@ A user-facing failure (any :class:`MixmergeError`) prints one line, ``error: cau
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -202,6 +203,7 @@ def serve(
     """Serve a deployment behind one OpenAI-compatible API with per-task routing."""
     import uvicorn
 
+    from merge.run import fold_lora
     from runtime.deploy import build_plan, load_deployment, single_model_deployment
     from runtime.errors import BadRequestError
     from runtime.models import ModelStore
@@ -213,7 +215,7 @@ def serve(
                               fix="e.g. --deployment configs/deployments/experts.yaml or --model smollm2-135m")
     store = ModelStore()
     primary = load_deployment(deployment) if deployment else single_model_deployment(model or "", store)
-    plan = build_plan(primary, store, engine)
+    plan = build_plan(primary, store, engine, fold=functools.partial(fold_lora, store=store))
     quiet_transformers()
     with console.status("starting engines"):  # before the port is bound: a model that fails to load exits here
         engines = build_engines(plan, engine)

@@ -50,12 +50,16 @@ def single_model_deployment(name: str, store: ModelStore) -> DeploymentConfig:
     return DeploymentConfig(name=entry.name, option="base", base_model=name)
 
 
+Fold = Callable[[ModelEntry, str], Path]  # (LoRA expert, base model name) -> a full model directory
+
+
 class PlanBuilder:
     def __init__(self, store: ModelStore, engine_kind: str | None,
-                 load: Callable[[str], DeploymentConfig] = load_deployment) -> None:
+                 load: Callable[[str], DeploymentConfig] = load_deployment, fold: Fold | None = None) -> None:
         self.store = store
         self.engine_kind = engine_kind
         self.load = load
+        self.fold = fold  # how the `folded` option turns an expert into a full model (merge.run.fold_lora)
         self.engines: dict[str, EngineSpec] = {}
         self.models: dict[str, ModelEntry] = {}
         self.deployments: dict[str, DeploymentConfig] = {}
@@ -101,11 +105,13 @@ class PlanBuilder:
         base_key = self._engine(base, engine_cfg)
         if d.option == "base":
             return {"*": Target(base_key)}
-        if d.option == "experts":
+        if d.option in ("experts", "folded"):
             out = {"*": Target(base_key)}
             for task, name in d.adapters.items():
                 try:
-                    out[task] = self._artifact(self._entry(name), base, engine_cfg)
+                    entry = self._entry(name)
+                    out[task] = self._folded(entry, base, engine_cfg) if d.option == "folded" else \
+                        self._artifact(entry, base, engine_cfg)
                 except ModelNotFoundError as e:
                     log.warning("no %s expert for %s (%s): that task falls back", task, d.name, e.message)
                     out.pop(task, None)
@@ -138,6 +144,20 @@ class PlanBuilder:
             self.engines[key] = EngineSpec(key, entry.path, config)
         return key
 
+    def _folded(self, entry: ModelEntry, base: ModelEntry, config: EngineConfig) -> Target:
+        """An expert folded into its own full model (merge_and_unload): expert answers at full-model speed, one
+        engine (and one copy of the weights) per task."""
+        if entry.format != "lora":
+            return Target(self._engine(entry, config))
+        if self.fold is None:
+            raise ConfigError("deployment", ["option 'folded' needs a way to fold experts; runtime serve and "
+                                             "runtime bench pass merge.run.fold_lora"])
+        path = self.fold(entry, base.name)
+        key = str(path)
+        if key not in self.engines:
+            self.engines[key] = EngineSpec(key, path, config)
+        return Target(key)
+
     def _artifact(self, entry: ModelEntry, base: ModelEntry, config: EngineConfig) -> Target:
         """A full model gets its own engine; a LoRA adapter rides on its base model's engine."""
         if entry.format != "lora":
@@ -148,5 +168,5 @@ class PlanBuilder:
 
 
 def build_plan(primary: DeploymentConfig, store: ModelStore | None = None, engine_kind: str | None = None,
-               load: Callable[[str], DeploymentConfig] = load_deployment) -> ServingPlan:
-    return PlanBuilder(store or ModelStore(), engine_kind, load).build(primary)
+               load: Callable[[str], DeploymentConfig] = load_deployment, fold: Fold | None = None) -> ServingPlan:
+    return PlanBuilder(store or ModelStore(), engine_kind, load, fold).build(primary)

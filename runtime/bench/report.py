@@ -6,7 +6,8 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
 - ``config`` (the bench config as run), ``n_per_task``, ``sampling`` {task: {max_tokens, stop}},
   ``headline_metrics`` {task: metric}, ``engines_skipped`` {engine: why}, ``zoo`` {built: {name: seconds},
   reused: [names], wall_s}, ``wall_s`` (the whole run).
-- ``results``: one entry per option and engine: ``deployment``, ``engine``, ``models`` {name: manifest hash},
+- ``results``: one entry per option and engine: ``deployment``, ``engine``, ``dtype`` (what its engines computed
+  in, ``auto`` resolved), ``models`` {name: manifest hash},
   ``adapters``, ``accuracy`` {task: {n, headline, value, ci95 [low, high], ci_method ("clopper-pearson" for a
   0/1 headline, else "bootstrap"), metrics {all of the task's metrics, with format_failures {empty, off_format,
   unparseable: answer counts, defined in runtime/bench/scoring.py} and ci95 {share metric: exact interval}},
@@ -107,7 +108,8 @@ def markdown(report: dict, charts: list[str]) -> str:
         lat = r["latency"][top]
         agree = r.get("agreement")
         adapter = r["adapter_load_ms"]
-        cells = [r["deployment"] + (f" = {r['same_as']}" if r.get("same_as") else ""), r["engine"],
+        cells = [r["deployment"] + (f" = {r['same_as']}" if r.get("same_as") else ""),
+                 r["engine"] + (f" {r['dtype']}" if r.get("dtype") else ""),
                  _fmt(r["mean_accuracy"]),
                  *(f"{a['value']:.1f} [{a['ci95'][0]:.0f}, {a['ci95'][1]:.0f}]" for a in
                    (r["accuracy"][t] for t in tasks)),

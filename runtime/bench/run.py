@@ -12,6 +12,7 @@ Phases and their caches (Ctrl-C loses only the phase in progress); the zoo phase
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -37,6 +38,7 @@ from runtime.bench.zoo import Progress, build_zoo, use_zoo_home
 from runtime.config import BenchConfig, DeploymentConfig, TasksConfig, configs_dir, load_config
 from runtime.deploy import ServingPlan, build_plan, load_deployment
 from runtime.errors import ConfigError, EngineUnavailableError, MixmergeError
+from runtime.hardware import gpu_name, resolve_dtype
 from runtime.models import ModelStore
 from runtime.router import route
 from training.sft import git_sha
@@ -78,17 +80,10 @@ def environment(config_hash: str, sha: str | None) -> dict:
                 break
             except PackageNotFoundError:
                 continue
-    gpu = environment_gpu()
+    gpu = gpu_name()
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") *
             os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "gpu": gpu, "platform": platform.platform(),
             "versions": versions, "git_sha": sha, "config_hash": config_hash}
-
-
-def environment_gpu() -> str | None:
-    """The name of GPU 0, or None without one."""
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def gpu_memory_mb() -> float | None:
@@ -121,6 +116,9 @@ class Bench:
 
     # ---------------------------------------------------------------------------------------- one option
     def deployment(self, option: str) -> tuple[Path, DeploymentConfig]:
+        if option == BASE:
+            path = self.write_base()
+            return path, load_config(path, DeploymentConfig)
         if option == "hybrid":
             path = self.out / "hybrid.yaml"
             if not path.is_file():
@@ -130,8 +128,10 @@ class Bench:
         return path, load_deployment(str(path))
 
     def plan(self, option: str) -> tuple[Path, ServingPlan]:
+        from merge.run import fold_lora
+
         path, deployment = self.deployment(option)
-        return path, build_plan(deployment, self.store)
+        return path, build_plan(deployment, self.store, fold=functools.partial(fold_lora, store=self.store))
 
     def accuracy_cache(self, plan: ServingPlan) -> Path:
         """Where the option's scored answers live. The key is what answers each task — the engine's model and
@@ -166,8 +166,8 @@ class Bench:
         adapters = adapters_of(plan)
         args = ["--deployment", str(path), "--engine", engine, "--enable-lora-updates",
                 "--lora-dir", str(self.store.models_dir)]
-        result: dict = {"deployment": option, "engine": engine, "models": models,
-                        "adapters": sorted(adapters)}
+        result: dict = {"deployment": option, "engine": engine, "models": models, "adapters": sorted(adapters),
+                        "dtype": "/".join(sorted({resolve_dtype(s.config.dtype) for s in plan.engines.values()}))}
         self.progress.say(f"{option} on {engine}: starting the server")
         started = time.perf_counter()
         with ServerProcess(args, env=self.serve_env) as server:
@@ -331,16 +331,36 @@ class Bench:
             sizes[option] = {key: round(dir_size(Path(key)) / 2**20, 1) for key in plan.engines}
         return sizes
 
+    def engine_template(self) -> dict:
+        """The engine settings the options share (dtype, batch size, ...): the first listed option's. The base
+        control and the hybrid plan are served with them, so they differ from the others in weights only."""
+        for option in self.config.deployments:
+            if option not in (BASE, "hybrid"):
+                return load_deployment(str(configs_dir() / "deployments" / f"{option}.yaml")).engine.model_dump(
+                    exclude_defaults=True)
+        return {}
+
+    def write_base(self) -> Path:
+        """OUT/base.yaml: the untuned ``base_model`` answering every task, the control of every run."""
+        doc = {"name": BASE, "option": "base", "base_model": self.config.base_model,
+               "description": "the untuned base model: the control every option is measured against",
+               "engine": self.engine_template()}
+        return self._write_deployment("base.yaml", doc, "the untuned base model, the bench's control")
+
     def write_hybrid(self, routes: dict[str, str], engine: str) -> None:
-        base = load_deployment(str(configs_dir() / "deployments" / "experts.yaml"))
-        engine_cfg = base.engine.model_dump(exclude_defaults=True) | {"kind": engine}
+        base = str(self.write_base())  # routes name deployments; the control is this run's file, not a shipped one
         doc = {"name": "hybrid", "option": "hybrid", "base_model": self.config.base_model,
-               "description": "the per-task plan runtime bench recommended", "routes": routes,
-               "fallback": ["base"], "engine": engine_cfg}
-        text = ("# runtime serve --deployment " + str(self.out / "hybrid.yaml") + "\n"
-                "# Written by `runtime bench`: the per-task plan with the best mean accuracy within the budget "
-                "(see report.md).\n" + yaml.safe_dump(doc, sort_keys=False))
-        (self.out / "hybrid.yaml").write_text(text)
+               "description": "the per-task plan runtime bench recommended",
+               "routes": {t: base if o == BASE else o for t, o in routes.items()},
+               "fallback": [base], "engine": self.engine_template() | {"kind": engine}}
+        self._write_deployment("hybrid.yaml", doc, "the per-task plan with the best normalized gain within the "
+                                                   "budget (see report.md)")
+
+    def _write_deployment(self, name: str, doc: dict, what: str) -> Path:
+        path = self.out / name
+        path.write_text(f"# runtime serve --deployment {path}\n# Written by `runtime bench`: {what}.\n"
+                        + yaml.safe_dump(doc, sort_keys=False))
+        return path
 
 
 def weights_digest(path: Path) -> str:

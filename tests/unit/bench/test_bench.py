@@ -251,7 +251,7 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
         assert {t: [a["id"] for a in v] for t, v in scored.items()} == {
             t: [it.id for it in load_items(t, "test", 4)] for t in scored}
     md = (out / "report.md").read_text()
-    assert "## Recommendation" in md and "| experts | fake |" in md and "| base | fake |" in md
+    assert "## Recommendation" in md and "| experts | fake " in md and "| base | fake " in md
     assert "Gain over the untuned `base`" in md and "Trivial baselines" in md and "docstring echo" in md
     for chart in ("accuracy_vs_throughput.png", "accuracy_per_task.png", "latency.png"):
         assert (out / chart).stat().st_size > 1000 and f"]({chart})" in md
@@ -330,12 +330,12 @@ def test_a_pair_the_config_skips_is_not_served_and_the_report_says_why(tiny_zoo,
             "load.concurrency=[1]", "load.rate=null", "load.warmup=0"]
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig,
                       [*args, "skip={mixed/fake: too slow here, experts/fake-cpu: no GPU}"])
-    monkeypatch.setattr(bench_run, "environment_gpu", lambda: "a GPU")  # -cpu keys do not apply with a GPU
+    monkeypatch.setattr(bench_run, "gpu_name", lambda: "a GPU")  # -cpu keys do not apply with a GPU
     report = run_bench(cfg, tmp_path / "gpu", Recorder())
     assert [r["deployment"] for r in report["results"]] == ["base", "experts"]
     assert report["skipped"] == [{"deployment": "mixed", "engine": "fake", "reason": "too slow here"}]
     assert "**Not run** (config `skip`): mixed on fake: too slow here" in (tmp_path / "gpu" / "report.md").read_text()
-    monkeypatch.setattr(bench_run, "environment_gpu", lambda: None)
+    monkeypatch.setattr(bench_run, "gpu_name", lambda: None)
     report = run_bench(cfg, tmp_path / "cpu", Recorder())
     assert [r["deployment"] for r in report["results"]] == ["base"]
     assert [s["deployment"] for s in report["skipped"]] == ["mixed", "experts"]

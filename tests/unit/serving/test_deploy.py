@@ -80,3 +80,27 @@ def test_single_model_deployment_serves_an_adapter_on_its_parent(store):
     assert single_model_deployment("tiny", store).option == "base"
     with pytest.raises(ModelNotFoundError):
         build_plan(DeploymentConfig(name="x", option="mixed", base_model="tiny", model="nope"), store, load=_load)
+
+
+def test_folded_experts_are_full_models_with_an_engine_each_and_answer_as_the_lora_path(store):
+    import functools
+
+    from merge.run import fold_lora
+    from runtime.engines.base import SamplingParams
+    from runtime.engines.hf import HFRunner
+
+    store.register("sum", make_lora(store.get("tiny").path, store.home / "sum-lora", 3, parent="tiny"), "expert",
+                   parent="tiny")
+    folded = DeploymentConfig(name="folded", option="folded", base_model="tiny",
+                              adapters={"generation": "gen", "summarization": "sum"})
+    with pytest.raises(ConfigError, match="needs a way to fold"):
+        build_plan(folded, store, load=_load)
+    plan = build_plan(folded, store, load=_load, fold=functools.partial(fold_lora, store=store))
+    gen, summ = route(plan.table, "generation"), route(plan.table, "summarization")
+    assert gen.adapter is None and summ.adapter is None and len({gen.engine, summ.engine}) == 2
+    assert len(plan.engines) == 3 and not any(spec.adapters for spec in plan.engines.values())  # + base
+    prompt = ["def add(a, b):"]
+    lora = HFRunner(store.get("tiny").path, adapter_path=store.get("gen").path).generate(
+        prompt, SamplingParams(max_new_tokens=8))
+    full = HFRunner(gen.engine).generate(prompt, SamplingParams(max_new_tokens=8))
+    assert [g.token_ids for g in full] == [g.token_ids for g in lora]  # fp32: folding changes no greedy token
