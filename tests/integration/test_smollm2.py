@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from greedy import greedy_ids
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from runtime.models import ModelEntry
@@ -19,14 +20,6 @@ PROMPTS = [
 ]
 
 
-def _greedy(model, tokenizer, prompt: str, n: int = 24) -> list[int]:
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                           return_dict=True, return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
-    return out[0, inputs["input_ids"].shape[1]:].tolist()
-
-
 def test_converted_directory_generates_exactly_what_the_gguf_generates(smollm2: ModelEntry, smollm2_gguf: Path):
     converted = AutoModelForCausalLM.from_pretrained(smollm2.path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(smollm2.path)
@@ -34,10 +27,10 @@ def test_converted_directory_generates_exactly_what_the_gguf_generates(smollm2: 
                                                     dtype=torch.float32).eval()
     original_tok = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
     for prompt in PROMPTS:
-        ids = _greedy(converted, tokenizer, prompt)
+        ids = greedy_ids(converted, tokenizer, prompt, 24)
         assert len(ids) > 4
-        assert ids == _greedy(original, original_tok, prompt), prompt
-    assert tokenizer.decode(_greedy(converted, tokenizer, PROMPTS[0])).strip()  # says something
+        assert ids == greedy_ids(original, original_tok, prompt, 24), prompt
+    assert tokenizer.decode(greedy_ids(converted, tokenizer, PROMPTS[0], 24)).strip()  # says something
 
 
 def test_converted_directory_is_plain_safetensors_with_chat_template(smollm2: ModelEntry):
