@@ -24,6 +24,8 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   ``agreement`` (second engine only: {matched, n, per_task} greedy answers identical to the
   first engine's), ``same_as`` (hybrid only, when the plan routes every task to one option: that option, whose
   measurements the entry repeats instead of serving the same thing twice).
+- Beside report.json: ``answers/OPTION/TASK.jsonl``, one line per scored item {id, reference, answer,
+  finish_reason, completion_tokens}, in item order.
 - ``failures``: [{deployment, engine, error}] for options or engines that could not be measured (the rest is).
 - ``skipped``: [{deployment, engine, reason}] for pairs the config's ``skip`` left out, with its reason.
 - ``recommendation``: routes {task: option}, engine (whose measurements costed it), mean_accuracy,

@@ -292,6 +292,7 @@ class Bench:
                 if reference is None:
                     reference = answers[option] = {t: [a["answer"] for a in scored["answers"][t]] for t in self.items}
                     accuracy[option] = score_answers(self.items, scored["answers"], self.config.accuracy.bootstrap)
+                    self.write_answers(option, scored["answers"])
                 result["accuracy"] = accuracy[option]
                 result["accuracy_engine"] = scored["engine"]  # answers are cached by content: maybe another run's
                 results.append(result)
@@ -330,6 +331,16 @@ class Bench:
             _, plan = self.plan(option)
             sizes[option] = {key: round(dir_size(Path(key)) / 2**20, 1) for key in plan.engines}
         return sizes
+
+    def write_answers(self, option: str, answers: dict[str, list[dict]]) -> None:
+        """OUT/answers/OPTION/TASK.jsonl: every scored answer beside its reference, to check a score by eye."""
+        folder = self.out / "answers" / option
+        folder.mkdir(parents=True, exist_ok=True)
+        for task, its in self.items.items():
+            rows = [{"id": it.id, "reference": it.reference, "answer": a["answer"],
+                     "finish_reason": a["finish_reason"], "completion_tokens": a["completion_tokens"]}
+                    for it, a in zip(its, answers[task], strict=True)]
+            (folder / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def engine_template(self) -> dict:
         """The engine settings the options share (dtype, batch size, ...): the first listed option's. The base

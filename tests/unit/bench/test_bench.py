@@ -241,6 +241,10 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     assert saved["baselines"]["review"]["no issues"]["value"] == 0.0  # right on no buggy item: line accuracy 0
     assert set(saved["baselines"]["completion"]) == {"previous line", "constant"}
     assert set(saved["detectable_difference"]) == tasks
+    lines = (out / "answers" / "experts" / "review.jsonl").read_text().splitlines()
+    review = load_items("review", "test", 4)
+    assert [json.loads(line)["id"] for line in lines] == [it.id for it in review]
+    assert json.loads(lines[0])["reference"] == review[0].reference and "answer" in json.loads(lines[0])
     hybrid_yaml = (out / "hybrid.yaml").read_text()
     assert "option: hybrid" in hybrid_yaml and "kind: fake" in hybrid_yaml
     (twin,) = set(rec["routes"].values())  # answers of the fake engine tie: one option is recommended,
