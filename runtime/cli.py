@@ -344,7 +344,8 @@ def eval_(
     split: Annotated[str, typer.Option(help="train, val or test (HumanEval is always test).")] = "test",
     limit: Annotated[int | None, typer.Option(min=1, help="First N items per task (a fixed, fair sample).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/eval-MODEL).")] = None,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    dtype: Annotated[str, typer.Option(help="auto (bfloat16 where the CPU/GPU computes it natively, else "
+                                            "float32), float32, bfloat16 or float16.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 8,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Cap every task's output length (faster; "
                                                                 "scores drop for long answers).")] = None,

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runtime.config import TrainConfig, load_config
+from runtime.errors import BadRequestError, ConfigError
 from runtime.models import ModelStore
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def run_sweep(path: str | Path, lrs: list[float], max_steps: int, eval_steps: in
 
     base = load_config(path, TrainConfig, overrides or [])
     if base.kind != "expert":
-        raise ValueError(f"{path}: sweep one expert (kind: expert), not a {base.kind} run")
+        raise ConfigError(str(path), [f"sweep one expert (kind: expert), not a {base.kind} run"])
     trials = []
     store = ModelStore()
     with tempfile.TemporaryDirectory(prefix="lr-sweep-") as tmp:
@@ -69,7 +70,7 @@ def _trial(lr: float, manifest: dict, wall: float) -> dict:
 def choose(trials: list[dict]) -> dict:
     """The rate whose best val loss is lowest, and the step it reached it at."""
     if not trials:
-        raise ValueError("no trials: give at least one learning rate")
+        raise BadRequestError("no learning rates to try", fix="give at least one with --lrs")
     best = min(trials, key=lambda t: t["best_val_loss"])
     return {"learning_rate": best["learning_rate"], "steps": best["best_step"], "val_loss": best["best_val_loss"]}
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from runtime.engines.base import SamplingParams
 from runtime.errors import BadRequestError, ModelStoreError
+from runtime.hardware import resolve_dtype
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 Message = dict[str, str]
 
 
@@ -38,6 +39,7 @@ class HFRunner:
 
         if dtype not in DTYPES:
             raise BadRequestError(f"unknown dtype '{dtype}'", fix=f"use one of: {', '.join(DTYPES)}")
+        dtype = resolve_dtype(dtype)  # auto: bfloat16 where the hardware computes it natively
         self.model_path = Path(model_path)
         self.adapter_path = Path(adapter_path) if adapter_path else None
         self.dtype = dtype

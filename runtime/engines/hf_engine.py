@@ -28,7 +28,6 @@ from runtime.engines.base import EngineRequest, EngineResult, StreamDelta
 from runtime.engines.hf import HFRunner, adapter_layers, check_adapter, eos_ids, transplant
 from runtime.engines.scheduler import BASE, Batch, Job, next_tokens, prefill
 from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
-from runtime.hardware import resolve_dtype
 
 log = logging.getLogger(__name__)
 __all__ = ["BASE", "HFEngine"]
@@ -44,8 +43,7 @@ class HFEngine:
     def __init__(self, model_path: str | Path, adapters: dict[str, Path] | None = None,
                  config: EngineConfig | None = None, max_queue: int = 64, prefill_budget: int = 256) -> None:
         self.config = config or EngineConfig()
-        self.runner = HFRunner(model_path, dtype=resolve_dtype(self.config.dtype),
-                               max_batch_size=self.config.max_batch_size)
+        self.runner = HFRunner(model_path, dtype=self.config.dtype, max_batch_size=self.config.max_batch_size)
         self.known: dict[str, str] = {k: str(v) for k, v in (adapters or {}).items()}
         self.resident: OrderedDict[str, None] = OrderedDict()
         self.pinned = set(self.config.pinned_adapters)

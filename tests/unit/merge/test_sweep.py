@@ -9,6 +9,7 @@ import pytest
 from merge.grid import weight_grid
 from merge.sweep import run_sweep
 from runtime.config import MergeConfig
+from runtime.errors import ConfigError
 from runtime.models import ModelStore
 
 
@@ -76,7 +77,7 @@ def test_retention_without_expert_baselines_is_refused(merge_home, tmp_path):
     config = MergeConfig(name="swept2", base_model="tiny", method="linear",
                          models=[{"model": "exp-a", "weight": 0.5}, {"model": "exp-b", "weight": 0.5}],
                          sweep={"weights": [0.5], "tasks": ["completion"]})
-    with pytest.raises(ValueError, match="set sweep.objective: mean_score"):
+    with pytest.raises(ConfigError, match="set sweep.objective: mean_score"):
         run_sweep(config, tmp_path / "s", score=lambda *a: {"completion": 1.0})
 
 
