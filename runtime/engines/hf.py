@@ -131,24 +131,6 @@ def generate_kwargs(params: SamplingParams, max_new_tokens: int, pad_token_id: i
     return kwargs
 
 
-class HoldEOS:
-    """A logits processor that keeps each row from ending before its floor (``SamplingParams.eos_floor``): the
-    end-of-sequence ids get -inf while the row has fewer new tokens than its floor (vLLM's ``min_tokens`` and
-    ``ignore_eos``, per row, so one batch can mix them)."""
-
-    def __init__(self, floors: Sequence[int], eos_ids: Sequence[int], prompt_width: int) -> None:
-        self.floors = list(floors)
-        self.eos_ids = sorted({int(i) for i in eos_ids if i is not None})
-        self.width = prompt_width
-
-    def __call__(self, input_ids, scores):
-        generated = input_ids.shape[1] - self.width
-        for row, floor in enumerate(self.floors):
-            if generated < floor:
-                scores[row, self.eos_ids] = float("-inf")
-        return scores
-
-
 def eos_ids(model, tokenizer) -> set[int]:
     """Every id that ends an answer: the tokenizer's EOS and pad, and the generation config's EOS (Qwen has two)."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

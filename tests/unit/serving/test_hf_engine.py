@@ -160,18 +160,6 @@ def stop_cut(cut, full) -> bool:
     return cut.finish_reason == "stop" and len(cut.text) < len(full.text)
 
 
-def test_hold_eos_masks_end_ids_per_row_until_each_rows_floor():
-    import torch
-
-    from runtime.engines.hf import HoldEOS
-
-    hold = HoldEOS(floors=[0, 3], eos_ids=[1, 2], prompt_width=4)
-    scores = hold(torch.zeros(2, 6, dtype=torch.long), torch.zeros(2, 5))  # 2 tokens generated so far
-    assert scores[0].tolist() == [0.0] * 5
-    assert scores[1, 1] == float("-inf") and scores[1, 2] == float("-inf") and scores[1, 0] == 0
-    assert hold(torch.zeros(2, 7, dtype=torch.long), torch.zeros(2, 5))[1].tolist() == [0.0] * 5
-
-
 def test_prompts_are_tokenized_off_the_event_loop(tiny_model_dir, adapters):
     import threading
 
