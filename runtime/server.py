@@ -9,6 +9,7 @@ The lifespan closes the engines on shutdown.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -159,8 +160,8 @@ class Guard:
         await self.app(scope, replay, send)
 
     def _check_key(self, scope: Scope) -> None:
-        key = self.settings.api_key
-        if key and _header(scope, b"authorization") != f"Bearer {key}":
+        key = self.settings.api_key  # compared in constant time: a timing side channel leaks no prefix of it
+        if key and not hmac.compare_digest(_header(scope, b"authorization").encode(), f"Bearer {key}".encode()):
             raise AuthenticationError("missing or wrong API key", fix="send Authorization: Bearer <key>")
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
