@@ -13,7 +13,7 @@ import numpy as np
 from runtime.bench.accuracy import HEADLINE
 from runtime.bench.baselines import baseline_answers
 from runtime.bench.scoring import SCORERS, headline_statistic
-from runtime.bench.stats import bootstrap_se, confidence_interval, paired_difference
+from runtime.bench.stats import Proportion, bootstrap_se, confidence_interval, paired_difference
 from training.tasks import TaskItem
 
 BASE = "base"
@@ -70,12 +70,34 @@ def gains_over_base(items: dict[str, list[TaskItem]], answers: dict[str, dict[st
 
 
 def detectable_difference(items: dict[str, list[TaskItem]], base_answers: dict[str, list[str]],
-                          resamples: int) -> dict[str, float]:
+                          resamples: int) -> dict[str, float | None]:
     """Per task, the smallest true difference from ``base`` that a two-sided 5% test on these N items finds with
-    80% power: 2.8 x sqrt(2) x the bootstrap standard error of the base's headline (two options with the base's
-    spread and independent errors; pairing makes the real test somewhat sharper, so this errs large)."""
-    out = {}
+    80% power. A share of items (review's line accuracy, pass@1): the smallest d with d >= 2.8 x
+    sqrt((p(1-p) + q(1-q)) / n), q = p + d toward 1/2 (so a base at 0/N still has a finite answer). Other metrics:
+    2.8 x sqrt(2) x the bootstrap standard error of the base's headline (two options with the base's spread and
+    independent errors; pairing makes the real test sharper, so this errs large); None where the base's answers
+    have no spread at all (nothing to scale by)."""
+    out: dict[str, float | None] = {}
     for task, its in items.items():
-        se = bootstrap_se(headline_statistic(task, its, base_answers[task]), len(its), resamples, seed=1)
-        out[task] = round(Z_POWER * np.sqrt(2) * se, 2)
+        stat = headline_statistic(task, its, base_answers[task])
+        if isinstance(stat, Proportion):
+            out[task] = round(100 * _detectable_share(*stat.counts()), 2)
+            continue
+        se = bootstrap_se(stat, len(its), resamples, seed=1)
+        out[task] = round(Z_POWER * np.sqrt(2) * se, 2) if se > 0 else None
     return out
+
+
+def _detectable_share(successes: int, trials: int) -> float:
+    if trials == 0:
+        return 1.0
+    p = successes / trials
+    sign = 1 if p <= 0.5 else -1
+    for step in range(1, 1001):
+        d = step / 1000
+        q = p + sign * d
+        if not 0 <= q <= 1:
+            return d
+        if d >= Z_POWER * np.sqrt((p * (1 - p) + q * (1 - q)) / trials):
+            return d
+    return 1.0

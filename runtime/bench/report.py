@@ -180,7 +180,8 @@ def controls_section(report: dict, tasks: list[str]) -> list[str]:
                                           for name, b in baselines[t].items()) for t in tasks if baselines.get(t)]
     if report.get("detectable_difference"):
         lines += ["", "Smallest difference from base this N detects (two-sided 5%, 80% power): " + ", ".join(
-            f"{t} {d:.1f}" for t, d in report["detectable_difference"].items()) + " headline points."]
+            f"{t} {d:.1f}" if d is not None else f"{t} — (no spread in base's answers)"
+            for t, d in report["detectable_difference"].items()) + " headline points."]
     return lines
 
 

@@ -382,3 +382,14 @@ def test_the_load_asks_for_fixed_length_answers_and_counts_short_ones():
     assert fixed["completed"] == 2 and fixed["short_answers"] == 0 and natural["short_answers"] == 0
     short = [RequestRecord(ok=True, start=0, ttft=0.1, e2el=1.0, output_tokens=n, max_tokens=5) for n in (5, 3)]
     assert summarize(short, duration=1.0)["short_answers"] == 1
+
+
+def test_the_detectable_difference_of_a_share_is_finite_when_base_scores_zero(store_home):
+    from runtime.bench.compare import _detectable_share, detectable_difference
+
+    assert _detectable_share(0, 29) == pytest.approx(0.213, abs=0.001)  # d = 2.8 sqrt(d (1 - d) / 29)
+    assert _detectable_share(24, 48) > _detectable_share(0, 48) > 0
+    build_dataset()
+    items = {"review": load_items("review", "test", 12)}
+    out = detectable_difference(items, {"review": ["nonsense"] * 12}, 100)  # base finds no bug: 0 of the buggy
+    assert 20 < out["review"] < 100  # not 0: a base at 0/N does not make every difference detectable
