@@ -51,7 +51,8 @@ def evaluate(runner: HFRunner, task_names: list[str], split: str, limit: int | N
              sandbox: Sandbox | None = None) -> dict:
     tasks = tasks or load_config(configs_dir() / "tasks.yaml", TasksConfig)
     selected = {t: load_items(t, "test" if t == "humaneval" else split, limit) for t in task_names}
-    sandbox = sandbox or Sandbox()
+    if sandbox is None and "humaneval" in selected:  # only HumanEval runs model code (and may refuse to, as root)
+        sandbox = Sandbox()
     report: dict = {
         "schema": SCHEMA,
         "model": str(runner.model_path),
@@ -73,7 +74,7 @@ def evaluate(runner: HFRunner, task_names: list[str], split: str, limit: int | N
 
 
 def _run_task(runner: HFRunner, tasks: TasksConfig, task: str, items: list[TaskItem], out: Path,
-              progress: Progress | None, sandbox: Sandbox) -> dict:
+              progress: Progress | None, sandbox: Sandbox | None) -> dict:
     start = time.perf_counter()
     prompts = [runner.render(messages_for(tasks, task, it)) for it in items]
     done = 0

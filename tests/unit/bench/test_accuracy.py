@@ -78,6 +78,17 @@ def test_evaluate_writes_report_table_and_predictions(runner: HFRunner, store_ho
     assert "| review | 3 |" in (tmp_path / "eval.md").read_text()
 
 
+def test_tasks_that_run_no_code_need_no_sandbox(runner: HFRunner, store_home: Path, tmp_path: Path, monkeypatch):
+    import runtime.bench.accuracy as accuracy
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a sandbox was built for tasks that run no model code")
+
+    monkeypatch.setattr(accuracy, "Sandbox", refused)  # as root without namespaces, building one refuses
+    report = evaluate(runner, ["completion"], "test", 2, tmp_path)
+    assert report["tasks"]["completion"]["n"] == 2
+
+
 def test_a_prompt_beyond_the_context_is_a_clear_error(runner: HFRunner):
     from runtime.errors import BadRequestError
 
