@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 
+from runtime.bench.compare import BASE
 from runtime.bench.report import top_level
 from runtime.bench.scoring import headline_statistic
 from runtime.bench.stats import holm, paired_difference, paired_normalized_difference
@@ -37,7 +38,7 @@ def normalizers(accuracy: dict[str, dict], tasks: list[str]) -> tuple[dict[str, 
     floor, scale = {}, {}
     for t in tasks:
         values = [a[t]["value"] for a in accuracy.values()]
-        floor[t] = accuracy["base"][t]["value"] if "base" in accuracy else min(values)
+        floor[t] = accuracy[BASE][t]["value"] if BASE in accuracy else min(values)
         if max(values) - floor[t] >= MIN_SPREAD:
             scale[t] = max(values) - floor[t]
     return floor, scale

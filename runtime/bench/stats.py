@@ -99,15 +99,9 @@ def paired_difference(stat_a: Statistic, stat_b: Statistic, n: int, resamples: i
                       level: float = 0.95) -> dict[str, float | bool]:
     """a - b on the same items, with its paired-bootstrap interval and a two-sided bootstrap p-value.
     ``significant`` is for this comparison alone; a family of them goes through ``holm``."""
-    everything = list(range(n))
-    diff = stat_a(everything) - stat_b(everything)
     if n == 0:
         return {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0, "significant": False}
-    diffs = np.array([stat_a(idx) - stat_b(idx) for idx in _resamples(n, resamples, seed)])
-    tail = 100 * (1 - level) / 2
-    low, high = float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100 - tail))
-    return {"diff": float(diff), "ci_low": low, "ci_high": high, "p_value": bootstrap_p_value(diffs),
-            "significant": bool(low > 0 or high < 0)}
+    return paired_normalized_difference({"": stat_a}, {"": stat_b}, {"": n}, {"": 1.0}, resamples, seed, level)
 
 
 def holm(p_values: Sequence[float], alpha: float = 0.05) -> tuple[list[float], list[bool]]:
@@ -129,7 +123,8 @@ def paired_normalized_difference(stats_a: dict[str, Statistic], stats_b: dict[st
                                  scale: dict[str, float], resamples: int = 1000, seed: int = 0,
                                  level: float = 0.95) -> dict[str, float | bool]:
     """The mean over tasks of (a - b) / scale[task], each task's items resampled on their own and paired between
-    a and b: the decision rule's normalized gain compared between two options, with its interval and p-value."""
+    a and b: the decision rule's normalized gain compared between two options, with its interval and p-value
+    (``paired_difference`` is its one-task, unscaled case)."""
     tasks = list(scale)
     everything = {t: list(range(n[t])) for t in tasks}
     diff = float(np.mean([(stats_a[t](everything[t]) - stats_b[t](everything[t])) / scale[t] for t in tasks]))
