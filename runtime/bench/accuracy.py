@@ -89,14 +89,21 @@ def _run_task(runner: HFRunner, tasks: TasksConfig, task: str, items: list[TaskI
     answers = [g.text for g in generations]
     metrics = SCORERS[task](items, answers, sandbox)
     wall = time.perf_counter() - start
-    with (out / "predictions" / f"{task}.jsonl").open("w") as f:
-        for it, g in zip(items, generations, strict=True):
-            f.write(json.dumps({"id": it.id, "answer": g.text, "reference": it.reference,
-                                "finish_reason": g.finish_reason, "completion_tokens": g.completion_tokens}) + "\n")
+    write_answers(out / "predictions" / f"{task}.jsonl", items, [
+        {"answer": g.text, "finish_reason": g.finish_reason, "completion_tokens": g.completion_tokens}
+        for g in generations])
     sampling = asdict(sampling_for(tasks, task)) | {"stop": list(sampling_for(tasks, task).stop)}
     return {"n": len(items), "metrics": metrics, "headline": HEADLINE[task], "sampling": sampling,
             "completion_tokens": sum(g.completion_tokens for g in generations),
             "wall_s": round(wall, 1), "seconds_per_100_items": round(100 * wall / max(len(items), 1), 1)}
+
+
+def write_answers(path: Path, items: list[TaskItem], answers: list[dict]) -> None:
+    """One JSON line per item, in item order: id, reference, answer, finish_reason, completion_tokens, so a score
+    can be checked by eye (`runtime eval`'s predictions/ and the bench's answers/)."""
+    rows = [{"id": it.id, "reference": it.reference, "answer": a["answer"], "finish_reason": a["finish_reason"],
+             "completion_tokens": a["completion_tokens"]} for it, a in zip(items, answers, strict=True)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def evaluate_served(url: str, tasks: TasksConfig, items: dict[str, list[TaskItem]], concurrency: int = 8,

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from runtime.bench.accuracy import HEADLINE, cap_tokens, evaluate_served, sampling_for
+from runtime.bench.accuracy import HEADLINE, cap_tokens, evaluate_served, sampling_for, write_answers
 from runtime.bench.compare import BASE, detectable_difference, gains_over_base, score_answers, score_baselines
 from runtime.bench.launch import ServerProcess
 from runtime.bench.load import run_load, workload
@@ -337,10 +337,7 @@ class Bench:
         folder = self.out / "answers" / option
         folder.mkdir(parents=True, exist_ok=True)
         for task, its in self.items.items():
-            rows = [{"id": it.id, "reference": it.reference, "answer": a["answer"],
-                     "finish_reason": a["finish_reason"], "completion_tokens": a["completion_tokens"]}
-                    for it, a in zip(its, answers[task], strict=True)]
-            (folder / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            write_answers(folder / f"{task}.jsonl", its, answers[task])
 
     def engine_template(self) -> dict:
         """The engine settings the options share (dtype, batch size, ...): the first listed option's. The base
