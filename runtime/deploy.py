@@ -138,10 +138,12 @@ class PlanBuilder:
         self.models[entry.name] = entry
         return entry
 
-    def _engine(self, entry: ModelEntry, config: EngineConfig) -> str:
-        key = str(entry.path)
+    def _engine(self, entry: ModelEntry | Path, config: EngineConfig) -> str:
+        """The engine serving a model directory (a store entry's, or a folded expert's), created once."""
+        path = entry if isinstance(entry, Path) else entry.path
+        key = str(path)
         if key not in self.engines:
-            self.engines[key] = EngineSpec(key, entry.path, config)
+            self.engines[key] = EngineSpec(key, path, config)
         return key
 
     def _folded(self, entry: ModelEntry, base: ModelEntry, config: EngineConfig) -> Target:
@@ -152,11 +154,7 @@ class PlanBuilder:
         if self.fold is None:
             raise ConfigError("deployment", ["option 'folded' needs a way to fold experts; runtime serve and "
                                              "runtime bench pass merge.run.fold_lora"])
-        path = self.fold(entry, base.name)
-        key = str(path)
-        if key not in self.engines:
-            self.engines[key] = EngineSpec(key, path, config)
-        return Target(key)
+        return Target(self._engine(self.fold(entry, base.name), config))
 
     def _artifact(self, entry: ModelEntry, base: ModelEntry, config: EngineConfig) -> Target:
         """A full model gets its own engine; a LoRA adapter rides on its base model's engine."""
