@@ -64,6 +64,24 @@ class TasksConfig(Frozen):
 
 
 # ------------------------------------------------------------------------------------- deployments/*.yaml
+class AdaptiveConfig(Frozen):
+    """Traffic-aware placement (hf engine): an adapter with most of the recent requests is served from a copy of
+    the model with its LoRA folded in (merged speed), and from LoRA again once its share falls."""
+
+    window: int = Field(64, gt=0)  # recent requests whose adapters are counted
+    min_requests: int = Field(16, gt=0)  # no decision before this many requests are in the window
+    fold_share: float = Field(0.6, gt=0, le=1)  # fold an adapter with at least this share of the window
+    unfold_share: float = Field(0.4, ge=0, lt=1)  # back to LoRA below this share (the gap stops flapping)
+    memory_mb: float = Field(2048, ge=0)  # memory the folded copy may take (one copy of the weights)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AdaptiveConfig:
+        if self.unfold_share >= self.fold_share:
+            raise ValueError(f"adaptive.unfold_share ({self.unfold_share}) must be below fold_share "
+                             f"({self.fold_share}), or placement flaps")
+        return self
+
+
 class EngineConfig(Frozen):
     kind: EngineKind = "hf"
     # auto = bfloat16 where the hardware computes it natively (AVX512-BF16/AMX CPUs, bf16 GPUs), else float32
@@ -79,6 +97,13 @@ class EngineConfig(Frozen):
     upstreams: list[str] = Field(default_factory=list)  # remote engine: OpenAI-compatible base URLs
     timeout_s: float = Field(60.0, gt=0)
     retries: int = Field(2, ge=0)
+    # hf: fold a dominant adapter into a copy of the model while it dominates; `true` takes the defaults
+    adaptive: AdaptiveConfig | None = None
+
+    @field_validator("adaptive", mode="before")
+    @classmethod
+    def _adaptive_flag(cls, value: object) -> object:
+        return {} if value is True else None if value is False else value
 
     @model_validator(mode="after")
     def _remote_needs_upstreams(self) -> EngineConfig:
@@ -292,6 +317,8 @@ class ZooConfig(Frozen):
 class AccuracyConfig(Frozen):
     tasks: list[TaskName] = Field(default_factory=lambda: list(TASKS))
     n: int = Field(48, gt=0)  # test items per task, the same for every option (the split's hash-ordered prefix)
+    humaneval_n: int = Field(164, ge=0, le=164)  # HumanEval problems, generation's headline (pass@1, executed in
+    # the sandbox; asked through the generation route with eval's prompt); 0 leaves it out
     max_tokens: dict[TaskName, int] = Field(default_factory=dict)  # caps on tasks.yaml's max_new_tokens
     concurrency: int = Field(8, gt=0)  # requests in flight while scoring
     agreement_n: int = Field(8, ge=0)  # items per task a second engine must answer exactly as the first did

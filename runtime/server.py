@@ -78,6 +78,11 @@ def build_app(plan: ServingPlan, engines: dict[str, Engine], settings: ServerSet
             raise ModelNotFoundError("the debug view needs an API key", fix="start the server with --api-key")
         return serving.adapter_paths()
 
+    @app.get("/v1/debug/placement")
+    async def placement() -> dict[str, object]:
+        """engine.adaptive: each engine's placement (lora / folding / folded / draining) and adapter shares."""
+        return serving.placement()
+
     @app.post("/v1/chat/completions")
     async def chat(body: wire.ChatCompletionRequest) -> Response:
         return _respond(await serving.chat(body))

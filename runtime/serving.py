@@ -241,6 +241,12 @@ class OpenAIServing:
     def _model_name(self, engine_key: str) -> str:
         return next((n for n, e in self.plan.models.items() if str(e.path) == engine_key), Path(engine_key).name)
 
+    def placement(self) -> dict[str, object]:
+        """Per engine with ``engine.adaptive``: which adapter runs on a folded copy, and the traffic it saw."""
+        status = {Path(key).name: getattr(engine, "placement_status", lambda: None)()
+                  for key, engine in self.engines.items()}
+        return {name: s for name, s in status.items() if s is not None}
+
     async def health(self) -> dict[str, bool]:
         return {key: await engine.health() for key, engine in self.engines.items()}
 

@@ -295,3 +295,37 @@ def transplant(model, layers: list[tuple[str, object]], name: str, peft_config) 
                 getattr(target, attr)[name] = source["skeleton"]
     model.peft_config[name] = peft_config
     return True
+
+
+def read_adapter(path: Path, base_config=None) -> tuple[object, dict, list | None]:
+    """An adapter checked and read without touching any model: its config, its weights in float32 (the dtype
+    PEFT gives LoRA layers, upcast from bf16/fp16 by ``autocast_adapter_dtype``) and, given the base model's
+    config, its layers prebuilt on a meta skeleton for ``transplant`` (None where that fails: the install then
+    injects)."""
+    from peft import PeftConfig
+    from peft.utils import load_peft_weights
+
+    check_adapter(path)
+    try:
+        config = PeftConfig.from_pretrained(str(path))
+        weights = {k: v.float() for k, v in load_peft_weights(str(path)).items()}
+    except Exception as e:
+        raise BadRequestError(f"adapter {path} is unreadable: {e}", param="lora_path",
+                              fix="pass the folder that the LoRA training run saved") from e
+    config.inference_mode = True
+    built = None
+    if base_config is not None:
+        try:
+            built = adapter_layers(base_config, config, weights)
+        except Exception as e:  # the PEFT injection will say what is wrong, and roll back
+            log.info("adapter %s: no skeleton (%s); it will be injected", path, e)
+    return config, weights, built
+
+
+def rolled_back(model, name: str, was_wrapped: bool):
+    """The model without the adapter a failed load left half-injected."""
+    if name in getattr(model, "peft_config", {}):
+        if not was_wrapped:
+            return model.unload()  # drops every LoRA layer: the base model as it was
+        model.delete_adapter(name)
+    return model

@@ -8,6 +8,8 @@ limit, client gone) leaves at once. A batch mixes adapters (PEFT ``adapter_names
 ``__base__``) and sampling settings. Adapters live in slots: at most ``max_loras`` are resident, the least recently
 used unpinned one that no running row uses is evicted to make room. An adapter loaded at runtime is checked and
 read on a loader thread; only the injection (on meta, weights assigned: ``low_cpu_mem_usage``) holds the model.
+With ``engine.adaptive``, a dominant adapter's new rows run on a folded copy of the model (``adaptive.py``): each
+model's rows decode in their own batch, one forward per model per step.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from runtime.config import EngineConfig
+from runtime.engines.adaptive import Placement, fold_copy, weight_bytes
 from runtime.engines.base import EngineRequest, EngineResult, StreamDelta
-from runtime.engines.hf import HFRunner, adapter_layers, check_adapter, eos_ids, transplant
+from runtime.engines.hf import HFRunner, eos_ids, read_adapter, rolled_back, transplant
 from runtime.engines.scheduler import BASE, Batch, Job, next_tokens, prefill
 from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
 
@@ -70,32 +73,15 @@ class HFEngine:
         self._counter = copy.deepcopy(self.runner.tokenizer)
         self._closed = False
         self.batches: deque[int] = deque(maxlen=4096)  # rows in each recent decode step (for tests and metrics)
+        adaptive = self.config.adaptive
+        self.placement = None if adaptive is None else Placement(
+            adaptive, weight_bytes(self.runner.model), self._fold, self._post)
         for name in list(self.known)[: self.config.max_loras]:
             self._install(name, *self._read(Path(self.known[name])))
 
     # ------------------------------------------------------------------------------------------- adapters
     def _read(self, path: Path, prebuild: bool = False) -> tuple[object, dict, list | None]:
-        """An adapter checked and read without touching the model: its config, its weights in float32 (the dtype
-        PEFT gives LoRA layers, upcast from bf16/fp16 by ``autocast_adapter_dtype``) and, if asked, its layers
-        prebuilt on a meta skeleton for ``transplant`` (None where that fails: the install then injects)."""
-        from peft import PeftConfig
-        from peft.utils import load_peft_weights
-
-        check_adapter(path)
-        try:
-            config = PeftConfig.from_pretrained(str(path))
-            weights = {k: v.float() for k, v in load_peft_weights(str(path)).items()}
-        except Exception as e:
-            raise BadRequestError(f"adapter {path} is unreadable: {e}", param="lora_path",
-                                  fix="pass the folder that the LoRA training run saved") from e
-        config.inference_mode = True
-        built = None
-        if prebuild:
-            try:
-                built = adapter_layers(self._base_config, config, weights)
-            except Exception as e:  # the PEFT injection will say what is wrong, and roll back
-                log.info("adapter %s: no skeleton (%s); it will be injected", path, e)
-        return config, weights, built
+        return read_adapter(path, self._base_config if prebuild else None)
 
     def _install(self, name: str, config, weights: dict, layers: list | None = None) -> float:
         """Add one read adapter to the model: its prebuilt layers set into the LoRA layers already there (fast),
@@ -116,7 +102,7 @@ class HFEngine:
                 if missing:
                     raise ValueError(f"{len(missing)} LoRA weights missing from the file, e.g. {missing[0]}")
             except Exception as e:
-                self.runner.model = _rolled_back(model, name, wrapped)
+                self.runner.model = rolled_back(model, name, wrapped)
                 raise BadRequestError(f"adapter for '{name}' does not fit this model: {e}", param="lora_path",
                                       fix="load an adapter trained on this engine's base model") from e
         self.runner.model = model.eval()
@@ -127,7 +113,15 @@ class HFEngine:
         return ms
 
     def _busy(self) -> set[str]:
-        return {job.adapter for job in [*self.batch.rows, *self._filling]} - {BASE}
+        return {job.adapter for job in [*self._rows(), *self._filling]} - {BASE}
+
+    def _fold(self, name: str):
+        """The model with one adapter folded in (on the placement's thread: nothing served is touched)."""
+        config, weights, _ = self._read(Path(self.known[name]))
+        return fold_copy(self.runner.model_path, self.runner.dtype, config, weights, name)
+
+    def placement_status(self) -> dict[str, object] | None:
+        return None if self.placement is None else self.placement.status()
 
     def _make_room(self, name: str) -> bool:
         """Evict unpinned adapters no row uses, least recently used first, until ``name`` fits; False while the
@@ -167,6 +161,8 @@ class HFEngine:
                 raise _Later
             if name in self.resident:  # loading a name again replaces its weights
                 self._drop(name)
+            if self.placement:  # a folded copy of the old weights takes no new rows
+                self.placement.forget(name)
             if not self._make_room(name):
                 raise _Later
             self._install(name, *read)
@@ -187,6 +183,8 @@ class HFEngine:
                 raise _Later
             if name in self.resident:
                 self._drop(name)
+            if self.placement:
+                self.placement.forget(name)
             self.known.pop(name, None)
 
         await self._between_steps(unload, name)
@@ -249,7 +247,16 @@ class HFEngine:
         return len(self._pending)
 
     def running(self) -> int:
-        return len(self.batch) + len(self._filling)
+        return len(self._rows()) + len(self._filling)
+
+    def _lanes(self) -> list[tuple[Batch, object, bool]]:
+        """Each model's batch: the served model's (LoRA rows) and a folded copy's, if one is placed."""
+        model = self.runner.model
+        served = [(self.batch, model, hasattr(model, "peft_config"))]
+        return served + [(lane.batch, lane.model, False) for lane in (self.placement.lanes() if self.placement else [])]
+
+    def _rows(self) -> list[Job]:
+        return [job for batch, _, _ in self._lanes() for job in batch.rows]
 
     async def health(self) -> bool:
         return not self._closed
@@ -261,6 +268,8 @@ class HFEngine:
                 job.abort()
             self._pending.clear()
         self._worker.shutdown(wait=False, cancel_futures=True)
+        if self.placement:
+            self.placement.close()
         self._prep.shutdown(wait=False, cancel_futures=True)
         self._loader.shutdown(wait=False, cancel_futures=True)
 
@@ -281,6 +290,12 @@ class HFEngine:
             self._kick()
         return asyncio.wrap_future(future)
 
+    def _post(self, change: Callable[[], object]) -> None:
+        """Run a change on the worker between two steps (no adapter is held back meanwhile)."""
+        with self._cond:
+            self._ops.append((change, concurrent.futures.Future()))
+            self._kick()
+
     def _serve(self) -> None:
         """The worker loop: until nothing is queued or running."""
         import torch
@@ -288,28 +303,38 @@ class HFEngine:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    idle = not (self._pending or self._ops or self._filling or len(self.batch))
+                    idle = not (self._pending or self._ops or self._filling or self._rows())
                     if idle or self._closed:
                         self._running = False
                         break
                 try:
                     self._run_ops()
                     self._admit()
+                    self._tidy()
                     self._prefill()
                     self._decode()
+                    self._tidy()
                 except Exception as e:  # a failed step fails its requests, never the server
                     log.exception("step with %d rows failed", self.running())
                     self._fail_all(RuntimeError(f"generation failed: {e}"))
         if self._closed:
             self._fail_all(None)
 
+    def _tidy(self) -> None:
+        """A folded copy that takes no new rows is dropped once its last row ends (after admission, so one that
+        had none goes before the next step; after a step, so one whose last row just ended goes before idling)."""
+        if self.placement:
+            self.placement.tidy(self._filling)
+
     def _fail_all(self, error: BaseException | None) -> None:
-        for job in [*self.batch.rows, *self._filling]:
+        for job in [*self._rows(), *self._filling]:
             if error is None:
                 job.abort()
             else:
                 job.push(error)
-        self.batch, self._filling = Batch(), []
+        for batch, _, _ in self._lanes():
+            batch.__init__()
+        self._filling = []
 
     def _run_ops(self) -> None:
         with self._cond:
@@ -343,7 +368,9 @@ class HFEngine:
             except MixmergeError as e:
                 self._take(job).push(e)
                 continue
-            self._filling.append(self._take(job))
+            self._take(job)
+            job.lane = self.placement.place(job) if self.placement else None  # counted, and placed
+            self._filling.append(job)
 
     def _take(self, job: Job) -> Job:
         with self._cond:
@@ -353,7 +380,7 @@ class HFEngine:
     def _prefill(self) -> None:
         """Newcomers' prompts, oldest first, up to ``prefill_budget`` tokens; a finished one samples its first
         token and joins the batch."""
-        model, wrapped = self.runner.model, hasattr(self.runner.model, "peft_config")
+        served = self.runner.model
         budget = self.prefill_budget
         while self._filling and budget > 0:
             job = self._filling[0]
@@ -361,6 +388,7 @@ class HFEngine:
                 self._filling.pop(0).abort()
                 continue
             before = job.filled
+            model, wrapped = (job.lane.model, False) if job.lane else (served, hasattr(served, "peft_config"))
             logits = prefill(model, job, budget, wrapped)
             budget -= job.filled - before
             if logits is None:
@@ -369,24 +397,12 @@ class HFEngine:
             token = next_tokens(logits[None], [job], self._eos_list)[0]
             job.take(token, self.runner.tokenizer, self.eos)
             if not job.done:
-                self.batch.join(job, token)
+                (job.lane.batch if job.lane else self.batch).join(job, token)
 
     def _decode(self) -> None:
-        if not len(self.batch):
-            return
-        logits = self.batch.step(self.runner.model, hasattr(self.runner.model, "peft_config"))
-        self.batches.append(len(self.batch))
-        tokens = next_tokens(logits, self.batch.rows, self._eos_list)
-        for job, token in zip(self.batch.rows, tokens, strict=True):
-            job.take(token, self.runner.tokenizer, self.eos)
-        self.batch.pending = tokens
-        self.batch.leave()
+        """One step of every model's rows (the served model's, then a folded copy's)."""
+        for batch, model, wrapped in self._lanes():
+            if len(batch):
+                self.batches.append(len(batch))
+                batch.decode(model, wrapped, self.runner.tokenizer, self.eos, self._eos_list)
 
-
-def _rolled_back(model, name: str, was_wrapped: bool):
-    """The model without the adapter a failed load left half-injected."""
-    if name in getattr(model, "peft_config", {}):
-        if not was_wrapped:
-            return model.unload()  # drops every LoRA layer: the base model as it was
-        model.delete_adapter(name)
-    return model

@@ -41,6 +41,7 @@ class Job:
     filled: int = 0  # prompt tokens in `cache` so far
     cache: object | None = None  # the row's own DynamicCache while it is prefilled
     generator: object | None = None  # the row's torch.Generator when it samples
+    lane: object | None = None  # the folded copy it runs on (adaptive.Lane); None: the served (LoRA) model
 
     @property
     def adapter(self) -> str:
@@ -207,3 +208,11 @@ class Batch:
                     past_key_values=self.cache, use_cache=True, **extra)
         self.mask = mask
         return out.logits[:, -1].float()
+
+    def decode(self, model, wrapped: bool, tokenizer, eos: set[int], eos_list: list[int]) -> None:
+        """One step: every row's next token taken (streamed, or ending the row); rows that ended leave."""
+        tokens = next_tokens(self.step(model, wrapped), self.rows, eos_list)
+        for job, token in zip(self.rows, tokens, strict=True):
+            job.take(token, tokenizer, eos)
+        self.pending = tokens
+        self.leave()
