@@ -6,33 +6,43 @@ The result serves the `merged-adapter` deployment: the base model plus a single 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
+from pathlib import Path
 
-from runtime.bench.memory import peak_rss_mb
-from runtime.config import AdapterMergeConfig, as_plain
+from runtime.artifacts import Manifest
+from runtime.config import AdapterMergeConfig
 from runtime.errors import ModelStoreError
-from runtime.models import MANIFEST, ModelEntry, ModelStore, atomic_dir, write_manifest
+from runtime.models import ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
+Step = Callable[[str], None]
 
 
-def merge_adapters(config: AdapterMergeConfig, step: Callable[[str], None] = log.info) -> ModelEntry:
+def merge_adapters(config: AdapterMergeConfig, store: ModelStore, step: Step = log.info) -> ModelEntry:
+    """One LoRA adapter from several; a finished artifact with the same name is reused."""
+    base = store.get(config.base_model)
+    with store.build(config.name, "adapter", source="runtime merge adapters", parent=base.name,
+                     config=config) as build:
+        if build.reused:
+            step(f"{config.name} already exists at {build.path}; `runtime models remove {config.name}` to redo it")
+            return build.entry
+        entries = [store.get(a.adapter) for a in config.adapters]
+        not_lora = [e.name for e in entries if e.format != "lora"]
+        if not_lora:
+            raise ModelStoreError(f"not LoRA adapters: {', '.join(not_lora)}", fix="list LoRA experts under adapters")
+        combine(config, base, entries, build.tmp, step)
+        build.record(method=config.combination, tasks=sorted({t for e in entries for t in _tasks(e)}),
+                     inputs=[{"adapter": a.adapter, "weight": a.weight} for a in config.adapters])
+    step(f"saved {config.name} to {build.path}")
+    return build.entry
+
+
+def combine(config: AdapterMergeConfig, base: ModelEntry, entries: list[ModelEntry], out: Path, step: Step) -> None:
+    """Load the adapters on the base model, combine them with PEFT and save the result (only) to ``out``."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    store = ModelStore()
-    out = store.models_dir / config.name
-    if (out / MANIFEST).is_file():
-        step(f"{config.name} already exists at {out}; `runtime models remove {config.name}` to redo it")
-        return store.get(config.name)
-    base = store.get(config.base_model)
-    entries = [store.get(a.adapter) for a in config.adapters]
-    not_lora = [e.name for e in entries if e.format != "lora"]
-    if not_lora:
-        raise ModelStoreError(f"not LoRA adapters: {', '.join(not_lora)}", fix="list LoRA experts under adapters")
-    start = time.time()
     torch.manual_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
     names = [f"a{i}" for i in range(len(entries))]
@@ -51,22 +61,13 @@ def merge_adapters(config: AdapterMergeConfig, step: Callable[[str], None] = log
     model.set_adapter("merged")
     for name in names:
         model.delete_adapter(name)
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, selected_adapters=["merged"], safe_serialization=True)
-        nested = tmp / "merged"  # PEFT saves a non-default adapter in a subfolder; keep the usual layout
-        if nested.is_dir():
-            for f in nested.iterdir():
-                f.rename(tmp / f.name)
-            nested.rmdir()
-        AutoTokenizer.from_pretrained(base.path).save_pretrained(tmp)
-        write_manifest(tmp, name=config.name, kind="adapter", format="lora", parent=base.name,
-                       source="runtime merge adapters", method=config.combination,
-                       tasks=sorted({t for e in entries for t in _tasks(e)}),
-                       inputs=[{"adapter": a.adapter, "weight": a.weight} for a in config.adapters],
-                       config=as_plain(config), wall_s=round(time.time() - start, 2),
-                       peak_rss_mb=peak_rss_mb())
-    step(f"saved {config.name} to {out}")
-    return store.get(config.name)
+    model.save_pretrained(out, selected_adapters=["merged"], safe_serialization=True)
+    nested = out / "merged"  # PEFT saves a non-default adapter in a subfolder; keep the usual layout
+    if nested.is_dir():
+        for f in nested.iterdir():
+            f.rename(out / f.name)
+        nested.rmdir()
+    AutoTokenizer.from_pretrained(base.path).save_pretrained(out)
 
 
 def _check_cat_is_exact(model, names: list[str]) -> None:
@@ -80,9 +81,7 @@ def _check_cat_is_exact(model, names: list[str]) -> None:
 
 
 def _tasks(entry: ModelEntry) -> list[str]:
-    import json
-
     try:
-        return list(json.loads((entry.path / MANIFEST).read_text()).get("tasks", []))
-    except (OSError, ValueError):
+        return list(Manifest.load(entry.path).extras.get("tasks", []))
+    except ModelStoreError:  # a registered adapter without a manifest of ours
         return []

@@ -10,14 +10,16 @@ import contextlib
 import hashlib
 import logging
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from runtime.bench.memory import peak_rss_mb
-from runtime.config import MergeConfig, as_plain
+from pydantic import BaseModel
+
+from runtime.artifacts import MANIFEST, Build
+from runtime.config import MergeConfig
 from runtime.errors import ModelStoreError
-from runtime.models import MANIFEST, ModelEntry, ModelStore, atomic_dir, write_manifest
+from runtime.models import ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
 Step = Callable[[str], None]
@@ -34,19 +36,22 @@ def adapter_key(path: Path) -> str:
 def fold_lora(entry: ModelEntry, base_name: str, store: ModelStore, step: Step = log.info) -> Path:
     """The LoRA expert as a full model directory (base + B A scaling folded in), built once and cached."""
     target = store.home / "cache" / "folded" / f"{entry.name}-{adapter_key(entry.path)}"
-    if (target / "config.json").is_file():
-        return target
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    if (target / "config.json").is_file() and not (target / MANIFEST).is_file():
+        return target  # folded before folds had manifests
     base = store.get(entry.parent or base_name)
-    step(f"folding LoRA {entry.name} into {base.name}")
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
-    folded = PeftModel.from_pretrained(model, entry.path).merge_and_unload()
-    with atomic_dir(target) as tmp:
-        folded.save_pretrained(tmp, safe_serialization=True)
-        AutoTokenizer.from_pretrained(base.path).save_pretrained(tmp)
+    kind = "merged" if entry.kind == "adapter" else entry.kind
+    with store.build(target.name, kind, source="fold_lora", parent=base.name, path=target) as build:  # type: ignore[arg-type]
+        if not build.reused:
+            import torch
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            step(f"folding LoRA {entry.name} into {base.name}")
+            model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+            folded = PeftModel.from_pretrained(model, entry.path).merge_and_unload()
+            folded.save_pretrained(build.tmp, safe_serialization=True)
+            AutoTokenizer.from_pretrained(base.path).save_pretrained(build.tmp)
+            build.record(adapter={"name": entry.name, "path": str(entry.path), "key": adapter_key(entry.path)})
     return target
 
 
@@ -81,43 +86,51 @@ def topk_trimming():
         sparsify.magnitude = original
 
 
-def output_dir(config: MergeConfig, store: ModelStore) -> Path:
-    return Path(config.output_dir).expanduser() if config.output_dir else store.models_dir / config.name
+class MergeRecord(BaseModel):
+    """What a mergekit merge adds to its manifest (the sweep copies it to the merge it keeps)."""
+
+    method: str
+    seed: int
+    inputs: list[dict[str, Any]]  # each input's name, the path merged (a LoRA's folded copy) and its parameters
+    parameters: dict[str, Any]
+    mergekit: dict[str, Any]  # the plan handed to mergekit
 
 
-def merge(config: MergeConfig, step: Step = log.info) -> ModelEntry:
+def merge(config: MergeConfig, store: ModelStore, step: Step = log.info) -> ModelEntry:
     """Run one merge; a finished artifact with the same name is reused."""
+    base = store.get(config.base_model)
+    out = Path(config.output_dir).expanduser() if config.output_dir else None
+    with store.build(config.name, "merged", source="runtime merge", parent=base.name, config=config,
+                     path=out) as build:
+        if build.reused:
+            step(f"{config.name} is already merged at {build.path}; `runtime models remove {config.name}` to redo it")
+            return build.entry
+        run_mergekit(config, base, build, store, step)
+    step(f"saved {config.name} to {build.path}")
+    return build.entry
+
+
+def run_mergekit(config: MergeConfig, base: ModelEntry, build: Build, store: ModelStore, step: Step) -> None:
+    """Merge into ``build.tmp`` with mergekit (LoRA inputs folded first), with the base model's tokenizer."""
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
     from merge.plans import to_mergekit
 
-    store = ModelStore()
-    out = output_dir(config, store)
-    if (out / MANIFEST).is_file():
-        step(f"{config.name} is already merged at {out}; `runtime models remove {config.name}` to redo it")
-        return store.get(str(out))
-    base = store.get(config.base_model)
     inputs = [(input_path(m.model, base.name, store, step), m.parameters) for m in config.models]
     plan = to_mergekit(config.method, base.path, inputs, config.parameters, config.dtype)
     step(f"merging {len(inputs)} models with {config.method}")
-    start = time.time()
-    with atomic_dir(out) as tmp, topk_trimming():
+    with topk_trimming():
         try:
-            run_merge(plan, str(tmp), MergeOptions(random_seed=config.seed, copy_tokenizer=True, quiet=True,
-                                                   write_model_card=False))
+            run_merge(plan, str(build.tmp), MergeOptions(random_seed=config.seed, copy_tokenizer=True, quiet=True,
+                                                         write_model_card=False))
         except (RuntimeError, ValueError, TypeError) as e:
             raise ModelStoreError(f"mergekit failed for {config.name}: {e}", fix="check the merge config") from e
-        if not (tmp / "tokenizer_config.json").is_file():
-            for f in base.path.glob("*"):
-                if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
-                    shutil.copy(f, tmp / f.name)
-        write_manifest(tmp, name=config.name, kind="merged", format="full", parent=base.name,
-                       source="runtime merge", method=config.method, seed=config.seed,
-                       inputs=[{"model": m.model, "path": str(p), **m.parameters}
-                               for m, (p, _) in zip(config.models, inputs, strict=True)],
-                       parameters=config.parameters, config=as_plain(config), mergekit=plan.model_dump(mode="json"),
-                       wall_s=round(time.time() - start, 2),
-                       peak_rss_mb=peak_rss_mb())
-    step(f"saved {config.name} to {out}")
-    return store.keep(config.name, out, "merged", base.name)
+    if not (build.tmp / "tokenizer_config.json").is_file():
+        for f in base.path.glob("*"):
+            if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+                shutil.copy(f, build.tmp / f.name)
+    build.record(MergeRecord(
+        method=config.method, seed=config.seed, parameters=config.parameters, mergekit=plan.model_dump(mode="json"),
+        inputs=[{"model": m.model, "path": str(p), **m.parameters}
+                for m, (p, _) in zip(config.models, inputs, strict=True)]))

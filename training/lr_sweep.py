@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from runtime.artifacts import Manifest, git_sha
 from runtime.config import TrainConfig, load_config
 from runtime.errors import BadRequestError, ConfigError
 from runtime.models import ModelStore
@@ -27,16 +28,15 @@ from runtime.models import ModelStore
 log = logging.getLogger(__name__)
 
 
-def run_sweep(path: str | Path, lrs: list[float], max_steps: int, eval_steps: int, out: Path,
+def run_sweep(path: str | Path, lrs: list[float], max_steps: int, eval_steps: int, out: Path, store: ModelStore,
               overrides: list[str] | None = None, step: Callable[[str], None] = log.info) -> dict:
     """Train ``path``'s expert once per rate and write the val losses and the choice to ``out`` (JSON)."""
-    from training.sft import git_sha, train
+    from training.sft import train
 
     base = load_config(path, TrainConfig, overrides or [])
     if base.kind != "expert":
         raise ConfigError(str(path), [f"sweep one expert (kind: expert), not a {base.kind} run"])
     trials = []
-    store = ModelStore()
     with tempfile.TemporaryDirectory(prefix="lr-sweep-") as tmp:
         for lr in lrs:
             name = f"{base.name}-lr-sweep-{lr:g}"
@@ -45,8 +45,8 @@ def run_sweep(path: str | Path, lrs: list[float], max_steps: int, eval_steps: in
                                                      f"output_dir={Path(tmp) / name}"])
             step(f"sweep {base.name}: learning rate {lr:g}, {max_steps} steps")
             start = time.time()
-            entry = train(config, step=step)
-            manifest = json.loads((entry.path / "manifest.json").read_text())
+            entry = train(config, store, step=step)
+            manifest = Manifest.load(entry.path).model_dump()
             store.remove(name)
             trials.append(_trial(lr, manifest, time.time() - start))
     record = {"expert": base.name, "config": str(path), "overrides": overrides or [], "base_model": base.base_model,
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
-    run_sweep(args.config, lrs, args.max_steps, args.eval_steps, args.out, args.overrides)
+    run_sweep(args.config, lrs, args.max_steps, args.eval_steps, args.out, ModelStore(), args.overrides)
 
 
 if __name__ == "__main__":

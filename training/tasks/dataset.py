@@ -20,8 +20,9 @@ from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
+from runtime.artifacts import atomic_dir
 from runtime.errors import BadRequestError
-from runtime.models import atomic_dir, mixmerge_home
+from runtime.models import mixmerge_home
 from training.tasks.builders import BUILDERS, TaskItem
 from training.tasks.humaneval import load_humaneval
 from training.tasks.source import SPLITS, collect, split_by_module, stdlib_dir

@@ -77,7 +77,7 @@ def test_grid_candidates_merge_to_base_plus_whole_deltas_and_to_the_average(merg
     ta, lin = candidates(config)
     store = ModelStore()
     base, a, b = (_weights(store.get(n).path) for n in ("tiny", "exp-a", "exp-b"))
-    merged_ta, merged_lin = _weights(merge(ta.config).path), _weights(merge(lin.config).path)
+    merged_ta, merged_lin = _weights(merge(ta.config, store).path), _weights(merge(lin.config, store).path)
     assert set(merged_ta) and set(merged_ta) <= set(base)
     for name in merged_ta:
         torch.testing.assert_close(merged_ta[name], base[name] + (a[name] - base[name]) + (b[name] - base[name]),

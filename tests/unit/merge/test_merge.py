@@ -32,7 +32,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_linear_equals_the_hand_computed_weighted_average(merge_home, tmp_path):
-    entry = merge(_config(tmp_path, name="lin", parameters={"normalize": False}))
+    entry = merge(_config(tmp_path, name="lin", parameters={"normalize": False}), ModelStore())
     store = ModelStore()
     a, b, m = _weights(store.get("exp-a").path), _weights(store.get("exp-b").path), _weights(entry.path)
     assert set(m) <= set(a)
@@ -41,7 +41,7 @@ def test_linear_equals_the_hand_computed_weighted_average(merge_home, tmp_path):
 
 
 def test_task_arithmetic_equals_base_plus_weighted_task_vectors(merge_home, tmp_path):
-    entry = merge(_config(tmp_path, name="ta", method="task_arithmetic", parameters={"lambda": 1.0}))
+    entry = merge(_config(tmp_path, name="ta", method="task_arithmetic", parameters={"lambda": 1.0}), ModelStore())
     store = ModelStore()
     base, a, b = (_weights(store.get(n).path) for n in ("tiny", "exp-a", "exp-b"))
     for name, value in _weights(entry.path).items():
@@ -64,7 +64,7 @@ def test_each_method_gives_a_loadable_model_without_nan(merge_home, tmp_path, me
     if method != "slerp":
         models = [m | {"weight": w} for m, w in zip(models, (0.5, 0.5), strict=True)]
     entry = merge(_config(tmp_path, name=f"x-{method.replace('_', '-')}", method=method, models=models,
-                          parameters=shared))
+                          parameters=shared), ModelStore())
     weights = _weights(entry.path)
     assert weights and all(torch.isfinite(t).all() for t in weights.values())
     runner = HFRunner(entry.path)
@@ -79,7 +79,7 @@ def test_a_lora_expert_is_folded_before_merging(merge_home, tmp_path):
     from transformers import AutoModelForCausalLM
 
     store = ModelStore()
-    entry = merge(_config(tmp_path, name="with-lora", models=[{"model": "lora-c", "weight": 1.0}]))
+    entry = merge(_config(tmp_path, name="with-lora", models=[{"model": "lora-c", "weight": 1.0}]), ModelStore())
     base = AutoModelForCausalLM.from_pretrained(store.get("tiny").path, dtype=torch.float32)
     folded = PeftModel.from_pretrained(base, store.get("lora-c").path).merge_and_unload().state_dict()
     merged = _weights(entry.path)
@@ -112,7 +112,7 @@ def test_adapter_merge_makes_one_loadable_adapter(merge_home, tmp_path, tiny_mod
     cfg = AdapterMergeConfig(name=f"merged-{combination}", base_model="tiny", combination=combination,
                              adapters=[{"adapter": "lora-c", "weight": 0.5}, {"adapter": "lora-d", "weight": 0.5}],
                              density=0.5 if combination == "ties" else None)
-    entry = merge_adapters(cfg)
+    entry = merge_adapters(cfg, ModelStore())
     assert entry.kind == "adapter" and entry.format == "lora"
     assert (entry.path / "adapter_model.safetensors").is_file()
     runner = HFRunner(ModelStore().get("tiny").path, adapter_path=entry.path)
@@ -132,7 +132,7 @@ def test_cat_adapter_merge_is_the_weighted_sum_of_deltas(merge_home, tmp_path, w
     wc, wd = weights
     entry = merge_adapters(AdapterMergeConfig(name=f"cat-exact-{wc:g}-{wd:g}", base_model="tiny", combination="cat",
                                               adapters=[{"adapter": "lora-c", "weight": wc},
-                                                        {"adapter": "lora-d", "weight": wd}]))
+                                                        {"adapter": "lora-d", "weight": wd}]), ModelStore())
 
     def folded(path: Path) -> dict[str, torch.Tensor]:
         base = AutoModelForCausalLM.from_pretrained(store.get("tiny").path, dtype=torch.float32)
@@ -189,5 +189,5 @@ def test_cat_refuses_rslora_adapters_whose_sum_it_would_get_wrong(merge_home, tm
     ModelStore().register("lora-rs", tmp_path / "rs", "expert", parent="tiny")
     with pytest.raises(ModelStoreError, match="rsLoRA or DoRA"):
         merge_adapters(AdapterMergeConfig(name="cat-rs", base_model="tiny", combination="cat",
-                                          adapters=[{"adapter": "lora-rs"}, {"adapter": "lora-c"}]))
+                                          adapters=[{"adapter": "lora-rs"}, {"adapter": "lora-c"}]), ModelStore())
     assert not ModelStore().has("cat-rs")

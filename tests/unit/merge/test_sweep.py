@@ -34,7 +34,7 @@ def test_the_sweep_keeps_the_argmax_of_a_scripted_objective(merge_home, tmp_path
                          models=[{"model": "exp-a", "weight": 0.5}, {"model": "exp-b", "weight": 0.5}],
                          sweep={"weights": [0.1, 0.3, 0.5, 0.7, 0.9], "tasks": ["completion"], "limit": 2,
                                 "objective": "mean_score"})
-    summary = run_sweep(config, tmp_path / "sweep", score=scripted)
+    summary = run_sweep(config, tmp_path / "sweep", ModelStore(), score=scripted)
     assert summary["weights"] == [0.3, 0.7] and summary["candidates"] == 5
     store = ModelStore()
     names = [e.name for e in store.list()]
@@ -56,7 +56,7 @@ def test_the_sweep_scores_with_its_token_caps(merge_home, tmp_path, monkeypatch)
                          models=[{"model": "exp-a", "weight": 0.5}, {"model": "exp-b", "weight": 0.5}],
                          sweep={"weights": [0.3, 0.7], "tasks": ["completion"], "limit": 2,
                                 "objective": "mean_score", "max_tokens": {"completion": 5}})
-    summary = run_sweep(config, tmp_path / "sweep")
+    summary = run_sweep(config, tmp_path / "sweep", ModelStore())
     assert len(caps) == 4 and all(c == {"completion": 5} for c in caps)  # base, two candidates, the test split
     assert summary["max_tokens"] == {"completion": 5}
 
@@ -67,7 +67,7 @@ def test_the_test_split_is_skipped_when_asked(merge_home, tmp_path):
                          models=[{"model": "exp-a", "weight": 0.5}, {"model": "exp-b", "weight": 0.5}],
                          sweep={"weights": [0.3, 0.7], "tasks": ["completion"], "limit": 2,
                                 "objective": "mean_score", "score_test": False})
-    summary = run_sweep(config, tmp_path / "sweep",
+    summary = run_sweep(config, tmp_path / "sweep", ModelStore(),
                         score=lambda model, adapter, tasks, split, *a: splits.append(split) or {"completion": 1.0})
     assert splits == ["val", "val", "val"] and summary["chosen_test"] is None  # the base, two candidates
     assert ModelStore().has("untested")
@@ -78,7 +78,7 @@ def test_retention_without_expert_baselines_is_refused(merge_home, tmp_path):
                          models=[{"model": "exp-a", "weight": 0.5}, {"model": "exp-b", "weight": 0.5}],
                          sweep={"weights": [0.5], "tasks": ["completion"]})
     with pytest.raises(ConfigError, match="set sweep.objective: mean_score"):
-        run_sweep(config, tmp_path / "s", score=lambda *a: {"completion": 1.0})
+        run_sweep(config, tmp_path / "s", ModelStore(), score=lambda *a: {"completion": 1.0})
 
 
 def _grid_config(name: str, **sweep) -> MergeConfig:
@@ -118,7 +118,7 @@ def test_the_sweep_rejects_candidates_below_the_base_and_writes_retention(merge_
         ("ties", 1.0, 2.0): {"generation": 60.0, "summarization": 9.0},  # 2.0, -0.1: best objective, below base
     }
     calls: list[str] = []
-    summary = run_sweep(_grid_config("gridded"), tmp_path / "sweep", score=_scripted(table, calls))
+    summary = run_sweep(_grid_config("gridded"), tmp_path / "sweep", ModelStore(), score=_scripted(table, calls))
     assert summary["chosen"] == "gridded--task-arithmetic-w1-normalizefalse"
     assert summary["no_candidate_at_or_above_base"] is False
     assert summary["base_val"] == REFERENCE[("base",)]
@@ -146,7 +146,7 @@ def test_when_every_candidate_is_below_the_base_the_sweep_says_so(merge_home, tm
         ("ties", 1.0, 1.0): {"generation": 30.0, "summarization": 5.0},
         ("ties", 1.0, 2.0): {"generation": 10.0, "summarization": 15.0},
     }
-    summary = run_sweep(_grid_config("all-below"), tmp_path / "sweep", score=_scripted(table, []))
+    summary = run_sweep(_grid_config("all-below"), tmp_path / "sweep", ModelStore(), score=_scripted(table, []))
     assert summary["no_candidate_at_or_above_base"] is True
     assert summary["chosen"] == "all-below--task-arithmetic-w1-normalizefalse"
     assert summary["chosen_below_base"] == [{"task": "summarization", "score": 9.5, "base": 10.0}]
@@ -162,12 +162,12 @@ def test_base_and_expert_scores_are_computed_once_and_cached_in_the_output(merge
     table = REFERENCE | {key: {"generation": 30.0, "summarization": 15.0 + i} for i, key in enumerate(
         [("task_arithmetic", 0.5, None), ("task_arithmetic", 1.0, None), ("ties", 1.0, 1.0), ("ties", 1.0, 2.0)])}
     calls: list[str] = []
-    run_sweep(_grid_config("cached"), tmp_path / "sweep", score=_scripted(table, calls))
+    run_sweep(_grid_config("cached"), tmp_path / "sweep", ModelStore(), score=_scripted(table, calls))
     assert calls.count("base") == 1 and calls.count("exp-gen") == 1 and len(calls) == 3 + 4 * 2  # a task a call
     assert (tmp_path / "sweep" / "val-scores.json").is_file()
     ModelStore().remove("cached")  # as after an interrupted run: the next sweep redoes the choice...
     (tmp_path / "sweep" / "sweep.json").unlink()
-    summary = run_sweep(_grid_config("cached"), tmp_path / "sweep", score=_scripted(table, calls))
+    summary = run_sweep(_grid_config("cached"), tmp_path / "sweep", ModelStore(), score=_scripted(table, calls))
     assert len(calls) == 11  # ...from the cached scores, scoring nothing again
     assert summary["chosen"] == "cached--ties-w1-d0.5-lambda2-normalizefalse"
 
@@ -181,7 +181,7 @@ def test_a_candidate_below_the_base_is_not_scored_on_its_other_tasks_while_anoth
     }
     calls: list[str] = []
     config = _grid_config("early", max_tokens={"summarization": 8, "generation": 32})  # summarization first
-    summary = run_sweep(config, tmp_path / "sweep", score=_scripted(table, calls))
+    summary = run_sweep(config, tmp_path / "sweep", ModelStore(), score=_scripted(table, calls))
     assert calls.count("ties") == 2 and calls.count("task_arithmetic") == 4  # ties: summarization only
     ties = [r for r in summary["results"] if r["method"] == "ties"]
     assert all(r["rejected"] and r["unscored"] == ["generation"] and set(r["val"]) == {"summarization"}

@@ -36,13 +36,17 @@ def _config(tmp: Path, **fields) -> TrainConfig:
     return load_config(path, TrainConfig, [f"{k}={json.dumps(v)}" for k, v in fields.items()])
 
 
+def train_(config: TrainConfig, **kwargs):
+    return train(config, ModelStore(), **kwargs)
+
+
 def _manifest(entry) -> dict:
     return json.loads((entry.path / "manifest.json").read_text())
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_training_lowers_the_loss_and_the_artifact_reloads_and_generates(home, tmp_path, method):
-    entry = train(_config(tmp_path, name=f"tiny-{method}", method=method))
+    entry = train_(_config(tmp_path, name=f"tiny-{method}", method=method))
     manifest = _manifest(entry)
     assert manifest["val_loss_after"] < manifest["val_loss_before"]
     losses = [loss for _, loss in manifest["loss_curve"]["train"]]
@@ -61,9 +65,9 @@ def test_training_lowers_the_loss_and_the_artifact_reloads_and_generates(home, t
 
 
 def test_a_finished_artifact_is_reused_not_retrained(home, tmp_path):
-    first = train(_config(tmp_path, name="tiny-reuse", max_steps=2))
+    first = train_(_config(tmp_path, name="tiny-reuse", max_steps=2))
     created = _manifest(first)["created"]
-    again = train(_config(tmp_path, name="tiny-reuse", max_steps=2))
+    again = train_(_config(tmp_path, name="tiny-reuse", max_steps=2))
     assert _manifest(again)["created"] == created
 
 
@@ -76,16 +80,16 @@ class _Interrupt(TrainerCallback):
 def test_an_interrupted_run_leaves_no_artifact_and_resumes_from_its_checkpoint(home, tmp_path):
     config = _config(tmp_path, name="tiny-resume", max_steps=4, save_steps=2, eval_steps=2)
     with pytest.raises(KeyboardInterrupt):
-        train(config, callbacks=[_Interrupt()])
+        train_(config, callbacks=[_Interrupt()])
     assert not (home / "models" / "tiny-resume").exists()
     assert (home / "runs" / "tiny-resume" / "checkpoint-2").is_dir()
-    entry = train(config)
+    entry = train_(config)
     manifest = _manifest(entry)
     assert manifest["resumed_from"] == "checkpoint-2" and manifest["steps"] == 4
 
 
 def test_a_mixed_run_records_its_realised_mixture(home, tmp_path):
-    entry = train(_config(tmp_path, name="tiny-mix", kind="mixed", tasks=["completion", "summarization"],
+    entry = train_(_config(tmp_path, name="tiny-mix", kind="mixed", tasks=["completion", "summarization"],
                           mixing={"strategy": "balanced"}, max_steps=2))
     manifest = _manifest(entry)
     assert manifest["mixture"]["items"] == {"completion": 4, "summarization": 4}
@@ -102,7 +106,7 @@ def test_a_mixed_run_records_its_realised_mixture(home, tmp_path):
 
 def test_overrides_reach_trainer_fields_and_output_dir(home, tmp_path):
     out = tmp_path / "elsewhere"
-    entry = train(_config(tmp_path, name="tiny-out", max_steps=1, output_dir=str(out)))
+    entry = train_(_config(tmp_path, name="tiny-out", max_steps=1, output_dir=str(out)))
     assert entry.path == out.resolve() and _manifest(entry)["steps"] == 1
     assert ModelStore().get("tiny-out").path == out.resolve()
 

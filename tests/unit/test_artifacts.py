@@ -1,0 +1,125 @@
+"""ModelStore.build: atomic, reused when finished, one valid manifest with the peak RSS of that build alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from runtime.artifacts import MANIFEST, Manifest
+from runtime.errors import ModelStoreError
+from runtime.memory import BuildPeak, own_peak_bytes
+from runtime.models import ModelStore
+
+MB = 1 << 20
+
+
+class _Recipe(BaseModel):
+    lr: float = 1e-3
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> ModelStore:
+    return ModelStore(tmp_path / "home")
+
+
+def _hold(megabytes: int) -> bytes:
+    return b"\x01" * (megabytes * MB)  # written, so resident (a zeroed allocation may not be)
+
+
+def _build(store: ModelStore, name: str, megabytes: int = 0, **kwargs) -> Manifest:
+    with store.build(name, "merged", source="test", parent="tiny", config=_Recipe(), **kwargs) as build:
+        if not build.reused:
+            held = _hold(megabytes)
+            (build.tmp / "config.json").write_text("{}")
+            build.record(scores={"completion": 1.0}, held=len(held) // MB)
+            del held
+    assert build.manifest is not None
+    return build.manifest
+
+
+def test_a_second_build_in_one_process_records_its_own_smaller_peak(store: ModelStore):
+    big = _build(store, "big", 400)
+    small = _build(store, "small", 20)
+    assert big.peak_rss_mb > small.peak_rss_mb + 300  # the process's peak would be ~400 MB higher for both
+    assert Manifest.load(store.models_dir / "small").peak_rss_mb == small.peak_rss_mb
+
+
+def test_an_outer_build_keeps_the_peak_of_a_nested_one(store: ModelStore):
+    with store.build("outer", "merged", source="test") as outer:
+        inner = _build(store, "inner", 300)
+        (outer.tmp / "config.json").write_text("{}")
+    assert outer.manifest.peak_rss_mb >= inner.peak_rss_mb > 250
+
+
+def test_the_peak_includes_a_child_process(store: ModelStore):
+    with BuildPeak() as peak:
+        start = own_peak_bytes() or 0
+        subprocess.run([sys.executable, "-c", "import time; b = b'1' * (300 << 20); time.sleep(1.5)"], check=True)
+    assert peak.mb > start / MB + 250
+
+
+def test_a_failed_build_leaves_nothing_and_the_next_starts_clean(store: ModelStore):
+    with pytest.raises(RuntimeError), store.build("half", "merged", source="test") as build:
+        (build.tmp / "config.json").write_text("{}")
+        raise RuntimeError("killed")
+    assert list(store.models_dir.iterdir()) == [] and store.list() == []
+    assert _build(store, "half").name == "half" and [e.name for e in store.list()] == ["half"]
+
+
+def test_a_finished_artifact_is_reused_without_building(store: ModelStore):
+    first = _build(store, "once")
+    with store.build("once", "merged", source="test") as build:
+        assert build.reused and build.tmp is None
+    assert build.manifest == first and build.entry.path == store.models_dir / "once"
+    assert build.kind == "merged" and build.parent == "tiny"
+
+
+def test_the_manifest_has_the_common_fields_then_the_kinds_own(store: ModelStore):
+    manifest = _build(store, "full")
+    data = json.loads((store.models_dir / "full" / MANIFEST).read_text())
+    assert list(data)[:10] == ["created", "name", "kind", "format", "parent", "source", "config", "wall_s",
+                               "peak_rss_mb", "git_sha"]
+    assert (data["name"], data["kind"], data["format"], data["parent"]) == ("full", "merged", "full", "tiny")
+    assert data["config"] == {"lr": 1e-3} and data["wall_s"] >= 0 and data["peak_rss_mb"] > 0
+    assert manifest.extras == {"scores": {"completion": 1.0}, "held": 0}
+    assert Manifest.model_validate(data) == manifest
+
+
+def test_manifests_written_before_builds_validate(tmp_path: Path):
+    old = tmp_path / "qwen-lora-review"
+    old.mkdir()
+    (old / MANIFEST).write_text(json.dumps({"created": "2026-11-26T12:32:11Z", "name": old.name, "kind": "expert",
+                                            "format": "lora", "source": "runtime train", "peak_rss_mb": 12748.0,
+                                            "loss_curve": {"val": [[0, 1.0]]}}))
+    assert Manifest.load(old).extras["loss_curve"] == {"val": [[0, 1.0]]}
+    (old / MANIFEST).write_text(json.dumps({"kind": "base"}))  # what fixtures write
+    assert Manifest.load(old).name == old.name
+    (old / MANIFEST).write_text(json.dumps({"kind": "nonsense"}))
+    with pytest.raises(ModelStoreError, match="not a valid manifest"):
+        Manifest.load(old)
+
+
+def test_a_build_refuses_a_directory_it_did_not_write_before_any_work(store: ModelStore, tmp_path: Path):
+    foreign = tmp_path / "elsewhere"
+    foreign.mkdir()
+    with pytest.raises(ModelStoreError, match="no manifest"), store.build("x", "merged", source="t", path=foreign):
+        raise AssertionError("the body must not run")
+
+
+def test_an_artifact_built_outside_the_store_is_registered_with_its_entry(store: ModelStore, tmp_path: Path):
+    with store.build("out", "merged", source="test", path=tmp_path / "out") as build:
+        (build.tmp / "config.json").write_text("{}")
+    assert not store.has("out")  # a folded copy in the cache is never asked for its entry
+    assert build.entry.path == (tmp_path / "out").resolve()
+    assert store.get("out").path == (tmp_path / "out").resolve() and store.get("out").source == "registered"
+
+
+def test_the_common_fields_are_not_recorded(store: ModelStore):
+    with pytest.raises(ValueError, match="peak_rss_mb"), store.build("y", "merged", source="t") as build:
+        build.record(peak_rss_mb=1.0)
+    assert not (store.models_dir / "y").exists()
