@@ -20,7 +20,7 @@ from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.engines.base import SamplingParams
 from runtime.engines.hf import HFRunner
 from training.tasks import TaskItem, load_card, load_items
-from training.tasks.prompts import messages_for, task_config
+from training.tasks.prompts import messages_for, task_config, template_task
 
 SCHEMA = 1
 # The metric each task is ranked by: continuous ones, so that small models still separate (completion's exact
@@ -28,6 +28,13 @@ SCHEMA = 1
 HEADLINE = {"generation": "chrf_pp", "summarization": "smoothed_bleu4", "completion": "edit_similarity",
             "review": "line_accuracy", "humaneval": "pass_at_1"}
 Progress = Callable[[str, int, int], None]  # (task, done, total)
+EXECUTED = {"generation": "humaneval"}  # a task whose headline, where both are scored, is the executed set's
+
+
+def ranked_sets(scored: list[str]) -> dict[str, str]:
+    """{scored set: the task whose route answers it} of the sets that rank the options: HumanEval pass@1 (its
+    tests decide) stands for generation where both are scored, and generation's chrF++ is then a second column."""
+    return {s: template_task(s) for s in scored if EXECUTED.get(s) not in scored}
 
 
 def sampling_for(tasks: TasksConfig, task: str) -> SamplingParams:
@@ -109,9 +116,10 @@ def write_answers(path: Path, items: list[TaskItem], answers: list[dict]) -> Non
 def evaluate_served(url: str, tasks: TasksConfig, items: dict[str, list[TaskItem]], concurrency: int = 8,
                     progress: Progress | None = None, api_key: str | None = None) -> dict[str, list[dict]]:
     """Every item's answer from a running server, greedy, with ``model`` set to the task so the deployment's
-    router picks the model: {task: [{"id", "answer", "finish_reason", "completion_tokens", "route"}]}. The
-    tasks' sampling (``max_new_tokens`` after any cap, stop strings) goes into each request. Answers come back in
-    item order whatever order they were asked in."""
+    router picks the model (HumanEval asks ``generation`` with its prompt, as `runtime eval` does):
+    {task: [{"id", "answer", "finish_reason", "completion_tokens", "route"}]}. The tasks' sampling
+    (``max_new_tokens`` after any cap, stop strings) goes into each request. Answers come back in item order
+    whatever order they were asked in."""
     import asyncio
 
     import httpx
@@ -125,7 +133,7 @@ def evaluate_served(url: str, tasks: TasksConfig, items: dict[str, list[TaskItem
 
             async def one(task: str, i: int) -> dict:
                 item, sampling = items[task][i], sampling_for(tasks, task)
-                body = {"model": task, "messages": messages[task][i], "temperature": 0,
+                body = {"model": template_task(task), "messages": messages[task][i], "temperature": 0,
                         "max_tokens": sampling.max_new_tokens, "stop": list(sampling.stop) or None}
                 async with gate:
                     r = await client.post(f"{url}/chat/completions", json=body)

@@ -12,6 +12,7 @@ import numpy as np
 
 from runtime.bench.accuracy import HEADLINE
 from runtime.bench.baselines import baseline_answers
+from runtime.bench.sandbox import Sandbox
 from runtime.bench.scoring import SCORERS, headline_statistic
 from runtime.bench.stats import Proportion, bootstrap_se, confidence_interval, paired_difference
 from training.tasks import TaskItem
@@ -20,33 +21,36 @@ BASE = "base"
 Z_POWER = 2.80  # z(0.975) + z(0.80): a two-sided 5% test with 80% power
 
 
-def score_task(task: str, items: list[TaskItem], texts: list[str], resamples: int) -> dict:
-    """{n, headline, value, ci95, ci_method, metrics} of one task's answers."""
-    metrics = SCORERS[task](items, texts, None)
-    low, high, method = confidence_interval(headline_statistic(task, items, texts), len(items), resamples)
+def score_task(task: str, items: list[TaskItem], texts: list[str], resamples: int,
+               sandbox: Sandbox | None = None) -> dict:
+    """{n, headline, value, ci95, ci_method, metrics} of one task's answers (HumanEval's run in ``sandbox``)."""
+    metrics = SCORERS[task](items, texts, sandbox)
+    low, high, method = confidence_interval(headline_statistic(task, items, texts, sandbox), len(items), resamples)
     return {"n": len(items), "headline": HEADLINE[task], "value": metrics[HEADLINE[task]],
             "ci95": [round(low, 2), round(high, 2)], "ci_method": method, "metrics": metrics}
 
 
-def score_answers(items: dict[str, list[TaskItem]], answers: dict[str, list[dict]], resamples: int) -> dict:
+def score_answers(items: dict[str, list[TaskItem]], answers: dict[str, list[dict]], resamples: int,
+                  sandbox: Sandbox | None = None) -> dict:
     """{task: score_task(...) + truncated_share, completion_tokens} from served answers; ci95 is exact
     (Clopper-Pearson) for a 0/1 headline, the percentile bootstrap otherwise."""
     out = {}
     for task, its in items.items():
         served = answers[task]
-        out[task] = score_task(task, its, [a["answer"] for a in served], resamples) | {
+        out[task] = score_task(task, its, [a["answer"] for a in served], resamples, sandbox) | {
             "truncated_share": sum(a["finish_reason"] == "length" for a in served) / max(len(its), 1),
             "completion_tokens": sum(a["completion_tokens"] for a in served)}
     return out
 
 
-def score_baselines(items: dict[str, list[TaskItem]], resamples: int) -> dict[str, dict[str, dict]]:
+def score_baselines(items: dict[str, list[TaskItem]], resamples: int,
+                    sandbox: Sandbox | None = None) -> dict[str, dict[str, dict]]:
     """{task: {baseline: {value, ci95, ci_method}}}: the trivial answers scored like an option's."""
     out: dict[str, dict[str, dict]] = {}
     for task, its in items.items():
         out[task] = {}
         for name, texts in baseline_answers(task, its).items():
-            scored = score_task(task, its, texts, resamples)
+            scored = score_task(task, its, texts, resamples, sandbox)
             out[task][name] = {k: scored[k] for k in ("value", "ci95", "ci_method")}
     return out
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 
+from runtime.bench.accuracy import ranked_sets
 from runtime.bench.compare import BASE
 from runtime.bench.report import top_level
 from runtime.bench.scoring import headline_statistic
@@ -33,8 +34,8 @@ MIN_SPREAD = 1.0  # headline points some option must gain over base on a task fo
 
 
 def normalizers(accuracy: dict[str, dict], tasks: list[str]) -> tuple[dict[str, float], dict[str, float]]:
-    """Per task the floor (base's score; the worst option's where base was not measured) and the scale (best
-    minus floor), for the tasks whose scale is at least MIN_SPREAD."""
+    """Per ranked set (a task, or HumanEval for generation) the floor (base's score; the worst option's where base
+    was not measured) and the scale (best minus floor), for the sets whose scale is at least MIN_SPREAD."""
     floor, scale = {}, {}
     for t in tasks:
         values = [a[t]["value"] for a in accuracy.values()]
@@ -44,12 +45,11 @@ def normalizers(accuracy: dict[str, dict], tasks: list[str]) -> tuple[dict[str, 
     return floor, scale
 
 
-def normalized_gain(plan: dict[str, str], accuracy: dict[str, dict], floor: dict[str, float],
-                    scale: dict[str, float]) -> float:
-    """Mean over the ranking tasks of (score − base) / (best − base): 1 is the best option on every task, 0 base."""
+def normalized_gain(scores: dict[str, float], floor: dict[str, float], scale: dict[str, float]) -> float:
+    """Mean over the ranking sets of (score − base) / (best − base): 1 is the best option on every task, 0 base."""
     if not scale:
         return 0.0
-    return sum((accuracy[plan[t]][t]["value"] - floor[t]) / scale[t] for t in scale) / len(scale)
+    return sum((scores[t] - floor[t]) / scale[t] for t in scale) / len(scale)
 
 
 def plan_cost(plan: dict[str, str], costs: dict[str, dict], sizes: dict[str, dict[str, float]]) -> dict:
@@ -65,32 +65,37 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
               answers: dict[str, dict[str, list[str]]], sizes: dict[str, dict[str, float]],
               resamples: int = 1000) -> dict:
     options = [o for o in accuracy if o != "hybrid"]
-    tasks = list(items)
+    sets = ranked_sets(list(items))  # {scored set: the task whose route answers it}
+    tasks = list(dict.fromkeys(sets.values()))
     costs = {r["deployment"]: {"peak_rss_mb": r["peak_rss_mb"],
                                   "p90_e2el_ms": r["latency"][top_level(r)]["p90_e2el_ms"]} for r in results}
-    floor, scale = normalizers({o: accuracy[o] for o in options}, tasks)
+    floor, scale = normalizers({o: accuracy[o] for o in options}, list(sets))
     candidates = []
     for choice in itertools.product(options, repeat=len(tasks)):
         plan = dict(zip(tasks, choice, strict=True))
         cost = plan_cost(plan, costs, sizes)
-        mean = sum(accuracy[o][t]["value"] for t, o in plan.items()) / len(tasks)
+        scores = {s: accuracy[plan[t]][s]["value"] for s, t in sets.items()}
         fits = cost["memory_mb"] <= budget.memory_mb and cost["p90_e2el_ms"] <= budget.p90_e2el_ms
-        candidates.append({"routes": plan, "mean_accuracy": round(mean, 2), "fits": fits, **cost,
-                           "normalized_gain": round(normalized_gain(plan, accuracy, floor, scale), 4)})
+        candidates.append({"routes": plan, "mean_accuracy": round(sum(scores.values()) / len(scores), 2),
+                           "fits": fits, **cost, "normalized_gain": round(normalized_gain(scores, floor, scale), 4)})
     order = lambda c: (-c["normalized_gain"], c["engines"], c["memory_mb"])  # noqa: E731
     best_any = min(candidates, key=order)
     feasible = [c for c in candidates if c["fits"]]
     chosen = min(feasible, key=order) if feasible else min(candidates, key=lambda c: (c["memory_mb"], order(c)))
 
-    stats = {o: {t: headline_statistic(t, items[t], answers[o][t]) for t in tasks} for o in options}
+    stats = {o: {s: headline_statistic(s, items[s], answers[o][s]) for s in sets} for o in options}
+    scored_by = {t: s for s, t in sets.items()}  # the set each routed task is judged on
+
+    def versus(option: str, other: str, s: str) -> dict:
+        return paired_difference(stats[option][s], stats[other][s], len(items[s]), resamples)
+
     simplest = None  # per-task routing earns its complexity only where it beats one option beyond the noise
     singles = [c for c in (feasible if feasible else candidates) if len(set(c["routes"].values())) == 1]
     single = min(singles, key=order) if singles else None
     if single and single["routes"] != chosen["routes"]:
         only = next(iter(single["routes"].values()))
-        gains = [t for t, d in holm_family({t: paired_difference(stats[o][t], stats[only][t], len(items[t]), resamples)
-                                              for t, o in chosen["routes"].items() if o != only}).items()
-                 if d["significant"]]
+        gains = [t for t, d in holm_family({t: versus(o, only, scored_by[t]) for t, o in chosen["routes"].items()
+                                              if o != only}).items() if d["significant"]]
         if not gains:
             simplest = {"option": only, "instead_of": chosen["routes"], "mean_accuracy": chosen["mean_accuracy"]}
             chosen = single
@@ -99,12 +104,12 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
         chosen, tie = settle_tie(chosen, singles, stats, items, scale, resamples)
     evidence = {}
     for task, option in chosen["routes"].items():
-        evidence[task] = {"option": option, "value": accuracy[option][task]["value"],
-                          "headline": accuracy[option][task]["headline"], "versus": {}}
-        versus = holm_family({other: paired_difference(stats[option][task], stats[other][task], len(items[task]),
-                                                       resamples) for other in options if other != option})
+        s = scored_by[task]
+        evidence[task] = {"option": option, "value": accuracy[option][s]["value"], "scored_on": s,
+                          "headline": accuracy[option][s]["headline"], "versus": {}}
+        family = holm_family({other: versus(option, other, s) for other in options if other != option})
         evidence[task]["versus"] = {other: {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
-                                    for other, d in versus.items()}
+                                    for other, d in family.items()}
     why = explain(chosen, best_any, evidence, budget, bool(feasible))
     if tie:
         why.insert(1, f"Tie: {', '.join(tie['options'])} are within the noise of each other on the normalized gain "

@@ -3,16 +3,21 @@
 report.json, schema_version 1 (new fields may be added; a removed or renamed field bumps the version):
 - ``environment``: cpu, cpu_count, memory_gb, gpu, platform, versions {python, torch, transformers, vllm},
   git_sha, config_hash (of the bench config after overrides).
-- ``config`` (the bench config as run), ``n_per_task``, ``sampling`` {task: {max_tokens, stop}},
-  ``headline_metrics`` {task: metric}, ``engines_skipped`` {engine: why}, ``zoo`` {built: {name: seconds},
+- ``config`` (the bench config as run), ``n_per_task`` {scored set: N} (the tasks, and ``humaneval`` where
+  ``accuracy.humaneval_n`` > 0: HumanEval problems asked through the generation route with `runtime eval`'s
+  prompt and scored by executing their tests in the sandbox), ``sampling`` {set: {max_tokens, stop}},
+  ``headline_metrics`` {set: metric}, ``ranked_by`` {set: the task whose route answers it} (the sets that rank
+  the options and make ``mean_accuracy``: ``humaneval`` (pass@1) stands for generation where scored, and
+  generation's chrF++ is then a second column), ``engines_skipped`` {engine: why}, ``zoo`` {built: {name: seconds},
   reused: [names], wall_s}, ``wall_s`` (the whole run).
 - ``results``: one entry per option and engine: ``deployment``, ``engine``, ``dtype`` (what its engines computed
   in, ``auto`` resolved), ``models`` {name: manifest hash},
   ``adapters``, ``accuracy`` {task: {n, headline, value, ci95 [low, high], ci_method ("clopper-pearson" for a
   0/1 headline, else "bootstrap"), metrics {all of the task's metrics, with format_failures {empty, off_format,
   unparseable: answer counts, defined in runtime/bench/scoring.py} and ci95 {share metric: exact interval}},
-  truncated_share, completion_tokens}}, ``accuracy_engine`` (the engine whose answers were scored),
-  ``mean_accuracy`` (mean of the headline values, 0-100),
+  truncated_share, completion_tokens}; humaneval's metrics: pass_at_1, passed, timeouts, sandbox (its
+  isolation)}, ``accuracy_engine`` (the engine whose answers were scored),
+  ``mean_accuracy`` (mean of the ranked sets' headline values, 0-100),
   ``latency`` {"1" | "4" | "8" | "poisson-RATE": vllm-bench-serve fields: completed, failed, duration_s,
   request_throughput, output_throughput, total_output_tokens, {mean,median,p90,p99}_{ttft,tpot,itl,e2el}_ms,
   empty_answers (completed with no text: counted in E2EL, not in TTFT), short_answers (fixed-length requests
@@ -24,19 +29,20 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   ``agreement`` (second engine only: {matched, n, per_task} greedy answers identical to the
   first engine's), ``same_as`` (hybrid only, when the plan routes every task to one option: that option, whose
   measurements the entry repeats instead of serving the same thing twice).
-- Beside report.json: ``answers/OPTION/TASK.jsonl``, one line per scored item {id, reference, answer,
-  finish_reason, completion_tokens}, in item order.
+- Beside report.json: ``answers/OPTION/SET.jsonl`` (``humaneval.jsonl`` too), one line per scored item {id,
+  reference, answer, finish_reason, completion_tokens}, in item order.
 - ``failures``: [{deployment, engine, error}] for options or engines that could not be measured (the rest is).
 - ``skipped``: [{deployment, engine, reason}] for pairs the config's ``skip`` left out, with its reason.
 - ``recommendation``: routes {task: option}, engine (whose measurements costed it), mean_accuracy,
   estimated_memory_mb, estimated_p90_e2el_ms, budget,
   fits_budget, unconstrained_best, simplified_from (null, or the per-task plan a single option replaced),
-  evidence {task: {option, value, versus {option: paired difference, 95% CI,
+  evidence {task: {option, value, headline, scored_on (the set that judged it), versus {option: paired
+  difference, 95% CI,
   p_value, p_holm (Holm-adjusted over the task's comparisons), significant (Holm, 5%)}}}, why [sentences],
   plans_considered, plans_in_budget, normalized_gain (the decision rule's score of the plan: mean over
-  ranking_tasks of (score − base) / (best − base)), ranking_tasks (tasks where some option beats base by >= 1 point),
-  tie (null, or {options, chosen, best_estimate}: single options within the noise of the best one; the cheapest
-  is chosen).
+  ranking_tasks of (score − base) / (best − base)), ranking_tasks (ranked sets where some option beats base by
+  >= 1 point), tie (null, or {options, chosen, best_estimate}: single options within the noise of the best one;
+  the cheapest is chosen).
 - ``baselines`` {task: {baseline name: {value, ci95, ci_method}}}: trivial answers (runtime/bench/baselines.py)
   scored on the same items.
 - ``gains_over_base`` {option: {task: {diff, ci95, p_value, at_or_below_base, below_base}}}: headline points over
@@ -53,9 +59,26 @@ from pathlib import Path
 SCHEMA_VERSION = 1
 
 
-def mean_accuracy(result: dict) -> float:
-    values = [a["value"] for a in result["accuracy"].values()]
+def mean_accuracy(result: dict, ranked: list[str] | None = None) -> float:
+    """Mean of the headline values of the ranked sets (all scored sets where the report predates them)."""
+    values = [a["value"] for s, a in result["accuracy"].items() if ranked is None or s in ranked]
     return sum(values) / len(values) if values else 0.0
+
+
+def column_label(report: dict, scored: str) -> str:
+    """An accuracy column's header: HumanEval is generation's headline (pass@1), generation's chrF++ its second."""
+    ranked = report.get("ranked_by") or {}
+    if scored == "humaneval":
+        return "generation pass@1 (HumanEval)"
+    if scored == "generation" and scored not in ranked and ranked:
+        return f"generation {report['headline_metrics'][scored]}"
+    return scored
+
+
+def columns(report: dict) -> list[str]:
+    """The scored sets in table order: HumanEval first, where it stands for generation."""
+    sets = list(report["n_per_task"])
+    return sorted(sets, key=lambda s: (s != "humaneval", sets.index(s)))
 
 
 def top_level(result: dict) -> str:
@@ -63,8 +86,9 @@ def top_level(result: dict) -> str:
 
 
 def write_report(report: dict, out: Path) -> None:
+    ranked = list(report.get("ranked_by") or report["n_per_task"])
     for r in report["results"]:
-        r["mean_accuracy"] = round(mean_accuracy(r), 2)
+        r["mean_accuracy"] = round(mean_accuracy(r, ranked), 2)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2) + "\n")
@@ -79,7 +103,7 @@ def _fmt(v, digits: int = 1) -> str:
 
 def markdown(report: dict, charts: list[str]) -> str:
     env, results = report["environment"], report["results"]
-    tasks = list(report["n_per_task"])
+    tasks = columns(report)
     top = top_level(results[0]) if results else "8"
     lines = [f"# mixmerge bench: `{report['name']}`", "",
              f"{env['cpu']} ({env['cpu_count']} cores, {env['memory_gb']} GB){', ' + env['gpu'] if env['gpu'] else ''}"
@@ -91,6 +115,9 @@ def markdown(report: dict, charts: list[str]) -> str:
              + "; output capped at " + ", ".join(f"{t} {s['max_tokens']}" for t, s in report["sampling"].items())
              + " tokens. Headline metrics (0-100): " + ", ".join(f"{t} {m}" for t, m in
                                                                    report["headline_metrics"].items())
+             + ("; generation is ranked by HumanEval pass@1 (its tests run in the sandbox; asked through the "
+                "generation route with `runtime eval`'s prompt), chrF++ on the stdlib bodies beside it"
+                if "humaneval" in (report.get("ranked_by") or {}) else "")
              + "; [low, high] is the 95% interval over items (exact Clopper-Pearson for a share of items, such as "
              "review's line accuracy and HumanEval pass@1; percentile bootstrap for the rest). "
              "Load: the four tasks' prompts in turn, "
@@ -103,8 +130,8 @@ def markdown(report: dict, charts: list[str]) -> str:
         lines += [f"**Not run** (config `skip`): {s['deployment']} on {s['engine']}: {s['reason']}", ""]
     if report.get("engines_skipped"):
         lines += ["Engines skipped: " + "; ".join(f"{k}: {v}" for k, v in report["engines_skipped"].items()), ""]
-    head = ["option", "engine", "mean acc.", *tasks, f"out tok/s @{top}", f"p90 E2EL ms @{top}", "peak RSS MB",
-            "cold start s", "adapter load ms", "agreement"]
+    head = ["option", "engine", "mean acc.", *(column_label(report, t) for t in tasks), f"out tok/s @{top}",
+            f"p90 E2EL ms @{top}", "peak RSS MB", "cold start s", "adapter load ms", "agreement"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in results:
         lat = r["latency"][top]

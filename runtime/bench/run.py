@@ -27,13 +27,14 @@ from pathlib import Path
 import httpx
 import yaml
 
-from runtime.bench.accuracy import HEADLINE, cap_tokens, evaluate_served, sampling_for, write_answers
+from runtime.bench.accuracy import HEADLINE, cap_tokens, evaluate_served, ranked_sets, sampling_for, write_answers
 from runtime.bench.compare import BASE, detectable_difference, gains_over_base, score_answers, score_baselines
 from runtime.bench.launch import ServerProcess
 from runtime.bench.load import run_load, workload
 from runtime.bench.memory import TreeRSSSampler
 from runtime.bench.recommend import recommend
 from runtime.bench.report import SCHEMA_VERSION, write_report
+from runtime.bench.sandbox import Sandbox
 from runtime.bench.zoo import Progress, build_zoo, use_zoo_home
 from runtime.config import BenchConfig, DeploymentConfig, TasksConfig, configs_dir, load_config
 from runtime.deploy import ServingPlan, build_plan, load_deployment
@@ -43,6 +44,7 @@ from runtime.models import ModelStore
 from runtime.router import route
 from training.sft import git_sha
 from training.tasks import load_card, load_items
+from training.tasks.prompts import template_task
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +107,16 @@ class Bench:
     fresh: bool = False
     serve_env: dict[str, str] = field(default_factory=dict)  # extra environment for the child servers
     git_sha: str | None = field(default_factory=git_sha)  # of the code that runs (read when the run starts)
+    sandbox: Sandbox | None = None  # runs HumanEval's programs; built here (MIXMERGE_UNSAFE_SANDBOX) if not given
 
     def __post_init__(self) -> None:
         self.store = ModelStore()
         self.tasks = cap_tokens(load_config(configs_dir() / "tasks.yaml", TasksConfig),
                                 dict(self.config.accuracy.max_tokens))
         self.items = {t: load_items(t, "test", self.config.accuracy.n) for t in self.config.accuracy.tasks}
+        if scores_humaneval(self.config):  # generation's headline: pass@1 through the generation route
+            self.items["humaneval"] = load_items("humaneval", "test", self.config.accuracy.humaneval_n)
+            self.sandbox = self.sandbox or Sandbox()
         self.config_hash = digest(self.config.model_dump(exclude={"quick"}))
         (self.out / "phases").mkdir(parents=True, exist_ok=True)
 
@@ -140,7 +146,7 @@ class Bench:
         is scored by the experts' answers)."""
         adapters, served = adapters_of(plan), {}
         for task in self.items:
-            r = route(plan.table, task)
+            r = route(plan.table, template_task(task))
             served[task] = [weights_digest(Path(r.engine)), weights_digest(adapters[r.adapter]) if r.adapter else ""]
         sampling = {t: sampling_for(self.tasks, t) for t in self.items}
         key = digest(served, {t: [it.id for it in its] for t, its in self.items.items()},
@@ -291,7 +297,8 @@ class Bench:
                 scored = json.loads(Path(result["answers_file"]).read_text())
                 if reference is None:
                     reference = answers[option] = {t: [a["answer"] for a in scored["answers"][t]] for t in self.items}
-                    accuracy[option] = score_answers(self.items, scored["answers"], self.config.accuracy.bootstrap)
+                    accuracy[option] = score_answers(self.items, scored["answers"], self.config.accuracy.bootstrap,
+                                                     self.sandbox)
                     self.write_answers(option, scored["answers"])
                 result["accuracy"] = accuracy[option]
                 result["accuracy_engine"] = scored["engine"]  # answers are cached by content: maybe another run's
@@ -306,6 +313,7 @@ class Bench:
             "sampling": {t: {"max_tokens": sampling_for(self.tasks, t).max_new_tokens,
                              "stop": list(sampling_for(self.tasks, t).stop)} for t in self.items},
             "headline_metrics": {t: HEADLINE[t] for t in self.items},
+            "ranked_by": ranked_sets(list(self.items)),
             "zoo": zoo,
             "results": results,
             "failures": failures,
@@ -317,7 +325,7 @@ class Bench:
     def controls(self, answers: dict[str, dict[str, list[str]]]) -> dict:
         """The trivial baselines, each option's gain over base, and the difference the chosen N can detect."""
         resamples = self.config.accuracy.bootstrap
-        return {"baselines": score_baselines(self.items, resamples),
+        return {"baselines": score_baselines(self.items, resamples, self.sandbox),
                 "gains_over_base": gains_over_base(self.items, answers, resamples),
                 "detectable_difference": detectable_difference(self.items, answers[BASE], resamples)
                 if BASE in answers else None}
@@ -395,10 +403,17 @@ def agreement(reference: dict[str, list[str]], mine: dict[str, list[dict]]) -> d
             "per_task": per_task}
 
 
+def scores_humaneval(config: BenchConfig) -> bool:
+    return bool(config.accuracy.humaneval_n) and "generation" in config.accuracy.tasks
+
+
 def run_bench(config: BenchConfig, out: Path, progress: Progress, engines: list[str] | None = None,
-              fresh: bool = False) -> dict:
-    """The whole bench; returns the report (also written to OUT/report.json, report.md and charts)."""
+              fresh: bool = False, unsafe_sandbox: bool | None = None) -> dict:
+    """The whole bench; returns the report (also written to OUT/report.json, report.md and charts).
+    ``unsafe_sandbox``: run HumanEval's programs where the sandbox has no namespaces (None: the
+    MIXMERGE_UNSAFE_SANDBOX variable); the sandbox refuses before the zoo is built, not hours into the run."""
     start, sha = time.perf_counter(), git_sha()  # a commit made while the bench runs is not the code that ran
+    sandbox = Sandbox(allow_unsafe=unsafe_sandbox) if scores_humaneval(config) else None
     use_zoo_home(config)
     out.mkdir(parents=True, exist_ok=True)
     usable, skipped = installed_engines(engines or list(config.engines))
@@ -406,7 +421,7 @@ def run_bench(config: BenchConfig, out: Path, progress: Progress, engines: list[
         raise EngineUnavailableError(f"none of the engines {engines or config.engines} can run here: {skipped}",
                                      fix="install one, or pass --engines hf")
     zoo = build_zoo(config, out, progress)
-    bench = Bench(config, out, progress, fresh=fresh, git_sha=sha)
+    bench = Bench(config, out, progress, fresh=fresh, git_sha=sha, sandbox=sandbox)
     report = bench.run(usable, skipped, zoo)
     report["wall_s"] = round(time.perf_counter() - start, 1)
     write_report(report, out)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from runtime.bench import metrics as m
-from runtime.bench.sandbox import Sandbox
+from runtime.bench.sandbox import RunResult, Sandbox
 from runtime.bench.stats import Proportion, clopper_pearson
 from training.tasks import NO_ISSUES, TaskItem
 
@@ -266,10 +266,31 @@ def humaneval_program(item: TaskItem, answer: str) -> str:
     return f"{item.input}{body}\n\n{item.meta['test']}\n\ncheck({item.meta['entry_point']})\n"
 
 
+_RUNS: dict[str, RunResult] = {}  # program -> its result: the bench reads one option's answers several times
+_MAX_RUNS = 20_000  # (scores, intervals, gains over base, the recommendation), so each program runs once
+
+
+def run_programs(programs: list[str], sandbox: Sandbox | None = None) -> list[RunResult]:
+    """Each program's result, in order; a program run before in this process is not run again (its result,
+    timeouts included, stays the same for every reader). A sandbox is built only when something must run; a
+    stand-in for one (tests) answers for itself and is not remembered."""
+    if sandbox is not None and type(sandbox) is not Sandbox:
+        return sandbox.run_many(programs)
+    missing = [p for p in dict.fromkeys(programs) if p not in _RUNS]
+    if missing:
+        if len(_RUNS) + len(missing) > _MAX_RUNS:
+            _RUNS.clear()
+        _RUNS.update(zip(missing, (sandbox or Sandbox()).run_many(missing), strict=True))
+    return [_RUNS[p] for p in programs]
+
+
+def humaneval_results(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None) -> list[RunResult]:
+    return run_programs([humaneval_program(it, a) for it, a in zip(items, answers, strict=True)], sandbox)
+
+
 def score_humaneval(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None) -> dict:
     """Greedy pass@1: one sample per problem, so pass@1 is the share of problems whose tests pass."""
-    sandbox = sandbox or Sandbox()
-    results = sandbox.run_many([humaneval_program(it, a) for it, a in zip(items, answers, strict=True)])
+    results = humaneval_results(items, answers, sandbox)
     passed = [r.passed for r in results]
     forms = [code_form(a, it.input, function_body(a, str(it.meta["entry_point"])))
              for it, a in zip(items, answers, strict=True)]
@@ -278,13 +299,13 @@ def score_humaneval(items: list[TaskItem], answers: list[str], sandbox: Sandbox 
         "pass_at_1": 100 * m.mean([m.pass_at_k(1, int(p), 1) for p in passed]),
         "passed": sum(passed),
         "timeouts": sum(r.status == "timeout" for r in results),
-        "sandbox": sandbox.isolation,
+        "sandbox": (sandbox or Sandbox()).isolation if results else None,
         "ci95": cis,
         "format_failures": format_failures(forms, CODE_FAILURES),
     }
 
 
-def headline_statistic(task: str, items: list[TaskItem], answers: list[str]):
+def headline_statistic(task: str, items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None):
     """The task's headline metric as a function of item indices (for intervals and paired tests). Per-item
     metrics average; generation's chrF++ is a corpus statistic, recomputed on each resample. The 0/1 headlines
     (review's line accuracy, HumanEval pass@1) are ``Proportion``s, so they get exact intervals; review's line
@@ -303,8 +324,7 @@ def headline_statistic(task: str, items: list[TaskItem], answers: list[str]):
         return Proportion(tuple(None if it.meta["clean"] else _line_hit(it, parse_review(a))
                                 for it, a in zip(items, answers, strict=True)))
     if task == "humaneval":
-        results = Sandbox().run_many([humaneval_program(it, a) for it, a in zip(items, answers, strict=True)])
-        return Proportion(tuple(r.passed for r in results))
+        return Proportion(tuple(r.passed for r in humaneval_results(items, answers, sandbox)))
     raise KeyError(task)
 
 

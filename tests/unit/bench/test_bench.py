@@ -208,7 +208,8 @@ def tiny_zoo(store_home: Path, tiny_model_dir: Path) -> ModelStore:
 def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_path):
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
-        "deployments=[experts, merged, mixed, hybrid]", "accuracy.n=4", "accuracy.bootstrap=100",
+        "deployments=[experts, merged, mixed, hybrid]", "accuracy.n=4", "accuracy.humaneval_n=2",
+        "accuracy.bootstrap=100",
         "load.requests={1: 2, 4: 4}", "load.concurrency=[1, 4]", "load.rate_requests=3", "load.rate=20",
         "budget.memory_mb=100000"])
     out = tmp_path / "bench"
@@ -220,9 +221,14 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     assert {"cpu", "versions", "git_sha", "config_hash"} <= set(saved["environment"])
     assert [(r["deployment"], r["engine"]) for r in saved["results"]] == [  # base first: always measured
         ("base", "fake"), ("experts", "fake"), ("merged", "fake"), ("mixed", "fake"), ("hybrid", "fake")]
+    assert saved["n_per_task"]["humaneval"] == 2 and saved["headline_metrics"]["humaneval"] == "pass_at_1"
+    assert saved["ranked_by"] == {"humaneval": "generation", "summarization": "summarization",
+                                  "completion": "completion", "review": "review"}
     for r in saved["results"]:
-        assert set(r["accuracy"]) == {"generation", "completion", "review", "summarization"}
-        assert all(a["n"] == 4 and len(a["ci95"]) == 2 for a in r["accuracy"].values())
+        assert set(r["accuracy"]) == {"generation", "completion", "review", "summarization", "humaneval"}
+        assert all(a["n"] == (2 if t == "humaneval" else 4) and len(a["ci95"]) == 2 for t, a in r["accuracy"].items())
+        assert r["accuracy"]["humaneval"]["ci_method"] == "clopper-pearson"
+        assert r["accuracy"]["humaneval"]["metrics"]["sandbox"]["mode"] in ("namespaces", "process")
         assert set(r["latency"]) == {"1", "4", "poisson-20"}
         assert r["latency"]["4"]["completed"] == 4 and r["latency"]["4"]["failed"] == 0
         assert r["latency"]["4"]["output_throughput"] > 0 and r["peak_rss_mb"] > 0 and r["cold_start_s"] > 0
@@ -230,9 +236,10 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     assert by["merged"]["adapter_load_ms"] is None  # a full model, no adapter to load
     assert isinstance(by["experts"]["adapter_load_ms"], float)
     rec = saved["recommendation"]
-    assert set(rec["routes"]) == set(by["experts"]["accuracy"]) and rec["fits_budget"]
+    assert set(rec["routes"]) == {"generation", "completion", "review", "summarization"} and rec["fits_budget"]
+    assert rec["evidence"]["generation"]["scored_on"] == "humaneval"
     assert set(rec["routes"].values()) <= {"base", "experts", "merged", "mixed"}
-    tasks = {"generation", "completion", "review", "summarization"}
+    tasks = {"generation", "completion", "review", "summarization", "humaneval"}
     assert set(saved["gains_over_base"]) == {"experts", "merged", "mixed"}
     for per_task in saved["gains_over_base"].values():
         assert set(per_task) == tasks
@@ -240,6 +247,7 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
             assert g["ci95"][0] <= g["diff"] <= g["ci95"][1] and g["at_or_below_base"] == (g["diff"] <= 0)
     assert saved["baselines"]["review"]["no issues"]["value"] == 0.0  # right on no buggy item: line accuracy 0
     assert set(saved["baselines"]["completion"]) == {"previous line", "constant"}
+    assert saved["baselines"]["humaneval"]["pass"]["value"] == 0.0  # a body of `pass` solves nothing
     assert set(saved["detectable_difference"]) == tasks
     lines = (out / "answers" / "experts" / "review.jsonl").read_text().splitlines()
     review = load_items("review", "test", 4)
@@ -253,10 +261,15 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     for r in saved["results"]:  # answers were asked shortest prompt first but are kept in item order
         scored = json.loads(Path(r["answers_file"]).read_text())["answers"]
         assert {t: [a["id"] for a in v] for t, v in scored.items()} == {
-            t: [it.id for it in load_items(t, "test", 4)] for t in scored}
+            t: [it.id for it in load_items(t, "test", 2 if t == "humaneval" else 4)] for t in scored}
     md = (out / "report.md").read_text()
     assert "## Recommendation" in md and "| experts | fake " in md and "| base | fake " in md
     assert "Gain over the untuned `base`" in md and "Trivial baselines" in md and "docstring echo" in md
+    assert "| generation pass@1 (HumanEval) | generation chrf_pp |" in md
+    humaneval = [json.loads(ln) for ln in (out / "answers" / "experts" / "humaneval.jsonl").read_text().splitlines()]
+    assert [h["id"] for h in humaneval] == [it.id for it in load_items("humaneval", "test", 2)]
+    experts = json.loads(Path(by["experts"]["answers_file"]).read_text())["answers"]
+    assert {a["route"]["adapter"] for a in experts["humaneval"]} == {"smollm2-lora-generation"}  # generation's route
     for chart in ("accuracy_vs_throughput.png", "accuracy_per_task.png", "latency.png"):
         assert (out / chart).stat().st_size > 1000 and f"]({chart})" in md
     assert report["wall_s"] > 0
@@ -291,7 +304,7 @@ def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_
     monkeypatch.setattr(bench_run, "recommend", mixed_plan)
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
-        "deployments=[experts, mixed, hybrid]", "accuracy.n=2", "accuracy.bootstrap=100",
+        "deployments=[experts, mixed, hybrid]", "accuracy.n=2", "accuracy.humaneval_n=0", "accuracy.bootstrap=100",
         "load.requests={1: 2}", "load.concurrency=[1]", "load.rate=null", "budget.memory_mb=100000"])
     progress = Recorder()
     report = run_bench(cfg, tmp_path / "bench", progress)
@@ -305,7 +318,8 @@ def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_
 def test_an_option_is_scored_on_the_engine_named_for_it(tiny_zoo, tmp_path):
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake, hf]",
-        "deployments=[mixed]", "accuracy.n=2", "accuracy.agreement_n=1", "accuracy.engine=fake",
+        "deployments=[mixed]", "accuracy.n=2", "accuracy.humaneval_n=0", "accuracy.agreement_n=1",
+        "accuracy.engine=fake",
         "accuracy.engine_for={mixed: hf}", "load.requests={1: 1}", "load.concurrency=[1]", "load.rate=null",
         "load.warmup=0", "load.max_tokens=2"])
     report = run_bench(cfg, tmp_path / "bench", Recorder())
@@ -318,7 +332,7 @@ def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_pat
     ModelStore().remove("smollm2-merged")
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
-        "deployments=[merged, hybrid]", "accuracy.n=2"])
+        "deployments=[merged, hybrid]", "accuracy.n=2", "accuracy.humaneval_n=0"])
     report = run_bench(cfg, tmp_path / "bench", Recorder())
     assert [r["deployment"] for r in report["results"]] == ["base", "hybrid"]  # the plan falls back to base
     assert report["results"][1]["same_as"] == "base" and [f["deployment"] for f in report["failures"]] == ["merged"]
@@ -330,7 +344,8 @@ def test_a_pair_the_config_skips_is_not_served_and_the_report_says_why(tiny_zoo,
     from runtime.bench import run as bench_run
 
     args = ["zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
-            "deployments=[mixed, experts]", "accuracy.n=2", "accuracy.bootstrap=100", "load.requests={1: 1}",
+            "deployments=[mixed, experts]", "accuracy.n=2", "accuracy.humaneval_n=0", "accuracy.bootstrap=100",
+            "load.requests={1: 1}",
             "load.concurrency=[1]", "load.rate=null", "load.warmup=0"]
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig,
                       [*args, "skip={mixed/fake: too slow here, experts/fake-cpu: no GPU}"])
@@ -351,7 +366,7 @@ def test_answers_are_keyed_by_the_weights_that_answer_each_task(tiny_zoo, tmp_pa
     from runtime.config import DeploymentConfig
     from runtime.deploy import build_plan
 
-    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, ["accuracy.n=2"])
+    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, ["accuracy.n=2", "accuracy.humaneval_n=0"])
     bench = Bench(cfg, tmp_path / "bench", Recorder())
     experts = bench.plan("experts")[1]
     all_experts = DeploymentConfig(name="hybrid", option="hybrid", base_model="smollm2-135m",

@@ -186,3 +186,34 @@ def test_every_test_reference_given_as_the_answer_is_in_format_and_scores_full_m
         headline = {"generation": "exact_match", "summarization": "rouge_l", "completion": "exact_match",
                     "review": "detection_accuracy"}[task]
         assert scores[headline] == pytest.approx(100.0), task  # quotes or backticks inside a summary survive
+
+
+def test_a_program_runs_once_and_a_later_reader_needs_no_sandbox(monkeypatch):
+    import runtime.bench.scoring as scoring
+    from runtime.bench.sandbox import Sandbox
+
+    monkeypatch.setattr(scoring, "_RUNS", {})
+    ran: list[str] = []
+
+    class Counting(Sandbox):
+        def __init__(self) -> None:  # no namespace probe: nothing here runs for real
+            pass
+
+        def run_many(self, programs):
+            from types import SimpleNamespace
+            ran.extend(programs)
+            return [SimpleNamespace(passed="return a + b" in p, status="ok") for p in programs]
+
+    monkeypatch.setattr(scoring, "Sandbox", Counting)
+    items = [_item("humaneval", "def add(a, b):\n    \"\"\"Add.\"\"\"\n", "    return a + b\n",
+                   test="def check(c):\n    assert c(1, 2) == 3\n", entry_point="add")] * 2
+    answers = ["    return a + b", "    return a - b"]
+    first = scoring.humaneval_results(items, answers, Counting())
+    assert [r.passed for r in first] == [True, False] and len(ran) == 2
+
+    def refuse():
+        raise AssertionError("no sandbox is built when every program ran before")
+
+    monkeypatch.setattr(scoring, "Sandbox", refuse)
+    stat = scoring.headline_statistic("humaneval", items, answers)
+    assert stat.counts() == (1, 2) and len(ran) == 2
