@@ -118,11 +118,12 @@ def train_cmd(
 ):
     """Fine-tune an expert or a data-mixed model (LoRA or full); resumable; saves one artifact atomically."""
     from runtime.config import TrainConfig, load_config
+    from runtime.models import ModelStore
     from training.sft import train
 
     cfg = load_config(config, TrainConfig, overrides or [])
     quiet_transformers(progress=True)
-    entry = train(cfg, step=lambda msg: console.print(f"  {msg}", style="dim"))
+    entry = train(cfg, ModelStore(), step=lambda msg: console.print(f"  {msg}", style="dim"))
     console.print(f"[green]ready[/green] {entry.name} ({entry.kind}) at {entry.path}")
 
 
@@ -141,7 +142,9 @@ def merge_cmd(
 ):
     """Merge experts with mergekit, sweep merge weights on the validation split, or merge LoRA adapters."""
     from runtime.config import AdapterMergeConfig, MergeConfig, load_config
+    from runtime.models import ModelStore
 
+    store = ModelStore()
     args = list(args or [])
     action = args.pop(0) if args and args[0] in MERGE_ACTIONS else None
     quiet_transformers()
@@ -149,7 +152,7 @@ def merge_cmd(
     if action == "adapters":
         from merge.adapters import merge_adapters
 
-        entry = merge_adapters(load_config(config, AdapterMergeConfig, args), step=step)
+        entry = merge_adapters(load_config(config, AdapterMergeConfig, args), store, step=step)
         console.print(f"[green]ready[/green] {entry.name} (adapter) at {entry.path}")
         return
     cfg = load_config(config, MergeConfig, args)
@@ -157,13 +160,13 @@ def merge_cmd(
         from merge.sweep import run_sweep
 
         out = out or Path("runs") / f"sweep-{cfg.name}"
-        summary = run_sweep(cfg, out, step=step)
+        summary = run_sweep(cfg, out, store, step=step)
         console.print(f"chose {summary['chosen']} ({summary['objective']}); wrote {out / 'sweep.csv'}")
         console.print_json(json.dumps({k: summary[k] for k in ("expert_val", "chosen_val", "chosen_test")}))
         return
     from merge.run import merge
 
-    entry = merge(cfg, step=step)
+    entry = merge(cfg, store, step=step)
     console.print(f"[green]ready[/green] {entry.name} (merged) at {entry.path}")
 
 
