@@ -83,7 +83,7 @@ class Manifest(BaseModel):
     source: str = "?"  # what built it: "runtime train", "runtime merge", a pulled package==version
     config: dict[str, Any] | None = None  # the config it was built from, as loaded (overrides applied)
     wall_s: float | None = None
-    peak_rss_mb: float | None = None  # of this build alone, children included
+    peak_rss_mb: float | None = None  # this process's and its children's while the build ran (not before it)
     git_sha: str | None = None
 
     @classmethod
