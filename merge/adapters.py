@@ -8,6 +8,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from runtime.artifacts import Manifest
 from runtime.config import AdapterMergeConfig
@@ -16,6 +19,14 @@ from runtime.models import ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
 Step = Callable[[str], None]
+
+
+class AdapterMergeRecord(BaseModel):
+    """What an adapter merge adds to its manifest."""
+
+    method: str  # PEFT's combination_type
+    tasks: list[str]  # every task its inputs were trained on
+    inputs: list[dict[str, Any]]  # each adapter's name and weight
 
 
 def merge_adapters(config: AdapterMergeConfig, store: ModelStore, step: Step = log.info) -> ModelEntry:
@@ -31,8 +42,9 @@ def merge_adapters(config: AdapterMergeConfig, store: ModelStore, step: Step = l
         if not_lora:
             raise ModelStoreError(f"not LoRA adapters: {', '.join(not_lora)}", fix="list LoRA experts under adapters")
         combine(config, base, entries, build.tmp, step)
-        build.record(method=config.combination, tasks=sorted({t for e in entries for t in _tasks(e)}),
-                     inputs=[{"adapter": a.adapter, "weight": a.weight} for a in config.adapters])
+        build.record(AdapterMergeRecord(
+            method=config.combination, tasks=sorted({t for e in entries for t in _tasks(e)}),
+            inputs=[{"adapter": a.adapter, "weight": a.weight} for a in config.adapters]))
     step(f"saved {config.name} to {build.path}")
     return build.entry
 

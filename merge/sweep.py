@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from merge.grid import Candidate, candidates, weight_grid
 from merge.selection import MIN_GAP, below_base, choose, judge, objective, objective_tasks
 from merge.sweep_report import write_outputs
@@ -161,6 +163,17 @@ def _summary_of(build: Build, out: Path) -> dict:
     return dict(build.manifest.extras["sweep"])
 
 
+class SweepChoice(BaseModel):
+    """Why the kept merge was chosen, in its manifest (beside its merge record and the sweep's summary)."""
+
+    candidate: str
+    config: dict[str, Any] | None  # the candidate's merge config
+    objective: float | None
+    retention: dict[str, float | None]
+    rejected: bool
+    no_candidate_at_or_above_base: bool
+
+
 @dataclass(frozen=True)
 class _Scoring:
     """Scores candidates task by task through the cache; a candidate below the base on a task is rejected, so
@@ -223,9 +236,9 @@ def _keep(best: dict, results: list[dict], build: Build, none_survived: bool, st
         if f.name != MANIFEST:
             f.rename(build.tmp / f.name)
     store.remove(best["name"])
-    build.record(**kept.extras, chosen_by_sweep={
-        "candidate": best["name"], "config": kept.config, "objective": best["objective"],
-        "retention": best["retention"], "rejected": best["rejected"], "no_candidate_at_or_above_base": none_survived})
+    build.record(chosen_by_sweep=SweepChoice(
+        candidate=best["name"], config=kept.config, objective=best["objective"], retention=best["retention"],
+        rejected=best["rejected"], no_candidate_at_or_above_base=none_survived), **kept.extras)
 
 
 def _summary(config: MergeConfig, best: dict, results: list[dict], base: dict[str, float],
@@ -257,8 +270,8 @@ def _identity(entry: ModelEntry) -> str:
 def _task_of(name: str, store: ModelStore) -> str | None:
     """The task of a single-task expert (from its manifest), else None."""
     try:
-        tasks = json.loads((store.get(name).path / "manifest.json").read_text()).get("tasks") or []
-    except (OSError, ValueError):
+        tasks = Manifest.load(store.get(name).path).extras.get("tasks") or []
+    except ModelStoreError:  # no manifest of ours (a directory registered from elsewhere)
         return None
     return tasks[0] if len(tasks) == 1 else None
 

@@ -125,6 +125,7 @@ class Build:
         """Kind-specific manifest fields, as typed records or keywords (never one of the common fields)."""
         for r in records:
             fields = r.model_dump(mode="json") | fields
+        fields = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in fields.items()}
         clash = sorted(set(fields) & set(Manifest.model_fields))
         if clash:
             raise ValueError(f"{', '.join(clash)} are written by the build itself, not recorded")

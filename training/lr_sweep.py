@@ -19,11 +19,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime.artifacts import Manifest, git_sha
 from runtime.config import TrainConfig, load_config
 from runtime.errors import BadRequestError, ConfigError
 from runtime.models import ModelStore
+
+if TYPE_CHECKING:
+    from training.sft import TrainingRecord
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ log = logging.getLogger(__name__)
 def run_sweep(path: str | Path, lrs: list[float], max_steps: int, eval_steps: int, out: Path, store: ModelStore,
               overrides: list[str] | None = None, step: Callable[[str], None] = log.info) -> dict:
     """Train ``path``'s expert once per rate and write the val losses and the choice to ``out`` (JSON)."""
-    from training.sft import train
+    from training.sft import TrainingRecord, train
 
     base = load_config(path, TrainConfig, overrides or [])
     if base.kind != "expert":
@@ -46,9 +50,9 @@ def run_sweep(path: str | Path, lrs: list[float], max_steps: int, eval_steps: in
             step(f"sweep {base.name}: learning rate {lr:g}, {max_steps} steps")
             start = time.time()
             entry = train(config, store, step=step)
-            manifest = Manifest.load(entry.path).model_dump()
+            run = TrainingRecord.model_validate(Manifest.load(entry.path).extras)
             store.remove(name)
-            trials.append(_trial(lr, manifest, time.time() - start))
+            trials.append(_trial(lr, run, time.time() - start))
     record = {"expert": base.name, "config": str(path), "overrides": overrides or [], "base_model": base.base_model,
               "max_steps": max_steps, "eval_steps": eval_steps, "seed": base.seed,
               "rows": trials[0]["budget"]["rows"] if trials else 0, "trials": trials, "chosen": choose(trials),
@@ -59,12 +63,12 @@ def run_sweep(path: str | Path, lrs: list[float], max_steps: int, eval_steps: in
     return record
 
 
-def _trial(lr: float, manifest: dict, wall: float) -> dict:
-    val = manifest["loss_curve"]["val"]
+def _trial(lr: float, run: TrainingRecord, wall: float) -> dict:
+    val = run.loss_curve["val"]
     best_step, best = min(((s, v) for s, v in val if s > 0), key=lambda sv: sv[1], default=(0, float("inf")))
-    return {"learning_rate": lr, "val": val, "train": manifest["loss_curve"]["train"], "best_step": best_step,
-            "best_val_loss": best, "val_loss_before": manifest["val_loss_before"], "wall_s": round(wall, 1),
-            "budget": manifest["mixture"]["budget"]}
+    return {"learning_rate": lr, "val": val, "train": run.loss_curve["train"], "best_step": best_step,
+            "best_val_loss": best, "val_loss_before": run.val_loss_before, "wall_s": round(wall, 1),
+            "budget": run.mixture["budget"]}
 
 
 def choose(trials: list[dict]) -> dict:
