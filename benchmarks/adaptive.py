@@ -1,6 +1,6 @@
 """engine.adaptive on a skewed workload: LoRA experts, adaptive placement and a full model, side by side in one run.
 
-    .venv/bin/python benchmarks/adaptive.py [--model smollm2-135m] [--n 48] [--tokens 32] [--repeats 2]
+    .venv/bin/python benchmarks/adaptive.py [--model smollm2-135m] [--n 48] [--tokens 32] [--repeats 2] [--threads 1]
 
 Four r16 all-linear LoRA adapters on ``--model`` (the store's experts when it has ``<prefix>-lora-<task>`` for
 every task, else random ones of the trained experts' shape: ``tests/loras.make_lora``, non-zero B, same compute).
@@ -14,7 +14,9 @@ all on the in-process hf engine (no HTTP). Three engines, measured in turn, ``--
 - ``full``: the base model with no adapter, every request: what a merged model costs (a merge has the base's
   architecture and size; with no merged SmolLM2 in the store it stands in for ``merged``).
 
-Each: output tok/s over the wall time, TTFT p50 and the p99 inter-token latency of the streams.
+Each: output tok/s over the wall time, TTFT p50 and the p99 inter-token latency of the streams. ``--threads``:
+torch's threads (1 by default: with the cores shared by other busy processes, two OpenMP threads wait on each
+other at every barrier and a step takes up to 30x longer; see bandwidth.py).
 """
 
 from __future__ import annotations
@@ -127,7 +129,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("runtime.engines.adaptive").setLevel(logging.INFO)
     from runtime.models import ModelStore
@@ -135,7 +141,7 @@ def main() -> None:
     model = ModelStore().get(args.model).path
     adapters, source = adapters_for(args.model, model)
     names, warm = mix(args.n), mix(16, seed=1)
-    print(f"{args.model} {args.dtype}, adapters: {source}; {args.n} requests "
+    print(f"{args.model} {args.dtype}, {args.threads} torch thread(s), adapters: {source}; {args.n} requests "
           f"({names.count('generation')} generation) x {args.tokens} tokens, ignore_eos, concurrency 8")
     print("| round | engine | out tok/s | TTFT p50 | p99 ITL | placement |\n|---|---|---:|---:|---:|---|")
     for r in range(args.repeats):

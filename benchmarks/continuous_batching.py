@@ -161,8 +161,13 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,smollm2-135m")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--hotload-itl", action="store_true", help="only the in-flight ITL around adapter loads")
+    parser.add_argument("--threads", type=int, help="torch threads (1 on cores shared with busy processes)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.hotload_itl:
         for name in args.models.split(","):
             print(name, args.dtype, asyncio.run(hotload_itl(model_path(name), args.dtype, args.tokens)), flush=True)
