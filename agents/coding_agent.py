@@ -1,6 +1,11 @@
 """A LangGraph coding agent on the runtime: plan -> generate -> complete -> [run_tests] -> review ->
 (revise -> complete -> [run_tests] -> review)* -> finish, with a bounded number of revisions.
 
+Given a function to complete (``prompt``: imports, signature and docstring, as in HumanEval) the agent works as
+`runtime eval` does: no plan, generate and revise ask the generation route with eval's HumanEval prompt, and
+the code is the prompt plus the body the answer gives (``scoring.assemble``); generate -> [run_tests] ->
+(review -> revise -> [run_tests])*. With ``max_revisions=0`` it scores what `runtime eval`'s pass@1 scores.
+
 Each node calls the runtime with ``model`` set to its task (generation, completion, review), so the runtime,
 not the agent, decides which deployment and adapter answer. ``build_graph(llm_factory, ...)`` takes its model
 maker as an argument, so tests pass a scripted fake. State is checkpointed under a ``thread_id``.
@@ -20,13 +25,16 @@ from langgraph.graph import END, START, StateGraph
 from agents.llm import CallFailed, call
 from runtime.bench.metrics import parses
 from runtime.bench.sandbox import Sandbox
-from runtime.bench.scoring import strip_fences
+from runtime.bench.scoring import assemble, check_program, strip_fences
+from runtime.config import TasksConfig, configs_dir, load_config
+from training.tasks.prompts import task_config
 
 MAX_COMPLETION_LINES = 4  # completion calls to finish code that was cut off; then the longest prefix that parses
 
 
 class AgentState(TypedDict, total=False):
     job: str
+    prompt: str | None  # a function to complete (imports, signature, docstring): eval's prompt and assembly
     tests: str | None  # test code that calls check(entry_point) or asserts; run in the sandbox
     entry_point: str | None
     plan: str
@@ -54,6 +62,21 @@ def _written(reply) -> dict[str, Any]:
     return {"code": _code_of(reply.text), "truncated": reply.finish_reason == "length"}
 
 
+def body_messages(tasks: TasksConfig, prompt: str, feedback: str = "") -> list[tuple[str, str]]:
+    """`runtime eval`'s HumanEval request for ``prompt`` (the generation task's system and prompt), with the
+    previous attempt's review and test output appended when revising."""
+    cfg = task_config(tasks, "humaneval")
+    user = cfg.prompt.format(input=prompt) + (f"\n\n{feedback}\n\nReply with the corrected body only, indented "
+                                              "as in the function." if feedback else "")
+    return ([("system", cfg.system)] if cfg.system else []) + [("user", user)]
+
+
+def _function(state: AgentState, reply) -> dict[str, Any]:
+    """The function as eval assembles it: the prompt and the body the answer gives."""
+    return {"code": assemble(state["prompt"] or "", reply.text, state.get("entry_point") or ""),
+            "truncated": reply.finish_reason == "length"}
+
+
 def parseable_prefix(code: str) -> str:
     """The longest run of leading lines that parses ("" if none): what is left of code cut off mid-way."""
     lines = code.splitlines()
@@ -63,10 +86,13 @@ def parseable_prefix(code: str) -> str:
     return ""
 
 
-def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = None, checkpointer=None):
-    """The compiled graph. ``llm_factory(task)`` returns a chat model whose requests route to ``task``."""
+def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = None, checkpointer=None,
+                tasks: TasksConfig | None = None):
+    """The compiled graph. ``llm_factory(task)`` returns a chat model whose requests route to ``task``; ``tasks``
+    (default configs/tasks.yaml) holds the prompt a function to complete is asked with."""
     models = {task: llm_factory(task) for task in ("generation", "completion", "review")}
     sandbox = sandbox or Sandbox()
+    tasks = tasks or load_config(configs_dir() / "tasks.yaml", TasksConfig)
 
     def guarded(node: str, task: str, messages: list[tuple[str, str]]):
         try:
@@ -82,6 +108,9 @@ def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = 
         return update | ({"plan": reply.text} if reply else {})
 
     def generate(state: AgentState) -> dict:
+        if state.get("prompt"):
+            reply, update = guarded("generate", "generation", body_messages(tasks, state["prompt"]))
+            return update | (_function(state, reply) if reply else {})
         reply, update = guarded("generate", "generation", [
             ("system", "You are an expert Python programmer. Answer with code only."),
             ("user", f"{state['job']}\n\nPlan:\n{state.get('plan', '')}\n\nWrite the complete Python code.")])
@@ -115,13 +144,12 @@ def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = 
         return {"code": code, "steps": steps}
 
     def run_tests(state: AgentState) -> dict:
-        program = f"{state.get('code', '')}\n\n{state['tests']}\n"
-        if state.get("entry_point"):
-            program += f"\ncheck({state['entry_point']})\n"
-        result = sandbox.run(program)
+        code, tests, entry_point = state.get("code", ""), state["tests"] or "", state.get("entry_point")
+        result = sandbox.run(check_program(code, tests, entry_point) if entry_point else f"{code}\n\n{tests}\n")
         output = (result.stdout + result.stderr)[-2000:]
         return {"passed": result.passed, "test_output": output,
-                "steps": [{"node": "run_tests", "status": result.status, "seconds": result.duration_s}]}
+                "steps": [{"node": "run_tests", "status": result.status, "passed": result.passed,
+                           "seconds": result.duration_s}]}
 
     def review(state: AgentState) -> dict:
         failures = "" if state.get("passed") is None else f"\n\nTest output:\n{state.get('test_output', '')}"
@@ -134,6 +162,11 @@ def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = 
         return update | ({"review": reply.text} if reply else {})
 
     def revise(state: AgentState) -> dict:
+        if state.get("prompt"):
+            feedback = (f"Current function:\n{state.get('code', '')}\n\nReview:\n{state.get('review', '')}\n\n"
+                        f"Test output:\n{state.get('test_output', '')}")
+            reply, update = guarded("revise", "generation", body_messages(tasks, state["prompt"], feedback))
+            return update | {"revisions": state.get("revisions", 0) + 1} | (_function(state, reply) if reply else {})
         reply, update = guarded("revise", "generation", [
             ("system", "You are an expert Python programmer. Answer with code only."),
             ("user", f"{state['job']}\n\nCurrent code:\n{state.get('code', '')}\n\nReview:\n{state.get('review', '')}"
@@ -144,8 +177,9 @@ def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = 
     def finish(state: AgentState) -> dict:
         return {"steps": [{"node": "finish", "passed": state.get("passed"), "error": state.get("error")}]}
 
-    def after_tests(state: AgentState) -> str:
-        return "finish" if state.get("error") or state.get("passed") else "review"
+    def after_tests(state: AgentState) -> str:  # a review only where a revision can follow it
+        out_of_revisions = state.get("revisions", 0) >= state.get("max_revisions", 2)
+        return "finish" if state.get("error") or state.get("passed") or out_of_revisions else "review"
 
     def after_complete(state: AgentState) -> str:
         if state.get("error"):
@@ -159,6 +193,9 @@ def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = 
             r"line\s*:?\s*\d+", state.get("review", ""), re.I)
         return "finish" if clean and state.get("passed") is not False else "revise"
 
+    def after_writing(state: AgentState) -> str:  # a function to complete is run as eval runs it: no completion
+        return after_complete(state) if state.get("prompt") else "finish" if state.get("error") else "complete"
+
     def stop_on_error(next_node: str) -> Callable[[AgentState], str]:
         return lambda state: "finish" if state.get("error") else next_node
 
@@ -166,13 +203,15 @@ def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = 
     for name, fn in (("plan", plan), ("generate", generate), ("complete", complete), ("run_tests", run_tests),
                      ("review", review), ("revise", revise), ("finish", finish)):
         graph.add_node(name, fn)
-    graph.add_edge(START, "plan")
+    graph.add_conditional_edges(START, lambda state: "generate" if state.get("prompt") else "plan",
+                                ["plan", "generate"])
     graph.add_conditional_edges("plan", stop_on_error("generate"), ["generate", "finish"])
-    graph.add_conditional_edges("generate", stop_on_error("complete"), ["complete", "finish"])
+    writing = ["complete", "run_tests", "review", "finish"]
+    graph.add_conditional_edges("generate", after_writing, writing)
     graph.add_conditional_edges("complete", after_complete, ["run_tests", "review", "finish"])
     graph.add_conditional_edges("run_tests", after_tests, ["review", "finish"])
     graph.add_conditional_edges("review", after_review, ["revise", "finish"])
-    graph.add_conditional_edges("revise", stop_on_error("complete"), ["complete", "finish"])
+    graph.add_conditional_edges("revise", after_writing, writing)
     graph.add_edge("finish", END)
     return graph.compile(checkpointer=checkpointer)
 
@@ -191,9 +230,13 @@ def make_checkpointer(sqlite_path: str | None = None):
 
 
 def run_agent(graph, job: str, *, tests: str | None = None, entry_point: str | None = None, max_revisions: int = 2,
-              thread_id: str = "default", on_step: Callable[[dict], None] | None = None) -> AgentState:
-    """Stream the graph, reporting each step as it happens; return the final state."""
-    initial: AgentState = {"job": job, "tests": tests, "entry_point": entry_point, "revisions": 0,
+              thread_id: str = "default", on_step: Callable[[dict], None] | None = None,
+              prompt: str | None = None) -> AgentState:
+    """Stream the graph, reporting each step as it happens; return the final state. ``prompt``: a function to
+    complete (with its ``entry_point``), asked and assembled as `runtime eval` does."""
+    if prompt and not entry_point:
+        raise ValueError("a function to complete (prompt) needs its entry_point: the body is taken from that def")
+    initial: AgentState = {"job": job, "prompt": prompt, "tests": tests, "entry_point": entry_point, "revisions": 0,
                            "max_revisions": max_revisions, "passed": None, "error": None, "steps": []}
     config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 12 + 6 * max_revisions}
     for update in graph.stream(initial, config, stream_mode="updates"):

@@ -30,14 +30,16 @@ class CallFailed(RuntimeError):
     """A model call that still failed after its retries; the agent records it and stops."""
 
 
-def chat_factory(base_url: str, api_key: str = "none", deployment: str | None = None, max_tokens: int = 256,
-                 timeout_s: float = 120.0) -> Callable[[str], Any]:
-    """A maker of ChatOpenAI clients whose ``model`` is the task (or ``DEPLOYMENT/task``)."""
+def chat_factory(base_url: str, api_key: str = "none", deployment: str | None = None,
+                 max_tokens: int | dict[str, int] = 256, timeout_s: float = 120.0) -> Callable[[str], Any]:
+    """A maker of ChatOpenAI clients whose ``model`` is the task (or ``DEPLOYMENT/task``); ``max_tokens`` is one
+    cap for every task or one per task (256 for a task it leaves out)."""
     from langchain_openai import ChatOpenAI
 
     def make(task: str):
         model = f"{deployment}/{task}" if deployment else task
-        return ChatOpenAI(base_url=base_url, api_key=api_key, model=model, temperature=0, max_tokens=max_tokens,
+        cap = max_tokens.get(task, 256) if isinstance(max_tokens, dict) else max_tokens
+        return ChatOpenAI(base_url=base_url, api_key=api_key, model=model, temperature=0, max_tokens=cap,
                           timeout=timeout_s, max_retries=0, include_response_headers=True)
 
     return make

@@ -1,9 +1,11 @@
-"""The coding agent on HumanEval problems, once per deployment option, against a real `runtime serve`.
+"""The coding agent on HumanEval problems, once per deployment option, against a real `runtime serve`: the bench's
+agent column (runtime/bench/agent.py) for options outside a bench run.
 
-    .venv/bin/python benchmarks/agent_humaneval.py [--problems 20] [--options base experts mixed ...]
-        [--workers 4] [--max-tokens 128] [--max-revisions 1]
+    .venv/bin/python benchmarks/agent_humaneval.py [--problems 40] [--options base experts mixed ...]
+        [--workers 4] [--max-tokens 600] [--max-revisions 2]
 
-Per option: solved share (the problem's own tests pass in the sandbox), mean steps, mean wall time per problem,
+Per option: problems solved with the review -> revise loop, solved by the first generation alone (a single
+generation's pass@1, as `runtime eval` scores it), what the loop adds, mean model calls and wall time per problem,
 tokens, and calls per task route (from the runtime's route headers). Several agents run at once (--workers), so
 the server batches their calls; wall times are per problem under that load.
 """
@@ -12,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+import logging
 
-from agents.coding_agent import build_graph, make_checkpointer, run_agent
-from agents.llm import chat_factory
+from runtime.bench.agent import run_on_server
 from runtime.bench.launch import ServerProcess
+from runtime.config import AgentConfig, TasksConfig, configs_dir, load_config
 from training.tasks import load_items
 
+log = logging.getLogger(__name__)
 OPTIONS = {  # option -> `runtime serve` arguments
     "base": ["--model", "smollm2-135m"],
     "experts": ["--deployment", "experts"],
@@ -31,48 +32,23 @@ OPTIONS = {  # option -> `runtime serve` arguments
 }
 
 
-def job_text(prompt: str) -> str:
-    return f"Complete this Python function so that it passes its tests:\n\n{prompt}"
-
-
-def run_option(option: str, problems: list, workers: int, max_tokens: int, max_revisions: int) -> dict:
-    with ServerProcess(OPTIONS[option]) as server:
-        graph = build_graph(chat_factory(server.url, max_tokens=max_tokens), checkpointer=make_checkpointer())
-
-        def solve(item) -> dict:
-            start = time.perf_counter()
-            state = run_agent(graph, job_text(item.input), tests=item.meta["test"],
-                              entry_point=item.meta["entry_point"], max_revisions=max_revisions,
-                              thread_id=f"{option}-{item.id}")
-            calls = [s for s in state["steps"] if "route" in s]
-            return {"solved": bool(state.get("passed")), "steps": len(state["steps"]),
-                    "seconds": time.perf_counter() - start, "error": state.get("error"),
-                    "tokens": sum(s.get("prompt_tokens", 0) + s.get("completion_tokens", 0) for s in calls),
-                    "routes": Counter(f"{s['task']}->{s['route'].get('deployment', '?')}/"
-                                      f"{s['route'].get('adapter') or '-'}" for s in calls)}
-
-        with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(solve, problems))
-    n = len(results)
-    routes = sum((r["routes"] for r in results), Counter())
-    return {"option": option, "problems": n, "solved": sum(r["solved"] for r in results),
-            "solved_share": sum(r["solved"] for r in results) / n, "mean_steps": sum(r["steps"] for r in results) / n,
-            "mean_wall_s": sum(r["seconds"] for r in results) / n, "mean_tokens": sum(r["tokens"] for r in results) / n,
-            "errors": sum(1 for r in results if r["error"]), "calls_per_route": dict(routes),
-            "cold_start_s": server.cold_start_s}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problems", type=int, default=20)
+    parser.add_argument("--problems", type=int, default=40)
     parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--max-revisions", type=int, default=1)
+    parser.add_argument("--max-tokens", type=int, default=600)
+    parser.add_argument("--max-revisions", type=int, default=2)
     a = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = AgentConfig(n=a.problems, max_revisions=a.max_revisions, workers=a.workers, max_tokens=a.max_tokens)
+    tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
     problems = load_items("humaneval", "test", a.problems)
     for option in a.options:
-        print(json.dumps(run_option(option, problems, a.workers, a.max_tokens, a.max_revisions)), flush=True)
+        with ServerProcess(OPTIONS[option]) as server:
+            summary = run_on_server(server.url, problems, cfg, tasks, label=option)
+        summary.pop("records")
+        log.info("%s", json.dumps({"option": option, **summary, "cold_start_s": server.cold_start_s}))
 
 
 if __name__ == "__main__":

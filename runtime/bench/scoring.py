@@ -261,9 +261,19 @@ def score_review(items: list[TaskItem], answers: list[str], sandbox: Sandbox | N
             "format_failures": format_failures([r.form for r in reviews], CODE_FAILURES)}
 
 
+def assemble(prompt: str, answer: str, entry_point: str) -> str:
+    """The function as HumanEval runs it: the problem's prompt (imports, signature, docstring) and the body the
+    answer gives (`runtime eval`, the bench and the agent assemble it alike)."""
+    return f"{prompt}{function_body(answer, entry_point)}"
+
+
+def check_program(code: str, tests: str, entry_point: str) -> str:
+    return f"{code}\n\n{tests}\n\ncheck({entry_point})\n"
+
+
 def humaneval_program(item: TaskItem, answer: str) -> str:
-    body = function_body(answer, str(item.meta["entry_point"]))
-    return f"{item.input}{body}\n\n{item.meta['test']}\n\ncheck({item.meta['entry_point']})\n"
+    entry_point = str(item.meta["entry_point"])
+    return check_program(assemble(item.input, answer, entry_point), item.meta["test"], entry_point)
 
 
 _RUNS: dict[str, RunResult] = {}  # program -> its result: the bench reads one option's answers several times
@@ -336,5 +346,5 @@ SCORERS: dict[str, Callable[[list[TaskItem], list[str], Sandbox | None], dict]] 
     "humaneval": score_humaneval,
 }
 
-__all__ = ["NO_ISSUES", "SCORERS", "first_line", "function_body", "headline_statistic", "humaneval_program",
-           "parse_review", "summary_line"]
+__all__ = ["NO_ISSUES", "SCORERS", "assemble", "first_line", "function_body", "headline_statistic", "humaneval_program",
+           "parse_review", "summary_line", "check_program"]

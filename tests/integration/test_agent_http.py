@@ -22,3 +22,25 @@ def test_each_node_reaches_the_route_of_its_task(server: str):
     assert {s["node"] for s in calls} >= {"plan", "generate"}
     metrics = httpx.get(f"{server}/metrics").text
     assert 'mixmerge_routes_total{adapter="tiny-gen",deployment="tiny-experts",task="generation"}' in metrics
+
+
+def test_the_bench_agent_solves_a_humaneval_problem_over_http_on_each_route(server: str):
+    """runtime/bench/agent.py against the server: eval's request on the generation route, the review route for
+    the loop, and a summary that counts calls and what the loop added."""
+    from runtime.bench.agent import run_on_server
+    from runtime.bench.sandbox import Sandbox
+    from runtime.config import AgentConfig, TasksConfig, configs_dir, load_config
+    from training.tasks import TaskItem
+
+    prompt = 'from typing import List\n\n\ndef total(xs: List[int]) -> int:\n    """Sum of xs."""\n'
+    item = TaskItem("humaneval/toy", "humaneval", "test", "humaneval", prompt, "    return sum(xs)\n",
+                    {"entry_point": "total", "test": "def check(f):\n    assert f([1, 2]) == 3\n"})
+    cfg = AgentConfig(n=1, max_revisions=1, workers=1, max_tokens=256)
+    tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
+    summary = run_on_server(f"{server}/v1", [item], cfg, tasks, Sandbox(allow_unsafe=True), api_key="test-key")
+    assert summary["problems"] == 1 and summary["errors"] == 0
+    (record,) = summary["records"]
+    assert record["solved"] == (record["first_try"] or summary["loop_adds"] == 100.0)
+    routes = summary["calls_per_route"]
+    assert routes["generation->tiny-experts/tiny-gen"] == (1 if record["first_try"] else 2)
+    assert record["first_try"] or routes["review->tiny-experts/tiny-rev"] == 1  # a failed first try is reviewed

@@ -209,7 +209,7 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
         "deployments=[experts, merged, mixed, hybrid]", "accuracy.n=4", "accuracy.humaneval_n=2",
-        "accuracy.bootstrap=100",
+        "agent.n=2", "agent.max_revisions=1", "accuracy.bootstrap=100",
         "load.requests={1: 2, 4: 4}", "load.concurrency=[1, 4]", "load.rate_requests=3", "load.rate=20",
         "budget.memory_mb=100000"])
     out = tmp_path / "bench"
@@ -268,6 +268,11 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     assert "| generation pass@1 (HumanEval) | generation chrf_pp |" in md
     humaneval = [json.loads(ln) for ln in (out / "answers" / "experts" / "humaneval.jsonl").read_text().splitlines()]
     assert [h["id"] for h in humaneval] == [it.id for it in load_items("humaneval", "test", 2)]
+    agent = by["experts"]["agent"]  # the fake engine's answers solve nothing, but every step ran over HTTP
+    assert agent["problems"] == 2 and agent["solved"] == agent["first_try"] == 0 and agent["errors"] == 0
+    assert agent["mean_calls"] == 3 and "generation->experts/smollm2-lora-generation" in agent["calls_per_route"]
+    assert len((out / "answers" / "experts" / "agent.jsonl").read_text().splitlines()) == 2
+    assert "Coding agent on HumanEval's first 2 problems" in md and "agent solved" in md
     experts = json.loads(Path(by["experts"]["answers_file"]).read_text())["answers"]
     assert {a["route"]["adapter"] for a in experts["humaneval"]} == {"smollm2-lora-generation"}  # generation's route
     for chart in ("accuracy_vs_throughput.png", "accuracy_per_task.png", "latency.png"):
@@ -304,7 +309,8 @@ def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_
     monkeypatch.setattr(bench_run, "recommend", mixed_plan)
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
-        "deployments=[experts, mixed, hybrid]", "accuracy.n=2", "accuracy.humaneval_n=0", "accuracy.bootstrap=100",
+        "deployments=[experts, mixed, hybrid]", "accuracy.n=2", "accuracy.humaneval_n=0", "agent.n=0",
+        "accuracy.bootstrap=100",
         "load.requests={1: 2}", "load.concurrency=[1]", "load.rate=null", "budget.memory_mb=100000"])
     progress = Recorder()
     report = run_bench(cfg, tmp_path / "bench", progress)
@@ -318,8 +324,8 @@ def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_
 def test_an_option_is_scored_on_the_engine_named_for_it(tiny_zoo, tmp_path):
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake, hf]",
-        "deployments=[mixed]", "accuracy.n=2", "accuracy.humaneval_n=0", "accuracy.agreement_n=1",
-        "accuracy.engine=fake",
+        "deployments=[mixed]", "accuracy.n=2", "accuracy.humaneval_n=0", "agent.n=0",
+        "accuracy.agreement_n=1", "accuracy.engine=fake",
         "accuracy.engine_for={mixed: hf}", "load.requests={1: 1}", "load.concurrency=[1]", "load.rate=null",
         "load.warmup=0", "load.max_tokens=2"])
     report = run_bench(cfg, tmp_path / "bench", Recorder())
@@ -332,7 +338,7 @@ def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_pat
     ModelStore().remove("smollm2-merged")
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
-        "deployments=[merged, hybrid]", "accuracy.n=2", "accuracy.humaneval_n=0"])
+        "deployments=[merged, hybrid]", "accuracy.n=2", "accuracy.humaneval_n=0", "agent.n=0"])
     report = run_bench(cfg, tmp_path / "bench", Recorder())
     assert [r["deployment"] for r in report["results"]] == ["base", "hybrid"]  # the plan falls back to base
     assert report["results"][1]["same_as"] == "base" and [f["deployment"] for f in report["failures"]] == ["merged"]
@@ -344,8 +350,8 @@ def test_a_pair_the_config_skips_is_not_served_and_the_report_says_why(tiny_zoo,
     from runtime.bench import run as bench_run
 
     args = ["zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
-            "deployments=[mixed, experts]", "accuracy.n=2", "accuracy.humaneval_n=0", "accuracy.bootstrap=100",
-            "load.requests={1: 1}",
+            "deployments=[mixed, experts]", "accuracy.n=2", "accuracy.humaneval_n=0", "agent.n=0",
+            "accuracy.bootstrap=100", "load.requests={1: 1}",
             "load.concurrency=[1]", "load.rate=null", "load.warmup=0"]
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig,
                       [*args, "skip={mixed/fake: too slow here, experts/fake-cpu: no GPU}"])
@@ -366,7 +372,8 @@ def test_answers_are_keyed_by_the_weights_that_answer_each_task(tiny_zoo, tmp_pa
     from runtime.config import DeploymentConfig
     from runtime.deploy import build_plan
 
-    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, ["accuracy.n=2", "accuracy.humaneval_n=0"])
+    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig,
+                      ["accuracy.n=2", "accuracy.humaneval_n=0", "agent.n=0"])
     bench = Bench(cfg, tmp_path / "bench", Recorder())
     experts = bench.plan("experts")[1]
     all_experts = DeploymentConfig(name="hybrid", option="hybrid", base_model="smollm2-135m",
