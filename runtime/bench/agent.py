@@ -20,6 +20,9 @@ from runtime.bench.stats import clopper_pearson
 from runtime.config import AgentConfig, TasksConfig
 from training.tasks import TaskItem
 
+CALL_TIMEOUT_S = 900.0  # as the bench's scoring requests: 600 tokens from a 0.5B model on shared CPU cores, with
+# `workers` agents at once, outlast ChatOpenAI's usual 120 s, and a timed-out call is asked again from the start
+
 
 def solve(graph, item: TaskItem, max_revisions: int, thread: str) -> dict:
     """One problem: {id, solved, first_try, calls, seconds, tokens, error, routes}."""
@@ -60,8 +63,8 @@ def run_on_server(url: str, problems: list[TaskItem], cfg: AgentConfig, tasks: T
     """The agent on every problem against the server at ``url`` (its /v1), ``cfg.workers`` at once so the server
     batches their calls; wall times are per problem under that load. The summary plus ``records``."""
     caps = {"generation": cfg.max_tokens} | {t: tasks.tasks[t].max_new_tokens for t in ("completion", "review")}
-    graph = build_graph(chat_factory(url, api_key, max_tokens=caps), sandbox=sandbox or Sandbox(),
-                        checkpointer=make_checkpointer(), tasks=tasks)
+    llm = chat_factory(url, api_key, max_tokens=caps, timeout_s=CALL_TIMEOUT_S)
+    graph = build_graph(llm, sandbox=sandbox or Sandbox(), checkpointer=make_checkpointer(), tasks=tasks)
     with ThreadPoolExecutor(cfg.workers) as pool:
         records = list(pool.map(lambda it: solve(graph, it, cfg.max_revisions, f"{label}-{it.id}"), problems))
     return summarize(records, cfg) | {"records": [r | {"routes": dict(r["routes"])} for r in records]}

@@ -147,3 +147,12 @@ def test_the_agent_does_not_import_the_cli_that_imports_it():
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert "runtime.cli" not in imported  # `runtime agent` is the one entry point (lazy imports included)
+
+
+def test_each_task_route_gets_its_own_answer_cap():
+    from agents.llm import chat_factory
+
+    make = chat_factory("http://127.0.0.1:1/v1", max_tokens={"generation": 600, "review": 48})
+    assert (make("generation").max_tokens, make("review").max_tokens, make("completion").max_tokens) == (600, 48, 256)
+    assert make("review").model_name == "review"
+    assert chat_factory("http://x/v1", max_tokens=64)("review").max_tokens == 64
