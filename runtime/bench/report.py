@@ -200,7 +200,8 @@ def controls_section(report: dict, tasks: list[str]) -> list[str]:
     if gains:
         lines += ["", "Gain over the untuned `base` on the same items (headline points, paired 95% bootstrap "
                   "interval; **≤ base** where the estimate is not above base, **below base** where the whole "
-                  "interval is):", "", "| option | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+                  "interval is):", "", "| option | " + " | ".join(column_label(report, t) for t in tasks) + " |",
+                  "|---|" + "---:|" * len(tasks)]
         for option, per_task in gains.items():
             cells = []
             for t in tasks:
