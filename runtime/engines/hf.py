@@ -322,6 +322,30 @@ def read_adapter(path: Path, base_config=None) -> tuple[object, dict, list | Non
     return config, weights, built
 
 
+def install_adapter(model, name: str, config, weights: dict, layers: list | None = None):
+    """The model with one read adapter (``read_adapter``) added: its prebuilt layers set into the LoRA layers
+    already there (fast), else PEFT's injection (the first adapter wraps the model in PEFT). A failure raises
+    and leaves the model as it was."""
+    from peft import PeftModel, set_peft_model_state_dict
+
+    wrapped = hasattr(model, "peft_config")
+    if not (wrapped and layers and transplant(model, layers, name, config)):
+        try:
+            if wrapped:
+                model.add_adapter(name, config)
+            else:  # in steps, so a failure can unwrap it again
+                model = PeftModel(model, config, adapter_name=name)
+            result = set_peft_model_state_dict(model, weights, adapter_name=name)
+            missing = [k for k in result.missing_keys if ".lora_" in k and f".{name}." in k]
+            if missing:
+                raise ValueError(f"{len(missing)} LoRA weights missing from the file, e.g. {missing[0]}")
+        except Exception as e:
+            rolled_back(model, name, wrapped)
+            raise BadRequestError(f"adapter for '{name}' does not fit this model: {e}", param="lora_path",
+                                  fix="load an adapter trained on this engine's base model") from e
+    return model.eval()
+
+
 def rolled_back(model, name: str, was_wrapped: bool):
     """The model without the adapter a failed load left half-injected."""
     if name in getattr(model, "peft_config", {}):

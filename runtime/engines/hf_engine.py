@@ -4,8 +4,8 @@ transformers' own).
 One worker thread loops: it runs model changes queued between steps (adapter loads and unloads), admits waiting
 requests, prefills newcomers alone in chunks under ``prefill_budget`` tokens per step, and runs one decode step of
 every running row. A request that arrives mid-answer joins at the next step; a row that ends (EOS, stop string,
-limit, client gone) leaves at once. A batch mixes adapters (PEFT ``adapter_names=``, the base model as
-``__base__``) and sampling settings. Adapters live in slots: at most ``max_loras`` are resident, the least recently
+limit, client gone) leaves at once. A batch mixes adapters (one grouped LoRA forward per layer, ``lora.py``;
+the base model as ``__base__``) and sampling settings. Adapters live in slots: at most ``max_loras`` are resident, the least recently
 used unpinned one that no running row uses is evicted to make room. An adapter loaded at runtime is checked and
 read on a loader thread; only the injection (on meta, weights assigned: ``low_cpu_mem_usage``) holds the model.
 With ``engine.adaptive``, a dominant adapter's new rows run on a folded copy of the model (``adaptive.py``): each
@@ -28,7 +28,8 @@ from pathlib import Path
 from runtime.config import EngineConfig
 from runtime.engines.adaptive import Placement, fold_copy, weight_bytes
 from runtime.engines.base import EngineRequest, EngineResult, StreamDelta
-from runtime.engines.hf import HFRunner, eos_ids, read_adapter, rolled_back, transplant
+from runtime.engines.hf import HFRunner, eos_ids, install_adapter, read_adapter
+from runtime.engines.lora import GroupedLora
 from runtime.engines.scheduler import BASE, Batch, Job, next_tokens, prefill
 from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
 
@@ -72,6 +73,7 @@ class HFEngine:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine-loader")
         self._counter = copy.deepcopy(self.runner.tokenizer)
         self._closed = False
+        self.lora = GroupedLora()  # the served model's adapters, stacked for one grouped LoRA forward per layer
         self.batches: deque[int] = deque(maxlen=4096)  # rows in each recent decode step (for tests and metrics)
         adaptive = self.config.adaptive
         self.placement = None if adaptive is None else Placement(
@@ -84,28 +86,12 @@ class HFEngine:
         return read_adapter(path, self._base_config if prebuild else None)
 
     def _install(self, name: str, config, weights: dict, layers: list | None = None) -> float:
-        """Add one read adapter to the model: its prebuilt layers set into the LoRA layers already there (fast),
-        else PEFT's injection; a failure leaves the model as it was."""
-        from peft import PeftModel, set_peft_model_state_dict
-
+        """Add one read adapter to the model (``install_adapter``) and stack it for the grouped forward."""
         start = time.perf_counter()
-        model = self.runner.model
-        wrapped = hasattr(model, "peft_config")
-        if not (wrapped and layers and transplant(model, layers, name, config)):
-            try:
-                if wrapped:
-                    model.add_adapter(name, config)
-                else:  # the first adapter wraps the model: in steps, so a failure can unwrap it again
-                    model = PeftModel(model, config, adapter_name=name)
-                result = set_peft_model_state_dict(model, weights, adapter_name=name)
-                missing = [k for k in result.missing_keys if ".lora_" in k and f".{name}." in k]
-                if missing:
-                    raise ValueError(f"{len(missing)} LoRA weights missing from the file, e.g. {missing[0]}")
-            except Exception as e:
-                self.runner.model = rolled_back(model, name, wrapped)
-                raise BadRequestError(f"adapter for '{name}' does not fit this model: {e}", param="lora_path",
-                                      fix="load an adapter trained on this engine's base model") from e
-        self.runner.model = model.eval()
+        try:
+            self.runner.model = install_adapter(self.runner.model, name, config, weights, layers)
+        finally:  # a failed load leaves the model as it was: its stacks are re-read either way
+            self.lora.sync(self.runner.model)
         self.resident[name] = None
         ms = (time.perf_counter() - start) * 1000
         self.adapter_lock_ms[name] = ms
@@ -138,6 +124,7 @@ class HFEngine:
 
     def _drop(self, name: str) -> None:
         self.runner.model.delete_adapter(name)
+        self.lora.sync(self.runner.model)
         del self.resident[name]
 
     def _ready(self, name: str) -> bool:
@@ -249,11 +236,13 @@ class HFEngine:
     def running(self) -> int:
         return len(self._rows()) + len(self._filling)
 
-    def _lanes(self) -> list[tuple[Batch, object, bool]]:
+    def _lanes(self) -> list[tuple[Batch, object, GroupedLora | None]]:
         """Each model's batch: the served model's (LoRA rows) and a folded copy's, if one is placed."""
-        model = self.runner.model
-        served = [(self.batch, model, hasattr(model, "peft_config"))]
-        return served + [(lane.batch, lane.model, False) for lane in (self.placement.lanes() if self.placement else [])]
+        served = [(self.batch, self.runner.model, self._served_lora())]
+        return served + [(lane.batch, lane.model, None) for lane in (self.placement.lanes() if self.placement else [])]
+
+    def _served_lora(self) -> GroupedLora | None:
+        return self.lora if hasattr(self.runner.model, "peft_config") else None
 
     def _rows(self) -> list[Job]:
         return [job for batch, _, _ in self._lanes() for job in batch.rows]
@@ -388,8 +377,8 @@ class HFEngine:
                 self._filling.pop(0).abort()
                 continue
             before = job.filled
-            model, wrapped = (job.lane.model, False) if job.lane else (served, hasattr(served, "peft_config"))
-            logits = prefill(model, job, budget, wrapped)
+            model, lora = (job.lane.model, None) if job.lane else (served, self._served_lora())
+            logits = prefill(model, job, budget, lora)
             budget -= job.filled - before
             if logits is None:
                 return
@@ -401,8 +390,8 @@ class HFEngine:
 
     def _decode(self) -> None:
         """One step of every model's rows (the served model's, then a folded copy's)."""
-        for batch, model, wrapped in self._lanes():
+        for batch, model, lora in self._lanes():
             if len(batch):
                 self.batches.append(len(batch))
-                batch.decode(model, wrapped, self.runner.tokenizer, self.eos, self._eos_list)
+                batch.decode(model, lora, self.runner.tokenizer, self.eos, self._eos_list)
 

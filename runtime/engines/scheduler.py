@@ -10,8 +10,8 @@ manager, ``torch.multinomial`` without a per-request generator), so per-request 
 batch and vLLM's per-request ``min_tokens``/``ignore_eos`` are not expressible; ``add_request`` takes only the
 temperature/top_k/top_p per-request processor kwargs (``cb_logits_processors.py``).
 
-Here: each step is one forward of every running row's pending token (``[rows, 1]``, ``adapter_names`` per row,
-the base model as ``__base__``) over one DynamicCache whose rows are left-padded to a common width. The cache is
+Here: each step is one forward of every running row's pending token (``[rows, 1]``, one adapter per row, the
+base model as ``__base__``, run by ``lora.GroupedLora``) over one DynamicCache whose rows are left-padded to a common width. The cache is
 reshaped only when membership changes: a newcomer, prefilled alone in chunks under a per-step token budget
 (``prefill``), is padded in; finished rows are selected out and columns that are padding in every row are cut.
 Every row keeps its own sampling (argmax, or temperature/top_p with its own seeded generator), EOS floor, stop
@@ -24,8 +24,9 @@ import asyncio
 from dataclasses import dataclass, field
 
 from runtime.engines.base import EngineRequest, StreamDelta
+from runtime.engines.lora import BASE, GroupedLora
 
-BASE = "__base__"
+__all__ = ["BASE", "Batch", "Job", "next_tokens", "prefill"]
 
 
 @dataclass(eq=False)
@@ -90,7 +91,12 @@ class Job:
 
 
 # ------------------------------------------------------------------------------------------------ steps
-def prefill(model, job: Job, budget: int, wrapped: bool):
+def forward(model, lora: GroupedLora | None, names: list[str], **inputs):
+    """One forward of ``model``; with ``lora`` (a PEFT model's adapters), row ``i`` on adapter ``names[i]``."""
+    return model(**inputs) if lora is None else lora.forward(model, names, **inputs)
+
+
+def prefill(model, job: Job, budget: int, lora: GroupedLora | None):
     """Up to ``budget`` more prompt tokens of one row into its own cache; the last position's logits once the
     whole prompt is in (else None)."""
     import torch
@@ -99,9 +105,8 @@ def prefill(model, job: Job, budget: int, wrapped: bool):
     if job.cache is None:
         job.cache = DynamicCache()
     chunk = job.prompt_ids[job.filled:job.filled + budget]
-    extra = {"adapter_names": [job.adapter]} if wrapped else {}
-    out = model(input_ids=torch.tensor([chunk]), past_key_values=job.cache, use_cache=True, logits_to_keep=1,
-                **extra)
+    out = forward(model, lora, [job.adapter], input_ids=torch.tensor([chunk]), past_key_values=job.cache,
+                  use_cache=True, logits_to_keep=1)
     job.filled += len(chunk)
     return out.logits[0, -1].float() if job.filled == len(job.prompt_ids) else None
 
@@ -196,22 +201,21 @@ class Batch:
         self.pending = [self.pending[i] for i in keep]
         return gone
 
-    def step(self, model, wrapped: bool):
+    def step(self, model, lora: GroupedLora | None):
         """One forward of every row's pending token; returns the logits ``[rows, vocab]`` in float32."""
         import torch
 
         rows = len(self.rows)
         mask = torch.cat([self.mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
         positions = self.mask.sum(dim=1, keepdim=True)  # real tokens before the pending one
-        extra = {"adapter_names": [job.adapter for job in self.rows]} if wrapped else {}
-        out = model(input_ids=torch.tensor(self.pending).unsqueeze(1), attention_mask=mask, position_ids=positions,
-                    past_key_values=self.cache, use_cache=True, **extra)
+        out = forward(model, lora, [job.adapter for job in self.rows], input_ids=torch.tensor(self.pending)[:, None],
+                      attention_mask=mask, position_ids=positions, past_key_values=self.cache, use_cache=True)
         self.mask = mask
         return out.logits[:, -1].float()
 
-    def decode(self, model, wrapped: bool, tokenizer, eos: set[int], eos_list: list[int]) -> None:
+    def decode(self, model, lora: GroupedLora | None, tokenizer, eos: set[int], eos_list: list[int]) -> None:
         """One step: every row's next token taken (streamed, or ending the row); rows that ended leave."""
-        tokens = next_tokens(self.step(model, wrapped), self.rows, eos_list)
+        tokens = next_tokens(self.step(model, lora), self.rows, eos_list)
         for job, token in zip(self.rows, tokens, strict=True):
             job.take(token, tokenizer, eos)
         self.pending = tokens

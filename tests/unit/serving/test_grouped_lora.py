@@ -1,0 +1,112 @@
+"""The grouped LoRA forward (runtime/engines/lora.py) against PEFT's own mixed-adapter forward, on the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from loras import make_lora
+
+from runtime.engines.hf import install_adapter, read_adapter
+from runtime.engines.lora import BASE, GroupedLora
+
+ROWS = ["r2", BASE, "r8", "q", "r2", BASE, "q"]  # three adapters of ranks 2, 8 and 4 (q: attention q/v only)
+
+
+def _partial_lora(base: Path, out: Path) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(7)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def paths(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("grouped")
+    return {"r2": make_lora(tiny_model_dir, root / "r2", 1, rank=2), "r8": make_lora(tiny_model_dir, root / "r8", 2, rank=8),
+            "q": _partial_lora(tiny_model_dir, root / "q"), "r16": make_lora(tiny_model_dir, root / "r16", 3, rank=16)}
+
+
+def _served(tiny_model_dir: Path, paths: dict[str, Path], names: list[str]):
+    """The tiny model in fp32 with ``names`` installed as the engine installs them, and its grouped forward."""
+    from transformers import AutoModelForCausalLM
+
+    model, lora = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval(), GroupedLora()
+    for name in names:
+        model = install_adapter(model, name, *read_adapter(paths[name], model.config))
+        lora.sync(model)
+    return model, lora
+
+
+def _inputs(rows: int, width: int) -> dict:
+    return {"input_ids": torch.randint(3, 500, (rows, width), generator=torch.Generator().manual_seed(width))}
+
+
+@torch.inference_mode()
+def test_the_grouped_forward_equals_peft_for_mixed_ranks_targets_and_base_rows(tiny_model_dir, paths):
+    model, lora = _served(tiny_model_dir, paths, ["r2", "r8", "q"])
+    assert lora.grouped
+    for width in (1, 5):  # a decode step and a prompt chunk
+        inputs = _inputs(len(ROWS), width)
+        peft = model(**inputs, adapter_names=ROWS).logits
+        grouped = lora.forward(model, ROWS, **inputs).logits
+        torch.testing.assert_close(grouped, peft, atol=1e-5, rtol=1e-5)
+        one = lora.forward(model, ["r8"], **_inputs(1, width)).logits  # one row, one slot: no gather
+        torch.testing.assert_close(one, model(**_inputs(1, width), adapter_names=["r8"]).logits, atol=1e-5, rtol=1e-5)
+    alone = lora.forward(model, [BASE] * len(ROWS), **inputs).logits
+    changed = [not torch.allclose(g, a) for g, a in zip(grouped, alone, strict=True)]
+    assert changed == [name != BASE for name in ROWS]  # each adapter changes its rows' logits, base rows are as-is
+
+
+@torch.inference_mode()
+def test_a_hot_load_then_unload_leaves_the_outputs_as_before(tiny_model_dir, paths):
+    model, lora = _served(tiny_model_dir, paths, ["r2", "q"])
+    rows, inputs = ["r2", BASE, "q", "r2"], _inputs(4, 3)
+    before = lora.forward(model, rows, **inputs).logits
+    model = install_adapter(model, "r16", *read_adapter(paths["r16"], model.config))  # a larger rank: stacks grow
+    lora.sync(model)
+    during = lora.forward(model, [*rows, "r16"], **_inputs(5, 3)).logits
+    torch.testing.assert_close(during[:4], before, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(during[4], model(**_inputs(5, 3), adapter_names=[*rows, "r16"]).logits[4],
+                               atol=1e-5, rtol=1e-5)
+    model.delete_adapter("r16")
+    lora.sync(model)
+    assert set(lora.slots) == {"r2", "q"}
+    torch.testing.assert_close(lora.forward(model, rows, **inputs).logits, before, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="r16 not resident"):
+        lora.forward(model, ["r16"], **_inputs(1, 3))
+
+
+@torch.inference_mode()
+def test_a_freed_slot_is_reused_by_the_next_adapter_without_stale_weights(tiny_model_dir, paths):
+    model, lora = _served(tiny_model_dir, paths, ["r8", "q"])
+    model.delete_adapter("r8")
+    lora.sync(model)
+    model = install_adapter(model, "r2", *read_adapter(paths["r2"], model.config))  # rank 2 into r8's slot
+    lora.sync(model)
+    assert sorted(lora.slots.values()) == [1, 2]
+    inputs = _inputs(3, 2)
+    torch.testing.assert_close(lora.forward(model, ["r2", "q", BASE], **inputs).logits,
+                               model(**inputs, adapter_names=["r2", "q", BASE]).logits, atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_a_layer_type_it_does_not_group_keeps_peft_s_forward(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(5)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                   LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"], init_lora_weights=False)
+                   ).save_pretrained(tmp_path / "embed")  # a LoRA on the embedding table: PEFT's Embedding layer
+    model, lora = _served(tiny_model_dir, {"embed": tmp_path / "embed"}, ["embed"])
+    assert not lora.grouped and not lora.slots
+    inputs = _inputs(2, 2)
+    mixed = lora.forward(model, ["embed", BASE], **inputs).logits
+    torch.testing.assert_close(mixed, model(**inputs, adapter_names=["embed", BASE]).logits)
+    assert not torch.allclose(mixed[0], model(**inputs, adapter_names=[BASE, BASE]).logits[0])
