@@ -6,9 +6,12 @@ Four r16 all-linear LoRA adapters on ``--model`` (the store's experts when it ha
 every task, else random ones of the trained experts' shape: ``tests/loras.make_lora``, non-zero B, same compute).
 A skewed load: ``--n`` chat prompts, 70% to the generation adapter and the rest spread over the other three in a
 fixed shuffled order, each decoding exactly ``--tokens`` tokens (``ignore_eos``), streamed at concurrency 8, bf16,
-all on the in-process hf engine (no HTTP). Three engines, measured in turn, ``--repeats`` rounds interleaved:
+all on the in-process hf engine (no HTTP). The engines (``--options``), measured in turn, ``--repeats`` rounds interleaved:
 
-- ``experts``: every request on its LoRA adapter (PEFT mixed-adapter batches);
+- ``experts``: every request on its LoRA adapter (mixed-adapter batches, the grouped LoRA forward of
+  ``runtime/engines/lora.py``);
+- ``peft``: the same through PEFT's own mixed-adapter forward (``adapter_names=``), what ``experts`` ran before
+  the grouped forward (only with ``--options``);
 - ``adaptive``: the same with ``engine.adaptive`` (window 16): the warm-up (the first 16 requests of the same mix)
   folds the generation adapter; the measured run serves it from the folded copy, the rest on LoRA;
 - ``full``: the base model with no adapter, every request: what a merged model costs (a merge has the base's
@@ -94,6 +97,8 @@ async def measure(option: str, model: Path, adapters: dict[str, Path], names: li
     adaptive = AdaptiveConfig(window=16, min_requests=8) if option == "adaptive" else None
     engine = HFEngine(model, adapters if option != "full" else {},
                       EngineConfig(dtype=dtype, max_batch_size=8, max_loras=4, adaptive=adaptive))
+    if option == "peft":  # every adapter is resident from the start and none is loaded later: nothing re-syncs
+        engine.lora.grouped = False
     pick = (lambda name: None) if option == "full" else (lambda name: name)
     try:
         await run_load(engine, [request(i, tokens, pick(a)) for i, a in enumerate(warm)], 8)
@@ -130,6 +135,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--options", default="experts,adaptive,full", help="comma-separated; also: peft")
     args = parser.parse_args()
     import torch
 
@@ -145,7 +151,7 @@ def main() -> None:
           f"({names.count('generation')} generation) x {args.tokens} tokens, ignore_eos, concurrency 8")
     print("| round | engine | out tok/s | TTFT p50 | p99 ITL | placement |\n|---|---|---:|---:|---:|---|")
     for r in range(args.repeats):
-        for option in ("experts", "adaptive", "full"):
+        for option in args.options.split(","):
             m = asyncio.run(measure(option, model, adapters, names, warm, args.tokens, args.dtype))
             where = f"{m['placement']}, {m['folded_rows']} rows folded, fold {m['fold_ms']} ms" if "placement" in m \
                 else ""

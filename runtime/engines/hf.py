@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.engines.base import SamplingParams
+from runtime.engines.scheduler import last_position
 from runtime.errors import BadRequestError, ModelStoreError
 from runtime.hardware import resolve_dtype
 
@@ -161,7 +162,7 @@ def prefill_rows(model, input_ids, attention_mask, adapter_names: Sequence[str] 
         if length > 1:
             extra = {"adapter_names": [adapter_names[i]]} if adapter_names else {}
             model(input_ids=input_ids[i:i + 1, width - length:width - 1], past_key_values=cache, use_cache=True,
-                  logits_to_keep=1, **extra)
+                  logits_to_keep=last_position(length - 1), **extra)
         rows.append(cache)
     shaped = next(c for c in rows if c.get_seq_length())  # some row is longer than one token: lengths differ
     merged = DynamicCache()

@@ -135,7 +135,7 @@ class GroupedLora:
             todo = list(self.slots)  # a new layer (PEFT injected it for this adapter): every slot
         for name in todo:
             stack.write(self.slots[name], layer, name)
-        if "_grouped" not in layer.__dict__:
+        if "forward" not in layer.__dict__:  # patched once; unpatched it would run PEFT's active adapter on every row
             layer.forward = types.MethodType(self._layer_forward(), layer)
         layer.__dict__["_grouped"] = stack
 
