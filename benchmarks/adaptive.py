@@ -150,13 +150,28 @@ def main() -> None:
     print(f"{args.model} {args.dtype}, {args.threads} torch thread(s), adapters: {source}; {args.n} requests "
           f"({names.count('generation')} generation) x {args.tokens} tokens, ignore_eos, concurrency 8")
     print("| round | engine | out tok/s | TTFT p50 | p99 ITL | placement |\n|---|---|---:|---:|---:|---|")
+    rounds: list[dict[str, float]] = []
     for r in range(args.repeats):
+        rounds.append({})
         for option in args.options.split(","):
             m = asyncio.run(measure(option, model, adapters, names, warm, args.tokens, args.dtype))
+            rounds[-1][option] = m["tok_s"]
             where = f"{m['placement']}, {m['folded_rows']} rows folded, fold {m['fold_ms']} ms" if "placement" in m \
                 else ""
             print(f"| {r + 1} | {option} | {m['tok_s']:.1f} | {m['ttft_p50_ms']:.0f} ms | {m['itl_p99_ms']:.0f} ms "
                   f"| {where} |", flush=True)
+    summarize(rounds)
+
+
+def summarize(rounds: list[dict[str, float]]) -> None:
+    """Each option's out tok/s over ``full``'s in the same round (the load on shared cores drifts between rounds,
+    so only a round's own ratios are compared), and their median."""
+    if "full" not in rounds[0]:
+        return
+    for option in [o for o in rounds[0] if o != "full"]:
+        ratios = [r[option] / r["full"] for r in rounds]
+        print(f"{option} / full out tok/s by round: {', '.join(f'{x:.2f}' for x in ratios)}; "
+              f"median {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":
