@@ -19,7 +19,7 @@ import logging
 from runtime.bench.agent import run_on_server
 from runtime.bench.launch import ServerProcess
 from runtime.config import AgentConfig, TasksConfig, configs_dir, load_config
-from training.tasks import load_items
+from runtime.tasks import load_items
 
 log = logging.getLogger(__name__)
 OPTIONS = {  # option -> `runtime serve` arguments

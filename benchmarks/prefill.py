@@ -19,8 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.engines.hf import generate_prefilled
 from runtime.models import ModelStore
-from training.tasks import load_items
-from training.tasks.prompts import messages_for
+from runtime.tasks import load_items
+from runtime.tasks.prompts import messages_for
 
 
 def run(model, batches: list[dict], new_tokens: int, pad_id: int, by_row: bool) -> tuple[float, list[list[int]]]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from runtime.bench.launch import ServerProcess
 from runtime.bench.load import RequestSpec, run_load, workload
-from runtime.bench.memory import TreeRSSSampler
+from runtime.memory import TreeRSSSampler
 
 
 def measure(args: list[str], specs: list[RequestSpec], concurrency: int) -> dict:

@@ -42,7 +42,7 @@ def eval_score(model: Path, adapter: str | None, tasks: list[str], split: str, l
                max_tokens: dict[str, int] | None = None) -> dict[str, float]:
     """The headline metric per task from ``runtime eval``'s runner (greedy, the fixed first ``limit`` items,
     answers capped at ``max_tokens`` per task where given)."""
-    from runtime.bench.accuracy import cap_tokens, evaluate
+    from runtime.evaluate import cap_tokens, evaluate
     from runtime.config import TasksConfig, configs_dir, load_config
     from runtime.engines.hf import HFRunner
 

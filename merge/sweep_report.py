@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runtime.bench.accuracy import HEADLINE
+from runtime.tasks import TASKS
 
 
 def write_outputs(results: list[dict], summary: dict, tasks: list[str], out: Path) -> None:
@@ -59,7 +59,7 @@ def plot(results: list[dict], tasks: list[str], base: dict[str, float], expert: 
     fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(results)), 4.5))
     for task in tasks:
         ys = [r["val"].get(task, float("nan")) for r in results]  # a rejected one may stop before a task
-        line = ax.plot(x, ys, marker="o", label=f"{task} ({HEADLINE[task]})")[0]
+        line = ax.plot(x, ys, marker="o", label=f"{task} ({TASKS[task].headline})")[0]
         color = line.get_color()
         ax.scatter([xi for xi, r in zip(x, results, strict=True) if r["rejected"]],
                    [y for y, r in zip(ys, results, strict=True) if r["rejected"]], marker="x", s=60, color="black",

@@ -247,7 +247,7 @@ def agent_cmd(
     """Run the LangGraph coding agent against a running `runtime serve`, printing each step."""
     from agents.coding_agent import build_graph, make_checkpointer, run_agent
     from agents.llm import chat_factory
-    from runtime.bench.sandbox import Sandbox
+    from runtime.tasks.sandbox import Sandbox
 
     graph = build_graph(chat_factory(base_url, api_key, deployment), sandbox=Sandbox(allow_unsafe=unsafe_sandbox),
                         checkpointer=make_checkpointer(sqlite))
@@ -358,19 +358,19 @@ def eval_(
     """Score a model on the code tasks: greedy, batched; writes eval.json, eval.md and every prediction."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from runtime.bench.accuracy import cap_tokens, evaluate
-    from runtime.bench.sandbox import Sandbox
+    from runtime.evaluate import cap_tokens, evaluate
+    from runtime.tasks.sandbox import Sandbox
     from runtime.config import TasksConfig, configs_dir, load_config
     from runtime.engines.hf import HFRunner
     from runtime.errors import BadRequestError
     from runtime.models import ModelStore
-    from training.tasks import SPLIT_NAMES, TASK_NAMES, build_dataset
+    from runtime.tasks import SPLIT_NAMES, TASKS, build_dataset
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    unknown = [t for t in names if t not in TASK_NAMES]
+    unknown = [t for t in names if t not in TASKS]
     if unknown or not names:
         raise BadRequestError(f"unknown task(s) {', '.join(unknown) or '(none given)'}",
-                              fix=f"use a comma-separated list of: {', '.join(TASK_NAMES)}")
+                              fix=f"use a comma-separated list of: {', '.join(TASKS)}")
     if split not in SPLIT_NAMES:
         raise BadRequestError(f"unknown split '{split}'", fix=f"use one of: {', '.join(SPLIT_NAMES)}")
     # refuses now, before the model loads, where model code would run unsafely (only HumanEval runs any)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from runtime.config import TrainConfig
 from training.examples import IGNORE, BuildStats, Row
 from training.mixing import mix
-from training.tasks import TaskItem, crop_counts
+from runtime.tasks import TaskItem, crop_counts
 
 RowBuilder = Callable[[TaskItem, BuildStats], Row | None]
 

@@ -14,8 +14,8 @@ import json
 import logging
 
 from runtime.config import TasksConfig, configs_dir, load_config
-from training.tasks import load_items
-from training.tasks.prompts import messages_for
+from runtime.tasks import load_items
+from runtime.tasks.prompts import messages_for
 
 log = logging.getLogger(__name__)
 TASKS = ("generation", "summarization", "completion", "review")

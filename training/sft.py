@@ -28,10 +28,10 @@ from runtime.models import ModelEntry, ModelStore
 from training.budget import budget, items_per_step, task_rows
 from training.examples import IGNORE, BuildStats, PadCollator, Row, build_row, pack
 from training.mixing import mix
-from training.tasks import VIEW, load_card, load_items
-from training.tasks.prompts import messages_for
+from runtime.tasks import VIEW, load_card, load_items
+from runtime.tasks.prompts import messages_for
 
-__all__ = ["TrainingRecord", "git_sha", "train"]  # git_sha: runtime.bench.run imports it from here
+__all__ = ["TrainingRecord", "train"]
 log = logging.getLogger(__name__)
 Step = Callable[[str], None]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from training.tasks import NO_ISSUES, TaskItem
+from runtime.tasks import NO_ISSUES, TaskItem
 
 Baseline = Callable[[TaskItem], str]
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.bench.accuracy import HEADLINE
 from runtime.bench.baselines import baseline_answers
-from runtime.bench.sandbox import Sandbox
-from runtime.bench.scoring import SCORERS, headline_statistic
-from runtime.bench.stats import Proportion, bootstrap_se, confidence_interval, paired_difference
-from training.tasks import TaskItem
+from runtime.tasks.sandbox import Sandbox
+from runtime.tasks import TASKS
+from runtime.stats import Proportion, bootstrap_se, confidence_interval, paired_difference
+from runtime.tasks import TaskItem
 
 BASE = "base"
 Z_POWER = 2.80  # z(0.975) + z(0.80): a two-sided 5% test with 80% power
@@ -24,9 +23,9 @@ Z_POWER = 2.80  # z(0.975) + z(0.80): a two-sided 5% test with 80% power
 def score_task(task: str, items: list[TaskItem], texts: list[str], resamples: int,
                sandbox: Sandbox | None = None) -> dict:
     """{n, headline, value, ci95, ci_method, metrics} of one task's answers (HumanEval's run in ``sandbox``)."""
-    metrics = SCORERS[task](items, texts, sandbox)
-    low, high, method = confidence_interval(headline_statistic(task, items, texts, sandbox), len(items), resamples)
-    return {"n": len(items), "headline": HEADLINE[task], "value": metrics[HEADLINE[task]],
+    metrics = TASKS[task].score(items, texts, sandbox)
+    low, high, method = confidence_interval(TASKS[task].statistic(items, texts, sandbox), len(items), resamples)
+    return {"n": len(items), "headline": TASKS[task].headline, "value": metrics[TASKS[task].headline],
             "ci95": [round(low, 2), round(high, 2)], "ci_method": method, "metrics": metrics}
 
 
@@ -62,11 +61,11 @@ def gains_over_base(items: dict[str, list[TaskItem]], answers: dict[str, dict[st
         return {}
     out: dict[str, dict[str, dict]] = {}
     for task, its in items.items():
-        base = headline_statistic(task, its, answers[BASE][task])
+        base = TASKS[task].statistic(its, answers[BASE][task], None)
         for option, texts in answers.items():
             if option == BASE:
                 continue
-            d = paired_difference(headline_statistic(task, its, texts[task]), base, len(its), resamples)
+            d = paired_difference(TASKS[task].statistic(its, texts[task], None), base, len(its), resamples)
             out.setdefault(option, {})[task] = {
                 "diff": round(d["diff"], 2), "ci95": [round(d["ci_low"], 2), round(d["ci_high"], 2)],
                 "p_value": round(d["p_value"], 4), "at_or_below_base": d["diff"] <= 0, "below_base": d["ci_high"] < 0}
@@ -83,7 +82,7 @@ def detectable_difference(items: dict[str, list[TaskItem]], base_answers: dict[s
     have no spread at all (nothing to scale by)."""
     out: dict[str, float | None] = {}
     for task, its in items.items():
-        stat = headline_statistic(task, its, base_answers[task])
+        stat = TASKS[task].statistic(its, base_answers[task], None)
         if isinstance(stat, Proportion):
             out[task] = round(100 * _detectable_share(*stat.counts()), 2)
             continue

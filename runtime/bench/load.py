@@ -42,8 +42,8 @@ def workload(n: int, max_tokens: int, model_for=lambda task: task, offset: int =
     ``offset`` on, so a warm-up can use others). With ``fixed_length`` every answer is exactly ``max_tokens`` long,
     so a model that stops early does not look fast."""
     from runtime.config import TASKS, TasksConfig, configs_dir, load_config
-    from training.tasks import load_items
-    from training.tasks.prompts import messages_for
+    from runtime.tasks import load_items
+    from runtime.tasks.prompts import messages_for
 
     tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
     per_task = {t: load_items(t, "test", offset + n)[offset:] for t in TASKS}

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import itertools
 
-from runtime.bench.accuracy import ranked_sets
 from runtime.bench.compare import BASE
 from runtime.bench.report import top_level
-from runtime.bench.scoring import headline_statistic
-from runtime.bench.stats import holm, paired_difference, paired_normalized_difference
+from runtime.tasks import TASKS, ranked_sets
+from runtime.stats import holm, paired_difference, paired_normalized_difference
 from runtime.config import BudgetConfig
-from training.tasks import TaskItem
+from runtime.tasks import TaskItem
 
 MIN_SPREAD = 1.0  # headline points some option must gain over base on a task for that task to rank the options
 
@@ -83,7 +82,7 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
     feasible = [c for c in candidates if c["fits"]]
     chosen = min(feasible, key=order) if feasible else min(candidates, key=lambda c: (c["memory_mb"], order(c)))
 
-    stats = {o: {s: headline_statistic(s, items[s], answers[o][s]) for s in sets} for o in options}
+    stats = {o: {s: TASKS[s].statistic(items[s], answers[o][s], None) for s in sets} for o in options}
     scored_by = {t: s for s, t in sets.items()}  # the set each routed task is judged on
 
     def versus(option: str, other: str, s: str) -> dict:

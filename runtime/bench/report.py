@@ -14,7 +14,7 @@ report.json, schema_version 1 (new fields may be added; a removed or renamed fie
   in, ``auto`` resolved), ``models`` {name: manifest hash},
   ``adapters``, ``accuracy`` {task: {n, headline, value, ci95 [low, high], ci_method ("clopper-pearson" for a
   0/1 headline, else "bootstrap"), metrics {all of the task's metrics, with format_failures {empty, off_format,
-  unparseable: answer counts, defined in runtime/bench/scoring.py} and ci95 {share metric: exact interval}},
+  unparseable: answer counts, defined in runtime/tasks/scoring.py} and ci95 {share metric: exact interval}},
   truncated_share, completion_tokens}; humaneval's metrics: pass_at_1, passed, timeouts, sandbox (its
   isolation)}, ``accuracy_engine`` (the engine whose answers were scored),
   ``mean_accuracy`` (mean of the ranked sets' headline values, 0-100),
@@ -242,7 +242,7 @@ def agent_section(results: list[dict]) -> list[str]:
 
 def format_failure_table(results: list[dict], tasks: list[str]) -> list[str]:
     """Per option and task, answers scored as wrong for their form: empty / off-format / unparseable of N
-    ("—" where a task has no such category; see runtime/bench/scoring.py)."""
+    ("—" where a task has no such category; see runtime/tasks/scoring.py)."""
     if not any("format_failures" in r["accuracy"][t]["metrics"] for r in results for t in tasks):
         return []  # results measured before the count existed
     lines = ["", "Answers wrong by their form, empty / off-format / unparseable of N (empty and off-format ones "

@@ -27,25 +27,24 @@ from pathlib import Path
 import httpx
 import yaml
 
-from runtime.bench.accuracy import HEADLINE, cap_tokens, evaluate_served, ranked_sets, sampling_for, write_answers
+from runtime.evaluate import cap_tokens, evaluate_served, sampling_for, write_answers
 from runtime.bench.agent import run_on_server
 from runtime.bench.compare import BASE, detectable_difference, gains_over_base, score_answers, score_baselines
 from runtime.bench.launch import ServerProcess
 from runtime.bench.load import run_load, workload
-from runtime.bench.memory import TreeRSSSampler
+from runtime.memory import TreeRSSSampler
 from runtime.bench.recommend import recommend
 from runtime.bench.report import SCHEMA_VERSION, write_report
-from runtime.bench.sandbox import Sandbox
-from runtime.bench.zoo import Progress, build_zoo, use_zoo_home
+from runtime.tasks.sandbox import Sandbox
+from runtime.bench.zoo import Progress, build_zoo, zoo_store
 from runtime.config import BenchConfig, DeploymentConfig, TasksConfig, configs_dir, load_config
 from runtime.deploy import ServingPlan, build_plan, load_deployment
 from runtime.errors import ConfigError, EngineUnavailableError, MixmergeError
 from runtime.hardware import gpu_name, resolve_dtype
 from runtime.models import ModelStore
 from runtime.router import route
-from training.sft import git_sha
-from training.tasks import load_card, load_items
-from training.tasks.prompts import template_task
+from runtime.artifacts import git_sha
+from runtime.tasks import TASKS, load_card, load_items, ranked_sets
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +105,12 @@ class Bench:
     out: Path
     progress: Progress = field(default_factory=Progress)
     fresh: bool = False
+    store: ModelStore = field(default_factory=ModelStore)  # where the options' models are (the zoo's store)
     serve_env: dict[str, str] = field(default_factory=dict)  # extra environment for the child servers
     git_sha: str | None = field(default_factory=git_sha)  # of the code that runs (read when the run starts)
     sandbox: Sandbox | None = None  # runs HumanEval's programs; built here (MIXMERGE_UNSAFE_SANDBOX) if not given
 
     def __post_init__(self) -> None:
-        self.store = ModelStore()
         self.tasks = cap_tokens(load_config(configs_dir() / "tasks.yaml", TasksConfig),
                                 dict(self.config.accuracy.max_tokens))
         self.items = {t: load_items(t, "test", self.config.accuracy.n) for t in self.config.accuracy.tasks}
@@ -149,7 +148,7 @@ class Bench:
         is scored by the experts' answers)."""
         adapters, served = adapters_of(plan), {}
         for task in self.items:
-            r = route(plan.table, template_task(task))
+            r = route(plan.table, TASKS[task].prompt_task)
             served[task] = [weights_digest(Path(r.engine)), weights_digest(adapters[r.adapter]) if r.adapter else ""]
         sampling = {t: sampling_for(self.tasks, t) for t in self.items}
         key = digest(served, {t: [it.id for it in its] for t, its in self.items.items()},
@@ -328,7 +327,7 @@ class Bench:
             "n_per_task": {t: len(v) for t, v in self.items.items()},
             "sampling": {t: {"max_tokens": sampling_for(self.tasks, t).max_new_tokens,
                              "stop": list(sampling_for(self.tasks, t).stop)} for t in self.items},
-            "headline_metrics": {t: HEADLINE[t] for t in self.items},
+            "headline_metrics": {t: TASKS[t].headline for t in self.items},
             "ranked_by": ranked_sets(list(self.items)),
             "zoo": zoo,
             "results": results,
@@ -435,14 +434,15 @@ def run_bench(config: BenchConfig, out: Path, progress: Progress, engines: list[
     MIXMERGE_UNSAFE_SANDBOX variable); the sandbox refuses before the zoo is built, not hours into the run."""
     start, sha = time.perf_counter(), git_sha()  # a commit made while the bench runs is not the code that ran
     sandbox = Sandbox(allow_unsafe=unsafe_sandbox) if runs_model_code(config) else None
-    use_zoo_home(config)
+    store = zoo_store(config, ModelStore())
     out.mkdir(parents=True, exist_ok=True)
     usable, skipped = installed_engines(engines or list(config.engines))
     if not usable:
         raise EngineUnavailableError(f"none of the engines {engines or config.engines} can run here: {skipped}",
                                      fix="install one, or pass --engines hf")
-    zoo = build_zoo(config, out, progress)
-    bench = Bench(config, out, progress, fresh=fresh, git_sha=sha, sandbox=sandbox)
+    zoo = build_zoo(config, out, progress, store)
+    bench = Bench(config, out, progress, fresh=fresh, git_sha=sha, sandbox=sandbox, store=store,
+                  serve_env={"MIXMERGE_HOME": str(store.home)})
     report = bench.run(usable, skipped, zoo)
     report["wall_s"] = round(time.perf_counter() - start, 1)
     write_report(report, out)

@@ -4,7 +4,6 @@ the merge-weight sweep, the adapter merge), and the separate store a ``--quick``
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,9 +25,9 @@ class Progress:
         log.info(message)
 
 
-def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelStore | None = None) -> dict:
+def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelStore) -> dict:
     """Every model the options need, built in ``store`` only where missing; returns what was built and how long it
-    took. (``store`` None: the one $MIXMERGE_HOME names, until runtime.bench.run passes its own.)"""
+    took."""
     from merge.adapters import merge_adapters
     from merge.sweep import run_sweep
     from runtime.config import AdapterMergeConfig, MergeConfig, TrainConfig
@@ -40,7 +39,6 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelSt
         return path if Path(path).is_file() else str(configs_dir().parent / path)
 
     steps: list[tuple[str, str, Callable[[], object]]] = []
-    store = store or ModelStore()
     for path in z.train:  # the Trainer's own bar would fight the bench's: its steps go to a bench bar instead
         tc = load_config(shipped(path), TrainConfig, [*z.train_overrides, "disable_tqdm=true"])
         steps.append((tc.name, f"train {path}",
@@ -101,11 +99,3 @@ def zoo_store(config: BenchConfig, main: ModelStore) -> ModelStore:
     if not store.has(config.base_model) and main.has(config.base_model):
         store.register(config.base_model, main.get(config.base_model).path, kind="base")
     return store
-
-
-def use_zoo_home(config: BenchConfig) -> Path:
-    """``zoo_store`` for runtime.bench.run, which builds its stores from $MIXMERGE_HOME: the variable is set to the
-    zoo's home (for this process and the child servers) until it passes the store and the servers' environment."""
-    home = zoo_store(config, ModelStore()).home
-    os.environ["MIXMERGE_HOME"] = str(home)
-    return home

@@ -10,14 +10,14 @@ import pytest
 from langchain_core.messages import AIMessage
 
 from agents.coding_agent import build_graph, make_checkpointer
-from runtime.bench.accuracy import evaluate
+from runtime.evaluate import evaluate
 from runtime.bench.agent import solve, summarize
-from runtime.bench.sandbox import Sandbox
-from runtime.bench.scoring import humaneval_results
+from runtime.tasks.sandbox import Sandbox
+from runtime.tasks.scoring import humaneval_results
 from runtime.config import AgentConfig, TasksConfig, configs_dir, load_config
 from runtime.engines.hf import Generation
-from training.tasks import build_dataset, load_items
-from training.tasks.prompts import messages_for
+from runtime.tasks import build_dataset, load_items
+from runtime.tasks.prompts import messages_for
 
 
 def _answer(i: int, item) -> str:

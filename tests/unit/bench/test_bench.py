@@ -14,11 +14,11 @@ from loras import make_lora
 from runtime.bench.load import RequestRecord, summarize
 from runtime.bench.recommend import plan_cost, recommend
 from runtime.bench.run import Bench, Progress, agreement, run_bench
-from runtime.bench.stats import bootstrap_ci, mean_of, paired_difference
+from runtime.stats import bootstrap_ci, mean_of, paired_difference
 from runtime.config import BenchConfig, BudgetConfig, configs_dir, load_config
 from runtime.errors import ConfigError
 from runtime.models import ModelStore
-from training.tasks import build_dataset, load_items
+from runtime.tasks import build_dataset, load_items
 
 
 # ----------------------------------------------------------------------------------------- load math
@@ -71,16 +71,15 @@ def test_paired_difference_sees_a_real_gap_and_not_a_fake_one():
 
 
 def test_the_headline_statistic_on_every_item_is_the_scorers_headline(store_home):
-    from runtime.bench.accuracy import HEADLINE
-    from runtime.bench.scoring import SCORERS, headline_statistic
+    from runtime.tasks import TASKS
 
     build_dataset()
     for task in ("generation", "summarization", "completion", "review"):
         items = load_items(task, "test", 10)
         answers = [it.reference if i % 2 else "line: 3\nno idea" for i, it in enumerate(items)]
         every = list(range(len(items)))
-        expected = SCORERS[task](items, answers, None)[HEADLINE[task]]
-        assert headline_statistic(task, items, answers)(every) == pytest.approx(expected), task
+        expected = TASKS[task].score(items, answers, None)[TASKS[task].headline]
+        assert TASKS[task].statistic(items, answers, None)(every) == pytest.approx(expected), task
 
 
 # ---------------------------------------------------------------------------------------------- plan

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from runtime.config import TaskConfig, TasksConfig
-from training.tasks.builders import TaskItem
-
-
-def template_task(task: str) -> str:
-    """HumanEval is generation on other problems: it uses the generation prompt."""
-    return "generation" if task == "humaneval" else task
+from runtime.tasks.builders import TaskItem
+from runtime.tasks.registry import get_task
 
 
 def task_config(tasks: TasksConfig, task: str) -> TaskConfig:
-    return tasks.tasks[template_task(task)]  # type: ignore[index]
+    """The prompt and sampling the task uses (HumanEval is generation on other problems: generation's)."""
+    return tasks.tasks[get_task(task).prompt_task]  # type: ignore[index]
 
 
 def messages_for(tasks: TasksConfig, task: str, item: TaskItem) -> list[dict[str, str]]:

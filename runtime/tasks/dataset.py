@@ -23,14 +23,14 @@ from pathlib import Path
 from runtime.artifacts import atomic_dir
 from runtime.errors import BadRequestError
 from runtime.models import mixmerge_home
-from training.tasks.builders import BUILDERS, TaskItem
-from training.tasks.humaneval import load_humaneval
-from training.tasks.source import SPLITS, collect, split_by_module, stdlib_dir
-from training.tasks.views import VIEW, view
+from runtime.tasks.builders import TaskItem
+from runtime.tasks.humaneval import load_humaneval
+from runtime.tasks.registry import TASKS, TRAINED, get_task
+from runtime.tasks.source import SPLITS, collect, split_by_module, stdlib_dir
+from runtime.tasks.views import VIEW, view
 
 log = logging.getLogger(__name__)
 
-TASK_NAMES: tuple[str, ...] = ("generation", "summarization", "completion", "review", "humaneval")
 SPLIT_NAMES: tuple[str, ...] = tuple(SPLITS)
 CARD = "card.json"
 
@@ -50,7 +50,7 @@ def build_dataset(home: Path | None = None, step=log.info) -> Path:
     splits = split_by_module(functions)
     with atomic_dir(final) as tmp:
         counts: dict[str, dict[str, int]] = {}
-        for task, builder in BUILDERS.items():
+        for task, builder in ((t, TASKS[t].build) for t in TRAINED):
             counts[task] = {}
             for split, fns in splits.items():
                 items = [it for fn in fns if (it := builder(fn, split)) is not None]
@@ -127,8 +127,7 @@ def load_items(task: str, split: str, limit: int | None = None, home: Path | Non
     """Items of one task and split, in file order (the first ``limit`` are a fixed, reproducible sample), as
     models see them (long inputs cropped by ``views.view``, the same in training, eval and the bench); ``raw``:
     as stored, whole functions."""
-    if task not in TASK_NAMES:
-        raise BadRequestError(f"unknown task '{task}'", fix=f"use one of: {', '.join(TASK_NAMES)}")
+    get_task(task)  # an unknown name is a one-line error naming the known ones
     if split not in SPLIT_NAMES:
         raise BadRequestError(f"unknown split '{split}'", fix=f"use one of: {', '.join(SPLIT_NAMES)}")
     path = dataset_dir(home) / task / f"{split}.jsonl"

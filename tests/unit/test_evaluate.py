@@ -3,12 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from runtime.bench.accuracy import evaluate
+from runtime.evaluate import evaluate
 from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.engines.base import SamplingParams
 from runtime.engines.hf import HFRunner
-from training.tasks import load_items
-from training.tasks.prompts import messages_for
+from runtime.tasks import load_items
+from runtime.tasks.prompts import messages_for
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_evaluate_writes_report_table_and_predictions(runner: HFRunner, store_ho
 
 
 def test_tasks_that_run_no_code_need_no_sandbox(runner: HFRunner, store_home: Path, tmp_path: Path, monkeypatch):
-    import runtime.bench.accuracy as accuracy
+    import runtime.evaluate as accuracy
 
     def refused(*args, **kwargs):
         raise AssertionError("a sandbox was built for tasks that run no model code")
@@ -98,7 +98,7 @@ def test_a_prompt_beyond_the_context_is_a_clear_error(runner: HFRunner):
 
 
 def test_cap_tokens_lowers_every_tasks_output_length_only():
-    from runtime.bench.accuracy import cap_tokens
+    from runtime.evaluate import cap_tokens
 
     tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
     capped = cap_tokens(tasks, 24)

@@ -2,7 +2,7 @@
 cap that lets it be written in full for a given share of items (the figure behind ``max_new_tokens`` in
 configs/tasks.yaml and ``accuracy.max_tokens`` in configs/bench/*.yaml):
 
-    python -m runtime.bench.caps --model smollm2-135m --model qwen2.5-coder-0.5b [--split test] [--coverage 0.95]
+    python -m runtime.tasks.caps --model smollm2-135m --model qwen2.5-coder-0.5b [--split test] [--coverage 0.95]
 
 A reference is counted as the model would write it: its text plus one end-of-turn token. HumanEval shares
 generation's route and prompt, so its canonical solutions are measured beside generation's stdlib bodies.
@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import Callable
 
-from training.tasks import TaskItem, load_items
+from runtime.tasks import TaskItem, load_items
 
 log = logging.getLogger(__name__)
 TASKS = ("generation", "humaneval", "summarization", "completion", "review")
@@ -61,7 +61,7 @@ def tokenizer_count(model: str) -> Count:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m runtime.bench.caps", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m runtime.tasks.caps", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", required=True, help="a model in the store (its tokenizer)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--coverage", type=float, default=0.95)

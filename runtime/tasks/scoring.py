@@ -1,5 +1,6 @@
 """From model answers to task scores: parse each answer the way the task's prompt asked for it, then apply the
-task's metrics. One scorer per task in ``SCORERS``; HumanEval runs its tests in the sandbox.
+task's metrics. The registry (runtime/tasks/registry.py) names each task's scorer and headline statistic;
+HumanEval runs its tests in the sandbox.
 
 An empty or off-format answer is a wrong answer, never a lucky one, and every scorer counts them in
 ``format_failures`` beside its metrics (the categories are exclusive; a task leaves out one that cannot occur):
@@ -29,10 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from runtime.bench import metrics as m
-from runtime.bench.sandbox import RunResult, Sandbox
-from runtime.bench.stats import Proportion, clopper_pearson
-from training.tasks import NO_ISSUES, TaskItem
+from runtime.tasks import measures as m
+from runtime.tasks.sandbox import RunResult, Sandbox
+from runtime.stats import Proportion, clopper_pearson, mean_of
+from runtime.tasks.builders import NO_ISSUES, TaskItem
 
 # a fence opens at the start of the text or after whitespace, with an optional language tag; a missing closing
 # fence (the answer was cut) runs to the end
@@ -161,7 +162,7 @@ def _fix_line(rest: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- scorers
-# How each answer is read, shared by the scorers and by ``headline_statistic``.
+# How each answer is read, shared by the scorers and by the headline statistics below.
 def _generated_bodies(items: list[TaskItem], answers: list[str]) -> tuple[list[str], list[str], list[str]]:
     """(bodies as written into the function, dedented bodies, dedented references)."""
     bodies = [function_body(a, str(it.meta.get("entry_point", ""))) for it, a in zip(items, answers, strict=True)]
@@ -315,36 +316,33 @@ def score_humaneval(items: list[TaskItem], answers: list[str], sandbox: Sandbox 
     }
 
 
-def headline_statistic(task: str, items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None):
-    """The task's headline metric as a function of item indices (for intervals and paired tests). Per-item
-    metrics average; generation's chrF++ is a corpus statistic, recomputed on each resample. The 0/1 headlines
-    (review's line accuracy, HumanEval pass@1) are ``Proportion``s, so they get exact intervals; review's line
-    accuracy counts buggy items only, so a resample's clean items contribute nothing."""
-    from runtime.bench.stats import mean_of
-
-    if task == "generation":
-        _, preds, refs = _generated_bodies(items, answers)
-        return m.chrf_pp_on_subsets(preds, refs)
-    if task == "summarization":
-        summaries, _ = _summaries(answers)
-        return mean_of([_smoothed_bleu(p, it.reference) for it, p in zip(items, summaries, strict=True)])
-    if task == "completion":
-        return mean_of([m.edit_similarity(first_line(a), it.reference) for it, a in zip(items, answers, strict=True)])
-    if task == "review":
-        return Proportion(tuple(None if it.meta["clean"] else _line_hit(it, parse_review(a))
-                                for it, a in zip(items, answers, strict=True)))
-    if task == "humaneval":
-        return Proportion(tuple(r.passed for r in humaneval_results(items, answers, sandbox)))
-    raise KeyError(task)
+# --------------------------------------------------------------------------------------- headline statistics
+# Each task's headline metric as a function of item indices (for intervals and paired tests). Per-item metrics
+# average; generation's chrF++ is a corpus statistic, recomputed on each resample. The 0/1 headlines (review's line
+# accuracy, HumanEval pass@1) are ``Proportion``s, so they get exact intervals; review's line accuracy counts buggy
+# items only, so a resample's clean items contribute nothing.
+def generation_statistic(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None):
+    _, preds, refs = _generated_bodies(items, answers)
+    return m.chrf_pp_on_subsets(preds, refs)
 
 
-SCORERS: dict[str, Callable[[list[TaskItem], list[str], Sandbox | None], dict]] = {
-    "generation": score_generation,
-    "summarization": score_summarization,
-    "completion": score_completion,
-    "review": score_review,
-    "humaneval": score_humaneval,
-}
+def summarization_statistic(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None):
+    summaries, _ = _summaries(answers)
+    return mean_of([_smoothed_bleu(p, it.reference) for it, p in zip(items, summaries, strict=True)])
 
-__all__ = ["NO_ISSUES", "SCORERS", "assemble", "first_line", "function_body", "headline_statistic", "humaneval_program",
+
+def completion_statistic(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None):
+    return mean_of([m.edit_similarity(first_line(a), it.reference) for it, a in zip(items, answers, strict=True)])
+
+
+def review_statistic(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None):
+    return Proportion(tuple(None if it.meta["clean"] else _line_hit(it, parse_review(a))
+                            for it, a in zip(items, answers, strict=True)))
+
+
+def humaneval_statistic(items: list[TaskItem], answers: list[str], sandbox: Sandbox | None = None):
+    return Proportion(tuple(r.passed for r in humaneval_results(items, answers, sandbox)))
+
+
+__all__ = ["NO_ISSUES", "assemble", "first_line", "function_body", "humaneval_program",
            "parse_review", "summary_line", "check_program"]

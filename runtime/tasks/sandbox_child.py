@@ -1,4 +1,4 @@
-"""Runs one untrusted program; started by ``runtime.bench.sandbox`` with ``python -I``, never imported.
+"""Runs one untrusted program; started by ``runtime.tasks.sandbox`` with ``python -I``, never imported.
 
 stdin holds one line of JSON settings (with the run's secret marker), then the program. With ``namespaces`` set
 this process is PID 1 of fresh PID, network, mount, IPC and UTS namespaces (under ``unshare``). It builds a

@@ -4,7 +4,7 @@ by hand or printed in textbooks."""
 import numpy as np
 import pytest
 
-from runtime.bench.stats import (
+from runtime.stats import (
     Proportion,
     bootstrap_ci,
     bootstrap_p_value,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-import runtime.bench.sandbox as sandbox_mod
-from runtime.bench.sandbox import Sandbox, SandboxLimits, SandboxRefusedError, namespaces_available
-from runtime.bench.scoring import score_humaneval
-from training.tasks import load_items
+import runtime.tasks.sandbox as sandbox_mod
+from runtime.tasks.sandbox import Sandbox, SandboxLimits, SandboxRefusedError, namespaces_available
+from runtime.tasks.scoring import score_humaneval
+from runtime.tasks import load_items
 
 REPO = Path(__file__).resolve().parents[3]
 FAST = SandboxLimits(timeout_s=5, cpu_s=5)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import BadRequestError
-from training.tasks import build_dataset, load_items
-from training.tasks.builders import build_completion, build_generation, build_review, build_summarization
-from training.tasks.mutations import BUG_KINDS, candidates, mutate
-from training.tasks.source import collect, extract_functions, split_by_module, stdlib_dir
+from runtime.tasks import build_dataset, load_items
+from runtime.tasks.builders import build_completion, build_generation, build_review, build_summarization
+from runtime.tasks.mutations import BUG_KINDS, candidates, mutate
+from runtime.tasks.source import collect, extract_functions, split_by_module, stdlib_dir
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_every_mutation_parses_differs_in_exactly_one_line(functions):
     ],
 )
 def test_each_bug_kind_by_example(code: str, kind: str, expected: str):
-    from training.tasks.mutations import apply
+    from runtime.tasks.mutations import apply
 
     site = candidates(code)[kind][0]
     mutant = apply(code, site)

@@ -6,7 +6,7 @@ import gzip
 import json
 from importlib import resources
 
-from training.tasks.builders import TaskItem
+from runtime.tasks.builders import TaskItem
 
 
 def load_humaneval() -> list[TaskItem]:

@@ -21,8 +21,8 @@ import ast
 import dataclasses
 from collections.abc import Iterable
 
-from training.tasks.builders import TaskItem, rng_for
-from training.tasks.mutations import mutate
+from runtime.tasks.builders import TaskItem, rng_for
+from runtime.tasks.mutations import mutate
 
 REVIEW_WINDOW = 20  # lines; ~12 tokens a numbered line: the window's prompt is ~350 Qwen tokens at most
 COMPLETION_LINES = 24  # lines of context before the line to write

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from training.tasks import build_dataset, crop_counts, load_items, view
-from training.tasks.builders import TaskItem, numbered
-from training.tasks.views import COMPLETION_LINES, REVIEW_WINDOW, SUMMARIZATION_LINES, window_start
+from runtime.tasks import build_dataset, crop_counts, load_items, view
+from runtime.tasks.builders import TaskItem, numbered
+from runtime.tasks.views import COMPLETION_LINES, REVIEW_WINDOW, SUMMARIZATION_LINES, window_start
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +108,11 @@ def test_crop_counts_per_task():
 
 
 def test_the_card_hash_that_keys_answers_and_manifests_covers_the_views(home: Path, monkeypatch):
-    from training.tasks import load_card, views
+    from runtime.tasks import load_card, views
 
     card = load_card(home)
     assert card["stored_content_hash"] != card["content_hash"] and card["views"] == views.VIEW
     monkeypatch.setattr(views, "VIEW", {**views.VIEW, "review_window": 12})
-    monkeypatch.setattr("training.tasks.dataset.VIEW", views.VIEW)
+    monkeypatch.setattr("runtime.tasks.dataset.VIEW", views.VIEW)
     assert load_card(home)["content_hash"] != card["content_hash"]
     assert load_card(home)["stored_content_hash"] == card["stored_content_hash"]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from runtime.bench import metrics as m
+from runtime.tasks import measures as m
 
 
 def test_exact_match_ignores_whitespace_only():

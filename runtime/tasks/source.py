@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.bench.metrics import parses
+from runtime.tasks.measures import parses
 
 log = logging.getLogger(__name__)
 

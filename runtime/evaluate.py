@@ -14,27 +14,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from runtime.api_types import route_from_headers
-from runtime.bench.sandbox import Sandbox
-from runtime.bench.scoring import SCORERS
+from runtime.tasks.sandbox import Sandbox
 from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.engines.base import SamplingParams
 from runtime.engines.hf import HFRunner
-from training.tasks import TaskItem, load_card, load_items
-from training.tasks.prompts import messages_for, task_config, template_task
+from runtime.tasks import TASKS, TaskItem, load_card, load_items
+from runtime.tasks.prompts import messages_for, task_config
 
 SCHEMA = 1
-# The metric each task is ranked by: continuous ones, so that small models still separate (completion's exact
-# match and review's fix match are near 0 at 135M; they are reported beside).
-HEADLINE = {"generation": "chrf_pp", "summarization": "smoothed_bleu4", "completion": "edit_similarity",
-            "review": "line_accuracy", "humaneval": "pass_at_1"}
 Progress = Callable[[str, int, int], None]  # (task, done, total)
-EXECUTED = {"generation": "humaneval"}  # a task whose headline, where both are scored, is the executed set's
-
-
-def ranked_sets(scored: list[str]) -> dict[str, str]:
-    """{scored set: the task whose route answers it} of the sets that rank the options: HumanEval pass@1 (its
-    tests decide) stands for generation where both are scored, and generation's chrF++ is then a second column."""
-    return {s: template_task(s) for s in scored if EXECUTED.get(s) not in scored}
 
 
 def sampling_for(tasks: TasksConfig, task: str) -> SamplingParams:
@@ -94,13 +82,13 @@ def _run_task(runner: HFRunner, tasks: TasksConfig, task: str, items: list[TaskI
 
     generations = runner.generate(prompts, sampling_for(tasks, task), on_batch=step)
     answers = [g.text for g in generations]
-    metrics = SCORERS[task](items, answers, sandbox)
+    metrics = TASKS[task].score(items, answers, sandbox)
     wall = time.perf_counter() - start
     write_answers(out / "predictions" / f"{task}.jsonl", items, [
         {"answer": g.text, "finish_reason": g.finish_reason, "completion_tokens": g.completion_tokens}
         for g in generations])
     sampling = asdict(sampling_for(tasks, task)) | {"stop": list(sampling_for(tasks, task).stop)}
-    return {"n": len(items), "metrics": metrics, "headline": HEADLINE[task], "sampling": sampling,
+    return {"n": len(items), "metrics": metrics, "headline": TASKS[task].headline, "sampling": sampling,
             "completion_tokens": sum(g.completion_tokens for g in generations),
             "wall_s": round(wall, 1), "seconds_per_100_items": round(100 * wall / max(len(items), 1), 1)}
 
@@ -133,7 +121,7 @@ def evaluate_served(url: str, tasks: TasksConfig, items: dict[str, list[TaskItem
 
             async def one(task: str, i: int) -> dict:
                 item, sampling = items[task][i], sampling_for(tasks, task)
-                body = {"model": template_task(task), "messages": messages[task][i], "temperature": 0,
+                body = {"model": TASKS[task].prompt_task, "messages": messages[task][i], "temperature": 0,
                         "max_tokens": sampling.max_new_tokens, "stop": list(sampling.stop) or None}
                 async with gate:
                     r = await client.post(f"{url}/chat/completions", json=body)

@@ -8,8 +8,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from training.tasks.mutations import mutate
-from training.tasks.source import Function
+from runtime.tasks.mutations import mutate
+from runtime.tasks.source import Function
 
 CLEAN_SHARE = 0.3  # review items left unchanged; the answer is "no issues"
 NO_ISSUES = "no issues"

@@ -1,6 +1,6 @@
 import pytest
 
-from runtime.bench.scoring import (
+from runtime.tasks.scoring import (
     first_line,
     function_body,
     humaneval_program,
@@ -12,7 +12,7 @@ from runtime.bench.scoring import (
     score_summarization,
     summary_line,
 )
-from training.tasks import TaskItem
+from runtime.tasks import TaskItem
 
 
 def _item(task: str, inp: str, ref: str, **meta) -> TaskItem:
@@ -175,7 +175,7 @@ def test_humaneval_counts_format_failures_and_gives_an_exact_interval_for_zero_p
 
 
 def test_every_test_reference_given_as_the_answer_is_in_format_and_scores_full_marks(store_home):
-    from training.tasks import build_dataset, load_items
+    from runtime.tasks import build_dataset, load_items
 
     build_dataset()
     for task in ("generation", "summarization", "completion", "review"):
@@ -189,8 +189,8 @@ def test_every_test_reference_given_as_the_answer_is_in_format_and_scores_full_m
 
 
 def test_a_program_runs_once_and_a_later_reader_needs_no_sandbox(monkeypatch):
-    import runtime.bench.scoring as scoring
-    from runtime.bench.sandbox import Sandbox
+    import runtime.tasks.scoring as scoring
+    from runtime.tasks.sandbox import Sandbox
 
     monkeypatch.setattr(scoring, "_RUNS", {})
     ran: list[str] = []
@@ -215,5 +215,5 @@ def test_a_program_runs_once_and_a_later_reader_needs_no_sandbox(monkeypatch):
         raise AssertionError("no sandbox is built when every program ran before")
 
     monkeypatch.setattr(scoring, "Sandbox", refuse)
-    stat = scoring.headline_statistic("humaneval", items, answers)
+    stat = scoring.humaneval_statistic(items, answers)
     assert stat.counts() == (1, 2) and len(ran) == 2

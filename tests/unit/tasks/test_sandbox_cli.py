@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-import runtime.bench.sandbox as sandbox_mod
-from runtime.bench.sandbox import SandboxRefusedError
+import runtime.tasks.sandbox as sandbox_mod
+from runtime.tasks.sandbox import SandboxRefusedError
 from runtime.cli import app
 from runtime.errors import ModelNotFoundError
 
