@@ -23,11 +23,11 @@ from typing import Annotated, Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 
 from agents.llm import CallFailed, call
+from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.tasks.measures import parses
+from runtime.tasks.prompts import task_config
 from runtime.tasks.sandbox import Sandbox
 from runtime.tasks.scoring import assemble, check_program, strip_fences
-from runtime.config import TasksConfig, configs_dir, load_config
-from runtime.tasks.prompts import task_config
 
 MAX_COMPLETION_LINES = 4  # completion calls to finish code that was cut off; then the longest prefix that parses
 

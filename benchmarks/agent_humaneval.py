@@ -17,8 +17,9 @@ import json
 import logging
 
 from runtime.bench.agent import run_on_server
+from runtime.bench.config import AgentConfig
 from runtime.bench.launch import ServerProcess
-from runtime.config import AgentConfig, TasksConfig, configs_dir, load_config
+from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.tasks import load_items
 
 log = logging.getLogger(__name__)

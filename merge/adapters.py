@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from merge.config import AdapterMergeConfig
 from runtime.artifacts import Manifest
-from runtime.config import AdapterMergeConfig
 from runtime.errors import ModelStoreError
 from runtime.models import ModelEntry, ModelStore
 

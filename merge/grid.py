@@ -16,34 +16,10 @@ parameters: lambda, normalize, ...) is swept too. Every candidate is checked aga
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from runtime.config import MergeConfig, MergeModel
-
-
-class GridEntry(BaseModel):
-    """One line of ``sweep.grid``: a method and the values to try (a scalar is a one-value list)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    method: str
-    weight: list[float] = Field(default_factory=lambda: [1.0], min_length=1)  # on every expert alike
-    density: list[float] = Field(default_factory=list)  # per expert, for methods that trim (ties, dare_*, della)
-    parameters: dict[str, Any] = Field(default_factory=dict)  # shared; a list value is swept
-
-    @field_validator("weight", "density", mode="before")
-    @classmethod
-    def _as_list(cls, value: Any) -> Any:
-        return value if isinstance(value, list) else [value]
-
-    def shared_settings(self) -> list[dict[str, Any]]:
-        """Every combination of the shared parameters (a list value is one axis)."""
-        keys = sorted(self.parameters)
-        axes = [v if isinstance(v, list) else [v] for v in (self.parameters[k] for k in keys)]
-        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
+from merge.config import GridEntry, MergeConfig, MergeModel
 
 
 @dataclass(frozen=True)
@@ -82,33 +58,6 @@ def candidates(config: MergeConfig) -> list[Candidate]:
 
 def parse_grid(grid: list[dict[str, Any]]) -> list[GridEntry]:
     return [GridEntry.model_validate(e) for e in grid]
-
-
-def check_grid(grid: list[dict[str, Any]], model_names: list[str]) -> list[str]:
-    """Every problem with a sweep grid, as 'sweep.grid.N...' messages (empty when every candidate is valid)."""
-    from merge.plans import check_plan
-
-    problems: list[str] = []
-    for i, raw in enumerate(grid):
-        try:
-            entry = GridEntry.model_validate(raw)
-        except ValidationError as e:
-            problems.extend(f"sweep.grid.{i}.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-            continue
-        seen: set[str] = set()
-        for models, shared in _plans(entry, model_names):
-            for problem in check_plan(entry.method, models, shared):
-                problem = re.sub(r"^models\.\d+\.", "models.*.", problem)  # every expert is set alike
-                if problem not in seen:
-                    seen.add(problem)
-                    problems.append(f"sweep.grid.{i}: {problem}")
-    return problems
-
-
-def _plans(entry: GridEntry, model_names: list[str]):
-    for weight, density, shared in itertools.product(entry.weight, entry.density or [None], entry.shared_settings()):
-        extra = {"weight": weight} | ({} if density is None else {"density": density})
-        yield [{"model": name, **extra} for name in model_names], shared
 
 
 def _expand(config: MergeConfig, entry: GridEntry) -> list[Candidate]:

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from merge.config import MergeConfig
 from runtime.artifacts import MANIFEST, Build
-from runtime.config import MergeConfig
 from runtime.errors import ModelStoreError
 from runtime.models import ModelEntry, ModelStore
 

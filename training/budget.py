@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
-from runtime.config import TrainConfig
+from runtime.tasks import TaskItem, crop_counts
+from training.config import TrainConfig
 from training.examples import IGNORE, BuildStats, Row
 from training.mixing import mix
-from runtime.tasks import TaskItem, crop_counts
 
 RowBuilder = Callable[[TaskItem, BuildStats], Row | None]
 

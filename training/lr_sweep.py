@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runtime.artifacts import Manifest, git_sha
-from runtime.config import TrainConfig, load_config
+from runtime.config import load_config
 from runtime.errors import BadRequestError, ConfigError
 from runtime.models import ModelStore
+from training.config import TrainConfig
 
 if TYPE_CHECKING:
     from training.sft import TrainingRecord

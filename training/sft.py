@@ -20,16 +20,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from runtime.artifacts import Build, git_sha
-from runtime.config import TasksConfig, TrainConfig, configs_dir, load_config
+from runtime.artifacts import Build
+from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.errors import ConfigError
 from runtime.hardware import bf16_supported, gpu_present
 from runtime.models import ModelEntry, ModelStore
-from training.budget import budget, items_per_step, task_rows
-from training.examples import IGNORE, BuildStats, PadCollator, Row, build_row, pack
-from training.mixing import mix
 from runtime.tasks import VIEW, load_card, load_items
 from runtime.tasks.prompts import messages_for
+from training.budget import budget, items_per_step, task_rows
+from training.config import TrainConfig
+from training.examples import IGNORE, BuildStats, PadCollator, Row, build_row, pack
+from training.mixing import mix
 
 __all__ = ["TrainingRecord", "train"]
 log = logging.getLogger(__name__)

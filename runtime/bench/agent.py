@@ -15,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from agents.coding_agent import build_graph, make_checkpointer, run_agent
 from agents.llm import chat_factory
-from runtime.tasks.sandbox import Sandbox
+from runtime.bench.config import AgentConfig
+from runtime.config import TasksConfig
 from runtime.stats import clopper_pearson
-from runtime.config import AgentConfig, TasksConfig
 from runtime.tasks import TaskItem
+from runtime.tasks.sandbox import Sandbox
 
 CALL_TIMEOUT_S = 900.0  # as the bench's scoring requests: 600 tokens from a 0.5B model on shared CPU cores, with
 # `workers` agents at once, outlast ChatOpenAI's usual 120 s, and a timed-out call is asked again from the start

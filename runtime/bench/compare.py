@@ -11,10 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.bench.baselines import baseline_answers
-from runtime.tasks.sandbox import Sandbox
-from runtime.tasks import TASKS
 from runtime.stats import Proportion, bootstrap_se, confidence_interval, paired_difference
-from runtime.tasks import TaskItem
+from runtime.tasks import TASKS, TaskItem
+from runtime.tasks.sandbox import Sandbox
 
 BASE = "base"
 Z_POWER = 2.80  # z(0.975) + z(0.80): a two-sided 5% test with 80% power

@@ -23,11 +23,10 @@ from __future__ import annotations
 import itertools
 
 from runtime.bench.compare import BASE
+from runtime.bench.config import BudgetConfig
 from runtime.bench.report import top_level
-from runtime.tasks import TASKS, ranked_sets
 from runtime.stats import holm, paired_difference, paired_normalized_difference
-from runtime.config import BudgetConfig
-from runtime.tasks import TaskItem
+from runtime.tasks import TASKS, TaskItem, ranked_sets
 
 MIN_SPREAD = 1.0  # headline points some option must gain over base on a task for that task to rank the options
 

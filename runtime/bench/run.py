@@ -27,24 +27,25 @@ from pathlib import Path
 import httpx
 import yaml
 
-from runtime.evaluate import cap_tokens, evaluate_served, sampling_for, write_answers
+from runtime.artifacts import git_sha
 from runtime.bench.agent import run_on_server
 from runtime.bench.compare import BASE, detectable_difference, gains_over_base, score_answers, score_baselines
+from runtime.bench.config import BenchConfig
 from runtime.bench.launch import ServerProcess
 from runtime.bench.load import run_load, workload
-from runtime.memory import TreeRSSSampler
 from runtime.bench.recommend import recommend
 from runtime.bench.report import SCHEMA_VERSION, write_report
-from runtime.tasks.sandbox import Sandbox
 from runtime.bench.zoo import Progress, build_zoo, zoo_store
-from runtime.config import BenchConfig, DeploymentConfig, TasksConfig, configs_dir, load_config
+from runtime.config import DeploymentConfig, TasksConfig, configs_dir, load_config
 from runtime.deploy import ServingPlan, build_plan, load_deployment
 from runtime.errors import ConfigError, EngineUnavailableError, MixmergeError
+from runtime.evaluate import cap_tokens, evaluate_served, sampling_for, write_answers
 from runtime.hardware import gpu_name, resolve_dtype
+from runtime.memory import TreeRSSSampler
 from runtime.models import ModelStore
 from runtime.router import route
-from runtime.artifacts import git_sha
 from runtime.tasks import TASKS, load_card, load_items, ranked_sets
+from runtime.tasks.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from runtime.config import BenchConfig, configs_dir, load_config
+from runtime.bench.config import BenchConfig
+from runtime.config import configs_dir, load_config
 from runtime.models import ModelStore
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelSt
     """Every model the options need, built in ``store`` only where missing; returns what was built and how long it
     took."""
     from merge.adapters import merge_adapters
+    from merge.config import AdapterMergeConfig, MergeConfig
     from merge.sweep import run_sweep
-    from runtime.config import AdapterMergeConfig, MergeConfig, TrainConfig
+    from training.config import TrainConfig
     from training.sft import train
 
     z = config.zoo

@@ -26,14 +26,13 @@ from __future__ import annotations
 import ast
 import re
 import textwrap
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from runtime.tasks import measures as m
-from runtime.tasks.sandbox import RunResult, Sandbox
 from runtime.stats import Proportion, clopper_pearson, mean_of
+from runtime.tasks import measures as m
 from runtime.tasks.builders import NO_ISSUES, TaskItem
+from runtime.tasks.sandbox import RunResult, Sandbox
 
 # a fence opens at the start of the text or after whitespace, with an optional language tag; a missing closing
 # fence (the answer was cut) runs to the end

@@ -28,9 +28,10 @@ def test_the_bench_agent_solves_a_humaneval_problem_over_http_on_each_route(serv
     """runtime/bench/agent.py against the server: eval's request on the generation route, the review route for
     the loop, and a summary that counts calls and what the loop added."""
     from runtime.bench.agent import run_on_server
-    from runtime.tasks.sandbox import Sandbox
-    from runtime.config import AgentConfig, TasksConfig, configs_dir, load_config
+    from runtime.bench.config import AgentConfig
+    from runtime.config import TasksConfig, configs_dir, load_config
     from runtime.tasks import TaskItem
+    from runtime.tasks.sandbox import Sandbox
 
     prompt = 'from typing import List\n\n\ndef total(xs: List[int]) -> int:\n    """Sum of xs."""\n'
     item = TaskItem("humaneval/toy", "humaneval", "test", "humaneval", prompt, "    return sum(xs)\n",

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.evaluate import evaluate
 from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.engines.base import SamplingParams
 from runtime.engines.hf import HFRunner
+from runtime.evaluate import evaluate
 from runtime.tasks import load_items
 from runtime.tasks.prompts import messages_for
 

@@ -10,14 +10,15 @@ import pytest
 from langchain_core.messages import AIMessage
 
 from agents.coding_agent import build_graph, make_checkpointer
-from runtime.evaluate import evaluate
 from runtime.bench.agent import solve, summarize
-from runtime.tasks.sandbox import Sandbox
-from runtime.tasks.scoring import humaneval_results
-from runtime.config import AgentConfig, TasksConfig, configs_dir, load_config
+from runtime.bench.config import AgentConfig
+from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.engines.hf import Generation
+from runtime.evaluate import evaluate
 from runtime.tasks import build_dataset, load_items
 from runtime.tasks.prompts import messages_for
+from runtime.tasks.sandbox import Sandbox
+from runtime.tasks.scoring import humaneval_results
 
 
 def _answer(i: int, item) -> str:

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from loras import make_lora
 
+from runtime.bench.config import BenchConfig, BudgetConfig
 from runtime.bench.load import RequestRecord, summarize
 from runtime.bench.recommend import plan_cost, recommend
 from runtime.bench.run import Bench, Progress, agreement, run_bench
-from runtime.stats import bootstrap_ci, mean_of, paired_difference
-from runtime.config import BenchConfig, BudgetConfig, configs_dir, load_config
+from runtime.config import configs_dir, load_config
 from runtime.errors import ConfigError
 from runtime.models import ModelStore
+from runtime.stats import bootstrap_ci, mean_of, paired_difference
 from runtime.tasks import build_dataset, load_items
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from merge.config import MergeConfig
 from merge.grid import candidates
 from merge.plans import check_plan
 from merge.run import merge
-from runtime.config import MergeConfig, configs_dir, load_config
+from runtime.config import configs_dir, load_config
 from runtime.errors import ConfigError
 from runtime.models import ModelStore
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from merge.config import MergeConfig
 from merge.run import merge, topk_trimming
-from runtime.config import MergeConfig, load_config
+from runtime.config import load_config
 from runtime.engines.base import SamplingParams
 from runtime.engines.hf import HFRunner
 from runtime.errors import ConfigError
@@ -107,7 +108,7 @@ def test_bad_merge_configs_report_every_error(tmp_path):
 @pytest.mark.parametrize("combination", ["linear", "cat", "ties", "svd"])
 def test_adapter_merge_makes_one_loadable_adapter(merge_home, tmp_path, tiny_model_dir, combination):
     from merge.adapters import merge_adapters
-    from runtime.config import AdapterMergeConfig
+    from merge.config import AdapterMergeConfig
 
     cfg = AdapterMergeConfig(name=f"merged-{combination}", base_model="tiny", combination=combination,
                              adapters=[{"adapter": "lora-c", "weight": 0.5}, {"adapter": "lora-d", "weight": 0.5}],
@@ -126,7 +127,7 @@ def test_cat_adapter_merge_is_the_weighted_sum_of_deltas(merge_home, tmp_path, w
     from transformers import AutoModelForCausalLM
 
     from merge.adapters import merge_adapters
-    from runtime.config import AdapterMergeConfig
+    from merge.config import AdapterMergeConfig
 
     store = ModelStore()
     wc, wd = weights
@@ -180,7 +181,7 @@ def test_cat_refuses_rslora_adapters_whose_sum_it_would_get_wrong(merge_home, tm
     from transformers import AutoModelForCausalLM
 
     from merge.adapters import merge_adapters
-    from runtime.config import AdapterMergeConfig
+    from merge.config import AdapterMergeConfig
     from runtime.errors import ModelStoreError
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from merge.config import MergeConfig
 from merge.grid import weight_grid
 from merge.sweep import run_sweep
-from runtime.config import MergeConfig
 from runtime.errors import ConfigError
 from runtime.models import ModelStore
 

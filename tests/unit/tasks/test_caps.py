@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.tasks.caps import covering_cap, fits_share, measure, reference_tokens
 from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.tasks import build_dataset, load_items
+from runtime.tasks.caps import covering_cap, fits_share, measure, reference_tokens
 from runtime.tasks.prompts import task_config
 
 MODELS = Path.home() / ".cache" / "mixmerge" / "models"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from runtime.tasks import load_items
 from runtime.tasks.sandbox import Sandbox, SandboxLimits, namespaces_available
 from runtime.tasks.scoring import score_humaneval
-from runtime.tasks import load_items
 
 FAST = SandboxLimits(timeout_s=3, cpu_s=3)
 

@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 import runtime.tasks.sandbox as sandbox_mod
-from runtime.tasks.sandbox import SandboxRefusedError
 from runtime.cli import app
 from runtime.errors import ModelNotFoundError
+from runtime.tasks.sandbox import SandboxRefusedError
 
 runner = CliRunner()
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import runtime.tasks.sandbox as sandbox_mod
+from runtime.tasks import load_items
 from runtime.tasks.sandbox import Sandbox, SandboxLimits, SandboxRefusedError, namespaces_available
 from runtime.tasks.scoring import score_humaneval
-from runtime.tasks import load_items
 
 REPO = Path(__file__).resolve().parents[3]
 FAST = SandboxLimits(timeout_s=5, cpu_s=5)

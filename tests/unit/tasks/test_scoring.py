@@ -1,5 +1,6 @@
 import pytest
 
+from runtime.tasks import TaskItem
 from runtime.tasks.scoring import (
     first_line,
     function_body,
@@ -12,7 +13,6 @@ from runtime.tasks.scoring import (
     score_summarization,
     summary_line,
 )
-from runtime.tasks import TaskItem
 
 
 def _item(task: str, inp: str, ref: str, **meta) -> TaskItem:

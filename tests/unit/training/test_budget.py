@@ -7,11 +7,12 @@ from collections import Counter
 
 import pytest
 
-from runtime.config import TrainConfig, configs_dir, load_config
+from runtime.config import configs_dir, load_config
+from runtime.tasks import TaskItem
 from training.budget import budget, matched_mix_problems, task_rows
+from training.config import TrainConfig
 from training.examples import Row
 from training.mixing import mix
-from runtime.tasks import TaskItem
 
 SIZES = {"generation": 3285, "summarization": 3274, "completion": 3285, "review": 2688}
 QWEN = ["generation", "summarization", "completion", "review"]

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-from runtime.config import TrainConfig, configs_dir, load_config
+from runtime.config import configs_dir, load_config
 from runtime.engines.base import SamplingParams
 from runtime.engines.hf import HFRunner
 from runtime.errors import ConfigError
 from runtime.models import ModelStore
+from training.config import TrainConfig
 from training.sft import train
 
 

@@ -1,0 +1,98 @@
+"""The schema of configs/train/*.yaml (`runtime train`): one training run, its adapter, data and mixing."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from runtime.config import Frozen, TaskName, config_kind
+
+
+class LoraSettings(Frozen):
+    r: int = Field(16, gt=0)  # adapter rank: capacity and size grow linearly with it
+    alpha: int = Field(32, gt=0)  # scaling = alpha / r; the usual choice is 2 x r
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"  # PEFT's shorthand for every linear layer but the head
+
+
+class DataSettings(Frozen):
+    max_length: int = Field(256, gt=16)  # tokens per example; longer responses are cut, longer prompts dropped
+    max_val_items: int = Field(64, gt=0)  # validation items per task (eval loss; best checkpoint)
+    packing: bool = False  # pack several short examples into one row of max_length tokens
+
+
+class MixingSettings(Frozen):
+    strategy: Literal["concat", "balanced", "weighted", "temperature"] = "concat"
+    weights: dict[TaskName, float] = Field(default_factory=dict)  # weighted: share per task (normalised)
+    temperature: float = Field(2.0, gt=0)  # temperature: share ~ n ** (1/T)
+    total: int | None = Field(None, gt=0)  # items in the mix (default: what max_steps consumes, else all)
+
+
+@config_kind("train")
+class TrainConfig(Frozen):
+    """One training run. Any field of transformers' TrainingArguments may sit under ``training`` or, as a
+    shorthand (so ``max_steps=2`` works as an override), at the top level."""
+
+    name: str  # the artifact's name in the model store
+    kind: Literal["expert", "mixed"]
+    base_model: str
+    tasks: list[TaskName] = Field(min_length=1)
+    method: Literal["lora", "full"] = "lora"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the CPU/GPU supports it
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    mixing: MixingSettings = Field(default_factory=MixingSettings)
+    training: dict[str, Any] = Field(default_factory=dict)  # transformers.TrainingArguments fields
+    output_dir: str | None = None  # default: $MIXMERGE_HOME/models/NAME
+    seed: int = 0
+
+    @classmethod
+    def accepted_keys(cls) -> list[str]:
+        return list(cls.model_fields) + sorted(trainer_fields())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_trainer_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        known = trainer_fields()
+        lifted = {k: v for k, v in data.items() if k in known and k not in cls.model_fields}
+        if not lifted:
+            return data
+        rest = {k: v for k, v in data.items() if k not in lifted}
+        return rest | {"training": {**(data.get("training") or {}), **lifted}}
+
+    @field_validator("training")
+    @classmethod
+    def _trainer_fields_exist(cls, value: dict[str, Any]) -> dict[str, Any]:
+        known = trainer_fields()
+        problems = []
+        reserved = {"output_dir", "seed", "bf16", "fp16"} & set(value)
+        if reserved:
+            problems.append(f"set {', '.join(sorted(reserved))} through the top-level output_dir, seed or precision")
+        bad = [k for k in value if k not in known]
+        if bad:
+            hints = [f"'{k}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, known, 1)) else "")
+                     for k in bad]
+            problems.append(f"not TrainingArguments field(s): {', '.join(hints)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @model_validator(mode="after")
+    def _kind_matches_tasks(self) -> TrainConfig:
+        if self.kind == "expert" and len(self.tasks) != 1:
+            raise ValueError("an expert trains on exactly one task; use kind: mixed for several")
+        if self.mixing.strategy == "weighted" and set(self.mixing.weights) != set(self.tasks):
+            raise ValueError(f"mixing.weights needs a share for each of: {', '.join(self.tasks)}")
+        return self
+
+
+def trainer_fields() -> frozenset[str]:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments))
