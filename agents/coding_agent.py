@@ -86,37 +86,36 @@ def parseable_prefix(code: str) -> str:
     return ""
 
 
-def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = None, checkpointer=None,
-                tasks: TasksConfig | None = None):
-    """The compiled graph. ``llm_factory(task)`` returns a chat model whose requests route to ``task``; ``tasks``
-    (default configs/tasks.yaml) holds the prompt a function to complete is asked with."""
-    models = {task: llm_factory(task) for task in ("generation", "completion", "review")}
-    sandbox = sandbox or Sandbox()
-    tasks = tasks or load_config(configs_dir() / "tasks.yaml", TasksConfig)
+class Nodes:
+    """The graph's nodes: each takes the state and returns its update. ``models`` maps a task (generation,
+    completion, review) to a chat model whose requests route to it."""
 
-    def guarded(node: str, task: str, messages: list[tuple[str, str]]):
+    def __init__(self, models: dict[str, Any], sandbox: Sandbox, tasks: TasksConfig):
+        self.models, self.sandbox, self.tasks = models, sandbox, tasks
+
+    def guarded(self, node: str, task: str, messages: list[tuple[str, str]]):
         try:
-            reply = call(models[task], messages)
+            reply = call(self.models[task], messages)
         except CallFailed as e:
             return None, {"error": f"{node}: {e}", "steps": [{"node": node, "task": task, "error": str(e)}]}
         return reply, {"steps": [_step(node, task, reply)]}
 
-    def plan(state: AgentState) -> dict:
-        reply, update = guarded("plan", "generation", [
+    def plan(self, state: AgentState) -> dict:
+        reply, update = self.guarded("plan", "generation", [
             ("system", "You are a senior Python engineer. Plan briefly."),
             ("user", f"Give a short numbered plan (at most 4 steps) for this job:\n\n{state['job']}")])
         return update | ({"plan": reply.text} if reply else {})
 
-    def generate(state: AgentState) -> dict:
+    def generate(self, state: AgentState) -> dict:
         if state.get("prompt"):
-            reply, update = guarded("generate", "generation", body_messages(tasks, state["prompt"]))
+            reply, update = self.guarded("generate", "generation", body_messages(self.tasks, state["prompt"]))
             return update | (_function(state, reply) if reply else {})
-        reply, update = guarded("generate", "generation", [
+        reply, update = self.guarded("generate", "generation", [
             ("system", "You are an expert Python programmer. Answer with code only."),
             ("user", f"{state['job']}\n\nPlan:\n{state.get('plan', '')}\n\nWrite the complete Python code.")])
         return update | (_written(reply) if reply else {})
 
-    def complete(state: AgentState) -> dict:
+    def complete(self, state: AgentState) -> dict:
         """Finish code that does not parse a line at a time with the completion route: drop the line that
         max_tokens cut in half, add at most MAX_COMPLETION_LINES lines (stopping when the model repeats itself),
         and if it still does not parse keep its longest parseable prefix, for the tests and review to judge."""
@@ -129,7 +128,7 @@ def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = 
         for _ in range(MAX_COMPLETION_LINES):
             if parses(code):
                 break
-            reply, update = guarded("complete", "completion", [
+            reply, update = self.guarded("complete", "completion", [
                 ("system", "You are an expert Python programmer. Answer with code only."),
                 ("user", f"Write the next line of this Python code. Reply with that one line only.\n\n{code}")])
             steps += update["steps"]
@@ -143,69 +142,85 @@ def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = 
             code = parseable_prefix(code) or code
         return {"code": code, "steps": steps}
 
-    def run_tests(state: AgentState) -> dict:
+    def run_tests(self, state: AgentState) -> dict:
         code, tests, entry_point = state.get("code", ""), state["tests"] or "", state.get("entry_point")
-        result = sandbox.run(check_program(code, tests, entry_point) if entry_point else f"{code}\n\n{tests}\n")
+        result = self.sandbox.run(check_program(code, tests, entry_point) if entry_point else f"{code}\n\n{tests}\n")
         output = (result.stdout + result.stderr)[-2000:]
         return {"passed": result.passed, "test_output": output,
                 "steps": [{"node": "run_tests", "status": result.status, "passed": result.passed,
                            "seconds": result.duration_s}]}
 
-    def review(state: AgentState) -> dict:
+    def review(self, state: AgentState) -> dict:
         failures = "" if state.get("passed") is None else f"\n\nTest output:\n{state.get('test_output', '')}"
         numbered = "\n".join(f"{i:>3} | {ln}" for i, ln in enumerate(state.get("code", "").splitlines(), 1))
-        reply, update = guarded("review", "review", [
+        reply, update = self.guarded("review", "review", [
             ("system", "You are a meticulous Python code reviewer."),
             ("user", "Review this Python function for a bug. If there is one, answer exactly in three lines:\n"
                      "line: <line number>\nkind: <kind>\nfix: <the corrected line>\n"
                      f"If there is no bug, answer: no issues\n\n{numbered}{failures}")])
         return update | ({"review": reply.text} if reply else {})
 
-    def revise(state: AgentState) -> dict:
+    def revise(self, state: AgentState) -> dict:
         if state.get("prompt"):
             feedback = (f"Current function:\n{state.get('code', '')}\n\nReview:\n{state.get('review', '')}\n\n"
                         f"Test output:\n{state.get('test_output', '')}")
-            reply, update = guarded("revise", "generation", body_messages(tasks, state["prompt"], feedback))
+            reply, update = self.guarded("revise", "generation", body_messages(self.tasks, state["prompt"], feedback))
             return update | {"revisions": state.get("revisions", 0) + 1} | (_function(state, reply) if reply else {})
-        reply, update = guarded("revise", "generation", [
+        reply, update = self.guarded("revise", "generation", [
             ("system", "You are an expert Python programmer. Answer with code only."),
             ("user", f"{state['job']}\n\nCurrent code:\n{state.get('code', '')}\n\nReview:\n{state.get('review', '')}"
                      f"\n\nTest output:\n{state.get('test_output', '')}\n\nWrite the corrected complete code.")])
         out = update | {"revisions": state.get("revisions", 0) + 1}
         return out | (_written(reply) if reply else {})
 
+    @staticmethod
     def finish(state: AgentState) -> dict:
         return {"steps": [{"node": "finish", "passed": state.get("passed"), "error": state.get("error")}]}
 
-    def after_tests(state: AgentState) -> str:  # a review only where a revision can follow it
-        out_of_revisions = state.get("revisions", 0) >= state.get("max_revisions", 2)
-        return "finish" if state.get("error") or state.get("passed") or out_of_revisions else "review"
 
-    def after_complete(state: AgentState) -> str:
-        if state.get("error"):
-            return "finish"
-        return "run_tests" if state.get("tests") else "review"
+# ------------------------------------------------------------------------------------------ edges
+def after_tests(state: AgentState) -> str:  # a review only where a revision can follow it
+    out_of_revisions = state.get("revisions", 0) >= state.get("max_revisions", 2)
+    return "finish" if state.get("error") or state.get("passed") or out_of_revisions else "review"
 
-    def after_review(state: AgentState) -> str:
-        if state.get("error") or state.get("revisions", 0) >= state.get("max_revisions", 2):
-            return "finish"
-        clean = re.search(r"\bno (issues?|bugs?)\b", state.get("review", ""), re.I) and not re.search(
-            r"line\s*:?\s*\d+", state.get("review", ""), re.I)
-        return "finish" if clean and state.get("passed") is not False else "revise"
 
-    def after_writing(state: AgentState) -> str:  # a function to complete is run as eval runs it: no completion
-        return after_complete(state) if state.get("prompt") else "finish" if state.get("error") else "complete"
+def after_complete(state: AgentState) -> str:
+    if state.get("error"):
+        return "finish"
+    return "run_tests" if state.get("tests") else "review"
 
-    def stop_on_error(next_node: str) -> Callable[[AgentState], str]:
-        return lambda state: "finish" if state.get("error") else next_node
 
+def after_review(state: AgentState) -> str:
+    if state.get("error") or state.get("revisions", 0) >= state.get("max_revisions", 2):
+        return "finish"
+    clean = re.search(r"\bno (issues?|bugs?)\b", state.get("review", ""), re.I) and not re.search(
+        r"line\s*:?\s*\d+", state.get("review", ""), re.I)
+    return "finish" if clean and state.get("passed") is not False else "revise"
+
+
+def after_writing(state: AgentState) -> str:  # a function to complete is run as eval runs it: no completion
+    return after_complete(state) if state.get("prompt") else "finish" if state.get("error") else "complete"
+
+
+def after_plan(state: AgentState) -> str:
+    return "finish" if state.get("error") else "generate"
+
+
+def first_node(state: AgentState) -> str:
+    return "generate" if state.get("prompt") else "plan"
+
+
+def build_graph(llm_factory: Callable[[str], Any], *, sandbox: Sandbox | None = None, checkpointer=None,
+                tasks: TasksConfig | None = None):
+    """The compiled graph. ``llm_factory(task)`` returns a chat model whose requests route to ``task``; ``tasks``
+    (default configs/tasks.yaml) holds the prompt a function to complete is asked with."""
+    nodes = Nodes({task: llm_factory(task) for task in ("generation", "completion", "review")},
+                  sandbox or Sandbox(), tasks or load_config(configs_dir() / "tasks.yaml", TasksConfig))
     graph = StateGraph(AgentState)
-    for name, fn in (("plan", plan), ("generate", generate), ("complete", complete), ("run_tests", run_tests),
-                     ("review", review), ("revise", revise), ("finish", finish)):
-        graph.add_node(name, fn)
-    graph.add_conditional_edges(START, lambda state: "generate" if state.get("prompt") else "plan",
-                                ["plan", "generate"])
-    graph.add_conditional_edges("plan", stop_on_error("generate"), ["generate", "finish"])
+    for name in ("plan", "generate", "complete", "run_tests", "review", "revise", "finish"):
+        graph.add_node(name, getattr(nodes, name))
+    graph.add_conditional_edges(START, first_node, ["plan", "generate"])
+    graph.add_conditional_edges("plan", after_plan, ["generate", "finish"])
     writing = ["complete", "run_tests", "review", "finish"]
     graph.add_conditional_edges("generate", after_writing, writing)
     graph.add_conditional_edges("complete", after_complete, ["run_tests", "review", "finish"])

@@ -300,46 +300,58 @@ def bench_cmd(
     )
 
     from runtime.bench import run as bench
-    from runtime.bench.config import BenchConfig
-    from runtime.config import configs_dir, load_config
 
-    path = config or configs_dir() / "bench" / "default.yaml"
     extra = list(overrides or [])
     if deployments:
         extra.append(f"deployments=[{deployments}]")
     if engines:
         extra.append(f"engines=[{engines}]")
-    cfg = load_config(path, BenchConfig, extra)
-    if quick:
-        cfg = load_config(path, BenchConfig, [*cfg.quick, *extra])
+    cfg = _bench_config(config, extra, quick)
     out = out or Path("runs") / f"bench-{cfg.name}{'-quick' if quick else ''}"
     quiet_transformers()  # training steps get a bench bar of their own
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops like Ctrl-C: servers stopped, phases kept
     columns = (TextColumn("{task.description:>28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console) as bars:
-
-        class Bars(bench.Progress):
-            current = None
-
-            def phase(self, name: str, total: int) -> None:
-                if self.current is not None:
-                    bars.update(self.current, completed=bars.tasks[self.current].total)
-                self.current = bars.add_task(name, total=total)
-
-            def advance(self, n: int = 1) -> None:
-                if self.current is not None:
-                    bars.advance(self.current, n)
-
-            def say(self, message: str) -> None:
-                bars.console.print(f"  {message}", style="dim", highlight=False)
-
-        report = bench.run_bench(cfg, out, Bars(), fresh=fresh, unsafe_sandbox=unsafe_sandbox or None)
+        report = bench.run_bench(cfg, out, _bench_bars(bars), fresh=fresh, unsafe_sandbox=unsafe_sandbox or None)
     console.print((out / "report.md").read_text().split("\n## ")[0], soft_wrap=True, highlight=False, markup=False)
     rec = report.get("recommendation")
     if rec:
         console.print("recommended hybrid: " + ", ".join(f"{t} -> {o}" for t, o in rec["routes"].items()))
     console.print(f"wrote {out / 'report.md'}, report.json and charts ({report['wall_s'] / 60:.1f} min)")
+
+
+def _bench_config(config: Path | None, extra: list[str], quick: bool):
+    """The bench config (default configs/bench/default.yaml) with the overrides; ``quick`` applies the config's
+    own quick overrides first, so the command line's still win."""
+    from runtime.bench.config import BenchConfig
+    from runtime.config import configs_dir, load_config
+
+    path = config or configs_dir() / "bench" / "default.yaml"
+    cfg = load_config(path, BenchConfig, extra)
+    return load_config(path, BenchConfig, [*cfg.quick, *extra]) if quick else cfg
+
+
+def _bench_bars(bars):
+    """The bench's progress (runtime/bench/zoo.py's Progress) on rich progress bars: one bar per phase."""
+    from runtime.bench.zoo import Progress as BenchProgress
+
+    class Bars(BenchProgress):
+        current = None
+
+        def phase(self, name: str, total: int) -> None:
+            if self.current is not None:
+                bars.update(self.current, completed=bars.tasks[self.current].total)
+            self.current = bars.add_task(name, total=total)
+
+        def advance(self, n: int = 1) -> None:
+            if self.current is not None:
+                bars.advance(self.current, n)
+
+        def say(self, message: str) -> None:
+            bars.console.print(f"  {message}", style="dim", highlight=False)
+
+    return Bars()
 
 
 @app.command("eval")

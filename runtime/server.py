@@ -54,6 +54,14 @@ def build_app(plan: ServingPlan, engines: dict[str, Engine], settings: ServerSet
     app.state.serving = serving
     app.add_middleware(Guard, settings=settings, metrics=metrics)
     _add_error_handlers(app, metrics)
+    _add_info_routes(app, serving, engines, settings, metrics)
+    _add_openai_routes(app, serving)
+    return app
+
+
+def _add_info_routes(app: FastAPI, serving: OpenAIServing, engines: dict[str, Engine], settings: ServerSettings,
+                     metrics: ServerMetrics) -> None:
+    """Health, Prometheus metrics, the model list and the debug views."""
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -83,6 +91,10 @@ def build_app(plan: ServingPlan, engines: dict[str, Engine], settings: ServerSet
         """engine.adaptive: each engine's placement (lora / folding / folded / draining) and adapter shares."""
         return serving.placement()
 
+
+def _add_openai_routes(app: FastAPI, serving: OpenAIServing) -> None:
+    """The OpenAI endpoints and the runtime LoRA load/unload ones, typed so /openapi.json lists each body."""
+
     @app.post("/v1/chat/completions")
     async def chat(body: wire.ChatCompletionRequest) -> Response:
         return _respond(await serving.chat(body))
@@ -98,8 +110,6 @@ def build_app(plan: ServingPlan, engines: dict[str, Engine], settings: ServerSet
     @app.post("/v1/unload_lora_adapter")
     async def unload_lora(body: wire.UnloadLoraAdapterRequest) -> JSONResponse:
         return JSONResponse(await serving.unload_adapter(body))
-
-    return app
 
 
 def _respond(served: Served) -> Response:

@@ -59,15 +59,14 @@ def plan_cost(plan: dict[str, str], costs: dict[str, dict], sizes: dict[str, dic
             "p90_e2el_ms": round(max(costs[o]["p90_e2el_ms"] for o in used), 1), "engines": len(engines)}
 
 
-def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConfig, items: dict[str, list[TaskItem]],
-              answers: dict[str, dict[str, list[str]]], sizes: dict[str, dict[str, float]],
-              resamples: int = 1000) -> dict:
+def plan_candidates(accuracy: dict[str, dict], results: list[dict], budget: BudgetConfig, sets: dict[str, str],
+                    sizes: dict[str, dict[str, float]], floor: dict[str, float], scale: dict[str, float]) -> list[dict]:
+    """Every per-task plan over the measured options: routes, mean accuracy, normalized gain, cost, and whether
+    it fits the budget."""
     options = [o for o in accuracy if o != "hybrid"]
-    sets = ranked_sets(list(items))  # {scored set: the task whose route answers it}
     tasks = list(dict.fromkeys(sets.values()))
     costs = {r["deployment"]: {"peak_rss_mb": r["peak_rss_mb"],
-                                  "p90_e2el_ms": r["latency"][top_level(r)]["p90_e2el_ms"]} for r in results}
-    floor, scale = normalizers({o: accuracy[o] for o in options}, list(sets))
+                               "p90_e2el_ms": r["latency"][top_level(r)]["p90_e2el_ms"]} for r in results}
     candidates = []
     for choice in itertools.product(options, repeat=len(tasks)):
         plan = dict(zip(tasks, choice, strict=True))
@@ -76,38 +75,31 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
         fits = cost["memory_mb"] <= budget.memory_mb and cost["p90_e2el_ms"] <= budget.p90_e2el_ms
         candidates.append({"routes": plan, "mean_accuracy": round(sum(scores.values()) / len(scores), 2),
                            "fits": fits, **cost, "normalized_gain": round(normalized_gain(scores, floor, scale), 4)})
-    order = lambda c: (-c["normalized_gain"], c["engines"], c["memory_mb"])  # noqa: E731
-    best_any = min(candidates, key=order)
+    return candidates
+
+
+def _order(c: dict) -> tuple:
+    return -c["normalized_gain"], c["engines"], c["memory_mb"]
+
+
+def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConfig, items: dict[str, list[TaskItem]],
+              answers: dict[str, dict[str, list[str]]], sizes: dict[str, dict[str, float]],
+              resamples: int = 1000) -> dict:
+    options = [o for o in accuracy if o != "hybrid"]
+    sets = ranked_sets(list(items))  # {scored set: the task whose route answers it}
+    floor, scale = normalizers({o: accuracy[o] for o in options}, list(sets))
+    candidates = plan_candidates(accuracy, results, budget, sets, sizes, floor, scale)
+    best_any = min(candidates, key=_order)
     feasible = [c for c in candidates if c["fits"]]
-    chosen = min(feasible, key=order) if feasible else min(candidates, key=lambda c: (c["memory_mb"], order(c)))
-
+    chosen = min(feasible, key=_order) if feasible else min(candidates, key=lambda c: (c["memory_mb"], _order(c)))
     stats = {o: {s: TASKS[s].statistic(items[s], answers[o][s], None) for s in sets} for o in options}
-    scored_by = {t: s for s, t in sets.items()}  # the set each routed task is judged on
-
-    def versus(option: str, other: str, s: str) -> dict:
-        return paired_difference(stats[option][s], stats[other][s], len(items[s]), resamples)
-
-    simplest = None  # per-task routing earns its complexity only where it beats one option beyond the noise
+    compare = Comparer(stats, items, resamples, {t: s for s, t in sets.items()})
     singles = [c for c in (feasible if feasible else candidates) if len(set(c["routes"].values())) == 1]
-    single = min(singles, key=order) if singles else None
-    if single and single["routes"] != chosen["routes"]:
-        only = next(iter(single["routes"].values()))
-        gains = [t for t, d in holm_family({t: versus(o, only, scored_by[t]) for t, o in chosen["routes"].items()
-                                              if o != only}).items() if d["significant"]]
-        if not gains:
-            simplest = {"option": only, "instead_of": chosen["routes"], "mean_accuracy": chosen["mean_accuracy"]}
-            chosen = single
+    chosen, simplest = compare.simplify(chosen, min(singles, key=_order) if singles else None)
     tie = None
     if len(set(chosen["routes"].values())) == 1:  # one option: the cheapest of those it ties with takes its place
         chosen, tie = settle_tie(chosen, singles, stats, items, scale, resamples)
-    evidence = {}
-    for task, option in chosen["routes"].items():
-        s = scored_by[task]
-        evidence[task] = {"option": option, "value": accuracy[option][s]["value"], "scored_on": s,
-                          "headline": accuracy[option][s]["headline"], "versus": {}}
-        family = holm_family({other: versus(option, other, s) for other in options if other != option})
-        evidence[task]["versus"] = {other: {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
-                                    for other, d in family.items()}
+    evidence = {task: compare.evidence(task, option, accuracy, options) for task, option in chosen["routes"].items()}
     why = explain(chosen, best_any, evidence, budget, bool(feasible))
     if tie:
         why.insert(1, f"Tie: {', '.join(tie['options'])} are within the noise of each other on the normalized gain "
@@ -123,6 +115,39 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
             "budget": budget.model_dump(), "fits_budget": bool(feasible), "unconstrained_best": best_any,
             "evidence": evidence, "why": why, "simplified_from": simplest, "plans_considered": len(candidates),
             "plans_in_budget": len(feasible)}
+
+
+class Comparer:
+    """Paired comparisons of the options' per-item statistics (``stats[option][set]``); ``scored_by`` maps each
+    routed task to the set that judges it."""
+
+    def __init__(self, stats: dict, items: dict[str, list[TaskItem]], resamples: int, scored_by: dict[str, str]):
+        self.stats, self.items, self.resamples, self.scored_by = stats, items, resamples, scored_by
+
+    def versus(self, option: str, other: str, s: str) -> dict:
+        return paired_difference(self.stats[option][s], self.stats[other][s], len(self.items[s]), self.resamples)
+
+    def simplify(self, chosen: dict, single: dict | None) -> tuple[dict, dict | None]:
+        """Per-task routing earns its complexity only where it beats the best single option beyond the noise:
+        otherwise that option. (plan, simplified_from or None)"""
+        if not single or single["routes"] == chosen["routes"]:
+            return chosen, None
+        only = next(iter(single["routes"].values()))
+        gains = [t for t, d in holm_family({t: self.versus(o, only, self.scored_by[t])
+                                            for t, o in chosen["routes"].items() if o != only}).items()
+                 if d["significant"]]
+        if gains:
+            return chosen, None
+        return single, {"option": only, "instead_of": chosen["routes"], "mean_accuracy": chosen["mean_accuracy"]}
+
+    def evidence(self, task: str, option: str, accuracy: dict[str, dict], options: list[str]) -> dict:
+        """The routed option's score on the task's set, and its Holm-corrected comparison with every other."""
+        s = self.scored_by[task]
+        family = holm_family({other: self.versus(option, other, s) for other in options if other != option})
+        return {"option": option, "value": accuracy[option][s]["value"], "scored_on": s,
+                "headline": accuracy[option][s]["headline"],
+                "versus": {other: {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
+                           for other, d in family.items()}}
 
 
 def settle_tie(chosen: dict, singles: list[dict], stats: dict, items: dict, scale: dict[str, float],

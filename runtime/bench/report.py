@@ -107,37 +107,58 @@ def _fmt(v, digits: int = 1) -> str:
 
 
 def markdown(report: dict, charts: list[str]) -> str:
-    env, results = report["environment"], report["results"]
+    results = report["results"]
     tasks = columns(report)
     top = top_level(results[0]) if results else "8"
-    lines = [f"# mixmerge bench: `{report['name']}`", "",
-             f"{env['cpu']} ({env['cpu_count']} cores, {env['memory_gb']} GB){', ' + env['gpu'] if env['gpu'] else ''}"
-             f"; {', '.join(f'{k} {v}' for k, v in env['versions'].items())}; git `{(env['git_sha'] or '?')[:10]}`, "
-             f"config `{env['config_hash']}`. Whole run: {report['wall_s'] / 60:.1f} min "
-             f"(zoo {report['zoo']['wall_s'] / 60:.1f} min; built: "
-             f"{', '.join(f'{k} {v:.0f} s' for k, v in report['zoo']['built'].items()) or 'nothing, all cached'}).",
-             "", "Accuracy: greedy, test split, N = " + ", ".join(f"{t} {n}" for t, n in report["n_per_task"].items())
-             + "; output capped at " + ", ".join(f"{t} {s['max_tokens']}" for t, s in report["sampling"].items())
-             + " tokens. Headline metrics (0-100): " + ", ".join(f"{t} {m}" for t, m in
-                                                                   report["headline_metrics"].items())
-             + ("; generation is ranked by HumanEval pass@1 (its tests run in the sandbox; asked through the "
-                "generation route with `runtime eval`'s prompt), chrF++ on the stdlib bodies beside it"
-                if "humaneval" in (report.get("ranked_by") or {}) else "")
-             + "; [low, high] is the 95% interval over items (exact Clopper-Pearson for a share of items, such as "
-             "review's line accuracy and HumanEval pass@1; percentile bootstrap for the rest). "
-             "Load: the four tasks' prompts in turn, "
-             f"streamed, max_tokens {report['config']['load']['max_tokens']}"
-             + (" decoded in full by every request (ignore_eos: the same work for every option)."
-                if report["config"]["load"].get("fixed_length") else " (natural stopping)."), ""]
+    lines = [*header_lines(report), *notice_lines(report), *summary_table(report, tasks, top),
+             *controls_section(report, tasks), *agent_section(results), *format_failure_table(results, tasks),
+             *latency_table(results), *recommendation_section(report),
+             "", *(f"![{c}]({c})" for c in charts), ""]
+    return "\n".join(lines)
+
+
+def header_lines(report: dict) -> list[str]:
+    """Where and how the run was made: machine, versions, wall time, N, output caps, metrics and load."""
+    env = report["environment"]
+    return [f"# mixmerge bench: `{report['name']}`", "",
+            f"{env['cpu']} ({env['cpu_count']} cores, {env['memory_gb']} GB){', ' + env['gpu'] if env['gpu'] else ''}"
+            f"; {', '.join(f'{k} {v}' for k, v in env['versions'].items())}; git `{(env['git_sha'] or '?')[:10]}`, "
+            f"config `{env['config_hash']}`. Whole run: {report['wall_s'] / 60:.1f} min "
+            f"(zoo {report['zoo']['wall_s'] / 60:.1f} min; built: "
+            f"{', '.join(f'{k} {v:.0f} s' for k, v in report['zoo']['built'].items()) or 'nothing, all cached'}).",
+            "", "Accuracy: greedy, test split, N = " + ", ".join(f"{t} {n}" for t, n in report["n_per_task"].items())
+            + "; output capped at " + ", ".join(f"{t} {s['max_tokens']}" for t, s in report["sampling"].items())
+            + " tokens. Headline metrics (0-100): " + ", ".join(f"{t} {m}" for t, m in
+                                                                  report["headline_metrics"].items())
+            + ("; generation is ranked by HumanEval pass@1 (its tests run in the sandbox; asked through the "
+               "generation route with `runtime eval`'s prompt), chrF++ on the stdlib bodies beside it"
+               if "humaneval" in (report.get("ranked_by") or {}) else "")
+            + "; [low, high] is the 95% interval over items (exact Clopper-Pearson for a share of items, such as "
+            "review's line accuracy and HumanEval pass@1; percentile bootstrap for the rest). "
+            "Load: the four tasks' prompts in turn, "
+            f"streamed, max_tokens {report['config']['load']['max_tokens']}"
+            + (" decoded in full by every request (ignore_eos: the same work for every option)."
+               if report["config"]["load"].get("fixed_length") else " (natural stopping)."), ""]
+
+
+def notice_lines(report: dict) -> list[str]:
+    """Options that failed, pairs the config skipped, engines not installed."""
+    lines: list[str] = []
     for f in report.get("failures", []):
         lines += [f"**Failed**: {f['deployment']} on {f['engine']}: {f['error']}", ""]
     for s in report.get("skipped", []):
         lines += [f"**Not run** (config `skip`): {s['deployment']} on {s['engine']}: {s['reason']}", ""]
     if report.get("engines_skipped"):
         lines += ["Engines skipped: " + "; ".join(f"{k}: {v}" for k, v in report["engines_skipped"].items()), ""]
+    return lines
+
+
+def summary_table(report: dict, tasks: list[str], top: str) -> list[str]:
+    """One row per option and engine: accuracy per set, agent, throughput, latency, memory, cold start."""
+    results = report["results"]
     head = ["option", "engine", "mean acc.", *(column_label(report, t) for t in tasks), "agent solved",
             f"out tok/s @{top}", f"p90 E2EL ms @{top}", "peak RSS MB", "cold start s", "adapter load ms", "agreement"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in results:
         lat = r["latency"][top]
         agree = r.get("agreement")
@@ -152,44 +173,50 @@ def markdown(report: dict, charts: list[str]) -> str:
                  _fmt(r["cold_start_s"]), adapter.get("error", "error")[:40] if isinstance(adapter, dict) else
                  _fmt(adapter, 0), f"{agree['matched']}/{agree['n']}" if agree else "—"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += controls_section(report, tasks)
-    lines += agent_section(results)
-    lines += format_failure_table(results, tasks)
-    lines += ["", "Latency at every load level (ms; throughput in requests/s and output tokens/s; failed requests):",
-              "", "| option | engine | load | req/s | out tok/s | TTFT p50 / p90 | TPOT p50 | ITL p50 | "
-              "E2EL p50 / p90 / p99 | failed |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    return lines
+
+
+def latency_table(results: list[dict]) -> list[str]:
+    lines = ["", "Latency at every load level (ms; throughput in requests/s and output tokens/s; failed requests):",
+             "", "| option | engine | load | req/s | out tok/s | TTFT p50 / p90 | TPOT p50 | ITL p50 | "
+             "E2EL p50 / p90 / p99 | failed |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         for level, m in r["latency"].items():
             lines.append(f"| {r['deployment']} | {r['engine']} | {level} | {m['request_throughput']:.2f} | "
                          f"{m['output_throughput']:.1f} | {m['median_ttft_ms']:.0f} / {m['p90_ttft_ms']:.0f} | "
                          f"{m['median_tpot_ms']:.0f} | {m['median_itl_ms']:.0f} | {m['median_e2el_ms']:.0f} / "
                          f"{m['p90_e2el_ms']:.0f} / {m['p99_e2el_ms']:.0f} | {m['failed']} |")
-    rec = report.get("recommendation")
-    if rec:
-        measured = [r for r in results if r["deployment"] == "hybrid"]
-        single = set(rec["routes"].values())
-        plan = (f"Deploy **{next(iter(single))}** (every task → `{next(iter(single))}`)" if len(single) == 1 else
-                "Deploy **hybrid** with " + ", ".join(f"{t} → `{o}`" for t, o in rec["routes"].items()))
-        lines += ["", "## Recommendation", "",
-                  plan + f" (`hybrid.yaml`): normalized gain {rec.get('normalized_gain', 0):.2f} (1 = the best "
-                  "option on every task, 0 = base), mean accuracy " + f"{rec['mean_accuracy']:.2f}, estimated "
-                  f"{rec['estimated_memory_mb']:.0f} MB and p90 E2EL {rec['estimated_p90_e2el_ms']:.0f} ms "
-                  f"(budget {rec['budget']['memory_mb']:.0f} MB, "
-                  f"{rec['budget']['p90_e2el_ms']:.0f} ms on {rec['engine']}; {rec['plans_in_budget']} of "
-                  f"{rec['plans_considered']} plans fit)."]
-        for r in measured:
-            twin = f" (as {r['same_as']}: same routes)" if r.get("same_as") else ""
-            lines.append(f"Measured on {r['engine']}{twin}: {r['peak_rss_mb']:.0f} MB, p90 E2EL "
-                         f"{r['latency'][top_level(r)]['p90_e2el_ms']:.0f} ms, mean accuracy {r['mean_accuracy']:.2f}.")
-        lines += ["", *(f"- {w}" for w in rec["why"])]
-        gains = report.get("gains_over_base") or {}
-        flagged = [f"{t} → {o} ({gains[o][t]['diff']:+.1f} vs base)" for t, o in rec["routes"].items()
-                   if gains.get(o, {}).get(t, {}).get("at_or_below_base")]
-        if flagged:
-            lines.append(f"- **At or below the untuned base model**: {', '.join(flagged)}: fine-tuning bought "
-                         "nothing there (see the gains over base above).")
-    lines += ["", *(f"![{c}]({c})" for c in charts), ""]
-    return "\n".join(lines)
+    return lines
+
+
+def recommendation_section(report: dict) -> list[str]:
+    """The recommended plan, its estimate beside the hybrid's measurement, and why."""
+    rec, results = report.get("recommendation"), report["results"]
+    if not rec:
+        return []
+    measured = [r for r in results if r["deployment"] == "hybrid"]
+    single = set(rec["routes"].values())
+    plan = (f"Deploy **{next(iter(single))}** (every task → `{next(iter(single))}`)" if len(single) == 1 else
+            "Deploy **hybrid** with " + ", ".join(f"{t} → `{o}`" for t, o in rec["routes"].items()))
+    lines = ["", "## Recommendation", "",
+             plan + f" (`hybrid.yaml`): normalized gain {rec.get('normalized_gain', 0):.2f} (1 = the best "
+             "option on every task, 0 = base), mean accuracy " + f"{rec['mean_accuracy']:.2f}, estimated "
+             f"{rec['estimated_memory_mb']:.0f} MB and p90 E2EL {rec['estimated_p90_e2el_ms']:.0f} ms "
+             f"(budget {rec['budget']['memory_mb']:.0f} MB, "
+             f"{rec['budget']['p90_e2el_ms']:.0f} ms on {rec['engine']}; {rec['plans_in_budget']} of "
+             f"{rec['plans_considered']} plans fit)."]
+    for r in measured:
+        twin = f" (as {r['same_as']}: same routes)" if r.get("same_as") else ""
+        lines.append(f"Measured on {r['engine']}{twin}: {r['peak_rss_mb']:.0f} MB, p90 E2EL "
+                     f"{r['latency'][top_level(r)]['p90_e2el_ms']:.0f} ms, mean accuracy {r['mean_accuracy']:.2f}.")
+    lines += ["", *(f"- {w}" for w in rec["why"])]
+    gains = report.get("gains_over_base") or {}
+    flagged = [f"{t} → {o} ({gains[o][t]['diff']:+.1f} vs base)" for t, o in rec["routes"].items()
+               if gains.get(o, {}).get(t, {}).get("at_or_below_base")]
+    if flagged:
+        lines.append(f"- **At or below the untuned base model**: {', '.join(flagged)}: fine-tuning bought "
+                     "nothing there (see the gains over base above).")
+    return lines
 
 
 def controls_section(report: dict, tasks: list[str]) -> list[str]:
@@ -260,19 +287,21 @@ def format_failure_table(results: list[dict], tasks: list[str]) -> list[str]:
 
 
 def plot(report: dict, out: Path) -> list[str]:
+    """The charts beside report.md (PNG, in ``out``); their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     results = [r for r in report["results"] if not r.get("same_as")]  # a repeated row would hide its twin
     if not results:
         return []
-    tasks = list(report["n_per_task"])
-    top = top_level(results[0])
-    names = []
+    return [accuracy_vs_throughput_chart(results, out), accuracy_per_task_chart(report, results, out),
+            latency_chart(results, out)]
 
+
+def accuracy_vs_throughput_chart(results: list[dict], out: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    top = top_level(results[0])
     fig, ax = plt.subplots(figsize=(8, 4.8))
     options = list(dict.fromkeys(r["deployment"] for r in results))
     colors = {o: plt.cm.tab10(i % 10) for i, o in enumerate(options)}
@@ -289,8 +318,15 @@ def plot(report: dict, out: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_throughput.png", dpi=120)
     plt.close(fig)
-    names.append("accuracy_vs_throughput.png")
+    return "accuracy_vs_throughput.png"
 
+
+def accuracy_per_task_chart(report: dict, results: list[dict], out: Path) -> str:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = list(report["n_per_task"])
+    options = list(dict.fromkeys(r["deployment"] for r in results))
     options = [next(r for r in results if r["deployment"] == o) for o in options]  # accuracy: once per option
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.8 / len(options)
@@ -308,7 +344,12 @@ def plot(report: dict, out: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "accuracy_per_task.png", dpi=120)
     plt.close(fig)
-    names.append("accuracy_per_task.png")
+    return "accuracy_per_task.png"
+
+
+def latency_chart(results: list[dict], out: Path) -> str:
+    import matplotlib.pyplot as plt
+    import numpy as np
 
     levels = [k for k in results[0]["latency"] if k.isdigit()]
     fig, axes = plt.subplots(1, len(levels), figsize=(4 * len(levels), 4.5), sharey=True, squeeze=False)
@@ -327,5 +368,4 @@ def plot(report: dict, out: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "latency.png", dpi=120)
     plt.close(fig)
-    names.append("latency.png")
-    return names
+    return "latency.png"
