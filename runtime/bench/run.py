@@ -101,6 +101,17 @@ def gpu_memory_mb() -> float | None:
 
 # --------------------------------------------------------------------------------------------------- bench
 @dataclass
+class Tally:
+    """What the phases gather, option by option, for the report and the hybrid plan."""
+    results: list[dict] = field(default_factory=list)  # one per option and engine
+    accuracy: dict[str, dict] = field(default_factory=dict)  # per option, its scored accuracy
+    answers: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # per option, the scored answers' texts
+    failures: list[dict] = field(default_factory=list)
+    not_run: list[dict] = field(default_factory=list)  # pairs the config's `skip` left out
+    recommendation: dict | None = None
+
+
+@dataclass
 class Bench:
     config: BenchConfig
     out: Path
@@ -264,62 +275,74 @@ class Bench:
 
     # ---------------------------------------------------------------------------------------------- run
     def run(self, engines: list[str], skipped_engines: dict[str, str], zoo: dict) -> dict:
-        # the untuned base model is in every run: the control each option's gain is measured against
-        options = [BASE, *(o for o in self.config.deployments if o != BASE)]
-        results: list[dict] = []
-        accuracy: dict[str, dict] = {}
-        answers: dict[str, dict[str, list[str]]] = {}  # per option, the scored answers' texts
-        failures: list[dict] = []
-        not_run: list[dict] = []
-        recommendation = None
+        """Every option on every engine (the untuned base first: the control each option's gain is measured
+        against; the hybrid last, planned from the others), then the report."""
         env = environment(self.config_hash, self.git_sha)
-        gpu = env["gpu"] is not None
-        default_scorer = self.config.accuracy.engine if self.config.accuracy.engine in engines else engines[0]
+        tally = Tally()
         costed = self.config.budget.engine if self.config.budget.engine in engines else engines[0]
-        for option in options:
-            if option == "hybrid":
-                measured = [r for r in results if r["engine"] == costed and r["deployment"] in accuracy]
-                if not measured:
-                    failures.append({"deployment": option, "engine": "-", "error": "no other option was measured"})
-                    continue
-                recommendation = recommend(
-                    {r["deployment"]: accuracy[r["deployment"]] for r in measured}, measured, self.config.budget,
-                    self.items, {r["deployment"]: answers[r["deployment"]] for r in measured},
-                    self.model_sizes_mb([r["deployment"] for r in measured]), self.config.accuracy.bootstrap)
-                recommendation["engine"] = costed
-                self.write_hybrid(recommendation["routes"], costed)
-                if len(chosen := set(recommendation["routes"].values())) == 1:  # the plan is one measured option:
-                    twin = chosen.pop()  # serving it again would measure the same weights and routes twice
-                    results += [r | {"deployment": "hybrid", "same_as": twin}
-                                for r in results if r["deployment"] == twin]
-                    self.progress.say(f"hybrid routes every task to {twin}: {twin}'s measurements stand for it")
-                    continue
-            reference = None
-            scorer = self.config.accuracy.engine_for.get(option, default_scorer)
-            scorer = scorer if scorer in engines else default_scorer
-            for engine in [scorer, *(e for e in engines if e != scorer)]:  # the scoring engine answers first
-                if why := self.config.skipped(option, engine, gpu):
-                    self.progress.say(f"{option} on {engine}: not run (config `skip`): {why}")
-                    not_run.append({"deployment": option, "engine": engine, "reason": why})
-                    continue
-                try:
-                    result = self.measure(option, engine, reference)
-                except (MixmergeError, RuntimeError, httpx.HTTPError) as e:  # one option failing spoils no other
-                    self.progress.say(f"{option} on {engine} failed: {e}")
-                    failures.append({"deployment": option, "engine": engine, "error": str(e)[:500]})
-                    if reference is None:
-                        break  # no accuracy for this option: its other engines would have nothing to agree with
-                    continue
-                scored = json.loads(Path(result["answers_file"]).read_text())
+        for option in [BASE, *(o for o in self.config.deployments if o != BASE)]:
+            if option == "hybrid" and not self.plan_hybrid(tally, costed):
+                continue
+            self.measure_option(option, engines, tally, gpu=env["gpu"] is not None)
+        return self.report(env, skipped_engines, zoo, tally) | self.controls(tally.answers)
+
+    def plan_hybrid(self, tally: Tally, costed: str) -> bool:
+        """Recommend a per-task plan from the options measured on ``costed`` and write hybrid.yaml; False where
+        the hybrid is not served (nothing to plan from, or the plan is one measured option)."""
+        measured = [r for r in tally.results if r["engine"] == costed and r["deployment"] in tally.accuracy]
+        if not measured:
+            tally.failures.append({"deployment": "hybrid", "engine": "-", "error": "no other option was measured"})
+            return False
+        options = [r["deployment"] for r in measured]
+        recommendation = recommend(
+            {o: tally.accuracy[o] for o in options}, measured, self.config.budget, self.items,
+            {o: tally.answers[o] for o in options}, self.model_sizes_mb(options), self.config.accuracy.bootstrap)
+        recommendation["engine"] = costed
+        tally.recommendation = recommendation
+        self.write_hybrid(recommendation["routes"], costed)
+        if len(chosen := set(recommendation["routes"].values())) == 1:  # the plan is one measured option:
+            twin = chosen.pop()  # serving it again would measure the same weights and routes twice
+            tally.results += [r | {"deployment": "hybrid", "same_as": twin}
+                              for r in tally.results if r["deployment"] == twin]
+            self.progress.say(f"hybrid routes every task to {twin}: {twin}'s measurements stand for it")
+            return False
+        return True
+
+    def measure_option(self, option: str, engines: list[str], tally: Tally, gpu: bool) -> None:
+        """One option on each engine, its scoring engine first (the others' answers are checked against it)."""
+        default_scorer = self.config.accuracy.engine if self.config.accuracy.engine in engines else engines[0]
+        scorer = self.config.accuracy.engine_for.get(option, default_scorer)
+        scorer = scorer if scorer in engines else default_scorer
+        reference = None
+        for engine in [scorer, *(e for e in engines if e != scorer)]:
+            if why := self.config.skipped(option, engine, gpu):
+                self.progress.say(f"{option} on {engine}: not run (config `skip`): {why}")
+                tally.not_run.append({"deployment": option, "engine": engine, "reason": why})
+                continue
+            try:
+                result = self.measure(option, engine, reference)
+            except (MixmergeError, RuntimeError, httpx.HTTPError) as e:  # one option failing spoils no other
+                self.progress.say(f"{option} on {engine} failed: {e}")
+                tally.failures.append({"deployment": option, "engine": engine, "error": str(e)[:500]})
                 if reference is None:
-                    reference = answers[option] = {t: [a["answer"] for a in scored["answers"][t]] for t in self.items}
-                    accuracy[option] = score_answers(self.items, scored["answers"], self.config.accuracy.bootstrap,
-                                                     self.sandbox)
-                    self.write_answers(option, scored["answers"])
-                result["accuracy"] = accuracy[option]
-                result["accuracy_engine"] = scored["engine"]  # answers are cached by content: maybe another run's
-                results.append(result)
-        report = {
+                    break  # no accuracy for this option: its other engines would have nothing to agree with
+                continue
+            scored = json.loads(Path(result["answers_file"]).read_text())
+            if reference is None:
+                reference = self.score(option, scored["answers"], tally)
+            result["accuracy"] = tally.accuracy[option]
+            result["accuracy_engine"] = scored["engine"]  # answers are cached by content: maybe another run's
+            tally.results.append(result)
+
+    def score(self, option: str, answers: dict[str, list[dict]], tally: Tally) -> dict[str, list[str]]:
+        """Score the option's answers (once, from its scoring engine) and keep them; the answers' texts."""
+        texts = tally.answers[option] = {t: [a["answer"] for a in answers[t]] for t in self.items}
+        tally.accuracy[option] = score_answers(self.items, answers, self.config.accuracy.bootstrap, self.sandbox)
+        self.write_answers(option, answers)
+        return texts
+
+    def report(self, env: dict, skipped_engines: dict[str, str], zoo: dict, tally: Tally) -> dict:
+        return {
             "schema_version": SCHEMA_VERSION,
             "name": self.config.name,
             "environment": env,
@@ -331,12 +354,11 @@ class Bench:
             "headline_metrics": {t: TASKS[t].headline for t in self.items},
             "ranked_by": ranked_sets(list(self.items)),
             "zoo": zoo,
-            "results": results,
-            "failures": failures,
-            "skipped": not_run,
-            "recommendation": recommendation,
+            "results": tally.results,
+            "failures": tally.failures,
+            "skipped": tally.not_run,
+            "recommendation": tally.recommendation,
         }
-        return report | self.controls(answers)
 
     def controls(self, answers: dict[str, dict[str, list[str]]]) -> dict:
         """The trivial baselines, each option's gain over base, and the difference the chosen N can detect."""
