@@ -73,7 +73,7 @@ class HFEngine:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine-loader")
         self._counter = copy.deepcopy(self.runner.tokenizer)
         self._closed = False
-        self.lora = GroupedLora()  # the served model's adapters, stacked for one grouped LoRA forward per layer
+        self.lora = GroupedLora(self.config.max_loras)  # the served model's adapters, stacked for the grouped forward
         self.batches: deque[int] = deque(maxlen=4096)  # rows in each recent decode step (for tests and metrics)
         adaptive = self.config.adaptive
         self.placement = None if adaptive is None else Placement(

@@ -53,15 +53,22 @@ class _Stack:
         new.b[:n, :r, :] = self.b
         return new
 
-    def write(self, slot: int, layer, name: str | None) -> None:
-        """Slot ``slot`` set to adapter ``name`` of ``layer`` (zeros where the layer has no such adapter)."""
-        self.a[slot].zero_()
-        self.b[slot].zero_()
-        if name is not None and name in layer.lora_A:
-            a, b = layer.lora_A[name].weight, layer.lora_B[name].weight  # [rank, in], [out, rank]
-            rank = a.shape[0]
-            self.a[slot, :, :rank] = a.detach().t()
-            self.b[slot, :rank, :] = (b.detach() * layer.scaling[name]).t()
+    def write(self, slot: int, layer, name: str) -> None:
+        """Slot ``slot`` set to adapter ``name`` of ``layer`` (zeros where the layer has no such adapter): two
+        copies per layer, the padding past the adapter's rank zeroed only where there is some."""
+        import torch
+
+        if name not in layer.lora_A:
+            self.a[slot].zero_()
+            self.b[slot].zero_()
+            return
+        a, b = layer.lora_A[name].weight.detach(), layer.lora_B[name].weight.detach()  # [rank, in], [out, rank]
+        rank = a.shape[0]
+        if rank < self.a.shape[2]:
+            self.a[slot, :, rank:].zero_()
+            self.b[slot, rank:].zero_()
+        self.a[slot, :, :rank].copy_(a.t())
+        torch.mul(b.t(), layer.scaling[name], out=self.b[slot, :rank])
 
     def delta(self, x, rows: _Rows):
         """The LoRA term of every row of ``x [rows, seq, in]`` in float32."""
@@ -95,7 +102,8 @@ class GroupedLora:
     """The serving forward of a PEFT model's resident adapters, by row: ``sync`` after every load or unload,
     then ``forward(model, names, **inputs)`` per step (one adapter name per row, ``BASE`` for none)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = capacity  # adapters resident at once (engine.max_loras): stacks are sized for them once
         self.slots: dict[str, int] = {}  # resident adapter -> its slot (1..); slot 0 is the base model
         self.grouped = False  # False: PEFT's adapter_names forward (a layer type or variant it does not cover)
         self._rows: _Rows | None = None  # the rows of the forward running now (set only inside ``forward``)
@@ -119,7 +127,7 @@ class GroupedLora:
         fresh = [n for n in names if n not in self.slots]
         for name in fresh:
             self.slots[name] = min(set(range(1, len(self.slots) + 2)) - set(self.slots.values()))
-        size = max(self.slots.values(), default=0) + 1
+        size = max([self.capacity, *self.slots.values()]) + 1  # a stack grown one slot per load copied them all
         for layer in layers:
             self._restack(layer, size, fresh)
 
