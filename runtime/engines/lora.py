@@ -115,6 +115,9 @@ class GroupedLora:
         from peft.tuners.lora import LoraLayer
 
         names = list(getattr(model, "peft_config", {}))
+        if self.grouped and set(names) <= set(self.slots):  # only unloads: their slots are freed, nothing written
+            self.slots = {n: slot for n, slot in self.slots.items() if n in names}
+            return
         layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
         self.grouped = bool(layers) and all(_supported(layer, names) for layer in layers)
         if not self.grouped:
