@@ -1,9 +1,11 @@
 """engine.adaptive on a skewed workload: LoRA experts, adaptive placement and a full model, side by side in one run.
 
     .venv/bin/python benchmarks/adaptive.py [--model smollm2-135m] [--n 48] [--tokens 32] [--repeats 2] [--threads 1]
+        [--options experts,adaptive,full]
 
-Four r16 all-linear LoRA adapters on ``--model`` (the store's experts when it has ``<prefix>-lora-<task>`` for
-every task, else random ones of the trained experts' shape: ``tests/loras.make_lora``, non-zero B, same compute).
+Four LoRA adapters on ``--model`` (the store's experts whose parent is ``--model``, one ``*-lora-<task>`` per task,
+as ``qwen-lora-*`` on qwen2.5-coder-0.5b; else random r16 all-linear ones of the trained experts' shape:
+``tests/loras.make_lora``, non-zero B, same compute).
 A skewed load: ``--n`` chat prompts, 70% to the generation adapter and the rest spread over the other three in a
 fixed shuffled order, each decoding exactly ``--tokens`` tokens (``ignore_eos``), streamed at concurrency 8, bf16,
 all on the in-process hf engine (no HTTP). The engines (``--options``), measured in turn, ``--repeats`` rounds interleaved:
@@ -116,15 +118,15 @@ async def measure(option: str, model: Path, adapters: dict[str, Path], names: li
 def adapters_for(model_name: str, model: Path) -> tuple[dict[str, Path], str]:
     from runtime.models import ModelStore
 
-    store, prefix = ModelStore(), model_name.split("-")[0]
-    try:
-        return {t: store.get(f"{prefix}-lora-{t}").path for t in TASKS}, "the store's trained experts"
-    except Exception:
-        from loras import make_lora
+    experts = {e.name.rsplit("-", 1)[-1]: e.path for e in ModelStore().list()
+               if e.kind == "expert" and e.parent == model_name and e.name.endswith(tuple(f"-lora-{t}" for t in TASKS))}
+    if set(experts) == set(TASKS):
+        return experts, "the store's trained experts"
+    from loras import make_lora
 
-        root = Path(tempfile.mkdtemp())
-        return ({t: make_lora(model, root / t, i + 1, rank=16) for i, t in enumerate(TASKS)},
-                "random r16 all-linear adapters (no trained experts for this model in the store)")
+    root = Path(tempfile.mkdtemp())
+    return ({t: make_lora(model, root / t, i + 1, rank=16) for i, t in enumerate(TASKS)},
+            "random r16 all-linear adapters (no trained experts for this model in the store)")
 
 
 def main() -> None:
