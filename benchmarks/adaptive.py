@@ -8,7 +8,8 @@ as ``qwen-lora-*`` on qwen2.5-coder-0.5b; else random r16 all-linear ones of the
 ``tests/loras.make_lora``, non-zero B, same compute).
 A skewed load: ``--n`` chat prompts, 70% to the generation adapter and the rest spread over the other three in a
 fixed shuffled order, each decoding exactly ``--tokens`` tokens (``ignore_eos``), streamed at concurrency 8, bf16,
-all on the in-process hf engine (no HTTP). The engines (``--options``), measured in turn, ``--repeats`` rounds interleaved:
+all on the in-process hf engine (no HTTP). The engines (``--options``), measured in turn, ``--repeats`` rounds
+interleaved:
 
 - ``experts``: every request on its LoRA adapter (mixed-adapter batches, the grouped LoRA forward of
   ``runtime/engines/lora.py``);

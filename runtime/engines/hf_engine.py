@@ -4,10 +4,11 @@ transformers' own).
 One worker thread loops: it runs model changes queued between steps (adapter loads and unloads), admits waiting
 requests, prefills newcomers alone in chunks under ``prefill_budget`` tokens per step, and runs one decode step of
 every running row. A request that arrives mid-answer joins at the next step; a row that ends (EOS, stop string,
-limit, client gone) leaves at once. A batch mixes adapters (one grouped LoRA forward per layer, ``lora.py``;
-the base model as ``__base__``) and sampling settings. Adapters live in slots: at most ``max_loras`` are resident, the least recently
-used unpinned one that no running row uses is evicted to make room. An adapter loaded at runtime is checked and
-read on a loader thread; only the injection (on meta, weights assigned: ``low_cpu_mem_usage``) holds the model.
+limit, client gone) leaves at once. A batch mixes adapters (one grouped LoRA forward per layer, ``lora.py``; the
+base model as ``__base__``) and sampling settings. Adapters live in slots: at most ``max_loras`` are resident, the
+least recently used unpinned one that no running row uses is evicted to make room. An adapter loaded at runtime is
+checked and read on a loader thread; only the injection (on meta, weights assigned: ``low_cpu_mem_usage``) and
+the copy of its weights into the grouped forward's stacks hold the model.
 With ``engine.adaptive``, a dominant adapter's new rows run on a folded copy of the model (``adaptive.py``): each
 model's rows decode in their own batch, one forward per model per step.
 """

@@ -10,10 +10,11 @@ manager, ``torch.multinomial`` without a per-request generator), so per-request 
 batch and vLLM's per-request ``min_tokens``/``ignore_eos`` are not expressible; ``add_request`` takes only the
 temperature/top_k/top_p per-request processor kwargs (``cb_logits_processors.py``).
 
-Here: each step is one forward of every running row's pending token (``[rows, 1]``, one adapter per row, the
-base model as ``__base__``, run by ``lora.GroupedLora``) over one DynamicCache whose rows are left-padded to a common width. The cache is
-reshaped only when membership changes: a newcomer, prefilled alone in chunks under a per-step token budget
-(``prefill``), is padded in; finished rows are selected out and columns that are padding in every row are cut.
+Here: each step is one forward of every running row's pending token (``[rows, 1]``, one adapter per row, the base
+model as ``__base__``, run by ``lora.GroupedLora``) over one DynamicCache whose rows are left-padded to a common
+width. The cache is reshaped only when membership changes: a newcomer, prefilled alone in chunks under a per-step
+token budget (``prefill``), is padded in; finished rows are selected out and columns that are padding in every row
+are cut.
 Every row keeps its own sampling (argmax, or temperature/top_p with its own seeded generator), EOS floor, stop
 strings and limit; text is streamed per row as it grows (``Job.take``).
 """

@@ -28,8 +28,9 @@ def _partial_lora(base: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def paths(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("grouped")
-    return {"r2": make_lora(tiny_model_dir, root / "r2", 1, rank=2), "r8": make_lora(tiny_model_dir, root / "r8", 2, rank=8),
-            "q": _partial_lora(tiny_model_dir, root / "q"), "r16": make_lora(tiny_model_dir, root / "r16", 3, rank=16)}
+    return {"r2": make_lora(tiny_model_dir, root / "r2", 1, rank=2), "q": _partial_lora(tiny_model_dir, root / "q"),
+            "r8": make_lora(tiny_model_dir, root / "r8", 2, rank=8),
+            "r16": make_lora(tiny_model_dir, root / "r16", 3, rank=16)}
 
 
 def _served(tiny_model_dir: Path, paths: dict[str, Path], names: list[str]):
