@@ -315,10 +315,9 @@ def bench_cmd(
     with Progress(*columns, console=console) as bars:
         report = bench.run_bench(cfg, out, _bench_bars(bars), fresh=fresh, unsafe_sandbox=unsafe_sandbox or None)
     console.print((out / "report.md").read_text().split("\n## ")[0], soft_wrap=True, highlight=False, markup=False)
-    rec = report.get("recommendation")
-    if rec:
-        console.print("recommended hybrid: " + ", ".join(f"{t} -> {o}" for t, o in rec["routes"].items()))
-    console.print(f"wrote {out / 'report.md'}, report.json and charts ({report['wall_s'] / 60:.1f} min)")
+    if rec := report.recommendation:
+        console.print("recommended hybrid: " + ", ".join(f"{t} -> {o}" for t, o in rec.routes.items()))
+    console.print(f"wrote {out / 'report.md'}, report.json and charts ({report.wall_s / 60:.1f} min)")
 
 
 def _bench_config(config: Path | None, extra: list[str], quick: bool):

@@ -24,7 +24,7 @@ import itertools
 
 from runtime.bench.compare import BASE
 from runtime.bench.config import BudgetConfig
-from runtime.bench.report import top_level
+from runtime.bench.results import Recommendation, top_level
 from runtime.stats import holm, paired_difference, paired_normalized_difference
 from runtime.tasks import TASKS, TaskItem, ranked_sets
 
@@ -84,7 +84,9 @@ def _order(c: dict) -> tuple:
 
 def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConfig, items: dict[str, list[TaskItem]],
               answers: dict[str, dict[str, list[str]]], sizes: dict[str, dict[str, float]],
-              resamples: int = 1000) -> dict:
+              resamples: int = 1000) -> Recommendation:
+    """The plan with the best normalized gain within the budget, and the evidence for it. ``accuracy``: {option:
+    {set: {value, headline, ...}}}; ``results``: the options' phase results on the costing engine (as dicts)."""
     options = [o for o in accuracy if o != "hybrid"]
     sets = ranked_sets(list(items))  # {scored set: the task whose route answers it}
     floor, scale = normalizers({o: accuracy[o] for o in options}, list(sets))
@@ -109,12 +111,12 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
                       f"({', '.join(f'{t} → {o}' for t, o in simplest['instead_of'].items())}, mean "
                       f"{simplest['mean_accuracy']:.2f}) beats it on no task beyond the noise, and one option is "
                       "simpler to run.")
-    return {"routes": chosen["routes"], "mean_accuracy": chosen["mean_accuracy"],
+    return Recommendation.model_validate({"routes": chosen["routes"], "mean_accuracy": chosen["mean_accuracy"],
             "normalized_gain": chosen["normalized_gain"], "ranking_tasks": sorted(scale), "tie": tie,
             "estimated_memory_mb": chosen["memory_mb"], "estimated_p90_e2el_ms": chosen["p90_e2el_ms"],
             "budget": budget.model_dump(), "fits_budget": bool(feasible), "unconstrained_best": best_any,
             "evidence": evidence, "why": why, "simplified_from": simplest, "plans_considered": len(candidates),
-            "plans_in_budget": len(feasible)}
+            "plans_in_budget": len(feasible)})
 
 
 class Comparer:

@@ -1,67 +1,24 @@
 """The bench report: ``report.json`` for machines, ``report.md`` and PNG charts for people.
 
-report.json, schema_version 1 (new fields may be added; a removed or renamed field bumps the version):
-- ``environment``: cpu, cpu_count, memory_gb, gpu, platform, versions {python, torch, transformers, vllm},
-  git_sha, config_hash (of the bench config after overrides).
-- ``config`` (the bench config as run), ``n_per_task`` {scored set: N} (the tasks, and ``humaneval`` where
-  ``accuracy.humaneval_n`` > 0: HumanEval problems asked through the generation route with `runtime eval`'s
-  prompt and scored by executing their tests in the sandbox), ``sampling`` {set: {max_tokens, stop}},
-  ``headline_metrics`` {set: metric}, ``ranked_by`` {set: the task whose route answers it} (the sets that rank
-  the options and make ``mean_accuracy``: ``humaneval`` (pass@1) stands for generation where scored, and
-  generation's chrF++ is then a second column), ``engines_skipped`` {engine: why}, ``zoo`` {built: {name: seconds},
-  reused: [names], wall_s}, ``wall_s`` (the whole run).
-- ``results``: one entry per option and engine: ``deployment``, ``engine``, ``dtype`` (what its engines computed
-  in, ``auto`` resolved), ``models`` {name: manifest hash},
-  ``adapters``, ``accuracy`` {task: {n, headline, value, ci95 [low, high], ci_method ("clopper-pearson" for a
-  0/1 headline, else "bootstrap"), metrics {all of the task's metrics, with format_failures {empty, off_format,
-  unparseable: answer counts, defined in runtime/tasks/scoring.py} and ci95 {share metric: exact interval}},
-  truncated_share, completion_tokens}; humaneval's metrics: pass_at_1, passed, timeouts, sandbox (its
-  isolation)}, ``accuracy_engine`` (the engine whose answers were scored),
-  ``mean_accuracy`` (mean of the ranked sets' headline values, 0-100),
-  ``latency`` {"1" | "4" | "8" | "poisson-RATE": vllm-bench-serve fields: completed, failed, duration_s,
-  request_throughput, output_throughput, total_output_tokens, {mean,median,p90,p99}_{ttft,tpot,itl,e2el}_ms,
-  empty_answers (completed with no text: counted in E2EL, not in TTFT), short_answers (fixed-length requests
-  that came back shorter than max_tokens: 0 where the engine honours ignore_eos), errors}, ``peak_rss_mb`` (serving
-  process tree, sampled every 0.2 s during the load runs),
-  ``gpu_memory_mb`` (null without a GPU), ``cold_start_s``
-  (launch to first healthy answer), ``adapter_load_ms`` (null when the option serves no adapter; {error} when
-  the engine refused), ``wall_s`` (this server's whole phase), ``accuracy_wall_s`` (scoring, where it ran),
-  ``agent`` (the scoring engine only, where ``agent.n`` > 0: the coding agent on HumanEval's first n problems
-  through this server, runtime/bench/agent.py: {problems, solved, solved_share, ci95 (exact), first_try
-  (solved by the first generation: a single generation's pass@1), first_try_share, loop_adds (points the
-  review -> revise loop adds), mean_calls, mean_wall_s (per problem, ``workers`` agents at once), mean_tokens,
-  errors, calls_per_route, max_revisions, workers}; each problem's record in ``answers/OPTION/agent.jsonl``),
-  ``agreement`` (second engine only: {matched, n, per_task} greedy answers identical to the
-  first engine's), ``same_as`` (hybrid only, when the plan routes every task to one option: that option, whose
-  measurements the entry repeats instead of serving the same thing twice).
-- Beside report.json: ``answers/OPTION/SET.jsonl`` (``humaneval.jsonl`` too), one line per scored item {id,
-  reference, answer, finish_reason, completion_tokens}, in item order.
-- ``failures``: [{deployment, engine, error}] for options or engines that could not be measured (the rest is).
-- ``skipped``: [{deployment, engine, reason}] for pairs the config's ``skip`` left out, with its reason.
-- ``recommendation``: routes {task: option}, engine (whose measurements costed it), mean_accuracy,
-  estimated_memory_mb, estimated_p90_e2el_ms, budget,
-  fits_budget, unconstrained_best, simplified_from (null, or the per-task plan a single option replaced),
-  evidence {task: {option, value, headline, scored_on (the set that judged it), versus {option: paired
-  difference, 95% CI,
-  p_value, p_holm (Holm-adjusted over the task's comparisons), significant (Holm, 5%)}}}, why [sentences],
-  plans_considered, plans_in_budget, normalized_gain (the decision rule's score of the plan: mean over
-  ranking_tasks of (score − base) / (best − base)), ranking_tasks (ranked sets where some option beats base by
-  >= 1 point), tie (null, or {options, chosen, best_estimate}: single options within the noise of the best one;
-  the cheapest is chosen).
-- ``baselines`` {task: {baseline name: {value, ci95, ci_method}}}: trivial answers (runtime/bench/baselines.py)
-  scored on the same items.
-- ``gains_over_base`` {option: {task: {diff, ci95, p_value, at_or_below_base, below_base}}}: headline points over
-  the untuned ``base`` option (always measured), paired 95% bootstrap on the same items.
-- ``detectable_difference`` {task: points}: the smallest difference from base a two-sided 5% test on this N finds
-  with 80% power (2.8 x sqrt(2) x the base's bootstrap standard error); null when base was not measured.
+report.json is ``runtime.bench.results.Report`` dumped (``Report.model_json_schema()`` prints its schema; each
+field's meaning is its ``Field(description=...)`` there): the run's environment, config, N, sampling and headline
+metric per scored set, the zoo, one ``PhaseResult`` per option and engine (accuracy with intervals, latency per
+load level, memory, cold start, adapter load, agent, agreement), failures and skipped pairs, the
+``Recommendation``, the trivial baselines, each option's gain over base and the difference this N can detect.
+Beside it: ``answers/OPTION/SET.jsonl`` (``humaneval.jsonl`` and ``agent.jsonl`` too), one line per scored item
+{id, reference, answer, finish_reason, completion_tokens}, in item order.
+
+The renderers below read report.json's dict form (``Report.model_dump(mode="json")``), so they render a report
+written by any version, committed ones included.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from runtime.bench.results import SCHEMA_VERSION, Report, top_level
+
+__all__ = ["SCHEMA_VERSION", "markdown", "plot", "top_level", "write_report"]
 
 
 def mean_accuracy(result: dict, ranked: list[str] | None = None) -> float:
@@ -86,20 +43,18 @@ def columns(report: dict) -> list[str]:
     return sorted(sets, key=lambda s: (s != "humaneval", sets.index(s)))
 
 
-def top_level(result: dict) -> str:
-    return max((k for k in result["latency"] if k.isdigit()), key=int)
-
-
-def write_report(report: dict, out: Path) -> None:
-    ranked = list(report.get("ranked_by") or report["n_per_task"])
-    for r in report["results"]:
-        r["mean_accuracy"] = round(mean_accuracy(r, ranked), 2)
+def write_report(report: Report, out: Path) -> None:
+    """OUT/report.json (the model dumped), report.md and the charts; sets each result's ``mean_accuracy``."""
+    ranked = list(report.ranked_by or report.n_per_task)
+    for r in report.results:
+        r.mean_accuracy = round(mean_accuracy(r.model_dump(include={"accuracy"}), ranked), 2)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.write_text(report.model_dump_json(indent=2) + "\n")
     tmp.replace(out / "report.json")
-    charts = plot(report, out)
-    (out / "report.md").write_text(markdown(report, charts))
+    doc = report.model_dump(mode="json")
+    charts = plot(doc, out)
+    (out / "report.md").write_text(markdown(doc, charts))
 
 
 def _fmt(v, digits: int = 1) -> str:
@@ -199,7 +154,7 @@ def recommendation_section(report: dict) -> list[str]:
     plan = (f"Deploy **{next(iter(single))}** (every task → `{next(iter(single))}`)" if len(single) == 1 else
             "Deploy **hybrid** with " + ", ".join(f"{t} → `{o}`" for t, o in rec["routes"].items()))
     lines = ["", "## Recommendation", "",
-             plan + f" (`hybrid.yaml`): normalized gain {rec.get('normalized_gain', 0):.2f} (1 = the best "
+             plan + f" (`hybrid.yaml`): normalized gain {rec.get('normalized_gain') or 0:.2f} (1 = the best "
              "option on every task, 0 = base), mean accuracy " + f"{rec['mean_accuracy']:.2f}, estimated "
              f"{rec['estimated_memory_mb']:.0f} MB and p90 E2EL {rec['estimated_p90_e2el_ms']:.0f} ms "
              f"(budget {rec['budget']['memory_mb']:.0f} MB, "

@@ -34,7 +34,16 @@ from runtime.bench.config import BenchConfig
 from runtime.bench.launch import ServerProcess
 from runtime.bench.load import run_load, workload
 from runtime.bench.recommend import recommend
-from runtime.bench.report import SCHEMA_VERSION, write_report
+from runtime.bench.report import write_report
+from runtime.bench.results import (
+    SCHEMA_VERSION,
+    AnswersFile,
+    PhaseFile,
+    PhaseResult,
+    Recommendation,
+    Report,
+    read_record,
+)
 from runtime.bench.zoo import Progress, build_zoo, zoo_store
 from runtime.config import DeploymentConfig, TasksConfig, configs_dir, load_config
 from runtime.deploy import ServingPlan, build_plan, load_deployment
@@ -103,12 +112,12 @@ def gpu_memory_mb() -> float | None:
 @dataclass
 class Tally:
     """What the phases gather, option by option, for the report and the hybrid plan."""
-    results: list[dict] = field(default_factory=list)  # one per option and engine
+    results: list[PhaseResult] = field(default_factory=list)  # one per option and engine
     accuracy: dict[str, dict] = field(default_factory=dict)  # per option, its scored accuracy
     answers: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # per option, the scored answers' texts
     failures: list[dict] = field(default_factory=list)
     not_run: list[dict] = field(default_factory=list)  # pairs the config's `skip` left out
-    recommendation: dict | None = None
+    recommendation: Recommendation | None = None
 
 
 @dataclass
@@ -168,7 +177,7 @@ class Bench:
                      load_card()["content_hash"])
         return self.store.home / "cache" / "bench-accuracy" / f"{key}.json"
 
-    def measure(self, option: str, engine: str, reference: dict | None) -> dict:
+    def measure(self, option: str, engine: str, reference: dict | None) -> PhaseResult:
         """One server for one option on one engine: answers (or the agreement sample), load, memory, adapter
         load. ``reference`` is the first engine's answers for this option, if there was one."""
         path, plan = self.plan(option)
@@ -176,11 +185,10 @@ class Bench:
         cache = self.out / "phases" / f"{option}-{engine}.json"
         key = digest(self.config_hash, option, engine, models, path.read_text())
         answers_file = self.accuracy_cache(plan)
-        if cache.is_file() and not self.fresh and (reference is not None or answers_file.is_file()):
-            cached = json.loads(cache.read_text())
-            if cached.get("key") == key:
-                self.progress.say(f"{option} on {engine}: measured before ({cache}); --fresh measures again")
-                return cached["result"] | {"answers_file": str(answers_file)}
+        if not self.fresh and (reference is not None or answers_file.is_file()) and (
+                cached := self.cached_phase(cache, key)):
+            self.progress.say(f"{option} on {engine}: measured before ({cache}); --fresh measures again")
+            return cached.model_copy(update={"answers_file": str(answers_file)})
         need_answers = reference is None and not answers_file.is_file()
         agreement_items = {t: its[: self.config.accuracy.agreement_n] for t, its in self.items.items()}
         adapters = adapters_of(plan)
@@ -219,8 +227,21 @@ class Bench:
         result["peak_rss_mb"] = round(rss.peak_mb, 1)
         result["gpu_memory_mb"] = max(gpu_before or 0, gpu_after or 0) if gpu_after is not None else None
         result["answers_file"] = str(answers_file)
-        cache.write_text(json.dumps({"key": key, "result": result}, indent=1))
-        return result
+        phase = PhaseFile(key=key, result=PhaseResult.model_validate(result))
+        cache.write_text(phase.model_dump_json(indent=1))
+        return phase.result
+
+    def cached_phase(self, cache: Path, key: str) -> PhaseResult | None:
+        """The phase measured before under the same key; None where there is none, its key differs, or the file
+        no longer reads as a PhaseFile (then it is measured again, and said so)."""
+        if not cache.is_file():
+            return None
+        try:
+            phase = read_record(cache, PhaseFile)
+        except (ConfigError, ValueError) as e:
+            self.progress.say(f"{cache} is not a phase result this bench reads ({e}); measuring again")
+            return None
+        return phase.result if phase.key == key else None
 
     def agent(self, url: str, option: str, engine: str) -> dict:
         """The coding agent on the first ``agent.n`` HumanEval problems against this server; each problem's
@@ -274,7 +295,7 @@ class Bench:
         return round(wall_ms, 1)
 
     # ---------------------------------------------------------------------------------------------- run
-    def run(self, engines: list[str], skipped_engines: dict[str, str], zoo: dict) -> dict:
+    def run(self, engines: list[str], skipped_engines: dict[str, str], zoo: dict) -> Report:
         """Every option on every engine (the untuned base first: the control each option's gain is measured
         against; the hybrid last, planned from the others), then the report."""
         env = environment(self.config_hash, self.git_sha)
@@ -284,26 +305,26 @@ class Bench:
             if option == "hybrid" and not self.plan_hybrid(tally, costed):
                 continue
             self.measure_option(option, engines, tally, gpu=env["gpu"] is not None)
-        return self.report(env, skipped_engines, zoo, tally) | self.controls(tally.answers)
+        return self.report(env, skipped_engines, zoo, tally)
 
     def plan_hybrid(self, tally: Tally, costed: str) -> bool:
         """Recommend a per-task plan from the options measured on ``costed`` and write hybrid.yaml; False where
         the hybrid is not served (nothing to plan from, or the plan is one measured option)."""
-        measured = [r for r in tally.results if r["engine"] == costed and r["deployment"] in tally.accuracy]
+        measured = [r for r in tally.results if r.engine == costed and r.deployment in tally.accuracy]
         if not measured:
             tally.failures.append({"deployment": "hybrid", "engine": "-", "error": "no other option was measured"})
             return False
-        options = [r["deployment"] for r in measured]
+        options = [r.deployment for r in measured]
         recommendation = recommend(
-            {o: tally.accuracy[o] for o in options}, measured, self.config.budget, self.items,
+            {o: tally.accuracy[o] for o in options}, [r.model_dump() for r in measured], self.config.budget, self.items,
             {o: tally.answers[o] for o in options}, self.model_sizes_mb(options), self.config.accuracy.bootstrap)
-        recommendation["engine"] = costed
+        recommendation.engine = costed
         tally.recommendation = recommendation
-        self.write_hybrid(recommendation["routes"], costed)
-        if len(chosen := set(recommendation["routes"].values())) == 1:  # the plan is one measured option:
+        self.write_hybrid(recommendation.routes, costed)
+        if len(chosen := set(recommendation.routes.values())) == 1:  # the plan is one measured option:
             twin = chosen.pop()  # serving it again would measure the same weights and routes twice
-            tally.results += [r | {"deployment": "hybrid", "same_as": twin}
-                              for r in tally.results if r["deployment"] == twin]
+            tally.results += [r.model_copy(update={"deployment": "hybrid", "same_as": twin})
+                              for r in tally.results if r.deployment == twin]
             self.progress.say(f"hybrid routes every task to {twin}: {twin}'s measurements stand for it")
             return False
         return True
@@ -327,11 +348,11 @@ class Bench:
                 if reference is None:
                     break  # no accuracy for this option: its other engines would have nothing to agree with
                 continue
-            scored = json.loads(Path(result["answers_file"]).read_text())
+            scored = read_record(Path(result.answers_file), AnswersFile)
             if reference is None:
-                reference = self.score(option, scored["answers"], tally)
-            result["accuracy"] = tally.accuracy[option]
-            result["accuracy_engine"] = scored["engine"]  # answers are cached by content: maybe another run's
+                reference = self.score(option, scored.as_dicts(), tally)
+            result.accuracy = tally.accuracy[option]
+            result.accuracy_engine = scored.engine  # answers are cached by content: maybe another run's
             tally.results.append(result)
 
     def score(self, option: str, answers: dict[str, list[dict]], tally: Tally) -> dict[str, list[str]]:
@@ -341,8 +362,8 @@ class Bench:
         self.write_answers(option, answers)
         return texts
 
-    def report(self, env: dict, skipped_engines: dict[str, str], zoo: dict, tally: Tally) -> dict:
-        return {
+    def report(self, env: dict, skipped_engines: dict[str, str], zoo: dict, tally: Tally) -> Report:
+        return Report.model_validate({
             "schema_version": SCHEMA_VERSION,
             "name": self.config.name,
             "environment": env,
@@ -358,7 +379,7 @@ class Bench:
             "failures": tally.failures,
             "skipped": tally.not_run,
             "recommendation": tally.recommendation,
-        }
+        } | self.controls(tally.answers))
 
     def controls(self, answers: dict[str, dict[str, list[str]]]) -> dict:
         """The trivial baselines, each option's gain over base, and the difference the chosen N can detect."""
@@ -451,7 +472,7 @@ def runs_model_code(config: BenchConfig) -> bool:
 
 
 def run_bench(config: BenchConfig, out: Path, progress: Progress, engines: list[str] | None = None,
-              fresh: bool = False, unsafe_sandbox: bool | None = None) -> dict:
+              fresh: bool = False, unsafe_sandbox: bool | None = None) -> Report:
     """The whole bench; returns the report (also written to OUT/report.json, report.md and charts).
     ``unsafe_sandbox``: run HumanEval's programs where the sandbox has no namespaces (None: the
     MIXMERGE_UNSAFE_SANDBOX variable); the sandbox refuses before the zoo is built, not hours into the run."""
@@ -467,6 +488,6 @@ def run_bench(config: BenchConfig, out: Path, progress: Progress, engines: list[
     bench = Bench(config, out, progress, fresh=fresh, git_sha=sha, sandbox=sandbox, store=store,
                   serve_env={"MIXMERGE_HOME": str(store.home)})
     report = bench.run(usable, skipped, zoo)
-    report["wall_s"] = round(time.perf_counter() - start, 1)
+    report.wall_s = round(time.perf_counter() - start, 1)
     write_report(report, out)
     return report

@@ -108,13 +108,13 @@ def test_recommendation_maximises_accuracy_within_the_budget(store_home):
     sizes = {"a": {"/merged": 500.0}, "b": {"/base": 500.0}}
     results = [_result("a", 3000, 1000), _result("b", 1000, 1000)]
     roomy = recommend(acc, results, BudgetConfig(memory_mb=4000, p90_e2el_ms=2000), items, answers, sizes, 200)
-    assert roomy["routes"] == {"completion": "a", "summarization": "a"} and roomy["fits_budget"]
-    assert roomy["evidence"]["completion"]["versus"]["b"]["significant"]
+    assert roomy.routes == {"completion": "a", "summarization": "a"} and roomy.fits_budget
+    assert roomy.evidence["completion"].versus["b"].significant
     tight = recommend(acc, results, BudgetConfig(memory_mb=2000, p90_e2el_ms=2000), items, answers, sizes, 200)
-    assert tight["routes"] == {"completion": "b", "summarization": "b"} and tight["fits_budget"]
-    assert "over the budget" in tight["why"][0] and "does not fit the budget" in tight["why"][1]
+    assert tight.routes == {"completion": "b", "summarization": "b"} and tight.fits_budget
+    assert "over the budget" in tight.why[0] and "does not fit the budget" in tight.why[1]
     none = recommend(acc, results, BudgetConfig(memory_mb=10, p90_e2el_ms=2000), items, answers, sizes, 200)
-    assert not none["fits_budget"] and "No plan fits" in none["why"][0]
+    assert not none.fits_budget and "No plan fits" in none.why[0]
 
 
 def test_a_per_task_plan_that_wins_only_within_the_noise_gives_way_to_one_option(store_home):
@@ -130,9 +130,9 @@ def test_a_per_task_plan_that_wins_only_within_the_noise_gives_way_to_one_option
     sizes = {"a": {"/base": 500.0}, "b": {"/base": 500.0}}
     rec = recommend(acc, [_result("a", 1000, 1000), _result("b", 1000, 1000)],
                     BudgetConfig(memory_mb=4000, p90_e2el_ms=2000), items, {"a": a, "b": b}, sizes, 200)
-    assert rec["routes"] == {"completion": "a", "summarization": "a"}
-    assert rec["simplified_from"]["instead_of"] == {"completion": "b", "summarization": "a"}
-    assert "Every task goes to a" in rec["why"][1]
+    assert rec.routes == {"completion": "a", "summarization": "a"}
+    assert rec.simplified_from.instead_of == {"completion": "b", "summarization": "a"}
+    assert "Every task goes to a" in rec.why[1]
 
 
 def test_options_that_tie_within_the_noise_give_way_to_the_cheapest(store_home):
@@ -147,10 +147,10 @@ def test_options_that_tie_within_the_noise_give_way_to_the_cheapest(store_home):
     sizes = {o: {"/base": 500.0} for o in acc}
     results = [_result("base", 1000, 900), _result("big", 3000, 1000), _result("small", 1500, 1000)]
     rec = recommend(acc, results, BudgetConfig(memory_mb=4000, p90_e2el_ms=2000), items, answers, sizes, 200)
-    assert rec["routes"] == {"completion": "small", "summarization": "small"}
-    assert rec["tie"] == {"options": ["big", "small"], "chosen": "small", "best_estimate": "big"}
-    assert rec["normalized_gain"] < 1 and rec["ranking_tasks"] == ["completion", "summarization"]
-    assert any(w.startswith("Tie: big, small") for w in rec["why"])
+    assert rec.routes == {"completion": "small", "summarization": "small"}
+    assert rec.tie.model_dump() == {"options": ["big", "small"], "chosen": "small", "best_estimate": "big"}
+    assert rec.normalized_gain < 1 and rec.ranking_tasks == ["completion", "summarization"]
+    assert any(w.startswith("Tie: big, small") for w in rec.why)
 
 
 def test_agreement_counts_identical_greedy_answers():
@@ -277,7 +277,7 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     assert {a["route"]["adapter"] for a in experts["humaneval"]} == {"smollm2-lora-generation"}  # generation's route
     for chart in ("accuracy_vs_throughput.png", "accuracy_per_task.png", "latency.png"):
         assert (out / chart).stat().st_size > 1000 and f"]({chart})" in md
-    assert report["wall_s"] > 0
+    assert report.wall_s > 0 and saved == report.model_dump(mode="json")  # report.json is the model dumped
 
     # a second run reuses every measured phase: no server is started
     again = Recorder()
@@ -303,8 +303,8 @@ def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_
 
     def mixed_plan(*args, **kwargs):  # the real recommendation, then made per-task
         rec = recommend(*args, **kwargs)
-        return rec | {"routes": {"generation": "experts", "summarization": "mixed", "completion": "experts",
-                                 "review": "mixed"}}
+        return rec.model_copy(update={"routes": {"generation": "experts", "summarization": "mixed",
+                                                 "completion": "experts", "review": "mixed"}})
 
     monkeypatch.setattr(bench_run, "recommend", mixed_plan)
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
@@ -314,9 +314,9 @@ def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_
         "load.requests={1: 2}", "load.concurrency=[1]", "load.rate=null", "budget.memory_mb=100000"])
     progress = Recorder()
     report = run_bench(cfg, tmp_path / "bench", progress)
-    hybrid = next(r for r in report["results"] if r["deployment"] == "hybrid")
-    assert "same_as" not in hybrid and "hybrid/fake load" in progress.phases
-    assert [a["route"]["adapter"] for a in json.loads(Path(hybrid["answers_file"]).read_text())["answers"]["review"]] \
+    hybrid = next(r for r in report.results if r.deployment == "hybrid")
+    assert hybrid.same_as is None and "hybrid/fake load" in progress.phases
+    assert [a["route"]["adapter"] for a in json.loads(Path(hybrid.answers_file).read_text())["answers"]["review"]] \
         == ["smollm2-lora-mix"] * 2
     assert "Deploy **hybrid** with generation → `experts`" in (tmp_path / "bench" / "report.md").read_text()
 
@@ -329,9 +329,9 @@ def test_an_option_is_scored_on_the_engine_named_for_it(tiny_zoo, tmp_path):
         "accuracy.engine_for={mixed: hf}", "load.requests={1: 1}", "load.concurrency=[1]", "load.rate=null",
         "load.warmup=0", "load.max_tokens=2"])
     report = run_bench(cfg, tmp_path / "bench", Recorder())
-    rows = {r["engine"]: r for r in report["results"]}
-    assert rows["hf"]["accuracy_engine"] == "hf" and "agreement" not in rows["hf"]
-    assert rows["fake"]["agreement"]["n"] == 4  # one item per task, answered by the other engine
+    rows = {r.engine: r for r in report.results}
+    assert rows["hf"].accuracy_engine == "hf" and rows["hf"].agreement is None
+    assert rows["fake"].agreement.n == 4  # one item per task, answered by the other engine
 
 
 def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_path):
@@ -340,9 +340,9 @@ def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_pat
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
         "deployments=[merged, hybrid]", "accuracy.n=2", "accuracy.humaneval_n=0", "agent.n=0"])
     report = run_bench(cfg, tmp_path / "bench", Recorder())
-    assert [r["deployment"] for r in report["results"]] == ["base", "hybrid"]  # the plan falls back to base
-    assert report["results"][1]["same_as"] == "base" and [f["deployment"] for f in report["failures"]] == ["merged"]
-    assert "unknown model 'smollm2-merged'" in report["failures"][0]["error"]
+    assert [r.deployment for r in report.results] == ["base", "hybrid"]  # the plan falls back to base
+    assert report.results[1].same_as == "base" and [f.deployment for f in report.failures] == ["merged"]
+    assert "unknown model 'smollm2-merged'" in report.failures[0].error
     assert "**Failed**: merged on fake" in (tmp_path / "bench" / "report.md").read_text()
 
 
@@ -357,13 +357,14 @@ def test_a_pair_the_config_skips_is_not_served_and_the_report_says_why(tiny_zoo,
                       [*args, "skip={mixed/fake: too slow here, experts/fake-cpu: no GPU}"])
     monkeypatch.setattr(bench_run, "gpu_name", lambda: "a GPU")  # -cpu keys do not apply with a GPU
     report = run_bench(cfg, tmp_path / "gpu", Recorder())
-    assert [r["deployment"] for r in report["results"]] == ["base", "experts"]
-    assert report["skipped"] == [{"deployment": "mixed", "engine": "fake", "reason": "too slow here"}]
+    assert [r.deployment for r in report.results] == ["base", "experts"]
+    assert [s.model_dump() for s in report.skipped] == [{"deployment": "mixed", "engine": "fake",
+                                                          "reason": "too slow here"}]
     assert "**Not run** (config `skip`): mixed on fake: too slow here" in (tmp_path / "gpu" / "report.md").read_text()
     monkeypatch.setattr(bench_run, "gpu_name", lambda: None)
     report = run_bench(cfg, tmp_path / "cpu", Recorder())
-    assert [r["deployment"] for r in report["results"]] == ["base"]
-    assert [s["deployment"] for s in report["skipped"]] == ["mixed", "experts"]
+    assert [r.deployment for r in report.results] == ["base"]
+    assert [s.deployment for s in report.skipped] == ["mixed", "experts"]
     with pytest.raises(ConfigError, match="skip: 'mixed/gpu' is not option/engine"):
         load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [*args, "skip={mixed/gpu: x}"])
 

@@ -1,0 +1,314 @@
+"""The bench's results as typed records: one server's phase (``PhaseResult``), the recommendation and the report.
+These models ARE report.json's schema (``Report.model_json_schema()`` prints it); runtime/bench/report.py renders
+them for people.
+
+Files on disk outlive the code that wrote them (``OUT/phases/*.json``, the accuracy cache
+``$MIXMERGE_HOME/cache/bench-accuracy/*.json``, the committed reports under benchmarks/results/), so every record
+allows extra fields (``extra="allow"``: a field another version wrote is kept and written back, never refused) and
+a field added after schema_version 1 defaults to None, so a file written before it still loads. A field of the
+wrong type is refused: ``read_record`` names the file and the field in one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runtime.errors import ConfigError
+
+SCHEMA_VERSION = 1  # new fields may be added; a removed or renamed field bumps the version
+
+R = TypeVar("R", bound="Record")
+
+
+class Record(BaseModel):
+    # fields another version of the bench wrote survive a round trip; an assigned field is validated (and a
+    # dict assigned to a record field becomes the record)
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+def read_record(path: Path, model: type[R]) -> R:
+    """``path``'s JSON as ``model``; a wrong or missing field is a ConfigError naming the file and the field."""
+    try:
+        return model.model_validate_json(path.read_text())
+    except ValidationError as e:
+        problems = [f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors()[:5]]
+        raise ConfigError(str(path), problems) from None
+
+
+def top_level(result: PhaseResult | dict) -> str:
+    """The highest fixed concurrency a phase's load ran at (the summary table's and the cost's level)."""
+    latency = result.latency if isinstance(result, PhaseResult) else result["latency"]
+    return max((k for k in latency if k.isdigit()), key=int)
+
+
+# ---------------------------------------------------------------------------------------------- one phase
+class LatencyStats(Record):
+    """One load level, vllm bench serve's fields (runtime/bench/load.py)."""
+
+    completed: int
+    failed: int
+    duration_s: float
+    request_throughput: float = Field(description="completed requests per second")
+    output_throughput: float = Field(description="output tokens per second")
+    total_output_tokens: int
+    empty_answers: int = Field(0, description="completed with no text: counted in E2EL, not in TTFT")
+    short_answers: int = Field(0, description="fixed-length requests that came back shorter than max_tokens")
+    errors: list[str] = Field(default_factory=list, description="up to 5 distinct request errors")
+    mean_ttft_ms: float
+    median_ttft_ms: float
+    p90_ttft_ms: float
+    p99_ttft_ms: float
+    mean_tpot_ms: float
+    median_tpot_ms: float
+    p90_tpot_ms: float
+    p99_tpot_ms: float
+    mean_itl_ms: float
+    median_itl_ms: float
+    p90_itl_ms: float
+    p99_itl_ms: float
+    mean_e2el_ms: float
+    median_e2el_ms: float
+    p90_e2el_ms: float
+    p99_e2el_ms: float
+    concurrency: int | None = None
+    request_rate: float | None = None
+
+
+class TaskAccuracy(Record):
+    """One scored set (a task, or humaneval) of one option (runtime/bench/compare.py's score_answers)."""
+
+    n: int
+    headline: str = Field(description="the set's headline metric")
+    value: float = Field(description="the headline metric, 0-100")
+    ci95: list[float] = Field(description="95% interval over items [low, high]")
+    ci_method: str | None = Field(None, description="clopper-pearson for a 0/1 headline, else bootstrap")
+    metrics: dict[str, Any] = Field(description="all of the task's metrics, with format_failures {empty, "
+                                                "off_format, unparseable} (runtime/tasks/scoring.py) and ci95; "
+                                                "humaneval's: pass_at_1, passed, timeouts, sandbox")
+    truncated_share: float | None = None
+    completion_tokens: int | None = None
+
+
+class AgentSummary(Record):
+    """The coding agent on HumanEval's first n problems through one server (runtime/bench/agent.py)."""
+
+    problems: int
+    solved: int
+    solved_share: float
+    ci95: list[float] = Field(description="exact (Clopper-Pearson) interval of solved_share")
+    first_try: int = Field(description="solved by the first generation: a single generation's pass@1")
+    first_try_share: float
+    loop_adds: float = Field(description="points the review -> revise loop adds")
+    mean_calls: float
+    mean_wall_s: float = Field(description="per problem, with `workers` agents at once")
+    mean_tokens: float
+    errors: int
+    calls_per_route: dict[str, int]
+    max_revisions: int
+    workers: int
+
+
+class Agreement(Record):
+    """Greedy answers on the agreement sample identical to the scoring engine's (second engine only)."""
+
+    matched: int
+    n: int
+    per_task: dict[str, dict[str, int]]
+
+
+class PhaseResult(Record):
+    """One option served on one engine: what OUT/phases/OPTION-ENGINE.json caches and report.json's results
+    list. ``accuracy``, ``accuracy_engine`` and ``mean_accuracy`` are added after the phase (scoring and the
+    report); ``same_as`` only on a hybrid that routes every task to one option (its measurements repeated)."""
+
+    deployment: str
+    engine: str
+    models: dict[str, str] = Field(description="every model and adapter served, name -> manifest hash")
+    adapters: list[str] = Field(default_factory=list)
+    dtype: str | None = Field(None, description="what its engines computed in, auto resolved")
+    cold_start_s: float = Field(description="launch to first healthy answer")
+    accuracy_wall_s: float | None = Field(None, description="scoring, where it ran")
+    agent: AgentSummary | None = Field(None, description="scoring engine only, where agent.n > 0")
+    agreement: Agreement | None = None
+    latency: dict[str, LatencyStats] = Field(description='"1" | "4" | "8" | "poisson-RATE" -> the level\'s stats')
+    adapter_load_ms: float | dict[str, str] | None = Field(
+        None, description="null when the option serves no adapter; {error} when the engine refused")
+    wall_s: float = Field(description="this server's whole phase")
+    peak_rss_mb: float = Field(description="serving process tree, sampled every 0.2 s during the load runs")
+    gpu_memory_mb: float | None = Field(None, description="null without a GPU")
+    answers_file: str = Field(description="the accuracy cache file whose answers were scored")
+    accuracy: dict[str, TaskAccuracy] | None = None
+    accuracy_engine: str | None = Field(None, description="the engine whose answers were scored")
+    mean_accuracy: float | None = Field(None, description="mean of the ranked sets' headline values, 0-100")
+    same_as: str | None = None
+
+
+class PhaseFile(Record):
+    """OUT/phases/OPTION-ENGINE.json: a phase's result and the key (config, option, engine, models) it holds for."""
+
+    key: str
+    result: PhaseResult
+
+
+class ServedAnswer(Record):
+    answer: str
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+class AnswersFile(Record):
+    """$MIXMERGE_HOME/cache/bench-accuracy/KEY.json: one option's served answers per set, in item order."""
+
+    option: str
+    engine: str
+    answers: dict[str, list[ServedAnswer]]
+
+    def as_dicts(self) -> dict[str, list[dict[str, Any]]]:
+        return {t: [a.model_dump() for a in answers] for t, answers in self.answers.items()}
+
+
+# ------------------------------------------------------------------------------------------ recommendation
+class PlanCandidate(Record):
+    routes: dict[str, str]
+    mean_accuracy: float
+    fits: bool
+    memory_mb: float
+    p90_e2el_ms: float
+    engines: int
+    normalized_gain: float | None = None
+
+
+class Comparison(Record):
+    """A paired difference of headline points (95% bootstrap), Holm-adjusted over its family."""
+
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    p_holm: float | None = None
+    significant: bool = Field(description="Holm's verdict at 5%")
+
+
+class Evidence(Record):
+    option: str
+    value: float
+    headline: str
+    scored_on: str | None = Field(None, description="the set that judged the task")
+    versus: dict[str, Comparison]
+
+
+class Tie(Record):
+    options: list[str] = Field(description="single options within the noise of the best one")
+    chosen: str = Field(description="the cheapest of them")
+    best_estimate: str
+
+
+class Simplified(Record):
+    option: str
+    instead_of: dict[str, str] = Field(description="the per-task plan the single option replaced")
+    mean_accuracy: float
+
+
+class Budget(Record):
+    memory_mb: float
+    p90_e2el_ms: float
+    engine: str | None = None
+
+
+class Recommendation(Record):
+    """The hybrid plan (runtime/bench/recommend.py): routes {task: option} and the evidence for them."""
+
+    routes: dict[str, str]
+    engine: str | None = Field(None, description="whose measurements costed the plan")
+    mean_accuracy: float
+    normalized_gain: float | None = Field(None, description="mean over ranking_tasks of (score - base) / "
+                                                            "(best - base)")
+    ranking_tasks: list[str] | None = Field(None, description="ranked sets where some option beats base by >= 1")
+    tie: Tie | None = None
+    estimated_memory_mb: float
+    estimated_p90_e2el_ms: float
+    budget: Budget
+    fits_budget: bool
+    unconstrained_best: PlanCandidate
+    evidence: dict[str, Evidence]
+    why: list[str]
+    simplified_from: Simplified | None = None
+    plans_considered: int
+    plans_in_budget: int
+
+
+# ---------------------------------------------------------------------------------------------- the report
+class Environment(Record):
+    cpu: str
+    cpu_count: int | None
+    memory_gb: float
+    gpu: str | None
+    platform: str
+    versions: dict[str, str] = Field(description="python, torch, transformers, vllm")
+    git_sha: str | None
+    config_hash: str = Field(description="of the bench config after overrides")
+
+
+class Sampling(Record):
+    max_tokens: int
+    stop: list[str]
+
+
+class Zoo(Record):
+    built: dict[str, float] = Field(description="name -> seconds")
+    reused: list[str]
+    wall_s: float
+
+
+class Failure(Record):
+    deployment: str
+    engine: str
+    error: str
+
+
+class Skip(Record):
+    deployment: str
+    engine: str
+    reason: str
+
+
+class Gain(Record):
+    diff: float
+    ci95: list[float]
+    p_value: float
+    at_or_below_base: bool
+    below_base: bool
+
+
+class Baseline(Record):
+    value: float
+    ci95: list[float]
+    ci_method: str | None = None
+
+
+class Report(Record):
+    """report.json."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    environment: Environment
+    config: dict[str, Any] = Field(description="the bench config as run")
+    engines_skipped: dict[str, str] = Field(default_factory=dict, description="engine -> why")
+    n_per_task: dict[str, int] = Field(description="scored set -> N (humaneval where accuracy.humaneval_n > 0)")
+    sampling: dict[str, Sampling]
+    headline_metrics: dict[str, str]
+    ranked_by: dict[str, str] | None = Field(None, description="the sets that rank the options -> the task whose "
+                                                               "route answers them")
+    zoo: Zoo
+    results: list[PhaseResult]
+    failures: list[Failure] = Field(default_factory=list)
+    skipped: list[Skip] = Field(default_factory=list, description="pairs the config's skip left out")
+    recommendation: Recommendation | None = None
+    baselines: dict[str, dict[str, Baseline]] | None = Field(None, description="trivial answers on the same items")
+    gains_over_base: dict[str, dict[str, Gain]] | None = Field(None, description="headline points over base")
+    detectable_difference: dict[str, float | None] | None = Field(
+        None, description="smallest difference from base a two-sided 5% test on this N finds with 80% power")
+    wall_s: float | None = Field(None, description="the whole run")
