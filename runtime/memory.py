@@ -5,7 +5,8 @@ A process's own peak (``VmHWM``, ``ru_maxrss``) only grows, so in a process that
 second would record the first's peak. On Linux writing ``5`` to ``/proc/self/clear_refs`` resets it to the current
 RSS; ``BuildPeak`` does that when a build starts, and folds the peak so far into every build still running first,
 so nested builds (a sweep's candidate merges) each get their own peak and the outer one keeps the largest.
-Children (a process the build started) are sampled with the tree, every 0.2 s.
+Children the build started are sampled with the tree, every 0.2 s; processes already running when it started
+(a server a test or a bench holds open) are not the build's and are left out.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ STATUS = Path("/proc/self/status")
 
 
 class TreeRSSSampler:
-    def __init__(self, pid: int, interval_s: float = 0.2) -> None:
+    """The RSS of process ``pid`` and its descendants, but not of the processes in ``exclude``."""
+
+    def __init__(self, pid: int, interval_s: float = 0.2, exclude: frozenset[int] = frozenset()) -> None:
         self.pid = pid
         self.interval_s = interval_s
+        self.exclude = exclude
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -33,7 +37,7 @@ class TreeRSSSampler:
     def rss_now(self) -> int:
         try:
             root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
+            procs = [root, *(c for c in root.children(recursive=True) if c.pid not in self.exclude)]
         except psutil.NoSuchProcess:
             return 0
         total = 0
@@ -103,6 +107,7 @@ class BuildPeak:
             if not self._exact:
                 log.debug("cannot reset the peak RSS here: a build's peak is sampled every 0.2 s")
             BuildPeak._active.append(self)
+        self._tree.exclude = frozenset(c.pid for c in psutil.Process().children(recursive=True))
         self._tree.__enter__()
         return self
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,21 @@ def test_the_peak_includes_a_child_process(store: ModelStore):
         start = own_peak_bytes() or 0
         subprocess.run([sys.executable, "-c", "import time; b = b'1' * (300 << 20); time.sleep(1.5)"], check=True)
     assert peak.mb > start / MB + 250
+
+
+def test_a_process_running_before_the_build_is_not_counted(store: ModelStore):
+    # a server the test session (or the bench) holds open is not the build's memory: in the full suite a live
+    # child of ~2 GB made a 400 MB build and a 20 MB one record the same peak
+    holder = subprocess.Popen([sys.executable, "-c", "import time; b = b'1' * (300 << 20); time.sleep(30)"])
+    try:
+        time.sleep(1.5)  # the child holds its 300 MB now
+        with BuildPeak() as peak:
+            start = own_peak_bytes() or 0
+            time.sleep(0.5)  # the sampler looks at least twice
+        assert peak.mb < start / MB + 100
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_failed_build_leaves_nothing_and_the_next_starts_clean(store: ModelStore):
