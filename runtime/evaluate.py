@@ -46,7 +46,7 @@ def evaluate(runner: HFRunner, task_names: list[str], split: str, limit: int | N
              sandbox: Sandbox | None = None) -> dict:
     tasks = tasks or load_config(configs_dir() / "tasks.yaml", TasksConfig)
     selected = {t: load_items(t, "test" if t == "humaneval" else split, limit) for t in task_names}
-    if sandbox is None and "humaneval" in selected:  # only HumanEval runs model code (and may refuse to, as root)
+    if sandbox is None and any(TASKS[t].runs_code for t in selected):  # HumanEval runs model code (may refuse, as root)
         sandbox = Sandbox()
     report: dict = {
         "schema": SCHEMA,
