@@ -1,6 +1,6 @@
-"""The import graph: no module imports itself back (lazy imports inside functions included; imports under
-``if TYPE_CHECKING:`` are annotations only and do not count), and packages depend one way:
-core <- tasks <- training / merge / serving / agents <- bench <- cli."""
+"""House rules read from the source. The import graph: no module imports itself back (lazy imports inside
+functions included; imports under ``if TYPE_CHECKING:`` are annotations only and do not count), and packages depend
+one way: core <- tasks <- training / merge / serving / agents <- bench <- cli. And no function longer than a screen."""
 
 from __future__ import annotations
 
@@ -113,3 +113,15 @@ def test_packages_depend_one_way():
 def test_the_checks_see_a_lazy_cycle(tmp_path):
     edges = {"a": {"b"}, "b": {"a"}, "c": {"a"}}
     assert cycles(edges) == [["a", "b"]]
+
+
+def test_no_function_is_longer_than_a_screen():
+    """Functions stay readable: none over 60 lines (wire types and config schemas are declarations, not logic)."""
+    long = []
+    for name, path in modules().items():
+        if name.endswith(("api_types", ".config")) or name == "runtime.config":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert long == []
