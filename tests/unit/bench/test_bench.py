@@ -347,7 +347,7 @@ def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_pat
 
 
 def test_a_pair_the_config_skips_is_not_served_and_the_report_says_why(tiny_zoo, tmp_path, monkeypatch):
-    from runtime.bench import run as bench_run
+    from runtime.bench import environment as bench_environment
 
     args = ["zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
             "deployments=[mixed, experts]", "accuracy.n=2", "accuracy.humaneval_n=0", "agent.n=0",
@@ -355,13 +355,13 @@ def test_a_pair_the_config_skips_is_not_served_and_the_report_says_why(tiny_zoo,
             "load.concurrency=[1]", "load.rate=null", "load.warmup=0"]
     cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig,
                       [*args, "skip={mixed/fake: too slow here, experts/fake-cpu: no GPU}"])
-    monkeypatch.setattr(bench_run, "gpu_name", lambda: "a GPU")  # -cpu keys do not apply with a GPU
+    monkeypatch.setattr(bench_environment, "gpu_name", lambda: "a GPU")  # -cpu keys do not apply with a GPU
     report = run_bench(cfg, tmp_path / "gpu", Recorder())
     assert [r.deployment for r in report.results] == ["base", "experts"]
     assert [s.model_dump() for s in report.skipped] == [{"deployment": "mixed", "engine": "fake",
                                                           "reason": "too slow here"}]
     assert "**Not run** (config `skip`): mixed on fake: too slow here" in (tmp_path / "gpu" / "report.md").read_text()
-    monkeypatch.setattr(bench_run, "gpu_name", lambda: None)
+    monkeypatch.setattr(bench_environment, "gpu_name", lambda: None)
     report = run_bench(cfg, tmp_path / "cpu", Recorder())
     assert [r.deployment for r in report.results] == ["base"]
     assert [s.deployment for s in report.skipped] == ["mixed", "experts"]
