@@ -1,5 +1,5 @@
 # mixmerge: two commands for a fresh machine (see README.md). Both create .venv on first use and are idempotent.
-#   make run    the main job on the embedded default (SmolLM2-135M)
+#   make run    the main job on the default model (Qwen2.5-Coder-0.5B-Instruct; hours on 2 cores, cached)
 #   make test   the test suite (unit + integration)
 SHELL := /bin/bash
 PY ?= python3.11

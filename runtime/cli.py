@@ -300,13 +300,14 @@ def bench_cmd(
     )
 
     from runtime.bench import run as bench
+    from runtime.bench.config import load_bench_config
 
     extra = list(overrides or [])
     if deployments:
         extra.append(f"deployments=[{deployments}]")
     if engines:
         extra.append(f"engines=[{engines}]")
-    cfg = _bench_config(config, extra, quick)
+    cfg = load_bench_config(config, extra, quick)
     out = out or Path("runs") / f"bench-{cfg.name}{'-quick' if quick else ''}"
     quiet_transformers()  # training steps get a bench bar of their own
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops like Ctrl-C: servers stopped, phases kept
@@ -318,17 +319,6 @@ def bench_cmd(
     if rec := report.recommendation:
         console.print("recommended hybrid: " + ", ".join(f"{t} -> {o}" for t, o in rec.routes.items()))
     console.print(f"wrote {out / 'report.md'}, report.json and charts ({report.wall_s / 60:.1f} min)")
-
-
-def _bench_config(config: Path | None, extra: list[str], quick: bool):
-    """The bench config (default configs/bench/default.yaml) with the overrides; ``quick`` applies the config's
-    own quick overrides first, so the command line's still win."""
-    from runtime.bench.config import BenchConfig
-    from runtime.config import configs_dir, load_config
-
-    path = config or configs_dir() / "bench" / "default.yaml"
-    cfg = load_config(path, BenchConfig, extra)
-    return load_config(path, BenchConfig, [*cfg.quick, *extra]) if quick else cfg
 
 
 def _bench_bars(bars):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from runtime.config import TASKS, EngineKind, Frozen, TaskName, config_kind, configs_dir
+from runtime.config import TASKS, EngineKind, Frozen, TaskName, config_kind, configs_dir, load_config
+from runtime.errors import ConfigError
 
 
 class ZooConfig(Frozen):
@@ -79,6 +81,8 @@ class BenchConfig(Frozen):
     load: LoadConfig = Field(default_factory=LoadConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     quick: list[str] = Field(default_factory=list)  # key=value overrides that `--quick` applies
+    quick_config: str | None = None  # a configs/bench/ file whose own `quick:` overrides `--quick` runs
+    # instead of this file's (the Qwen default's quick run is SmolLM2's: a Qwen zoo is never quick)
     skip: dict[str, str] = Field(default_factory=dict)  # "option/engine" -> why it is not run (the report says
     # it); "option/engine-cpu" skips it only where there is no GPU
 
@@ -107,3 +111,19 @@ class BenchConfig(Frozen):
     def skipped(self, option: str, engine: str, gpu: bool) -> str | None:
         """Why this option is not run on this engine here, or None."""
         return self.skip.get(f"{option}/{engine}") or (None if gpu else self.skip.get(f"{option}/{engine}-cpu"))
+
+
+def load_bench_config(path: Path | None, overrides: list[str], quick: bool = False) -> BenchConfig:
+    """The bench config (default configs/bench/default.yaml) with ``key=value`` overrides. ``quick`` applies the
+    `quick:` overrides of the config's ``quick_config`` (or its own) first, so the command line's still win."""
+    path = path or configs_dir() / "bench" / "default.yaml"
+    config = load_config(path, BenchConfig, overrides)
+    if not quick:
+        return config
+    if config.quick_config:
+        path = path.parent / config.quick_config
+        config = load_config(path, BenchConfig, overrides)
+        if config.quick_config and (path.parent / config.quick_config).resolve() != path.resolve():
+            raise ConfigError(str(path), [f"quick_config: {config.quick_config} (a quick run's config names its "
+                                          "own quick overrides; chains are not followed); remove it"])
+    return load_config(path, BenchConfig, [*config.quick, *overrides])

@@ -159,20 +159,12 @@ def test_agreement_counts_identical_greedy_answers():
     assert agreement(ref, mine) == {"matched": 2, "n": 3, "per_task": {"review": {"matched": 2, "n": 3}}}
 
 
-def test_the_shipped_bench_config_and_its_quick_variant_validate():
-    path = configs_dir() / "bench" / "default.yaml"
-    cfg = load_config(path, BenchConfig)
-    quick = load_config(path, BenchConfig, cfg.quick)
-    assert quick.accuracy.n < cfg.accuracy.n and quick.zoo.home and not cfg.zoo.home
-    assert cfg.deployments[-1] == "hybrid"
-
-
 def test_hybrid_must_come_last(tmp_path):
     with pytest.raises(ConfigError, match="hybrid is planned"):
-        load_config(configs_dir() / "bench" / "default.yaml", BenchConfig,
+        load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig,
                     ["deployments=[hybrid, experts]"])
     with pytest.raises(ConfigError, match="accuracy.engine_for names no deployment: merge"):
-        load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, ["accuracy.engine_for={merge: vllm}"])
+        load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig, ["accuracy.engine_for={merge: vllm}"])
 
 
 # ----------------------------------------------------------------------------- a whole bench, fake engine
@@ -206,7 +198,7 @@ def tiny_zoo(store_home: Path, tiny_model_dir: Path) -> ModelStore:
 
 
 def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_path):
-    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
+    cfg = load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
         "deployments=[experts, merged, mixed, hybrid]", "accuracy.n=4", "accuracy.humaneval_n=2",
         "agent.n=2", "agent.max_revisions=1", "accuracy.bootstrap=100",
@@ -232,8 +224,11 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
         assert set(r["latency"]) == {"1", "4", "poisson-20"}
         assert r["latency"]["4"]["completed"] == 4 and r["latency"]["4"]["failed"] == 0
         assert r["latency"]["4"]["output_throughput"] > 0 and r["peak_rss_mb"] > 0 and r["cold_start_s"] > 0
+        for level in r["latency"].values():  # what else used the cores, per timed level
+            assert 0 <= level["machine_load"]["other_cpu_share"] <= 1 and level["machine_load"]["cores"] >= 1
     by = {r["deployment"]: r for r in saved["results"]}
     assert by["merged"]["adapter_load_ms"] is None  # a full model, no adapter to load
+    assert by["experts"]["accuracy_machine_load"]["wall_s"] > 0 and by["experts"]["agent_machine_load"]["wall_s"] > 0
     assert isinstance(by["experts"]["adapter_load_ms"], float)
     rec = saved["recommendation"]
     assert set(rec["routes"]) == {"generation", "completion", "review", "summarization"} and rec["fits_budget"]
@@ -307,7 +302,7 @@ def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_
                                                  "completion": "experts", "review": "mixed"}})
 
     monkeypatch.setattr(bench_run, "recommend", mixed_plan)
-    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
+    cfg = load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
         "deployments=[experts, mixed, hybrid]", "accuracy.n=2", "accuracy.humaneval_n=0", "agent.n=0",
         "accuracy.bootstrap=100",
@@ -322,7 +317,7 @@ def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_
 
 
 def test_an_option_is_scored_on_the_engine_named_for_it(tiny_zoo, tmp_path):
-    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
+    cfg = load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake, hf]",
         "deployments=[mixed]", "accuracy.n=2", "accuracy.humaneval_n=0", "agent.n=0",
         "accuracy.agreement_n=1", "accuracy.engine=fake",
@@ -336,7 +331,7 @@ def test_an_option_is_scored_on_the_engine_named_for_it(tiny_zoo, tmp_path):
 
 def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_path):
     ModelStore().remove("smollm2-merged")
-    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [
+    cfg = load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]",
         "deployments=[merged, hybrid]", "accuracy.n=2", "accuracy.humaneval_n=0", "agent.n=0"])
     report = run_bench(cfg, tmp_path / "bench", Recorder())
@@ -353,7 +348,7 @@ def test_a_pair_the_config_skips_is_not_served_and_the_report_says_why(tiny_zoo,
             "deployments=[mixed, experts]", "accuracy.n=2", "accuracy.humaneval_n=0", "agent.n=0",
             "accuracy.bootstrap=100", "load.requests={1: 1}",
             "load.concurrency=[1]", "load.rate=null", "load.warmup=0"]
-    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig,
+    cfg = load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig,
                       [*args, "skip={mixed/fake: too slow here, experts/fake-cpu: no GPU}"])
     monkeypatch.setattr(bench_environment, "gpu_name", lambda: "a GPU")  # -cpu keys do not apply with a GPU
     report = run_bench(cfg, tmp_path / "gpu", Recorder())
@@ -366,14 +361,14 @@ def test_a_pair_the_config_skips_is_not_served_and_the_report_says_why(tiny_zoo,
     assert [r.deployment for r in report.results] == ["base"]
     assert [s.deployment for s in report.skipped] == ["mixed", "experts"]
     with pytest.raises(ConfigError, match="skip: 'mixed/gpu' is not option/engine"):
-        load_config(configs_dir() / "bench" / "default.yaml", BenchConfig, [*args, "skip={mixed/gpu: x}"])
+        load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig, [*args, "skip={mixed/gpu: x}"])
 
 
 def test_answers_are_keyed_by_the_weights_that_answer_each_task(tiny_zoo, tmp_path):
     from runtime.config import DeploymentConfig
     from runtime.deploy import build_plan
 
-    cfg = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig,
+    cfg = load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig,
                       ["accuracy.n=2", "accuracy.humaneval_n=0", "agent.n=0"])
     bench = Bench(cfg, tmp_path / "bench", Recorder())
     experts = bench.plan("experts")[1]
