@@ -1,18 +1,27 @@
 """Load generator: streamed chat requests against an OpenAI-compatible server, at a fixed concurrency or a
-Poisson request rate, reported with the field names of `vllm bench serve` (TTFT, TPOT, ITL, E2EL in ms)."""
+Poisson request rate, reported with the field names of `vllm bench serve` (TTFT, TPOT, ITL, E2EL in ms); each level carries what else ran
+on the machine meanwhile (``MachineLoadMeter``: speed measured on cores something else was using is not the
+engine's speed)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 from runtime.api_types import route_from_headers
+from runtime.process import group_members
+
+PROC = Path("/proc")
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,32 @@ async def run_load(url: str, specs: list[RequestSpec], concurrency: int | None =
     return summarize(list(records), duration) | {"concurrency": concurrency, "request_rate": rate}
 
 
+
+def run_levels(url: str, cfg, progress, label: str, server_pid: int | None = None) -> dict:
+    """The bench's load phase (``cfg``: its ``load`` config): a warm-up, each fixed concurrency, then the Poisson
+    rate; each level's stats carry ``machine_load``, what else used the cores meanwhile (ours: the server's
+    process tree and this process's)."""
+    levels = {str(c): cfg.requests_at(c) for c in cfg.concurrency}
+    progress.phase(f"{label} load", cfg.warmup + sum(levels.values()) + (cfg.rate_requests if cfg.rate else 0))
+    roots = [os.getpid(), *([server_pid] if server_pid else [])]
+
+    def specs(n: int, offset: int = 0) -> list[RequestSpec]:
+        return workload(n, cfg.max_tokens, offset=offset, fixed_length=cfg.fixed_length)
+
+    def timed(requests: list[RequestSpec], **how) -> dict:
+        with MachineLoadMeter(roots) as meter:
+            stats = asyncio.run(run_load(url, requests, **how))
+        progress.advance(len(requests))
+        return stats | {"machine_load": meter.result}
+
+    if cfg.warmup:
+        asyncio.run(run_load(url, specs(cfg.warmup, offset=200), concurrency=cfg.warmup))
+        progress.advance(cfg.warmup)
+    out = {str(c): timed(specs(levels[str(c)]), concurrency=c) for c in cfg.concurrency}
+    if cfg.rate:
+        out[f"poisson-{cfg.rate:g}"] = timed(specs(cfg.rate_requests), rate=cfg.rate)
+    return out
+
 def _stats(name: str, values: list[float]) -> dict[str, float]:
     ms = np.array(values) * 1000 if values else np.array([0.0])
     return {f"mean_{name}_ms": float(ms.mean()), f"median_{name}_ms": float(np.median(ms)),
@@ -146,3 +181,92 @@ def summarize(records: list[RequestRecord], duration: float) -> dict:
                          ("itl", [g for r in done for g in r.itl]), ("e2el", [r.e2el for r in done])):
         out |= _stats(name, values)
     return out
+
+
+# ----------------------------------------------------------------------------------- the machine meanwhile
+def read_cpu_ticks(text: str) -> tuple[int, int]:
+    """(all, busy) clock ticks of every core together from /proc/stat's text: busy is all but idle and iowait
+    (steal counts as busy: another guest had the core). guest and guest_nice are already inside user and nice."""
+    fields = [int(v) for v in text.splitlines()[0].split()[1:9]]  # the aggregate "cpu" line
+    total = sum(fields)
+    return total, total - fields[3] - fields[4]
+
+
+def read_process_ticks(stat: str) -> tuple[int, int]:
+    """(start time, CPU ticks) from /proc/PID/stat's text: utime + stime + cutime + cstime, every thread; children
+    a process reaped are in its cutime/cstime, so work of a short-lived child is still its parent's."""
+    fields = stat[stat.rindex(")") + 2:].split()  # fields from 3 (state) on; comm may hold spaces
+    return int(fields[19]), sum(int(v) for v in fields[11:15])
+
+
+def tree_pids(roots: Iterable[int]) -> set[int]:
+    """``roots``, their descendants and the members of each root's process group (a server started in its own
+    session: its engine workers)."""
+    pids: set[int] = set()
+    for root in roots:
+        try:
+            pids |= {root, *(c.pid for c in psutil.Process(root).children(recursive=True))}
+        except psutil.NoSuchProcess:
+            continue
+        if os.getpgid(root) == root:
+            pids |= set(group_members(root))
+    return pids
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    at: float
+    total: int  # ticks of every core
+    busy: int
+    own: dict[tuple[int, int], int]  # (pid, start time) -> ticks of the processes we account for
+    load1: float
+
+
+def snapshot(roots: Iterable[int], proc: Path = PROC) -> CpuSnapshot | None:
+    """The machine's and our processes' CPU ticks now; None where /proc/stat cannot be read (not Linux)."""
+    try:
+        total, busy = read_cpu_ticks((proc / "stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return None
+    own = {}
+    for pid in tree_pids(roots):
+        try:
+            start, ticks = read_process_ticks((proc / str(pid) / "stat").read_text())
+        except (OSError, ValueError, IndexError):  # it exited while we looked
+            continue
+        own[(pid, start)] = ticks
+    return CpuSnapshot(time.monotonic(), total, busy, own, os.getloadavg()[0])
+
+
+def machine_load(before: CpuSnapshot, after: CpuSnapshot, cores: int | None = None) -> dict:
+    """What ran between two snapshots, as shares of all cores' time (0-1): ours (the served process tree and the
+    bench) and everyone else's. A process of ours that exited without being reaped by one of ours is lost from
+    ``own`` (its ticks then count as others'); one reaped by ours is in its parent's cutime."""
+    total = after.total - before.total
+    own = sum(after.own.values()) - sum(before.own.values())  # a reaped child: its parent's cutime minus its own
+    own = max(0, min(own, after.busy - before.busy))
+    other = max(0, after.busy - before.busy - own)
+    return {"wall_s": round(after.at - before.at, 2), "cores": cores or os.cpu_count() or 1,
+            "load1_start": round(before.load1, 2), "load1_end": round(after.load1, 2),
+            "other_cpu_share": round(other / total, 3) if total > 0 else 0.0,
+            "own_cpu_share": round(own / total, 3) if total > 0 else 0.0}
+
+
+class MachineLoadMeter:
+    """``with MachineLoadMeter([server_pid, os.getpid()]) as m: ...`` then ``m.result``: the 1-min load average at
+    the start and the end and the CPU share of processes outside ``roots``' trees meanwhile (None off Linux)."""
+
+    def __init__(self, roots: Iterable[int], proc: Path = PROC) -> None:
+        self.roots = list(roots)
+        self.proc = proc
+        self.result: dict | None = None
+        self._before: CpuSnapshot | None = None
+
+    def __enter__(self) -> MachineLoadMeter:
+        self._before = snapshot(self.roots, self.proc)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        after = snapshot(self.roots, self.proc)
+        if self._before is not None and after is not None:
+            self.result = machine_load(self._before, after)

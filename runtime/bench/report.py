@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.bench.results import SCHEMA_VERSION, Report, top_level
+from runtime.bench.results import SCHEMA_VERSION, UNDER_LOAD_SHARE, Report, top_level
 
 __all__ = ["SCHEMA_VERSION", "markdown", "plot", "top_level", "write_report"]
 
@@ -67,7 +67,7 @@ def markdown(report: dict, charts: list[str]) -> str:
     top = top_level(results[0]) if results else "8"
     lines = [*header_lines(report), *notice_lines(report), *summary_table(report, tasks, top),
              *controls_section(report, tasks), *agent_section(results), *format_failure_table(results, tasks),
-             *latency_table(results), *recommendation_section(report),
+             *latency_table(results), *machine_load_section(results), *recommendation_section(report),
              "", *(f"![{c}]({c})" for c in charts), ""]
     return "\n".join(lines)
 
@@ -124,7 +124,8 @@ def summary_table(report: dict, tasks: list[str], top: str) -> list[str]:
                  *(f"{a['value']:.1f} [{a['ci95'][0]:.0f}, {a['ci95'][1]:.0f}]" for a in
                    (r["accuracy"][t] for t in tasks)),
                  f"{r['agent']['solved']}/{r['agent']['problems']}" if r.get("agent") else "—",
-                 _fmt(lat["output_throughput"]), _fmt(lat["p90_e2el_ms"], 0), _fmt(r["peak_rss_mb"], 0),
+                 _fmt(lat["output_throughput"]) + (" ⚠" if under_load(lat.get("machine_load")) else ""),
+                 _fmt(lat["p90_e2el_ms"], 0), _fmt(r["peak_rss_mb"], 0),
                  _fmt(r["cold_start_s"]), adapter.get("error", "error")[:40] if isinstance(adapter, dict) else
                  _fmt(adapter, 0), f"{agree['matched']}/{agree['n']}" if agree else "—"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -132,16 +133,54 @@ def summary_table(report: dict, tasks: list[str], top: str) -> list[str]:
 
 
 def latency_table(results: list[dict]) -> list[str]:
-    lines = ["", "Latency at every load level (ms; throughput in requests/s and output tokens/s; failed requests):",
+    metered = any(m.get("machine_load") for r in results for m in r["latency"].values())
+    lines = ["", "Latency at every load level (ms; throughput in requests/s and output tokens/s; failed requests"
+             + ("; other processes' share of all cores during the level and the 1-min load average at its start "
+                "→ end, ⚠ above " f"{UNDER_LOAD_SHARE:.0%}" if metered else "") + "):",
              "", "| option | engine | load | req/s | out tok/s | TTFT p50 / p90 | TPOT p50 | ITL p50 | "
-             "E2EL p50 / p90 / p99 | failed |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "E2EL p50 / p90 / p99 | failed |" + (" others' CPU (load avg) |" if metered else ""),
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if metered else "")]
     for r in results:
         for level, m in r["latency"].items():
             lines.append(f"| {r['deployment']} | {r['engine']} | {level} | {m['request_throughput']:.2f} | "
                          f"{m['output_throughput']:.1f} | {m['median_ttft_ms']:.0f} / {m['p90_ttft_ms']:.0f} | "
                          f"{m['median_tpot_ms']:.0f} | {m['median_itl_ms']:.0f} | {m['median_e2el_ms']:.0f} / "
-                         f"{m['p90_e2el_ms']:.0f} / {m['p99_e2el_ms']:.0f} | {m['failed']} |")
+                         f"{m['p90_e2el_ms']:.0f} / {m['p99_e2el_ms']:.0f} | {m['failed']} |"
+                         + (f" {machine_cell(m.get('machine_load'))} |" if metered else ""))
     return lines
+
+
+def under_load(machine: dict | None) -> bool:
+    return bool(machine) and machine["other_cpu_share"] > UNDER_LOAD_SHARE
+
+
+def machine_cell(machine: dict | None) -> str:
+    if not machine:
+        return "—"
+    return (f"{machine['other_cpu_share']:.0%} ({machine['load1_start']:.1f} → {machine['load1_end']:.1f})"
+            + (" ⚠" if under_load(machine) else ""))
+
+
+def machine_load_section(results: list[dict]) -> list[str]:
+    """Which timed parts ran while other processes used the cores (their speed is then not the engine's alone)."""
+    parts = [(f"{r['deployment']} on {r['engine']}, load {level}", m["machine_load"])
+             for r in results if not r.get("same_as") for level, m in r["latency"].items() if m.get("machine_load")]
+    parts += [(f"{r['deployment']} on {r['engine']}, {what}", r[f"{what}_machine_load"]) for r in results
+              if not r.get("same_as") for what in ("accuracy", "agent") if r.get(f"{what}_machine_load")]
+    if not parts:
+        return []  # measured before the meter existed
+    flagged = [(name, m) for name, m in parts if under_load(m)]
+    worst = max(parts, key=lambda p: p[1]["other_cpu_share"])
+    cores = worst[1]["cores"]
+    if not flagged:
+        return ["", f"Machine load: no timed part ran while other processes used more than {UNDER_LOAD_SHARE:.0%} "
+                f"of the {cores} cores (most: {worst[1]['other_cpu_share']:.0%}, {worst[0]})."]
+    return ["", f"**Measured under load** (⚠): other processes (outside the served process tree and the bench) "
+            f"used more than {UNDER_LOAD_SHARE:.0%} of the {cores} cores during {len(flagged)} of {len(parts)} "
+            "timed parts; their speed and wall times are lower than the engine's own:", "",
+            *(f"- {name}: other processes used {m['other_cpu_share']:.0%} of the cores over {m['wall_s']:.0f} s "
+              f"(1-min load average {m['load1_start']:.1f} → {m['load1_end']:.1f}; the server and the bench "
+              f"{m['own_cpu_share']:.0%})" for name, m in flagged)]
 
 
 def recommendation_section(report: dict) -> list[str]:

@@ -45,6 +45,25 @@ def top_level(result: PhaseResult | dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- one phase
+UNDER_LOAD_SHARE = 0.10  # other processes above this share of all cores: a timing was measured under load
+
+
+class MachineLoad(Record):
+    """What else used the machine while a timed part ran (runtime/bench/load.py's MachineLoadMeter, from /proc)."""
+
+    wall_s: float
+    cores: int
+    load1_start: float = Field(description="1-minute load average when the part started")
+    load1_end: float
+    other_cpu_share: float = Field(description="share of all cores' time (0-1) used by processes outside the "
+                                               "served process tree and the bench process")
+    own_cpu_share: float = Field(description="share of all cores' time used by the server's tree and the bench")
+
+    @property
+    def under_load(self) -> bool:
+        return self.other_cpu_share > UNDER_LOAD_SHARE
+
+
 class LatencyStats(Record):
     """One load level, vllm bench serve's fields (runtime/bench/load.py)."""
 
@@ -75,6 +94,7 @@ class LatencyStats(Record):
     p99_e2el_ms: float
     concurrency: int | None = None
     request_rate: float | None = None
+    machine_load: MachineLoad | None = Field(None, description="what else used the cores during the level")
 
 
 class TaskAccuracy(Record):
@@ -131,7 +151,9 @@ class PhaseResult(Record):
     dtype: str | None = Field(None, description="what its engines computed in, auto resolved")
     cold_start_s: float = Field(description="launch to first healthy answer")
     accuracy_wall_s: float | None = Field(None, description="scoring, where it ran")
+    accuracy_machine_load: MachineLoad | None = Field(None, description="what else used the cores meanwhile")
     agent: AgentSummary | None = Field(None, description="scoring engine only, where agent.n > 0")
+    agent_machine_load: MachineLoad | None = Field(None, description="what else used the cores during the agent")
     agreement: Agreement | None = None
     latency: dict[str, LatencyStats] = Field(description='"1" | "4" | "8" | "poisson-RATE" -> the level\'s stats')
     adapter_load_ms: float | dict[str, str] | None = Field(

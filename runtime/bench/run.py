@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from runtime.bench.compare import BASE, detectable_difference, gains_over_base, 
 from runtime.bench.config import BenchConfig
 from runtime.bench.environment import environment, installed_engines
 from runtime.bench.launch import ServerProcess
-from runtime.bench.load import run_load, workload
+from runtime.bench.load import MachineLoadMeter, run_levels
 from runtime.bench.recommend import recommend
 from runtime.bench.report import write_report
 from runtime.bench.results import (
@@ -153,19 +154,23 @@ class Bench:
         started = time.perf_counter()
         with ServerProcess(args, env=self.serve_env) as server:
             result["cold_start_s"] = round(server.cold_start_s, 2)
-            gpu_before = gpu_memory_mb()
+            gpu_before, ours = gpu_memory_mb(), [os.getpid(), server.process.pid]
             if need_answers:
                 total = sum(len(v) for v in self.items.values())
                 self.progress.phase(f"{option}/{engine} accuracy", total)
-                answers = evaluate_served(server.url, self.tasks, self.items, self.config.accuracy.concurrency,
-                                          progress=lambda *_: self.progress.advance())
+                with MachineLoadMeter(ours) as meter:
+                    answers = evaluate_served(server.url, self.tasks, self.items, self.config.accuracy.concurrency,
+                                              progress=lambda *_: self.progress.advance())
+                result["accuracy_machine_load"] = meter.result
                 answers_file.parent.mkdir(parents=True, exist_ok=True)
                 tmp = answers_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps({"option": option, "engine": engine, "answers": answers}))
                 tmp.replace(answers_file)
                 result["accuracy_wall_s"] = round(time.perf_counter() - started - server.cold_start_s, 1)
             if reference is None and self.agent_items:  # the scoring engine's server: the agent's column
-                result["agent"] = self.agent(server.url, option, engine)
+                with MachineLoadMeter(ours) as meter:
+                    result["agent"] = self.agent(server.url, option, engine)
+                result["agent_machine_load"] = meter.result
             if reference is not None and self.config.accuracy.agreement_n:
                 total = sum(len(v) for v in agreement_items.values())
                 self.progress.phase(f"{option}/{engine} agreement", total)
@@ -173,7 +178,8 @@ class Bench:
                                        progress=lambda *_: self.progress.advance())
                 result["agreement"] = agreement(reference, mine)
             with TreeRSSSampler(server.process.pid) as rss:  # memory under the same load for every row
-                result["latency"] = self.load(server.url, option, engine)
+                result["latency"] = run_levels(server.url, self.config.load, self.progress, f"{option}/{engine}",
+                                               server.process.pid)
                 result["adapter_load_ms"] = self.adapter_load_ms(server.url, adapters) if adapters else None
             gpu_after = gpu_memory_mb()
         result["wall_s"] = round(time.perf_counter() - started, 1)
@@ -206,29 +212,6 @@ class Bench:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "agent.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary.pop("records")))
         return summary
-
-    def load(self, url: str, option: str, engine: str) -> dict:
-        import asyncio
-
-        cfg = self.config.load
-        levels = {str(c): cfg.requests_at(c) for c in cfg.concurrency}
-        total = cfg.warmup + sum(levels.values()) + (cfg.rate_requests if cfg.rate else 0)
-        self.progress.phase(f"{option}/{engine} load", total)
-
-        def specs(n: int, offset: int = 0) -> list:
-            return workload(n, cfg.max_tokens, offset=offset, fixed_length=cfg.fixed_length)
-
-        if cfg.warmup:
-            asyncio.run(run_load(url, specs(cfg.warmup, offset=200), concurrency=cfg.warmup))
-            self.progress.advance(cfg.warmup)
-        out = {}
-        for c in cfg.concurrency:
-            out[str(c)] = asyncio.run(run_load(url, specs(levels[str(c)]), concurrency=c))
-            self.progress.advance(levels[str(c)])
-        if cfg.rate:
-            out[f"poisson-{cfg.rate:g}"] = asyncio.run(run_load(url, specs(cfg.rate_requests), rate=cfg.rate))
-            self.progress.advance(cfg.rate_requests)
-        return out
 
     def adapter_load_ms(self, url: str, adapters: dict[str, Path]) -> float | dict:
         """Time to load one of the option's adapters again under a new name (then unload it)."""
