@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.engines.attention import use_decode_attention
 from runtime.engines.base import SamplingParams
 from runtime.engines.scheduler import last_position
 from runtime.errors import BadRequestError, ModelStoreError
@@ -53,7 +54,7 @@ class HFRunner:
                                   fix="pass a Hugging Face model directory or a name from `runtime models list`") from e
         if self.adapter_path is not None:
             model = load_adapter(model, self.adapter_path)
-        self.model = model.eval()
+        self.model = use_decode_attention(model.eval())  # one-token steps without SDPA's CPU kernel
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from runtime.config import EngineConfig
 from runtime.engines.adaptive import Placement, fold_copy, weight_bytes
+from runtime.engines.attention import use_decode_attention
 from runtime.engines.base import EngineRequest, EngineResult, StreamDelta
 from runtime.engines.hf import HFRunner, eos_ids, install_adapter, read_adapter
 from runtime.engines.lora import GroupedLora
@@ -105,7 +106,7 @@ class HFEngine:
     def _fold(self, name: str):
         """The model with one adapter folded in (on the placement's thread: nothing served is touched)."""
         config, weights, _ = self._read(Path(self.known[name]))
-        return fold_copy(self.runner.model_path, self.runner.dtype, config, weights, name)
+        return use_decode_attention(fold_copy(self.runner.model_path, self.runner.dtype, config, weights, name))
 
     def placement_status(self) -> dict[str, object] | None:
         return None if self.placement is None else self.placement.status()
