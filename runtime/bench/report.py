@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime.bench.results import SCHEMA_VERSION, UNDER_LOAD_SHARE, Report, top_level
+from runtime.bench.sections import phase_section, retention, retention_section, sweep_section, training_section
 
 __all__ = ["SCHEMA_VERSION", "markdown", "plot", "top_level", "write_report"]
 
@@ -48,6 +49,7 @@ def write_report(report: Report, out: Path) -> None:
     ranked = list(report.ranked_by or report.n_per_task)
     for r in report.results:
         r.mean_accuracy = round(mean_accuracy(r.model_dump(include={"accuracy"}), ranked), 2)
+    report.experts_option, report.retention = retention(report.model_dump(mode="json"))
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "report.json.tmp"
     tmp.write_text(report.model_dump_json(indent=2) + "\n")
@@ -66,9 +68,10 @@ def markdown(report: dict, charts: list[str]) -> str:
     tasks = columns(report)
     top = top_level(results[0]) if results else "8"
     lines = [*header_lines(report), *notice_lines(report), *summary_table(report, tasks, top),
-             *controls_section(report, tasks), *agent_section(results), *format_failure_table(results, tasks),
-             *latency_table(results), *machine_load_section(results), *recommendation_section(report),
-             "", *(f"![{c}]({c})" for c in charts), ""]
+             *controls_section(report, tasks), *retention_section(report, tasks), *agent_section(results),
+             *format_failure_table(results, tasks), *latency_table(results), *machine_load_section(results),
+             *recommendation_section(report), *training_section(report), *sweep_section(report),
+             *phase_section(report), "", *(f"![{c}]({c})" for c in charts), ""]
     return "\n".join(lines)
 
 

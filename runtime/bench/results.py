@@ -166,6 +166,8 @@ class PhaseResult(Record):
     accuracy_engine: str | None = Field(None, description="the engine whose answers were scored")
     mean_accuracy: float | None = Field(None, description="mean of the ranked sets' headline values, 0-100")
     same_as: str | None = None
+    cached: bool | None = Field(None, description="read from OUT/phases in this run: its walls are the run that "
+                                                  "measured it")
 
 
 class PhaseFile(Record):
@@ -279,10 +281,64 @@ class Sampling(Record):
     stop: list[str]
 
 
+class TaskRows(Record):
+    """One task's rows in a training run (training/budget.py's record in the manifest)."""
+
+    rows: int | None = None
+    tokens: int | None = None
+    dropped: int | None = Field(None, description="items whose prompt did not fit max_length (replaced by others)")
+    cut: int | None = Field(None, description="responses cut at max_length")
+    cropped: int | None = Field(None, description="inputs shown as a window (tasks.views), not dropped")
+    val_rows: int | None = None
+    val_dropped: int | None = None
+    val_cut: int | None = None
+
+
+class TrainingBudget(Record):
+    """What a zoo model's training cost and saw, from its manifest."""
+
+    seed: int | None = None
+    tasks: list[str]
+    steps: int
+    batch_size: int | None = Field(None, description="rows per optimizer step")
+    rows: int | None = None
+    epochs: float | None = None
+    tokens_seen: int | None = None
+    learning_rate: float | None = None
+    max_length: int | None = None
+    val_loss_before: float | None = None
+    best_val_loss: float | None = None
+    best_checkpoint_step: int | None = None
+    resumed_from: str | None = None
+    per_task: dict[str, TaskRows] = Field(default_factory=dict)
+
+
+class ZooModel(Record):
+    kind: str
+    built_this_run: bool
+    wall_s: float | None = Field(None, description="its build's wall as its manifest recorded it (the last "
+                                                   "session's, where training resumed)")
+    created: str | None = None
+    peak_rss_mb: float | None = None
+    training: TrainingBudget | None = None
+    sweep: dict[str, Any] | None = Field(None, description="a merge sweep's summary (merge/sweep.py's sweep.json)")
+
+
 class Zoo(Record):
     built: dict[str, float] = Field(description="name -> seconds")
     reused: list[str]
     wall_s: float
+    models: dict[str, ZooModel] | None = Field(None, description="every zoo model from its manifest")
+
+
+class Retention(Record):
+    """The paper's headline: how much of the expert's gain over base an option keeps on a task."""
+
+    value: float | None = Field(description="(option - base) / (experts - base) in %, null where the expert did "
+                                            "not beat base")
+    option_gain: float
+    expert_gain: float
+    note: str | None = None
 
 
 class Failure(Record):
@@ -334,3 +390,6 @@ class Report(Record):
     detectable_difference: dict[str, float | None] | None = Field(
         None, description="smallest difference from base a two-sided 5% test on this N finds with 80% power")
     wall_s: float | None = Field(None, description="the whole run")
+    retention: dict[str, dict[str, Retention]] | None = Field(
+        None, description="option -> scored set -> retention of the experts' gain over base")
+    experts_option: str | None = Field(None, description="the option retention is measured against")

@@ -142,7 +142,7 @@ class Bench:
         if not self.fresh and (reference is not None or answers_file.is_file()) and (
                 cached := self.cached_phase(cache, key)):
             self.progress.say(f"{option} on {engine}: measured before ({cache}); --fresh measures again")
-            return cached.model_copy(update={"answers_file": str(answers_file)})
+            return cached.model_copy(update={"answers_file": str(answers_file), "cached": True})
         need_answers = reference is None and not answers_file.is_file()
         agreement_items = {t: its[: self.config.accuracy.agreement_n] for t, its in self.items.items()}
         adapters = adapters_of(plan)

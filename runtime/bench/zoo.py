@@ -10,8 +10,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from runtime.artifacts import Manifest
 from runtime.bench.config import BenchConfig
 from runtime.config import configs_dir, load_config
+from runtime.errors import MixmergeError
 from runtime.models import ModelStore
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,55 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelSt
             record["built"][name] = round(time.perf_counter() - t0, 1)
         progress.advance()
     record["wall_s"] = round(time.perf_counter() - start, 1)
+    record["models"] = zoo_models(store, [config.base_model, *(name for name, _, _ in steps)], record["built"])
     return record
+
+
+def zoo_models(store: ModelStore, names: list[str], built: dict[str, float]) -> dict[str, dict]:
+    """Each zoo model as its manifest describes it: kind, its build's wall, a training run's budget and data
+    accounting, a merge sweep's summary (``built``: the names built in this run)."""
+    out = {}
+    for name in names:
+        try:
+            entry = store.get(name)
+        except MixmergeError:  # not in the store (a zoo step that failed): nothing to describe
+            continue
+        try:
+            manifest = Manifest.load(entry.path)
+        except MixmergeError:  # a pulled or registered model with no manifest of ours
+            out[name] = {"kind": entry.kind, "built_this_run": name in built, "wall_s": built.get(name)}
+            continue
+        extras = manifest.extras
+        out[name] = {"kind": manifest.kind, "built_this_run": name in built, "created": manifest.created,
+                     "wall_s": manifest.wall_s if manifest.wall_s is not None else built.get(name),
+                     "peak_rss_mb": manifest.peak_rss_mb, "training": training_budget(manifest),
+                     "sweep": extras.get("sweep")}
+    return out
+
+
+def training_budget(manifest: Manifest) -> dict | None:
+    """A training run's budget from its manifest (training/sft.py's TrainingRecord and training/budget.py's
+    record); None for a model that was not trained."""
+    x, config = manifest.extras, manifest.config or {}
+    if "steps" not in x or "mixture" not in x:
+        return None
+    budget, val = x["mixture"].get("budget") or {}, x["mixture"].get("val") or {}
+    per_task = {}
+    for task, r in (budget.get("per_task") or {}).items():
+        v = val.get(task, {})
+        per_task[task] = {"rows": r.get("rows"), "tokens": r.get("tokens"), "dropped": r.get("dropped_long_prompt"),
+                          "cut": r.get("truncated_response"), "cropped": r.get("cropped_input"),
+                          "val_rows": v.get("rows"), "val_dropped": v.get("dropped_long_prompt"),
+                          "val_cut": v.get("truncated_response")}
+    val_losses = [loss for _, loss in (x.get("loss_curve") or {}).get("val", [])]
+    return {"seed": config.get("seed"), "tasks": list(x.get("tasks") or config.get("tasks") or per_task),
+            "steps": x["steps"], "batch_size": budget.get("items_per_step"), "rows": budget.get("rows"),
+            "epochs": budget.get("epochs"), "tokens_seen": budget.get("tokens_seen"),
+            "learning_rate": (config.get("training") or {}).get("learning_rate"),
+            "max_length": (config.get("data") or {}).get("max_length"), "val_loss_before": x.get("val_loss_before"),
+            "best_val_loss": min(val_losses) if val_losses else x.get("val_loss_after"),
+            "best_checkpoint_step": x.get("best_checkpoint_step"), "resumed_from": x.get("resumed_from"),
+            "per_task": per_task}
 
 
 class StepsToProgress(TrainerCallback):

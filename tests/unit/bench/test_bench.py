@@ -268,6 +268,9 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     assert agent["mean_calls"] == 3 and "generation->experts/smollm2-lora-generation" in agent["calls_per_route"]
     assert len((out / "answers" / "experts" / "agent.jsonl").read_text().splitlines()) == 2
     assert "Coding agent on HumanEval's first 2 problems" in md and "agent solved" in md
+    assert "## Where the time went" in md and "| experts | fake |" in md.split("## Where the time went")[1]
+    assert set(saved["zoo"]["models"]) == {"smollm2-135m"} and saved["zoo"]["models"]["smollm2-135m"]["kind"] == "base"
+    assert saved["experts_option"] == "experts" and set(saved["retention"]) == {"merged", "mixed"}
     experts = json.loads(Path(by["experts"]["answers_file"]).read_text())["answers"]
     assert {a["route"]["adapter"] for a in experts["humaneval"]} == {"smollm2-lora-generation"}  # generation's route
     for chart in ("accuracy_vs_throughput.png", "accuracy_per_task.png", "latency.png"):
@@ -276,8 +279,10 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
 
     # a second run reuses every measured phase: no server is started
     again = Recorder()
-    run_bench(cfg, out, again)
+    cached = run_bench(cfg, out, again)
     assert not [p for p in again.phases if p.endswith(("load", "accuracy"))]
+    assert all(r.cached for r in cached.results if not r.same_as)  # the breakdown says which phases were read
+    assert "cached (measured before)" in (out / "report.md").read_text()
     assert sum("measured before" in s for s in again.said) == 4
 
     # answers are cached by content: a fresh measurement does not score the same models again
