@@ -68,7 +68,7 @@ def markdown(report: dict, charts: list[str]) -> str:
     tasks = columns(report)
     top = top_level(results[0]) if results else "8"
     lines = [*header_lines(report), *notice_lines(report), *summary_table(report, tasks, top),
-             *controls_section(report, tasks), *retention_section(report, tasks), *agent_section(results),
+             *controls_section(report, tasks), *retention_section(report, tasks, [column_label(report, t) for t in tasks]), *agent_section(results),
              *format_failure_table(results, tasks), *latency_table(results), *machine_load_section(results),
              *recommendation_section(report), *training_section(report), *sweep_section(report),
              *phase_section(report), "", *(f"![{c}]({c})" for c in charts), ""]
@@ -132,6 +132,9 @@ def summary_table(report: dict, tasks: list[str], top: str) -> list[str]:
                  _fmt(r["cold_start_s"]), adapter.get("error", "error")[:40] if isinstance(adapter, dict) else
                  _fmt(adapter, 0), f"{agree['matched']}/{agree['n']}" if agree else "—"]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(under_load(r["latency"][top].get("machine_load")) for r in results):
+        lines += ["", f"⚠ throughput measured while other processes used more than {UNDER_LOAD_SHARE:.0%} of the "
+                  "cores (see **Measured under load** below): the engine's own speed is higher."]
     return lines
 
 

@@ -54,7 +54,8 @@ def retention(report: dict) -> tuple[str | None, dict[str, dict[str, dict]]]:
     return experts, out
 
 
-def retention_section(report: dict, sets: list[str]) -> list[str]:
+def retention_section(report: dict, sets: list[str], labels: list[str] | None = None) -> list[str]:
+    """The retention table, one column per scored set (headed by ``labels``, the summary table's headers)."""
     experts, table = (report.get("experts_option"), report["retention"]) if report.get("retention") is not None \
         else retention(report)
     if not table:
@@ -62,7 +63,7 @@ def retention_section(report: dict, sets: list[str]) -> list[str]:
     ranked = list(report.get("ranked_by") or sets)
     lines = ["", f"Retention of the experts' gain over base, (option − base) / ({experts} − base) per set, % "
              f"({PAPER}); † the expert's own gain is within the noise, so the ratio is too:", "",
-             "| option | " + " | ".join(sets) + " | mean over ranked sets |", "|---|" + "---:|" * (len(sets) + 1)]
+             "| option | " + " | ".join(labels or sets) + " | mean over ranked sets |", "|---|" + "---:|" * (len(sets) + 1)]
     first = next(iter(table.values()))
     lines.append(f"| {experts} − base (points) | " + " | ".join(
         f"{first[s]['expert_gain']:+.1f}" if s in first else "—" for s in sets) + " | |")

@@ -132,6 +132,9 @@ def test_a_level_measured_while_others_used_the_cores_is_flagged_in_the_report()
     report = {"results": results, "n_per_task": {}, "headline_metrics": {}}
     rows = summary_table(report, [], "8")
     assert "21.0 ⚠" in rows[2] and "21.0 ⚠" not in rows[3]
+    assert "⚠ throughput measured while other processes used more than 10% of the cores" in rows[-1]
+    quiet = summary_table({"results": results[1:], "n_per_task": {}, "headline_metrics": {}}, [], "8")
+    assert "⚠" not in "\n".join(quiet)
 
 
 def test_a_quiet_machine_says_so_and_an_old_report_shows_nothing():
