@@ -141,13 +141,12 @@ def run_levels(url: str, cfg, progress, label: str, server_pid: int | None = Non
     process tree and this process's)."""
     levels = {str(c): cfg.requests_at(c) for c in cfg.concurrency}
     progress.phase(f"{label} load", cfg.warmup + sum(levels.values()) + (cfg.rate_requests if cfg.rate else 0))
-    roots = [os.getpid(), *([server_pid] if server_pid else [])]
 
     def specs(n: int, offset: int = 0) -> list[RequestSpec]:
         return workload(n, cfg.max_tokens, offset=offset, fixed_length=cfg.fixed_length)
 
     def timed(requests: list[RequestSpec], **how) -> dict:
-        with MachineLoadMeter(roots) as meter:
+        with MachineLoadMeter.around(server_pid) as meter:
             stats = asyncio.run(run_load(url, requests, **how))
         progress.advance(len(requests))
         return stats | {"machine_load": meter.result}
@@ -199,17 +198,17 @@ def read_process_ticks(stat: str) -> tuple[int, int]:
     return int(fields[19]), sum(int(v) for v in fields[11:15])
 
 
-def tree_pids(roots: Iterable[int]) -> set[int]:
-    """``roots``, their descendants and the members of each root's process group (a server started in its own
-    session: its engine workers)."""
+def tree_pids(roots: Iterable[int], groups: Iterable[int] = ()) -> set[int]:
+    """``roots`` and their descendants, and the members of the process groups ``groups`` (a server started in its
+    own session: engine workers that outlived their parent stay in its group)."""
     pids: set[int] = set()
     for root in roots:
         try:
             pids |= {root, *(c.pid for c in psutil.Process(root).children(recursive=True))}
         except psutil.NoSuchProcess:
             continue
-        if os.getpgid(root) == root:
-            pids |= set(group_members(root))
+    for group in groups:
+        pids |= set(group_members(group))
     return pids
 
 
@@ -222,14 +221,14 @@ class CpuSnapshot:
     load1: float
 
 
-def snapshot(roots: Iterable[int], proc: Path = PROC) -> CpuSnapshot | None:
+def snapshot(roots: Iterable[int], proc: Path = PROC, groups: Iterable[int] = ()) -> CpuSnapshot | None:
     """The machine's and our processes' CPU ticks now; None where /proc/stat cannot be read (not Linux)."""
     try:
         total, busy = read_cpu_ticks((proc / "stat").read_text())
     except (OSError, ValueError, IndexError):
         return None
     own = {}
-    for pid in tree_pids(roots):
+    for pid in tree_pids(roots, groups):
         try:
             start, ticks = read_process_ticks((proc / str(pid) / "stat").read_text())
         except (OSError, ValueError, IndexError):  # it exited while we looked
@@ -253,20 +252,26 @@ def machine_load(before: CpuSnapshot, after: CpuSnapshot, cores: int | None = No
 
 
 class MachineLoadMeter:
-    """``with MachineLoadMeter([server_pid, os.getpid()]) as m: ...`` then ``m.result``: the 1-min load average at
-    the start and the end and the CPU share of processes outside ``roots``' trees meanwhile (None off Linux)."""
+    """``with MachineLoadMeter.around(server_pid) as m: ...`` then ``m.result``: the 1-min load average at the
+    start and the end and the CPU share of processes outside ``roots``' trees and ``groups`` meanwhile (None off
+    Linux)."""
 
-    def __init__(self, roots: Iterable[int], proc: Path = PROC) -> None:
-        self.roots = list(roots)
+    def __init__(self, roots: Iterable[int], proc: Path = PROC, groups: Iterable[int] = ()) -> None:
+        self.roots, self.groups = list(roots), list(groups)
         self.proc = proc
         self.result: dict | None = None
         self._before: CpuSnapshot | None = None
 
+    @classmethod
+    def around(cls, server_pid: int | None) -> MachineLoadMeter:
+        """Ours: this process's tree (the server is a child) and the server's process group."""
+        return cls([os.getpid(), *([server_pid] if server_pid else [])], groups=[server_pid] if server_pid else [])
+
     def __enter__(self) -> MachineLoadMeter:
-        self._before = snapshot(self.roots, self.proc)
+        self._before = snapshot(self.roots, self.proc, self.groups)
         return self
 
     def __exit__(self, *exc) -> None:
-        after = snapshot(self.roots, self.proc)
+        after = snapshot(self.roots, self.proc, self.groups)
         if self._before is not None and after is not None:
             self.result = machine_load(self._before, after)

@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,11 +153,11 @@ class Bench:
         started = time.perf_counter()
         with ServerProcess(args, env=self.serve_env) as server:
             result["cold_start_s"] = round(server.cold_start_s, 2)
-            gpu_before, ours = gpu_memory_mb(), [os.getpid(), server.process.pid]
+            gpu_before, ours = gpu_memory_mb(), server.process.pid
             if need_answers:
                 total = sum(len(v) for v in self.items.values())
                 self.progress.phase(f"{option}/{engine} accuracy", total)
-                with MachineLoadMeter(ours) as meter:
+                with MachineLoadMeter.around(ours) as meter:
                     answers = evaluate_served(server.url, self.tasks, self.items, self.config.accuracy.concurrency,
                                               progress=lambda *_: self.progress.advance())
                 result["accuracy_machine_load"] = meter.result
@@ -168,7 +167,7 @@ class Bench:
                 tmp.replace(answers_file)
                 result["accuracy_wall_s"] = round(time.perf_counter() - started - server.cold_start_s, 1)
             if reference is None and self.agent_items:  # the scoring engine's server: the agent's column
-                with MachineLoadMeter(ours) as meter:
+                with MachineLoadMeter.around(ours) as meter:
                     result["agent"] = self.agent(server.url, option, engine)
                 result["agent_machine_load"] = meter.result
             if reference is not None and self.config.accuracy.agreement_n:

@@ -17,6 +17,7 @@ from runtime.bench.load import (
     read_cpu_ticks,
     read_process_ticks,
     snapshot,
+    tree_pids,
 )
 from runtime.bench.report import latency_table, machine_load_section, summary_table
 from runtime.bench.results import LatencyStats, PhaseResult
@@ -90,12 +91,13 @@ def test_no_proc_stat_gives_no_measurement_not_a_crash(tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="Linux /proc")
 def test_our_children_are_ours_and_a_process_outside_the_tree_is_not():
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
     try:
         mine = {pid for pid, _ in snapshot([os.getpid()]).own}
         assert {os.getpid(), child.pid} <= mine
         only_child = {pid for pid, _ in snapshot([child.pid]).own}
         assert only_child == {child.pid} and os.getpid() not in only_child
+        assert tree_pids([], groups=[child.pid]) == {child.pid}  # a server's session: its group is ours too
     finally:
         child.kill()
         child.wait()
