@@ -11,14 +11,22 @@ rows and KV heads, reading the cache once, in place.
 Numerics are transformers' ``eager`` attention's (matmuls in the model's dtype, mask and softmax in float32):
 identical to ``sdpa`` in float32. Prompts (more than one query token) go to ``sdpa`` unchanged, and the masks are
 ``sdpa``'s (``sdpa_mask``), so padding and sliding windows mean what they meant.
+
+A packed step (``Packed``, passed to the model as the ``mixmerge_step`` keyword): the batch's one pending token per
+row and newcomers' prompt chunks as ONE sequence ``[1, rows + chunk tokens]``, so the decode rows ride in the
+prompt chunk's matmuls (each weight is read once a step, not once for the prompt and once for the rows: vLLM's
+chunked prefill mixes the two the same way). The model runs without a cache of its own (``use_cache=False``);
+here each part's keys and values are appended to its own cache (the batch's left-padded one, each newcomer's) and
+attended: the rows as above, a chunk causally over its prompt so far.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
-__all__ = ["NAME", "use_decode_attention"]
+__all__ = ["NAME", "Packed", "packable", "use_decode_attention"]
 
 NAME = "mixmerge_decode"
 
@@ -27,22 +35,87 @@ def decode_attention(module, query, key, value, attention_mask, scaling: float |
                      **kwargs):
     """transformers' attention-function signature: query ``[b, heads, q, d]``, key/value ``[b, kv_heads, kv, d]``;
     returns ``([b, q, heads, d], None)``."""
-    import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    step = kwargs.get("mixmerge_step")
+    if step is not None:
+        return _packed(module.layer_idx, query, key, value, scaling, step)
     rows, heads, length, dim = query.shape
     if length != 1 or kwargs.get("softcap") or kwargs.get("s_aux") is not None or module.training:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
+    mask = None if attention_mask is None else attention_mask[:, :, -1:, -key.shape[2]:]
+    return _one_token(query, key, value, mask, scaling), None
+
+
+def _one_token(query, key, value, mask, scaling: float | None):
+    """query ``[b, heads, 1, d]`` over key/value ``[b, kv_heads, kv, d]``; mask ``[b, 1, 1, kv]``, bool (True =
+    attend, from sdpa_mask) or additive, or None. Returns ``[b, 1, heads, d]``."""
+    import torch
+
+    rows, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(rows, kv_heads, heads // kv_heads, dim)  # a KV head's query heads, one matrix
     scores = torch.matmul(grouped, key.transpose(-1, -2)).float() * (dim ** -0.5 if scaling is None else scaling)
-    if attention_mask is not None:  # [b, 1, 1, kv]: bool (True = attend) from sdpa_mask, or additive
-        mask = attention_mask[:, :, -1:, -key.shape[2]:]
+    if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     probs = scores.softmax(dim=-1).to(value.dtype)
     out = torch.matmul(probs, value)  # [b, kv_heads, group, d]
-    return out.reshape(rows, 1, heads, dim), None
+    return out.reshape(rows, 1, heads, dim)
+
+
+@dataclass
+class Packed:
+    """One packed step: ``rows`` pending tokens first (row i's keys appended to ``cache``, attended under
+    ``mask [rows, 1, 1, kv]``, True = attend, the new token included), then one chunk per newcomer: ``(its cache,
+    its tokens in this step)``. Caches are ``transformers.DynamicCache``s, updated layer by layer."""
+
+    rows: int = 0
+    cache: object | None = None
+    mask: object | None = None
+    chunks: list[tuple[object, int]] = field(default_factory=list)
+
+
+def _packed(layer: int, query, key, value, scaling: float | None, step: Packed):
+    """query ``[1, heads, tokens, d]``, key/value ``[1, kv_heads, tokens, d]`` of a packed step: each part
+    appended to its cache and attended there. Returns ``[1, tokens, heads, d]``."""
+    import torch
+
+    outs, start = [], step.rows
+    if step.rows:
+        def rows_of(x):
+            return x[0, :, :step.rows].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, d]
+
+        keys, values = step.cache.update(rows_of(key), rows_of(value), layer)
+        outs.append(_one_token(rows_of(query), keys, values, step.mask, scaling).transpose(0, 1))
+    for cache, length in step.chunks:
+        part = slice(start, start + length)
+        keys, values = cache.update(key[:, :, part], value[:, :, part], layer)
+        outs.append(_causal(query[:, :, part], keys, values, scaling).transpose(1, 2))
+        start += length
+    return torch.cat(outs, dim=1), None
+
+
+def _causal(query, key, value, scaling: float | None):
+    """A prompt chunk ``[1, heads, q, d]`` over its prompt so far ``[1, kv_heads, past + q, d]``."""
+    import torch
+    from torch.nn.functional import scaled_dot_product_attention
+
+    q, kv = query.shape[2], key.shape[2]
+    if q == kv:  # the first chunk: plain causal, no mask (SDPA's flash kernel, grouped heads)
+        return scaled_dot_product_attention(query, key, value, is_causal=q > 1, scale=scaling, enable_gqa=True)
+    group = query.shape[1] // key.shape[1]
+    allowed = torch.ones(q, kv, dtype=torch.bool).tril(diagonal=kv - q)  # token i sees the past and itself
+    return scaled_dot_product_attention(query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1),
+                                        attn_mask=allowed, scale=scaling)
+
+
+def packable(model) -> bool:
+    """Whether packed steps can run on ``model``: this attention installed, full attention in every layer."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    return getattr(config, "_attn_implementation", None) == NAME and all(
+        kind == "full_attention" for kind in getattr(config, "layer_types", None) or ["full_attention"])
 
 
 def _register() -> None:

@@ -2,13 +2,14 @@
 transformers' own).
 
 One worker thread loops: it runs model changes queued between steps (adapter loads and unloads), admits waiting
-requests, prefills newcomers alone in chunks under ``prefill_budget`` tokens per step, and runs one decode step of
-every running row. A request that arrives mid-answer joins at the next step; a row that ends (EOS, stop string,
-limit, client gone) leaves at once. A batch mixes adapters (one grouped LoRA forward per layer, ``lora.py``; the
-base model as ``__base__``) and sampling settings. Adapters live in slots: at most ``max_loras`` are resident, the
-least recently used unpinned one that no running row uses is evicted to make room. An adapter loaded at runtime is
-checked and read on a loader thread; only the injection (on meta, weights assigned: ``low_cpu_mem_usage``) and
-the copy of its weights into the grouped forward's stacks hold the model.
+requests, and runs one step: every running row's next token and newcomers' prompt chunks (``prefill_budget`` tokens
+per step at most) in one packed forward (``scheduler.packed_step``). A request that arrives mid-answer joins at the
+next step; a row that ends (EOS, stop string, limit, client gone) leaves at once. A batch mixes adapters (one
+grouped LoRA forward per layer, ``lora.py``; the base model as ``__base__``) and sampling settings. Adapters live
+in slots: at most ``max_loras`` are resident, the least recently used unpinned one that no running row uses is
+evicted to make room. An adapter loaded at runtime is checked and read on a loader thread; only the injection (on
+meta, weights assigned: ``low_cpu_mem_usage``) and the copy of its weights into the grouped forward's stacks hold
+the model.
 With ``engine.adaptive``, a dominant adapter's new rows run on a folded copy of the model (``adaptive.py``): each
 model's rows decode in their own batch, one forward per model per step.
 """
@@ -28,11 +29,11 @@ from pathlib import Path
 
 from runtime.config import EngineConfig
 from runtime.engines.adaptive import Placement, fold_copy, weight_bytes
-from runtime.engines.attention import use_decode_attention
+from runtime.engines.attention import packable, use_decode_attention
 from runtime.engines.base import EngineRequest, EngineResult, StreamDelta
 from runtime.engines.hf import HFRunner, eos_ids, install_adapter, read_adapter
 from runtime.engines.lora import GroupedLora
-from runtime.engines.scheduler import BASE, Batch, Job, next_tokens, prefill
+from runtime.engines.scheduler import BASE, Batch, Job, apart_step, packed_step
 from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
 
 log = logging.getLogger(__name__)
@@ -302,8 +303,7 @@ class HFEngine:
                     self._run_ops()
                     self._admit()
                     self._tidy()
-                    self._prefill()
-                    self._decode()
+                    self._step()
                     self._tidy()
                 except Exception as e:  # a failed step fails its requests, never the server
                     log.exception("step with %d rows failed", self.running())
@@ -368,32 +368,27 @@ class HFEngine:
             self._pending.remove(job)
         return job
 
-    def _prefill(self) -> None:
-        """Newcomers' prompts, oldest first, up to ``prefill_budget`` tokens; a finished one samples its first
-        token and joins the batch."""
-        served = self.runner.model
-        budget = self.prefill_budget
-        while self._filling and budget > 0:
-            job = self._filling[0]
-            if job.cancelled:
-                self._filling.pop(0).abort()
-                continue
-            before = job.filled
-            model, lora = (job.lane.model, None) if job.lane else (served, self._served_lora())
-            logits = prefill(model, job, budget, lora)
-            budget -= job.filled - before
-            if logits is None:
-                return
-            self._filling.pop(0)
-            token = next_tokens(logits[None], [job], self._eos_list)[0]
-            job.take(token, self.runner.tokenizer, self.eos)
-            if not job.done:
-                (job.lane.batch if job.lane else self.batch).join(job, token)
+    def _packable(self) -> bool:
+        """Packed steps need this attention in every model and, with LoRA, the grouped forward."""
+        return all(packable(model) and (lora is None or lora.grouped) for _, model, lora in self._lanes())
 
-    def _decode(self) -> None:
-        """One step of every model's rows (the served model's, then a folded copy's)."""
+    def _step(self) -> None:
+        """One step per model: its rows' next tokens and newcomers' prompt chunks (oldest first, up to
+        ``prefill_budget`` tokens in all), packed in one forward where the model allows (else a forward per
+        chunk and one of the rows); a newcomer whose prompt is in joins its batch."""
+        budget, fills = self.prefill_budget, []
+        for job in list(self._filling):
+            if job.cancelled:
+                self._filling.remove(job)
+                job.abort()
+            elif budget > 0:
+                fills.append((job, min(budget, len(job.prompt_ids) - job.filled)))
+                budget -= fills[-1][1]
+        step = packed_step if self._packable() else apart_step
         for batch, model, lora in self._lanes():
+            mine = [(job, n) for job, n in fills if (job.lane.batch if job.lane else self.batch) is batch]
             if len(batch):
                 self.batches.append(len(batch))
-                batch.decode(model, lora, self.runner.tokenizer, self.eos, self._eos_list)
-
+            if len(batch) or mine:
+                for job in batch.packed(step, model, lora, mine, self.runner.tokenizer, self.eos, self._eos_list):
+                    self._filling.remove(job)

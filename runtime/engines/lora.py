@@ -77,24 +77,36 @@ class _Stack:
         torch.mul(b.t(), layer.scaling[name], out=self.b[slot, :rank])
 
     def delta(self, x, rows: _Rows):
-        """The LoRA term of every row of ``x [rows, seq, in]`` in float32."""
+        """The LoRA term of every row of ``x [rows, seq, in]`` (packed: ``[1, tokens, in]``) in float32."""
         import torch
 
         x = x.to(self.a.dtype)
         if rows.single is not None:
             return x @ self.a[rows.single] @ self.b[rows.single]
-        return torch.bmm(torch.bmm(x, self.a.index_select(0, rows.index)), self.b.index_select(0, rows.index))
+        if rows.chunks is None:
+            return torch.bmm(torch.bmm(x, self.a.index_select(0, rows.index)), self.b.index_select(0, rows.index))
+        count = len(rows.index)  # packed: one token per row first, then each chunk on its own slot
+        parts = [self.delta(x[0, :count, None], _Rows(rows.index.tolist(), rows.index.device)).transpose(0, 1)
+                 ] if count else []
+        start = count
+        for slot, length in rows.chunks:
+            parts.append(x[:, start:start + length] @ self.a[slot] @ self.b[slot])
+            start += length
+        return torch.cat(parts, dim=1)
 
 
 class _Rows:
-    """One forward's rows: each row's slot, or the one slot they all share."""
+    """One forward's rows: each row's slot, or the one slot they all share. Packed (``chunks`` given): the rows
+    are one token each at the start of one sequence, then ``(slot, tokens)`` per prompt chunk."""
 
-    def __init__(self, slots: list[int], device) -> None:
+    def __init__(self, slots: list[int], device, chunks: list[tuple[int, int]] | None = None) -> None:
         import torch
 
-        self.any = any(slots)
-        self.single = slots[0] if len(set(slots)) == 1 else None
-        self.index = torch.tensor(slots, device=device)
+        every = slots + [slot for slot, _ in chunks or []]
+        self.any = any(every)
+        self.single = every[0] if len(set(every)) == 1 else None
+        self.index = torch.tensor(slots, device=device, dtype=torch.long)
+        self.chunks = chunks
 
 
 def _supported(layer, names: list[str]) -> bool:
@@ -170,14 +182,18 @@ class GroupedLora:
 
         return forward
 
-    def forward(self, model, names: list[str], **inputs):
-        """``model(**inputs)`` with row ``i`` on adapter ``names[i]``."""
+    def forward(self, model, names: list[str], chunks: list[tuple[str, int]] | None = None, **inputs):
+        """``model(**inputs)`` with row ``i`` on adapter ``names[i]``; packed (``chunks``, grouped only): the rows
+        are the sequence's first tokens, then ``(adapter, tokens)`` per chunk."""
         if not self.grouped:
+            if chunks is not None:
+                raise ValueError("a packed step needs the grouped LoRA forward: run rows and prompts apart")
             return model(**inputs, adapter_names=names)
-        unknown = sorted({n for n in names if n != BASE and n not in self.slots})
+        unknown = sorted({n for n in [*names, *(n for n, _ in chunks or [])] if n != BASE and n not in self.slots})
         if unknown:
             raise ValueError(f"adapter(s) {', '.join(unknown)} not resident; resident: {', '.join(self.slots)}")
-        with self._selected(_Rows([self.slots.get(n, 0) for n in names], self._device)):
+        slots = None if chunks is None else [(self.slots.get(n, 0), length) for n, length in chunks]
+        with self._selected(_Rows([self.slots.get(n, 0) for n in names], self._device, slots)):
             return model(**inputs)
 
     @contextmanager

@@ -10,11 +10,14 @@ manager, ``torch.multinomial`` without a per-request generator), so per-request 
 batch and vLLM's per-request ``min_tokens``/``ignore_eos`` are not expressible; ``add_request`` takes only the
 temperature/top_k/top_p per-request processor kwargs (``cb_logits_processors.py``).
 
-Here: each step is one forward of every running row's pending token (``[rows, 1]``, one adapter per row, the base
-model as ``__base__``, run by ``lora.GroupedLora``) over one DynamicCache whose rows are left-padded to a common
-width. The cache is reshaped only when membership changes: a newcomer, prefilled alone in chunks under a per-step
-token budget (``prefill``), is padded in; finished rows are selected out and columns that are padding in every row
-are cut.
+Here: the running rows share one DynamicCache whose rows are left-padded to a common width. Each step is ONE
+forward of every row's pending token and of newcomers' next prompt chunks (under a per-step token budget), packed
+into one sequence ``[1, rows + chunk tokens]`` (``packed_step``; ``attention.py`` attends each part over its own
+cache): the rows ride in the chunk's matmuls, as vLLM's chunked prefill mixes decode and prefill tokens. One
+adapter per row and per chunk (the base model as ``__base__``, run by ``lora.GroupedLora``). Where a model cannot
+run packed steps (PEFT's own mixed forward, another attention), ``apart_step`` runs each chunk alone, then the
+rows (``[rows, 1]``). The cache is reshaped only when membership changes: a newcomer whose prompt is in is padded
+in; finished rows are selected out and columns that are padding in every row are cut.
 Every row keeps its own sampling (argmax, or temperature/top_p with its own seeded generator), EOS floor, stop
 strings and limit; text is streamed per row as it grows (``Job.take``).
 """
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 from runtime.engines.base import EngineRequest, StreamDelta
 from runtime.engines.lora import BASE, GroupedLora
 
-__all__ = ["BASE", "Batch", "Job", "next_tokens", "prefill"]
+__all__ = ["BASE", "Batch", "Job", "apart_step", "next_tokens", "packed_step", "prefill"]
 
 
 @dataclass(eq=False)
@@ -92,9 +95,56 @@ class Job:
 
 
 # ------------------------------------------------------------------------------------------------ steps
-def forward(model, lora: GroupedLora | None, names: list[str], **inputs):
-    """One forward of ``model``; with ``lora`` (a PEFT model's adapters), row ``i`` on adapter ``names[i]``."""
-    return model(**inputs) if lora is None else lora.forward(model, names, **inputs)
+def forward(model, lora: GroupedLora | None, names: list[str], chunks: list[tuple[str, int]] | None = None,
+            **inputs):
+    """One forward of ``model``; with ``lora`` (a PEFT model's adapters), row ``i`` on adapter ``names[i]`` (packed:
+    then each chunk on its own)."""
+    return model(**inputs) if lora is None else lora.forward(model, names, chunks, **inputs)
+
+
+def packed_step(model, lora: GroupedLora | None, batch: Batch, fills: list[tuple[Job, int]]):
+    """ONE forward of every row's pending token and the next ``n`` prompt tokens of each ``(job, n)`` in
+    ``fills``, packed into one sequence (``attention.Packed``). Returns the rows' logits ``[rows, vocab]``
+    (float32, None without rows) and ``[(job, logits)]`` for the newcomers whose whole prompt is now in."""
+    import torch
+    from transformers import DynamicCache
+
+    from runtime.engines.attention import Packed
+
+    rows = len(batch)
+    ids, positions = list(batch.pending), batch.mask.sum(dim=1).tolist() if rows else []
+    step = Packed(rows, batch.cache)
+    if rows:
+        batch.mask = torch.cat([batch.mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
+        step.mask = batch.mask.bool()[:, None, None, :]
+    keep, complete = list(range(rows)), []
+    for job, n in fills:
+        job.cache = job.cache if job.cache is not None else DynamicCache()
+        chunk = job.prompt_ids[job.filled:job.filled + n]
+        ids += chunk
+        positions += range(job.filled, job.filled + len(chunk))
+        step.chunks.append((job.cache, len(chunk)))
+        job.filled += len(chunk)
+        if job.filled == len(job.prompt_ids):
+            keep.append(len(ids) - 1)
+            complete.append(job)
+    out = forward(model, lora, [job.adapter for job in batch.rows], [(job.adapter, n) for job, n in fills],
+                  input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]), use_cache=False,
+                  attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool),  # 4D: passed on as prepared, unused
+                  mixmerge_step=step, logits_to_keep=torch.tensor(keep, dtype=torch.long))
+    logits = out.logits[0].float()
+    return (logits[:rows] if rows else None), list(zip(complete, logits[rows:], strict=True))
+
+
+def apart_step(model, lora: GroupedLora | None, batch: Batch, fills: list[tuple[Job, int]]):
+    """``packed_step``'s result from a forward per prompt chunk and one of the rows (for a model a packed step
+    cannot run: PEFT's own mixed-adapter forward, another attention implementation, sliding windows)."""
+    complete = []
+    for job, n in fills:
+        logits = prefill(model, job, n, lora)
+        if logits is not None:
+            complete.append((job, logits))
+    return (batch.step(model, lora) if len(batch) else None), complete
 
 
 def prefill(model, job: Job, budget: int, lora: GroupedLora | None):
@@ -225,10 +275,26 @@ class Batch:
         self.mask = mask
         return out.logits[:, -1].float()
 
-    def decode(self, model, lora: GroupedLora | None, tokenizer, eos: set[int], eos_list: list[int]) -> None:
-        """One step: every row's next token taken (streamed, or ending the row); rows that ended leave."""
-        tokens = next_tokens(self.step(model, lora), self.rows, eos_list)
+    def packed(self, step, model, lora: GroupedLora | None, fills: list[tuple[Job, int]], tokenizer, eos: set[int],
+               eos_list: list[int]) -> list[Job]:
+        """One packed step (``step``: ``packed_step``) of the rows and the newcomers' chunks in ``fills``: the rows'
+        next tokens taken, each newcomer whose prompt is in samples its first token and joins, ended rows leave.
+        Returns the newcomers that are prefilled (joined, or already done)."""
+        logits, prefilled = step(model, lora, self, fills)
+        if logits is not None:
+            self.advance(logits, tokenizer, eos, eos_list)
+        for job, last in prefilled:
+            token = next_tokens(last[None], [job], eos_list)[0]
+            job.take(token, tokenizer, eos)
+            if not job.done:
+                self.join(job, token)
+        self.leave()
+        return [job for job, _ in prefilled]
+
+    def advance(self, logits, tokenizer, eos: set[int], eos_list: list[int]) -> None:
+        """Every row's next token from its logits ``[rows, vocab]``: taken (streamed, or ending the row) and fed
+        next; rows that ended stay until ``leave``."""
+        tokens = next_tokens(logits, self.rows, eos_list)
         for job, token in zip(self.rows, tokens, strict=True):
             job.take(token, tokenizer, eos)
         self.pending = tokens
-        self.leave()

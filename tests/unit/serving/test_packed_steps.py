@@ -1,0 +1,102 @@
+"""Packed steps in the hf engine: running rows and newcomers' prompt chunks in one forward answer exactly as the
+rows and prompts run apart (fp32, tiny model, two real LoRA adapters)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from loras import make_lora
+
+from runtime.config import EngineConfig
+from runtime.engines import hf_engine
+from runtime.engines.base import EngineRequest, SamplingParams
+from runtime.engines.hf_engine import HFEngine
+
+PROMPTS = ["def add(a, b):", "x = [1, 2, 3]\nfor i in x:\n    print(i * 2)\n" * 3, "class Point:"]
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {"one": make_lora(tiny_model_dir, root / "one", 1), "two": make_lora(tiny_model_dir, root / "two", 2)}
+
+
+def _request(i: int, adapter: str | None, n: int, **sampling) -> EngineRequest:
+    return EngineRequest(f"p{i}", SamplingParams(max_new_tokens=n, ignore_eos=True, **sampling),
+                         messages=[{"role": "user", "content": PROMPTS[i % 3]}], adapter=adapter)
+
+
+REQUESTS = [(None, 12), ("one", 9), ("two", 14), ("one", 5), (None, 7), ("two", 10)]
+
+
+async def _staggered(engine: HFEngine) -> list[str]:
+    """Requests arriving one after another while earlier ones decode: newcomers' prompts meet running rows."""
+    async def late(i: int, adapter: str | None, n: int) -> str:
+        await asyncio.sleep(0.01 * i)
+        return (await engine.generate(_request(i, adapter, n, temperature=0.8, seed=i) if i == 4
+                                      else _request(i, adapter, n))).text
+
+    return list(await asyncio.gather(*(late(i, a, n) for i, (a, n) in enumerate(REQUESTS))))
+
+
+def _run(tiny_model_dir, adapters, packed: bool, monkeypatch, budget: int = 256) -> tuple[list[str], list[tuple]]:
+    shapes: list[tuple] = []  # (rows, chunk tokens) of each packed step
+    real = hf_engine.packed_step
+
+    def spy(model, lora, batch, fills):
+        shapes.append((len(batch), sum(n for _, n in fills)))
+        return real(model, lora, batch, fills)
+
+    monkeypatch.setattr(hf_engine, "packed_step", spy)
+    monkeypatch.setattr(HFEngine, "_packable", lambda self: packed)
+
+    async def run():
+        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(dtype="float32", max_batch_size=8, max_loras=2),
+                          prefill_budget=budget)
+        try:
+            return await _staggered(engine)
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(run()), shapes
+
+
+def test_packed_steps_answer_as_rows_and_prompts_apart(tiny_model_dir, adapters, monkeypatch):
+    packed, shapes = _run(tiny_model_dir, adapters, True, monkeypatch)
+    apart, none = _run(tiny_model_dir, adapters, False, monkeypatch)
+    assert packed == apart
+    assert not none  # the other path ran no packed step
+    assert any(rows and chunk for rows, chunk in shapes)  # rows rode in a prompt chunk's forward
+
+
+def test_a_prompt_prefilled_in_many_small_chunks_answers_the_same(tiny_model_dir, adapters, monkeypatch):
+    whole, _ = _run(tiny_model_dir, adapters, True, monkeypatch)
+    chunked, shapes = _run(tiny_model_dir, adapters, True, monkeypatch, budget=5)
+    assert chunked == whole
+    assert max(chunk for _, chunk in shapes) == 5  # prompts went in 5 tokens a step, over their cached past
+
+
+def test_the_fallback_path_still_serves_a_model_without_grouped_lora(tiny_model_dir, tmp_path):
+    """An adapter the grouped forward does not cover (embeddings) runs rows and prompts apart, and answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(5)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                   LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"], init_lora_weights=False)
+                   ).save_pretrained(tmp_path / "emb")
+    lora = tmp_path / "emb"
+
+    async def run():
+        engine = HFEngine(tiny_model_dir, {"emb": lora}, EngineConfig(dtype="float32", max_loras=1))
+        try:
+            results = await asyncio.gather(*(engine.generate(_request(i, "emb", 6)) for i in range(3)))
+            return results, engine._packable()
+        finally:
+            await engine.aclose()
+
+    results, packable = asyncio.run(run())
+    assert not packable and all(r.completion_tokens == 6 for r in results)
