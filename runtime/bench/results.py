@@ -166,6 +166,8 @@ class PhaseResult(Record):
     accuracy_engine: str | None = Field(None, description="the engine whose answers were scored")
     mean_accuracy: float | None = Field(None, description="mean of the ranked sets' headline values, 0-100")
     same_as: str | None = None
+    score_wall_s: float | None = Field(None, description="scoring its answers in this run (HumanEval's programs "
+                                                        "in the sandbox, the intervals); on its scoring engine's row")
     cached: bool | None = Field(None, description="read from OUT/phases in this run: its walls are the run that "
                                                   "measured it")
 

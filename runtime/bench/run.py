@@ -285,7 +285,9 @@ class Bench:
                 continue
             scored = read_record(Path(result.answers_file), AnswersFile)
             if reference is None:
+                scoring = time.perf_counter()
                 reference = self.score(option, scored.as_dicts(), tally)
+                result.score_wall_s = round(time.perf_counter() - scoring, 1)
             result.accuracy = tally.accuracy[option]
             result.accuracy_engine = scored.engine  # answers are cached by content: maybe another run's
             tally.results.append(result)

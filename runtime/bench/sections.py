@@ -222,12 +222,12 @@ def phase_section(report: dict) -> list[str]:
         lines += [f"| {n} | {m['kind']} | {_min(m.get('wall_s'))} | "
                   + ("built" if m["built_this_run"] else f"cached (built {m.get('created') or 'before'})") + " |"
                   for n, m in models.items()]
-    lines += ["", "| option | engine | cold start | accuracy answers | agent | load levels | whole phase | this run |",
-              "|---|---|---:|---:|---:|---:|---:|---|"]
-    served = 0.0
+    lines += ["", "| option | engine | cold start | accuracy answers | agent | load levels | whole phase | this run | "
+              "scoring (this run) |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    served = scoring = 0.0
     for r in results:
         if r.get("same_as"):
-            lines.append(f"| {r['deployment']} | {r['engine']} | = {r['same_as']}: not served again | | | | | |")
+            lines.append(f"| {r['deployment']} | {r['engine']} | = {r['same_as']}: not served again | | | | | | |")
             continue
         agent, estimated = agent_wall_s(r)
         load = sum(m["duration_s"] for m in r["latency"].values())
@@ -237,10 +237,12 @@ def phase_section(report: dict) -> list[str]:
                      + (_min(r["accuracy_wall_s"]) if r.get("accuracy_wall_s") is not None else "cached answers")
                      + f" | {'≈ ' if estimated else ''}{_min(agent) if agent is not None else '—'} | {_min(load)} | "
                      f"{_min(r['wall_s'])} | " + ("cached (measured before)" if cached else
-                                                  "—" if cached is None else "measured") + " |")
+                                                  "—" if cached is None else "measured")
+                     + f" | {_min(r.get('score_wall_s'))} |")
+        scoring += r.get("score_wall_s") or 0
     built_walls = sum(m.get("wall_s") or 0 for m in models.values())
     if models:
         lines += ["", f"Sum of the originally measured walls: zoo builds {_min(built_walls)} + serving phases "
-                  f"{_min(served)} = {_min(built_walls + served)}, before scoring (HumanEval's sandbox runs, the "
-                  "baselines, the bootstrap) and the report."]
+                  f"{_min(served)} = {_min(built_walls + served)}; scoring the answers took {_min(scoring)} in this "
+                  "run (the baselines, the comparisons and the report come on top)."]
     return lines

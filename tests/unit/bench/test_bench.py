@@ -282,6 +282,7 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     cached = run_bench(cfg, out, again)
     assert not [p for p in again.phases if p.endswith(("load", "accuracy"))]
     assert all(r.cached for r in cached.results if not r.same_as)  # the breakdown says which phases were read
+    assert all(r.score_wall_s is not None for r in cached.results if not r.same_as)  # scored again this run
     assert "cached (measured before)" in (out / "report.md").read_text()
     assert sum("measured before" in s for s in again.said) == 4
 

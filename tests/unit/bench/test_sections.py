@@ -142,7 +142,7 @@ def test_the_phase_breakdown_shows_each_phase_and_which_were_cached():
              "calls_per_route": {}, "max_revisions": 2, "workers": 4}
     meter = {"wall_s": 240.0, "cores": 2, "load1_start": 2.0, "load1_end": 2.0, "other_cpu_share": 0.0,
              "own_cpu_share": 0.9}
-    results = [result("base", {"review": 1.0}, cached=True, agent=agent),
+    results = [result("base", {"review": 1.0}, cached=True, agent=agent, score_wall_s=90.0),
                result("mixed", {"review": 1.0}, cached=False, agent=agent, agent_machine_load=meter,
                       accuracy_wall_s=None),
                result("hybrid", {"review": 1.0}, same_as="mixed")]
@@ -157,10 +157,10 @@ def test_the_phase_breakdown_shows_each_phase_and_which_were_cached():
     md = "\n".join(phase_section(rep))
     assert "Whole run: 25.0 min; zoo phase 10.2 min (built this run: m-mix)" in md
     assert "| m-mix | mixed | 10.0 min | built |" in md and "| base | base | — | cached (built before) |" in md
-    assert "| base | hf | 5 s | 2.0 min | ≈ 5.0 min | 20 s | 5.0 min | cached (measured before) |" in md
-    assert "| mixed | hf | 5 s | cached answers | 4.0 min | 20 s | 5.0 min | measured |" in md
+    assert "| base | hf | 5 s | 2.0 min | ≈ 5.0 min | 20 s | 5.0 min | cached (measured before) | 1.5 min |" in md
+    assert "| mixed | hf | 5 s | cached answers | 4.0 min | 20 s | 5.0 min | measured | — |" in md
     assert "| hybrid | hf | = mixed: not served again |" in md
-    assert "zoo builds 10.0 min + serving phases 10.0 min = 20.0 min" in md
+    assert "zoo builds 10.0 min + serving phases 10.0 min = 20.0 min; scoring the answers took 1.5 min" in md
 
 
 def test_a_report_written_before_these_fields_renders_without_them():
