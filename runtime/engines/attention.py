@@ -75,6 +75,15 @@ class Packed:
     mask: object | None = None
     chunks: list[tuple[object, int]] = field(default_factory=list)
 
+    def wide_mask(self, width: int):
+        """``mask`` with False columns to ``width`` (the rows' buffers' spare room, attended as masked)."""
+        import torch
+
+        if width > self.mask.shape[-1]:
+            spare = self.mask.new_zeros(*self.mask.shape[:-1], width - self.mask.shape[-1])
+            self.mask = torch.cat([self.mask, spare], dim=-1)
+        return self.mask
+
 
 def _packed(layer: int, query, key, value, scaling: float | None, step: Packed):
     """query ``[1, heads, tokens, d]``, key/value ``[1, kv_heads, tokens, d]`` of a packed step: each part
@@ -86,14 +95,35 @@ def _packed(layer: int, query, key, value, scaling: float | None, step: Packed):
         def rows_of(x):
             return x[0, :, :step.rows].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, d]
 
-        keys, values = step.cache.update(rows_of(key), rows_of(value), layer)
-        outs.append(_one_token(rows_of(query), keys, values, step.mask, scaling).transpose(0, 1))
+        cached = step.cache.layers[layer]
+        keys, values = _append(cached, "keys", rows_of(key)), _append(cached, "values", rows_of(value))
+        mask = step.wide_mask(keys.shape[2])
+        outs.append(_one_token(rows_of(query), keys, values, mask, scaling).transpose(0, 1))
     for cache, length in step.chunks:
         part = slice(start, start + length)
         keys, values = cache.update(key[:, :, part], value[:, :, part], layer)
         outs.append(_causal(query[:, :, part], keys, values, scaling).transpose(1, 2))
         start += length
     return torch.cat(outs, dim=1), None
+
+
+def _append(layer, name: str, new, spare: int = 32):
+    """``layer.<name>`` (a DynamicLayer's keys or values, ``[rows, kv_heads, kv, d]``) with ``new`` appended, in
+    place where its buffer has room: the rows' cache grows a column a step, and ``torch.cat`` copied all of it
+    every step (15 ms of a 44 ms step at 8 rows x 300 columns on SmolLM2-135M). The buffer keeps ``spare`` zeroed
+    columns beyond the end; a cache the batch reshaped (a row joined or left) gets a fresh one. Returns the whole
+    buffer: attended whole (spare columns masked) it is contiguous, where a view of it would be copied by bmm."""
+    old = getattr(layer, name)
+    buffer = layer.__dict__.get(f"_{name}_buffer")
+    width, more = old.shape[2], new.shape[2]
+    if (buffer is None or buffer.data_ptr() != old.data_ptr() or buffer.stride() != old.stride()
+            or buffer.shape[:2] != old.shape[:2] or buffer.shape[2] < width + more):
+        buffer = old.new_zeros(*old.shape[:2], width + more + spare, old.shape[3])  # zeros: 0 x garbage is NaN
+        buffer[:, :, :width] = old
+        layer.__dict__[f"_{name}_buffer"] = buffer
+    buffer[:, :, width:width + more] = new
+    setattr(layer, name, buffer[:, :, :width + more])
+    return buffer
 
 
 def _causal(query, key, value, scaling: float | None):

@@ -71,3 +71,24 @@ def test_training_mode_falls_back_to_sdpa(tiny_model_dir):
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()  # the prompt path (sdpa) carries gradients
     assert torch.isfinite(loss)
+
+
+def test_the_rows_cache_grows_in_place_and_a_reshaped_one_gets_a_fresh_buffer():
+    import torch
+
+    from runtime.engines.attention import _append
+
+    class Layer:
+        keys = torch.arange(12.0).reshape(1, 1, 3, 4)
+
+    layer = Layer()
+    first = _append(layer, "keys", torch.full((1, 1, 1, 4), -1.0), spare=2)
+    assert first.shape[2] == 6 and layer.keys.shape[2] == 4  # the buffer has 2 spare columns, zeroed
+    assert torch.equal(first[:, :, 4:], torch.zeros(1, 1, 2, 4))
+    second = _append(layer, "keys", torch.full((1, 1, 1, 4), -2.0), spare=2)
+    assert second.data_ptr() == first.data_ptr()  # written in place
+    assert layer.keys[0, 0, :, 0].tolist() == [0.0, 4.0, 8.0, -1.0, -2.0]
+    layer.keys = layer.keys[:, :, 1:].clone()  # the batch cut a column: not the buffer any more
+    third = _append(layer, "keys", torch.full((1, 1, 1, 4), -3.0), spare=2)
+    assert third.data_ptr() != first.data_ptr()
+    assert layer.keys[0, 0, :, 0].tolist() == [4.0, 8.0, -1.0, -2.0, -3.0]
