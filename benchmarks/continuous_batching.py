@@ -165,8 +165,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.threads:
+        import os
+
         import torch
 
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the engine keeps an explicit setting
         torch.set_num_threads(args.threads)
     if args.hotload_itl:
         for name in args.models.split(","):

@@ -31,7 +31,7 @@ from runtime.config import EngineConfig
 from runtime.engines.adaptive import Placement, fold_copy, weight_bytes
 from runtime.engines.attention import packable, use_decode_attention
 from runtime.engines.base import EngineRequest, EngineResult, StreamDelta
-from runtime.engines.hf import HFRunner, eos_ids, install_adapter, read_adapter
+from runtime.engines.hf import HFRunner, eos_ids, install_adapter, leave_a_core_to_the_server, read_adapter
 from runtime.engines.lora import GroupedLora
 from runtime.engines.scheduler import BASE, Batch, Job, apart_step, packed_step
 from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
@@ -50,6 +50,7 @@ class HFEngine:
     def __init__(self, model_path: str | Path, adapters: dict[str, Path] | None = None,
                  config: EngineConfig | None = None, max_queue: int = 64, prefill_budget: int = 256) -> None:
         self.config = config or EngineConfig()
+        log.info("hf engine: %d torch threads", leave_a_core_to_the_server())
         self.runner = HFRunner(model_path, dtype=self.config.dtype, max_batch_size=self.config.max_batch_size)
         self.known: dict[str, str] = {k: str(v) for k, v in (adapters or {}).items()}
         self.resident: OrderedDict[str, None] = OrderedDict()

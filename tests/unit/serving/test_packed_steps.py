@@ -100,3 +100,24 @@ def test_the_fallback_path_still_serves_a_model_without_grouped_lora(tiny_model_
 
     results, packable = asyncio.run(run())
     assert not packable and all(r.completion_tokens == 6 for r in results)
+
+
+def test_the_engine_leaves_a_core_to_the_server_unless_told(monkeypatch):
+    import os
+
+    import torch
+
+    from runtime.engines.hf import leave_a_core_to_the_server
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(os, "cpu_count", lambda: 4)
+        assert leave_a_core_to_the_server() == 3
+        monkeypatch.setattr(os, "cpu_count", lambda: 1)
+        assert leave_a_core_to_the_server() == 1
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert leave_a_core_to_the_server() == 2  # an explicit setting wins
+    finally:
+        torch.set_num_threads(before)
