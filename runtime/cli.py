@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -322,20 +323,35 @@ def bench_cmd(
 
 
 def _bench_bars(bars):
-    """The bench's progress (runtime/bench/zoo.py's Progress) on rich progress bars: one bar per phase."""
+    """The bench's progress (runtime/bench/zoo.py's Progress) on rich progress bars: one bar per phase. Where the
+    console is not a terminal (a log file, CI) rich draws nothing live, so each phase also prints a line when it
+    starts and, at most once a minute, how far it is with the bar's ETA."""
     from runtime.bench.zoo import Progress as BenchProgress
+
+    plain = not bars.console.is_terminal
 
     class Bars(BenchProgress):
         current = None
+        said_at = 0.0
 
         def phase(self, name: str, total: int) -> None:
             if self.current is not None:
                 bars.update(self.current, completed=bars.tasks[self.current].total)
             self.current = bars.add_task(name, total=total)
+            if plain:
+                self.said_at = time.monotonic()
+                bars.console.print(f"{name}: 0/{total}", highlight=False)
 
         def advance(self, n: int = 1) -> None:
-            if self.current is not None:
-                bars.advance(self.current, n)
+            if self.current is None:
+                return
+            bars.advance(self.current, n)
+            task = bars.tasks[self.current]
+            if plain and (time.monotonic() - self.said_at >= 60 or task.finished):
+                self.said_at = time.monotonic()
+                eta = f", ETA {task.time_remaining / 60:.1f} min" if task.time_remaining else ""
+                bars.console.print(f"{task.description}: {task.completed:g}/{task.total:g} after "
+                                   f"{(task.elapsed or 0) / 60:.1f} min{eta}", highlight=False)
 
         def say(self, message: str) -> None:
             bars.console.print(f"  {message}", style="dim", highlight=False)

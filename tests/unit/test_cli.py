@@ -33,3 +33,25 @@ def test_help_lists_only_working_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     assert "models" in result.output
+
+
+def test_bench_progress_prints_lines_where_no_terminal_draws_the_bars():
+    """In a log file or CI rich draws no live bars: each phase still says where it starts and when it ends."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from runtime.cli import _bench_bars
+
+    sink = io.StringIO()
+    with Progress(console=Console(file=sink, force_terminal=False, width=120)) as bars:
+        progress = _bench_bars(bars)
+        progress.phase("base/hf accuracy", 3)
+        for _ in range(3):
+            progress.advance()
+        progress.say("base on hf: starting the server")
+    text = sink.getvalue()
+    assert "base/hf accuracy: 0/3" in text
+    assert "base/hf accuracy: 3/3 after" in text  # the finished phase, whatever the minute
+    assert "starting the server" in text
