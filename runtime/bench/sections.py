@@ -100,7 +100,7 @@ def training_section(report: dict) -> list[str]:
                      f"{_int(t.get('rows'))} | {t['epochs'] if t.get('epochs') is not None else '—'} | "
                      f"{_int(t.get('tokens_seen'))} | {t['learning_rate'] if t.get('learning_rate') else '—'} | "
                      f"{_int(t.get('max_length'))} | {val} | "
-                     + (f"{m['wall_s'] / 60:.1f} min" if m.get("wall_s") else "—")
+                     + _min(m.get("wall_s"))
                      + (f" (resumed from {t['resumed_from']}: that session's)" if t.get("resumed_from") else "")
                      + " |")
     lines += ["", "Rows per task: kept / dropped (prompt longer than max_length, replaced by another item) / cut "
@@ -158,16 +158,19 @@ def sweep_section(report: dict) -> list[str]:
     lines: list[str] = []
     for name, sw in sweeps.items():
         tasks = list(sw.get("base_val") or {})
-        lines += ["", f"## Merge sweep: {name}", "",
-                  f"{sw.get('candidates', len(sw.get('results', [])))} candidates scored on validation "
-                  f"(objective {sw.get('objective', '?')}: mean over "
-                  f"{', '.join(sw.get('objective_tasks') or ['the tasks'])} of (candidate − base) / (expert − base), "
-                  "the tasks where the expert beats base; a candidate below base on any task is rejected). Chosen: "
-                  f"**{sw.get('chosen')}** (objective {_pct(sw.get('chosen_objective'))})."]
+        chosen = f"Chosen: **{sw.get('chosen')}** (objective {_pct(sw.get('chosen_objective'))})."
+        lines += ["", f"## Merge sweep: {name}", "", chosen + " Its manifest keeps the choice only (written before "
+                  "sweeps recorded every candidate)." if not tasks else
+                  f"{sw.get('candidates', len(sw.get('results', [])))} candidates scored on validation (objective "
+                  f"{sw.get('objective', '?')}: mean over {', '.join(sw.get('objective_tasks') or ['the tasks'])} of "
+                  "(candidate − base) / (expert − base), the tasks where the expert beats base; a candidate below "
+                  "base on any task is rejected). " + chosen]
         if sw.get("no_candidate_at_or_above_base"):
             lines += ["", f"**No candidate is at or above the base on every task**: {name} is the best of them "
                       "and still below base on " + ", ".join(_below(sw.get("chosen_below_base")) or ["some task"])
-                      + " (every candidate's numbers below)."]
+                      + (" (every candidate's numbers below)." if tasks else ".")]
+        if not tasks:  # a manifest that keeps only the choice
+            continue
         lines += ["", f"Every candidate's files: `zoo/sweep-{name}/` (sweep.json, sweep.csv, sweep.png) in the output "
                   "folder of the run that built it."]
         lines += ["", "| candidate | " + " | ".join(f"{t} val (retention)" for t in tasks) + " | objective | verdict |",
@@ -243,6 +246,7 @@ def phase_section(report: dict) -> list[str]:
     built_walls = sum(m.get("wall_s") or 0 for m in models.values())
     if models:
         lines += ["", f"Sum of the originally measured walls: zoo builds {_min(built_walls)} + serving phases "
-                  f"{_min(served)} = {_min(built_walls + served)}; scoring the answers took {_min(scoring)} in this "
-                  "run (the baselines, the comparisons and the report come on top)."]
+                  f"{_min(served)} = {_min(built_walls + served)}"
+                  + (f"; scoring the answers took {_min(scoring)} in this run" if scoring else "")
+                  + " (the baselines, the comparisons and the report come on top)."]
     return lines

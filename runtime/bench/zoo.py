@@ -3,6 +3,7 @@ the merge-weight sweep, the adapter merge), and the separate store a ``--quick``
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -76,13 +77,16 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelSt
             record["built"][name] = round(time.perf_counter() - t0, 1)
         progress.advance()
     record["wall_s"] = round(time.perf_counter() - start, 1)
-    record["models"] = zoo_models(store, [config.base_model, *(name for name, _, _ in steps)], record["built"])
+    record["models"] = zoo_models(store, [config.base_model, *(name for name, _, _ in steps)], record["built"],
+                                  out / "zoo")
     return record
 
 
-def zoo_models(store: ModelStore, names: list[str], built: dict[str, float]) -> dict[str, dict]:
+def zoo_models(store: ModelStore, names: list[str], built: dict[str, float], sweeps: Path | None = None
+               ) -> dict[str, dict]:
     """Each zoo model as its manifest describes it: kind, its build's wall, a training run's budget and data
-    accounting, a merge sweep's summary (``built``: the names built in this run)."""
+    accounting, a merge sweep's summary (``built``: the names built in this run; ``sweeps``: where the bench's
+    sweeps write SWEEP-NAME/sweep.json, read for a merge whose manifest predates its ``sweep`` field)."""
     out = {}
     for name in names:
         try:
@@ -98,8 +102,20 @@ def zoo_models(store: ModelStore, names: list[str], built: dict[str, float]) -> 
         out[name] = {"kind": manifest.kind, "built_this_run": name in built, "created": manifest.created,
                      "wall_s": manifest.wall_s if manifest.wall_s is not None else built.get(name),
                      "peak_rss_mb": manifest.peak_rss_mb, "training": training_budget(manifest),
-                     "sweep": extras.get("sweep")}
+                     "sweep": extras.get("sweep") or sweep_summary(extras, sweeps / f"sweep-{name}" if sweeps else None)}
     return out
+
+
+def sweep_summary(extras: dict, folder: Path | None) -> dict | None:
+    """A merge sweep's summary where the manifest lacks it: the sweep's own sweep.json, else the choice the
+    manifest keeps (``chosen_by_sweep``: the candidate and its objective, no per-candidate table)."""
+    if folder is not None and (folder / "sweep.json").is_file():
+        return json.loads((folder / "sweep.json").read_text())
+    choice = extras.get("chosen_by_sweep")
+    if not choice:
+        return None
+    return {"chosen": choice.get("candidate"), "chosen_objective": choice.get("objective"),
+            "no_candidate_at_or_above_base": choice.get("no_candidate_at_or_above_base"), "results": []}
 
 
 def training_budget(manifest: Manifest) -> dict | None:

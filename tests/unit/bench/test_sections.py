@@ -16,7 +16,8 @@ from runtime.bench.sections import (
     sweep_section,
     training_section,
 )
-from runtime.bench.zoo import training_budget
+from runtime.bench.zoo import training_budget, zoo_models
+from runtime.models import ModelStore
 
 LEVEL = {"completed": 2, "failed": 0, "duration_s": 10.0, "request_throughput": 1.3, "output_throughput": 21.0,
          "total_output_tokens": 32,
@@ -168,3 +169,34 @@ def test_a_report_written_before_these_fields_renders_without_them():
                                                                               "wall_s": 1.0})))
     assert training_section(old) == [] and sweep_section(old) == []
     assert "| zoo model |" not in "\n".join(phase_section(old))
+
+
+def _stored(store: ModelStore, name: str, manifest: dict) -> None:
+    folder = store.home / "elsewhere" / name
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    store.register(name, folder, kind=manifest["kind"])
+
+
+def test_the_zoo_reads_every_model_from_its_manifest_built_or_reused(store_home, tmp_path):
+    store = ModelStore()
+    _stored(store, "qwen-lora-mix", MANIFEST | {"wall_s": 2154.2, "created": "2026-11-26T13:30:20Z"})
+    chosen = {"candidate": "m-w1", "objective": 0.4, "no_candidate_at_or_above_base": True}
+    _stored(store, "qwen-merged", {"name": "qwen-merged", "kind": "merged", "wall_s": 900.0,
+                                   "chosen_by_sweep": chosen})
+    models = zoo_models(store, ["qwen-lora-mix", "qwen-merged", "not-built"], {"qwen-merged": 901.0})
+    assert set(models) == {"qwen-lora-mix", "qwen-merged"}  # a step that failed has nothing to describe
+    mix = models["qwen-lora-mix"]
+    assert mix["kind"] == "mixed" and not mix["built_this_run"] and mix["wall_s"] == 2154.2
+    assert mix["training"]["steps"] == 40 and mix["training"]["per_task"]["review"]["dropped"] == 3
+    merged = models["qwen-merged"]
+    assert merged["built_this_run"] and merged["training"] is None and merged["sweep"]["chosen"] == "m-w1"
+    md = "\n".join(sweep_section({"zoo": {"models": models}}))
+    assert "Chosen: **m-w1** (objective 40%). Its manifest keeps the choice only" in md
+    assert "**No candidate is at or above the base on every task**" in md
+    sweeps = tmp_path / "zoo"
+    (sweeps / "sweep-qwen-merged").mkdir(parents=True)
+    (sweeps / "sweep-qwen-merged" / "sweep.json").write_text(json.dumps(SWEEP))
+    again = zoo_models(store, ["qwen-merged"], {}, sweeps)  # the sweep's own file, every candidate in it
+    assert again["qwen-merged"]["sweep"]["results"][1]["name"] == "m-w0.5"
