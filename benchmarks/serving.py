@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/serving.py overhead            # HTTP + routing cost: fake engine, served vs direct
     .venv/bin/python benchmarks/serving.py experts-vs-merged   # 4 LoRA experts in mixed batches vs one merged model
     .venv/bin/python benchmarks/serving.py engines             # hf vs vllm, same deployment, same load
+    .venv/bin/python benchmarks/serving.py engines --single 16 # ... and each one's TTFT at c=1 vs c=8
     .venv/bin/python benchmarks/serving.py hotload             # adapter hot-load time, and in-flight delay
 
 Results print as JSON; the summaries committed in benchmarks/README.md come from these.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 
 import httpx
@@ -79,10 +81,29 @@ def experts_vs_merged(n: int, concurrency: int, max_tokens: int, merged: str, en
             "peak_rss_ratio_experts_over_merged": experts["peak_rss_mb"] / single["peak_rss_mb"]}
 
 
-def engines(n: int, concurrency: int, max_tokens: int, deployment: str) -> dict:
+def with_single(args: list[str], specs: list[RequestSpec], concurrency: int, single: int) -> dict:
+    """``measure`` at ``concurrency``, after ``single`` of the requests one at a time on the same server (its
+    TTFT at c=1; 0: skipped), with the load average before each part."""
+    if not single:
+        return measure(args, specs, concurrency) | {"load_average": os.getloadavg()}
+    with ServerProcess(args) as server:
+        asyncio.run(run_load(server.url, specs[:2], 1))  # warm-up
+        load_c1 = os.getloadavg()
+        c1 = asyncio.run(run_load(server.url, specs[:single], 1))
+        asyncio.run(run_load(server.url, specs[:concurrency], concurrency))  # warm-up
+        load = os.getloadavg()
+        with TreeRSSSampler(server.process.pid) as rss:
+            result = asyncio.run(run_load(server.url, specs, concurrency))
+        return result | {"peak_rss_mb": rss.peak_mb, "cold_start_s": server.cold_start_s, "load_average": load,
+                         "c1": c1 | {"load_average": load_c1},
+                         "ttft_p50_ratio_c_over_c1": result["median_ttft_ms"] / c1["median_ttft_ms"]}
+
+
+def engines(n: int, concurrency: int, max_tokens: int, deployment: str, single: int = 0) -> dict:
+    """hf then vllm on the same deployment and load; with ``single``, also each one's TTFT at c=1."""
     specs = workload(n, max_tokens)
-    hf = measure(["--deployment", deployment, "--engine", "hf"], specs, concurrency)
-    vllm = measure(["--deployment", deployment, "--engine", "vllm"], specs, concurrency)
+    hf = with_single(["--deployment", deployment, "--engine", "hf"], specs, concurrency, single)
+    vllm = with_single(["--deployment", deployment, "--engine", "vllm"], specs, concurrency, single)
     ratio = hf["output_throughput"] / vllm["output_throughput"]
     return {"hf": hf, "vllm": vllm, "throughput_ratio_hf_over_vllm": ratio}
 
@@ -122,13 +143,14 @@ def main() -> None:
     parser.add_argument("--merged", default="smollm2-merged-linear")
     parser.add_argument("--deployment", default="experts")
     parser.add_argument("--adapter", nargs=3, metavar=("NAME", "PATH", "LORA_DIR"))
+    parser.add_argument("--single", type=int, default=0, help="engines: also TTFT at c=1 over this many requests")
     a = parser.parse_args()
     if a.what == "overhead":
         result = overhead()
     elif a.what == "experts-vs-merged":
         result = experts_vs_merged(a.n, a.concurrency, a.max_tokens, a.merged)
     elif a.what == "engines":
-        result = engines(a.n, a.concurrency, a.max_tokens, a.deployment)
+        result = engines(a.n, a.concurrency, a.max_tokens, a.deployment, a.single)
     else:
         result = hotload(a.n, a.max_tokens, *a.adapter)
     print(json.dumps(result, indent=2, default=float))

@@ -48,7 +48,7 @@ class HFEngine:
     kind = "hf"
 
     def __init__(self, model_path: str | Path, adapters: dict[str, Path] | None = None,
-                 config: EngineConfig | None = None, max_queue: int = 64, prefill_budget: int = 256) -> None:
+                 config: EngineConfig | None = None, max_queue: int = 64, prefill_budget: int = 512) -> None:
         self.config = config or EngineConfig()
         log.info("hf engine: %d torch threads", leave_a_core_to_the_server())
         self.runner = HFRunner(model_path, dtype=self.config.dtype, max_batch_size=self.config.max_batch_size)
@@ -56,6 +56,8 @@ class HFEngine:
         self.resident: OrderedDict[str, None] = OrderedDict()
         self.pinned = set(self.config.pinned_adapters)
         self.max_queue = max_queue
+        # prompt tokens per step: 512 took 32 four-task prompts (~205 tokens) x 32 tokens at c=8 from 57 to 77-83 out
+        # tok/s against 256 (newcomers join sooner, batches run fuller); 1024 gave 81-91 at a 1.5x TTFT p50
         self.prefill_budget = prefill_budget
         self.adapter_load_ms: dict[str, float] = {}  # a load, end to end
         self.adapter_lock_ms: dict[str, float] = {}  # of which the model was held (between two steps)

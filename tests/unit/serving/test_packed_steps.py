@@ -41,7 +41,7 @@ async def _staggered(engine: HFEngine) -> list[str]:
     return list(await asyncio.gather(*(late(i, a, n) for i, (a, n) in enumerate(REQUESTS))))
 
 
-def _run(tiny_model_dir, adapters, packed: bool, monkeypatch, budget: int = 256) -> tuple[list[str], list[tuple]]:
+def _run(tiny_model_dir, adapters, packed: bool, monkeypatch, budget: int = 512) -> tuple[list[str], list[tuple]]:
     shapes: list[tuple] = []  # (rows, chunk tokens) of each packed step
     real = hf_engine.packed_step
 
