@@ -1,7 +1,7 @@
 """Load generator: streamed chat requests against an OpenAI-compatible server, at a fixed concurrency or a
-Poisson request rate, reported with the field names of `vllm bench serve` (TTFT, TPOT, ITL, E2EL in ms); each level carries what else ran
-on the machine meanwhile (``MachineLoadMeter``: speed measured on cores something else was using is not the
-engine's speed)."""
+Poisson request rate, reported with the field names of `vllm bench serve` (TTFT, TPOT, ITL, E2EL in ms); each
+level carries what else ran on the machine meanwhile (``MachineLoadMeter``: speed measured on cores something
+else was using is not the engine's speed)."""
 
 from __future__ import annotations
 

@@ -102,6 +102,7 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
     if len(set(chosen["routes"].values())) == 1:  # one option: the cheapest of those it ties with takes its place
         chosen, tie = settle_tie(chosen, singles, stats, items, scale, resamples)
     evidence = {task: compare.evidence(task, option, accuracy, options) for task, option in chosen["routes"].items()}
+    gains = option_gains(stats, items, scale, resamples)
     why = explain(chosen, best_any, evidence, budget, bool(feasible))
     if tie:
         why.insert(1, f"Tie: {', '.join(tie['options'])} are within the noise of each other on the normalized gain "
@@ -113,6 +114,7 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
                       "simpler to run.")
     return Recommendation.model_validate({"routes": chosen["routes"], "mean_accuracy": chosen["mean_accuracy"],
             "normalized_gain": chosen["normalized_gain"], "ranking_tasks": sorted(scale), "tie": tie,
+            "option_gains": gains,
             "estimated_memory_mb": chosen["memory_mb"], "estimated_p90_e2el_ms": chosen["p90_e2el_ms"],
             "budget": budget.model_dump(), "fits_budget": bool(feasible), "unconstrained_best": best_any,
             "evidence": evidence, "why": why, "simplified_from": simplest, "plans_considered": len(candidates),
@@ -171,6 +173,17 @@ def settle_tie(chosen: dict, singles: list[dict], stats: dict, items: dict, scal
     cheapest = min(group, key=lambda c: (c["memory_mb"], c["p90_e2el_ms"]))
     names = [next(iter(c["routes"].values())) for c in group]
     return cheapest, {"options": names, "chosen": next(iter(cheapest["routes"].values())), "best_estimate": top}
+
+
+def option_gains(stats: dict, items: dict, scale: dict[str, float], resamples: int) -> dict[str, dict] | None:
+    """Each option's normalized gain over base (the decision rule's number for a single option), with its paired
+    interval; Holm over the options. None where base was not measured or no task ranks the options."""
+    if BASE not in stats or not scale:
+        return None
+    n = {t: len(items[t]) for t in scale}
+    return holm_family({o: {k: round(v, 4) if isinstance(v, float) else v for k, v in
+                            paired_normalized_difference(stats[o], stats[BASE], n, scale, resamples).items()}
+                        for o in stats if o != BASE})
 
 
 def holm_family(comparisons: dict[str, dict]) -> dict[str, dict]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runtime.bench.charts import plot
+from runtime.bench.compare import BASE
 from runtime.bench.results import SCHEMA_VERSION, UNDER_LOAD_SHARE, Report, top_level
 from runtime.bench.sections import phase_section, retention, retention_section, sweep_section, training_section
 
@@ -68,7 +70,8 @@ def markdown(report: dict, charts: list[str]) -> str:
     tasks = columns(report)
     top = top_level(results[0]) if results else "8"
     lines = [*header_lines(report), *notice_lines(report), *summary_table(report, tasks, top),
-             *controls_section(report, tasks), *retention_section(report, tasks, [column_label(report, t) for t in tasks]), *agent_section(results),
+             *controls_section(report, tasks),
+             *retention_section(report, tasks, [column_label(report, t) for t in tasks]), *agent_section(results),
              *format_failure_table(results, tasks), *latency_table(results), *machine_load_section(results),
              *recommendation_section(report), *training_section(report), *sweep_section(report),
              *phase_section(report), "", *(f"![{c}]({c})" for c in charts), ""]
@@ -114,7 +117,9 @@ def notice_lines(report: dict) -> list[str]:
 def summary_table(report: dict, tasks: list[str], top: str) -> list[str]:
     """One row per option and engine: accuracy per set, agent, throughput, latency, memory, cold start."""
     results = report["results"]
-    head = ["option", "engine", "mean acc.", *(column_label(report, t) for t in tasks), "agent solved",
+    gains = (report.get("recommendation") or {}).get("option_gains")
+    head = ["option", "engine", "norm. gain [95% CI]" if gains else "mean acc.",
+            *(column_label(report, t) for t in tasks), "agent solved",
             f"out tok/s @{top}", f"p90 E2EL ms @{top}", "peak RSS MB", "cold start s", "adapter load ms", "agreement"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in results:
@@ -123,7 +128,7 @@ def summary_table(report: dict, tasks: list[str], top: str) -> list[str]:
         adapter = r["adapter_load_ms"]
         cells = [r["deployment"] + (f" = {r['same_as']}" if r.get("same_as") else ""),
                  r["engine"] + (f" {r['dtype']}" if r.get("dtype") else ""),
-                 _fmt(r["mean_accuracy"]),
+                 gain_cell(report, r) if gains else _fmt(r["mean_accuracy"]),
                  *(f"{a['value']:.1f} [{a['ci95'][0]:.0f}, {a['ci95'][1]:.0f}]" for a in
                    (r["accuracy"][t] for t in tasks)),
                  f"{r['agent']['solved']}/{r['agent']['problems']}" if r.get("agent") else "—",
@@ -132,10 +137,27 @@ def summary_table(report: dict, tasks: list[str], top: str) -> list[str]:
                  _fmt(r["cold_start_s"]), adapter.get("error", "error")[:40] if isinstance(adapter, dict) else
                  _fmt(adapter, 0), f"{agree['matched']}/{agree['n']}" if agree else "—"]
         lines.append("| " + " | ".join(cells) + " |")
+    if gains:
+        lines += ["", "Normalized gain: the decision rule, the mean over the ranking tasks ("
+                  + ", ".join(report["recommendation"]["ranking_tasks"]) + ") of (score − base) / (best − base): 0 "
+                  "is the untuned base, 1 the best option on every task; paired bootstrap interval, Holm-corrected "
+                  "over the options (**bold**: beyond the noise)."]
     if any(under_load(r["latency"][top].get("machine_load")) for r in results):
         lines += ["", f"⚠ throughput measured while other processes used more than {UNDER_LOAD_SHARE:.0%} of the "
                   "cores (see **Measured under load** below): the engine's own speed is higher."]
     return lines
+
+
+def gain_cell(report: dict, result: dict) -> str:
+    """An option's normalized gain over base with its interval (bold where Holm says it is beyond the noise)."""
+    rec = report["recommendation"]
+    option = result.get("same_as") or result["deployment"]
+    if option == BASE:
+        return "0 (base)"
+    if (g := rec["option_gains"].get(option)) is None:  # the hybrid plan: the recommendation's point estimate
+        return f"{rec['normalized_gain']:.2f} (plan)" if option == "hybrid" else "—"
+    text = f"{g['diff']:+.2f} [{g['ci_low']:+.2f}, {g['ci_high']:+.2f}]"
+    return f"**{text}**" if g["significant"] else text
 
 
 def latency_table(results: list[dict]) -> list[str]:
@@ -284,88 +306,3 @@ def format_failure_table(results: list[dict], tasks: list[str]) -> list[str]:
             cells.append(f"{counts} of {acc['n']}" if fails else "—")
         lines.append(f"| {r['deployment']} | {r['engine']} | " + " | ".join(cells) + " |")
     return lines
-
-
-def plot(report: dict, out: Path) -> list[str]:
-    """The charts beside report.md (PNG, in ``out``); their file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    results = [r for r in report["results"] if not r.get("same_as")]  # a repeated row would hide its twin
-    if not results:
-        return []
-    return [accuracy_vs_throughput_chart(results, out), accuracy_per_task_chart(report, results, out),
-            latency_chart(results, out)]
-
-
-def accuracy_vs_throughput_chart(results: list[dict], out: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    top = top_level(results[0])
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    options = list(dict.fromkeys(r["deployment"] for r in results))
-    colors = {o: plt.cm.tab10(i % 10) for i, o in enumerate(options)}
-    markers = {"hf": "o", "vllm": "s", "remote": "^", "fake": "D"}
-    for r in results:
-        ax.scatter(r["latency"][top]["output_throughput"], r["mean_accuracy"], s=max(30, r["peak_rss_mb"] / 12),
-                   alpha=0.75, color=colors[r["deployment"]], marker=markers.get(r["engine"], "o"),
-                   label=f"{r['deployment']} ({r['engine']})", edgecolors="black", linewidths=0.5)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=0.6)
-    ax.set_xlabel(f"output tokens/s at concurrency {top}")
-    ax.set_ylabel("mean accuracy (headline metrics, 0-100)")
-    ax.set_title("Accuracy against throughput (marker area ~ peak RSS; circle hf, square vllm)", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_throughput.png", dpi=120)
-    plt.close(fig)
-    return "accuracy_vs_throughput.png"
-
-
-def accuracy_per_task_chart(report: dict, results: list[dict], out: Path) -> str:
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    tasks = list(report["n_per_task"])
-    options = list(dict.fromkeys(r["deployment"] for r in results))
-    options = [next(r for r in results if r["deployment"] == o) for o in options]  # accuracy: once per option
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    width = 0.8 / len(options)
-    xs = np.arange(len(tasks))
-    for i, r in enumerate(options):
-        vals = [r["accuracy"][t]["value"] for t in tasks]
-        err = np.array([[v - r["accuracy"][t]["ci95"][0], r["accuracy"][t]["ci95"][1] - v]
-                        for v, t in zip(vals, tasks, strict=True)]).T.clip(min=0)
-        ax.bar(xs + i * width, vals, width, yerr=err, capsize=2, label=r["deployment"])
-    ax.set_xticks(xs + width * (len(options) - 1) / 2,
-                  [f"{t}\n({report['headline_metrics'][t]})" for t in tasks], fontsize=8)
-    ax.set_ylabel("score (0-100), 95% CI")
-    ax.set_title("Per-task accuracy by option")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_per_task.png", dpi=120)
-    plt.close(fig)
-    return "accuracy_per_task.png"
-
-
-def latency_chart(results: list[dict], out: Path) -> str:
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    levels = [k for k in results[0]["latency"] if k.isdigit()]
-    fig, axes = plt.subplots(1, len(levels), figsize=(4 * len(levels), 4.5), sharey=True, squeeze=False)
-    for ax, level in zip(axes[0], levels, strict=True):
-        labels = [f"{r['deployment']} / {r['engine']}" for r in results]
-        xs = np.arange(len(results))
-        for j, pct in enumerate(("median", "p90", "p99")):
-            ax.bar(xs + j * 0.27, [r["latency"][level][f"{pct}_e2el_ms"] / 1000 for r in results], 0.27,
-                   label=pct.replace("median", "p50"))
-        ax.set_xticks(xs + 0.27, labels, fontsize=7, rotation=45, ha="right")
-        ax.set_title(f"concurrency {level}")
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("E2E latency (s)")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("Request latency percentiles per concurrency")
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=120)
-    plt.close(fig)
-    return "latency.png"

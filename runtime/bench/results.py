@@ -254,6 +254,9 @@ class Recommendation(Record):
                                                             "(best - base)")
     ranking_tasks: list[str] | None = Field(None, description="ranked sets where some option beats base by >= 1")
     tie: Tie | None = None
+    option_gains: dict[str, Comparison] | None = Field(None, description="each single option's normalized gain "
+                                                       "over base on ranking_tasks (0 = base, 1 = the best option on "
+                                                       "every task): paired bootstrap interval, Holm over the options")
     estimated_memory_mb: float
     estimated_p90_e2el_ms: float
     budget: Budget

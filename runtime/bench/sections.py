@@ -63,7 +63,8 @@ def retention_section(report: dict, sets: list[str], labels: list[str] | None = 
     ranked = list(report.get("ranked_by") or sets)
     lines = ["", f"Retention of the experts' gain over base, (option − base) / ({experts} − base) per set, % "
              f"({PAPER}); † the expert's own gain is within the noise, so the ratio is too:", "",
-             "| option | " + " | ".join(labels or sets) + " | mean over ranked sets |", "|---|" + "---:|" * (len(sets) + 1)]
+             "| option | " + " | ".join(labels or sets) + " | mean over ranked sets |",
+             "|---|" + "---:|" * (len(sets) + 1)]
     first = next(iter(table.values()))
     lines.append(f"| {experts} − base (points) | " + " | ".join(
         f"{first[s]['expert_gain']:+.1f}" if s in first else "—" for s in sets) + " | |")
@@ -134,7 +135,8 @@ def compute_match_lines(models: dict[str, dict]) -> list[str]:
         steps = sum(e["steps"] for _, e in experts.values())
         rows = sum(e.get("rows") or 0 for _, e in experts.values())
         differ = [f"{t}: mix {_int(mix['per_task'].get(t, {}).get('rows'))} rows / "
-                  f"{_int(mix['per_task'].get(t, {}).get('tokens'))} tokens, expert {_int(e['per_task'][t].get('rows'))}"
+                  f"{_int(mix['per_task'].get(t, {}).get('tokens'))} tokens, "
+                  f"expert {_int(e['per_task'][t].get('rows'))}"
                   f" / {_int(e['per_task'][t].get('tokens'))}" for t, (_, e) in experts.items()
                   if (mix["per_task"].get(t, {}).get("rows"), mix["per_task"].get(t, {}).get("tokens"))
                   != (e["per_task"].get(t, {}).get("rows"), e["per_task"].get(t, {}).get("tokens"))]
@@ -145,7 +147,7 @@ def compute_match_lines(models: dict[str, dict]) -> list[str]:
                    + " + ".join(f"{e['steps']}" for _, e in experts.values())
                    + f" = {steps} steps ({_int(rows)} rows, "
                    f"{_int(sum(e.get('tokens_seen') or 0 for _, e in experts.values()))} tokens)"
-                   + (f"; per task the mix saw the experts' rows (rows and tokens equal)." if not differ else
+                   + ("; per task the mix saw the experts' rows (rows and tokens equal)." if not differ else
                       "; per task rows / tokens differ: " + "; ".join(differ) + "."))
     return out
 

@@ -102,7 +102,8 @@ def zoo_models(store: ModelStore, names: list[str], built: dict[str, float], swe
         out[name] = {"kind": manifest.kind, "built_this_run": name in built, "created": manifest.created,
                      "wall_s": manifest.wall_s if manifest.wall_s is not None else built.get(name),
                      "peak_rss_mb": manifest.peak_rss_mb, "training": training_budget(manifest),
-                     "sweep": extras.get("sweep") or sweep_summary(extras, sweeps / f"sweep-{name}" if sweeps else None)}
+                     "sweep": extras.get("sweep")
+                     or sweep_summary(extras, sweeps / f"sweep-{name}" if sweeps else None)}
     return out
 
 
