@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from agents.coding_agent import build_graph, make_checkpointer, run_agent
@@ -55,17 +56,30 @@ def summarize(records: list[dict], cfg: AgentConfig) -> dict:
             "mean_wall_s": round(sum(r["seconds"] for r in records) / max(n, 1), 2),
             "mean_tokens": round(sum(r["tokens"] for r in records) / max(n, 1), 1),
             "errors": sum(1 for r in records if r["error"]),
-            "calls_per_route": dict(sum((r["routes"] for r in records), Counter())),
+            "calls_per_route": dict(sum((Counter(r["routes"]) for r in records), Counter())),
             "max_revisions": cfg.max_revisions, "workers": cfg.workers}
 
 
 def run_on_server(url: str, problems: list[TaskItem], cfg: AgentConfig, tasks: TasksConfig,
-                  sandbox: Sandbox | None = None, api_key: str = "none", label: str = "agent") -> dict:
+                  sandbox: Sandbox | None = None, api_key: str = "none", label: str = "agent",
+                  done: list[dict] = (), on_record: Callable[[dict], None] | None = None) -> dict:
     """The agent on every problem against the server at ``url`` (its /v1), ``cfg.workers`` at once so the server
-    batches their calls; wall times are per problem under that load. The summary plus ``records``."""
+    batches their calls; wall times are per problem under that load. The summary plus ``records`` (in problem
+    order). Problems with a record in ``done`` (a resumed phase) are not run again; ``on_record`` gets each new
+    record as it finishes (its journal)."""
     caps = {"generation": cfg.max_tokens} | {t: tasks.tasks[t].max_new_tokens for t in ("completion", "review")}
     llm = chat_factory(url, api_key, max_tokens=caps, timeout_s=CALL_TIMEOUT_S)
     graph = build_graph(llm, sandbox=sandbox or Sandbox(), checkpointer=make_checkpointer(), tasks=tasks)
+    have = {r["id"]: r for r in done}
+
+    def one(item: TaskItem) -> dict:
+        record = solve(graph, item, cfg.max_revisions, f"{label}-{item.id}")
+        record["routes"] = dict(record["routes"])
+        if on_record:
+            on_record(record)
+        return record
+
     with ThreadPoolExecutor(cfg.workers) as pool:
-        records = list(pool.map(lambda it: solve(graph, it, cfg.max_revisions, f"{label}-{it.id}"), problems))
-    return summarize(records, cfg) | {"records": [r | {"routes": dict(r["routes"])} for r in records]}
+        new = {r["id"]: r for r in pool.map(one, [p for p in problems if p.id not in have])}
+    records = [have.get(p.id) or new[p.id] for p in problems]
+    return summarize(records, cfg) | {"records": records}

@@ -103,3 +103,13 @@ def _detectable_share(successes: int, trials: int) -> float:
         if d >= Z_POWER * np.sqrt((p * (1 - p) + q * (1 - q)) / trials):
             return d
     return 1.0
+
+
+def agreement(reference: dict[str, list[str]], mine: dict[str, list[dict]]) -> dict:
+    """How many of a second engine's greedy answers are identical to the scoring engine's, per task."""
+    per_task = {}
+    for task, answers in mine.items():
+        matched = sum(a["answer"] == reference[task][i] for i, a in enumerate(answers))
+        per_task[task] = {"matched": matched, "n": len(answers)}
+    return {"matched": sum(v["matched"] for v in per_task.values()), "n": sum(v["n"] for v in per_task.values()),
+            "per_task": per_task}

@@ -25,9 +25,17 @@ import yaml
 
 from runtime.artifacts import git_sha
 from runtime.bench.agent import run_on_server
-from runtime.bench.compare import BASE, detectable_difference, gains_over_base, score_answers, score_baselines
+from runtime.bench.compare import (
+    BASE,
+    agreement,
+    detectable_difference,
+    gains_over_base,
+    score_answers,
+    score_baselines,
+)
 from runtime.bench.config import BenchConfig
 from runtime.bench.environment import environment, installed_engines
+from runtime.bench.journal import Journal
 from runtime.bench.launch import ServerProcess
 from runtime.bench.load import MachineLoadMeter, run_levels
 from runtime.bench.recommend import recommend
@@ -155,20 +163,13 @@ class Bench:
             result["cold_start_s"] = round(server.cold_start_s, 2)
             gpu_before, ours = gpu_memory_mb(), server.process.pid
             if need_answers:
-                total = sum(len(v) for v in self.items.values())
-                self.progress.phase(f"{option}/{engine} accuracy", total)
                 with MachineLoadMeter.around(ours) as meter:
-                    answers = evaluate_served(server.url, self.tasks, self.items, self.config.accuracy.concurrency,
-                                              progress=lambda *_: self.progress.advance())
+                    self.answer(server.url, option, engine, answers_file)
                 result["accuracy_machine_load"] = meter.result
-                answers_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = answers_file.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"option": option, "engine": engine, "answers": answers}))
-                tmp.replace(answers_file)
                 result["accuracy_wall_s"] = round(time.perf_counter() - started - server.cold_start_s, 1)
             if reference is None and self.agent_items:  # the scoring engine's server: the agent's column
                 with MachineLoadMeter.around(ours) as meter:
-                    result["agent"] = self.agent(server.url, option, engine)
+                    result["agent"] = self.agent(server.url, option, engine, key)
                 result["agent_machine_load"] = meter.result
             if reference is not None and self.config.accuracy.agreement_n:
                 total = sum(len(v) for v in agreement_items.values())
@@ -187,6 +188,7 @@ class Bench:
         result["answers_file"] = str(answers_file)
         phase = PhaseFile(key=key, result=PhaseResult.model_validate(result))
         cache.write_text(phase.model_dump_json(indent=1))
+        self.agent_journal(option, engine, key).remove()
         return phase.result
 
     def cached_phase(self, cache: Path, key: str) -> PhaseResult | None:
@@ -201,16 +203,46 @@ class Bench:
             return None
         return phase.result if phase.key == key else None
 
-    def agent(self, url: str, option: str, engine: str) -> dict:
+    def answer(self, url: str, option: str, engine: str, answers_file: Path) -> None:
+        """Every item's answer from this server into ``answers_file``; each answer is journaled as it arrives, so
+        a run stopped midway asks only the rest next time."""
+        journal = Journal(answers_file.with_suffix(".partial.jsonl"), answers_file.stem)
+        known: dict[str, dict[str, dict]] = {}
+        for record in journal.done():
+            known.setdefault(record.pop("task"), {})[record["id"]] = record
+        total = sum(len(v) for v in self.items.values())
+        if had := sum(len(v) for v in known.values()):
+            self.progress.say(f"{option} on {engine}: {had} of {total} answers kept from a run stopped midway")
+        self.progress.phase(f"{option}/{engine} accuracy", total - had)
+        answers = evaluate_served(url, self.tasks, self.items, self.config.accuracy.concurrency,
+                                  progress=lambda *_: self.progress.advance(), known=known,
+                                  on_answer=lambda task, a: journal.add({"task": task, **a}))
+        answers_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = answers_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"option": option, "engine": engine, "answers": answers}))
+        tmp.replace(answers_file)
+        journal.remove()
+
+    def agent(self, url: str, option: str, engine: str, key: str) -> dict:
         """The coding agent on the first ``agent.n`` HumanEval problems against this server; each problem's
-        record goes to OUT/answers/OPTION/agent.jsonl, the summary into the result."""
-        self.progress.phase(f"{option}/{engine} agent", len(self.agent_items))
-        summary = run_on_server(url, self.agent_items, self.config.agent, self.tasks, self.sandbox, label=option)
-        self.progress.advance(len(self.agent_items))
+        record is journaled as it finishes (a stopped run resumes with the rest; ``measure`` deletes the journal
+        once the phase is written) and goes to OUT/answers/OPTION/agent.jsonl, the summary into the result."""
+        journal = self.agent_journal(option, engine, key)
+        if self.fresh:
+            journal.remove()
+        done = journal.done()
+        if done:
+            self.progress.say(f"{option} on {engine}: {len(done)} agent problems kept from a run stopped midway")
+        self.progress.phase(f"{option}/{engine} agent", len(self.agent_items) - len(done))
+        summary = run_on_server(url, self.agent_items, self.config.agent, self.tasks, self.sandbox, label=option,
+                                done=done, on_record=lambda r: (journal.add(r), self.progress.advance()))
         folder = self.out / "answers" / option
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "agent.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary.pop("records")))
         return summary
+
+    def agent_journal(self, option: str, engine: str, key: str) -> Journal:
+        return Journal(self.out / "phases" / f"{option}-{engine}.agent.jsonl", key)
 
     def adapter_load_ms(self, url: str, adapters: dict[str, Path]) -> float | dict:
         """Time to load one of the option's adapters again under a new name (then unload it)."""
@@ -388,15 +420,6 @@ def models_key(plan: ServingPlan) -> dict[str, str]:
 
 def adapters_of(plan: ServingPlan) -> dict[str, Path]:
     return {name: path for spec in plan.engines.values() for name, path in spec.adapters.items()}
-
-
-def agreement(reference: dict[str, list[str]], mine: dict[str, list[dict]]) -> dict:
-    per_task = {}
-    for task, answers in mine.items():
-        matched = sum(a["answer"] == reference[task][i] for i, a in enumerate(answers))
-        per_task[task] = {"matched": matched, "n": len(answers)}
-    return {"matched": sum(v["matched"] for v in per_task.values()), "n": sum(v["n"] for v in per_task.values()),
-            "per_task": per_task}
 
 
 def scores_humaneval(config: BenchConfig) -> bool:

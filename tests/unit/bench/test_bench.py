@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from loras import make_lora
 
+from runtime.bench.compare import agreement
 from runtime.bench.config import BenchConfig, BudgetConfig
 from runtime.bench.load import RequestRecord, summarize
 from runtime.bench.recommend import plan_cost, recommend
-from runtime.bench.run import Bench, Progress, agreement, run_bench
+from runtime.bench.run import Bench, Progress, run_bench
 from runtime.config import configs_dir, load_config
 from runtime.errors import ConfigError
 from runtime.models import ModelStore
