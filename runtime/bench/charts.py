@@ -39,7 +39,7 @@ def gain_vs_throughput_chart(report: dict, results: list[dict], out: Path) -> st
     lows, highs = [0.0], [1.0 if gains else 0.0]
     for r in results:
         x = r["latency"][top]["output_throughput"]
-        y, err = _gain(r, gains) if gains else (r["mean_accuracy"], None)
+        y, err = _gain(r, gains, report["recommendation"]["normalized_gain"]) if gains else (r["mean_accuracy"], None)
         if y is None:
             continue
         if err:
@@ -69,10 +69,14 @@ def gain_vs_throughput_chart(report: dict, results: list[dict], out: Path) -> st
     return "accuracy_vs_throughput.png"
 
 
-def _gain(result: dict, gains: dict) -> tuple[float | None, tuple[float, float] | None]:
-    """(normalized gain, its interval) of a result's option: base is 0 by definition; the hybrid plan has none."""
+def _gain(result: dict, gains: dict, plan_gain: float | None = None) -> tuple[float | None,
+                                                                              tuple[float, float] | None]:
+    """(normalized gain, its interval) of a result's option: base is 0 by definition; a hybrid plan served on its
+    own has the recommendation's point estimate, without an interval."""
     if result["deployment"] == BASE:
         return 0.0, None
+    if result["deployment"] == "hybrid":
+        return plan_gain, None
     g = gains.get(result["deployment"])
     return (g["diff"], (g["ci_low"], g["ci_high"])) if g else (None, None)
 

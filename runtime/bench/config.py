@@ -120,6 +120,9 @@ def load_bench_config(path: Path | None, overrides: list[str], quick: bool = Fal
     config = load_config(path, BenchConfig, overrides)
     if not quick:
         return config
+    if not config.quick and not config.quick_config:
+        raise ConfigError(str(path), ["--quick, but this config has no `quick:` overrides and no quick_config; "
+                                      "run it without --quick, or add them"])
     if config.quick_config:
         path = path.parent / config.quick_config
         config = load_config(path, BenchConfig, overrides)

@@ -36,8 +36,9 @@ class Journal:
     def add(self, record: dict) -> None:
         """Append one finished piece, flushed to disk before this returns."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps({"key": self.key, "record": record}) + "\n")
+        torn = self.path.is_file() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
+        with self.path.open("a") as f:  # a line torn by a kill is ended first, so this one stays whole
+            f.write(("\n" if torn else "") + json.dumps({"key": self.key, "record": record}) + "\n")
             f.flush()
             os.fsync(f.fileno())
 

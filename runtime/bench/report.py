@@ -140,8 +140,8 @@ def summary_table(report: dict, tasks: list[str], top: str) -> list[str]:
     if gains:
         lines += ["", "Normalized gain: the decision rule, the mean over the ranking tasks ("
                   + ", ".join(report["recommendation"]["ranking_tasks"]) + ") of (score − base) / (best − base): 0 "
-                  "is the untuned base, 1 the best option on every task; paired bootstrap interval, Holm-corrected "
-                  "over the options (**bold**: beyond the noise)."]
+                  "is the untuned base, 1 the best option on every task; 95% paired bootstrap interval (unadjusted); "
+                  "**bold**: beyond the noise after Holm's correction over the options."]
     if any(under_load(r["latency"][top].get("machine_load")) for r in results):
         lines += ["", f"⚠ throughput measured while other processes used more than {UNDER_LOAD_SHARE:.0%} of the "
                   "cores (see **Measured under load** below): the engine's own speed is higher."]

@@ -170,6 +170,10 @@ class PhaseResult(Record):
                                                         "in the sandbox, the intervals); on its scoring engine's row")
     cached: bool | None = Field(None, description="read from OUT/phases in this run: its walls are the run that "
                                                   "measured it")
+    resumed_answers: int | None = Field(None, description="answers kept from a run stopped midway (the accuracy "
+                                                          "wall covers only the rest)")
+    resumed_agent: int | None = Field(None, description="agent problems kept from a run stopped midway (the agent "
+                                                        "wall and its mean_wall_s cover two runs)")
 
 
 class PhaseFile(Record):

@@ -156,6 +156,7 @@ class Bench:
         args = ["--deployment", str(path), "--engine", engine, "--enable-lora-updates",
                 "--lora-dir", str(self.store.models_dir)]
         result: dict = {"deployment": option, "engine": engine, "models": models, "adapters": sorted(adapters),
+                        "cached": False,
                         "dtype": "/".join(sorted({resolve_dtype(s.config.dtype) for s in plan.engines.values()}))}
         self.progress.say(f"{option} on {engine}: starting the server")
         started = time.perf_counter()
@@ -164,12 +165,13 @@ class Bench:
             gpu_before, ours = gpu_memory_mb(), server.process.pid
             if need_answers:
                 with MachineLoadMeter.around(ours) as meter:
-                    self.answer(server.url, option, engine, answers_file)
+                    result["resumed_answers"] = self.answer(server.url, option, engine, answers_file) or None
                 result["accuracy_machine_load"] = meter.result
                 result["accuracy_wall_s"] = round(time.perf_counter() - started - server.cold_start_s, 1)
             if reference is None and self.agent_items:  # the scoring engine's server: the agent's column
                 with MachineLoadMeter.around(ours) as meter:
                     result["agent"] = self.agent(server.url, option, engine, key)
+                    result["resumed_agent"] = result["agent"].pop("resumed") or None
                 result["agent_machine_load"] = meter.result
             if reference is not None and self.config.accuracy.agreement_n:
                 total = sum(len(v) for v in agreement_items.values())
@@ -203,25 +205,28 @@ class Bench:
             return None
         return phase.result if phase.key == key else None
 
-    def answer(self, url: str, option: str, engine: str, answers_file: Path) -> None:
-        """Every item's answer from this server into ``answers_file``; each answer is journaled as it arrives, so
-        a run stopped midway asks only the rest next time."""
+    def answer(self, url: str, option: str, engine: str, answers_file: Path) -> int:
+        """Every item's answer from this server into ``answers_file``; each answer is journaled as it arrives (with
+        its engine: another engine's are asked again), so a run stopped midway asks only the rest next time.
+        Returns how many answers came from the journal."""
         journal = Journal(answers_file.with_suffix(".partial.jsonl"), answers_file.stem)
         known: dict[str, dict[str, dict]] = {}
         for record in journal.done():
-            known.setdefault(record.pop("task"), {})[record["id"]] = record
+            if record.pop("engine", None) == engine:
+                known.setdefault(record.pop("task"), {})[record["id"]] = record
         total = sum(len(v) for v in self.items.values())
         if had := sum(len(v) for v in known.values()):
             self.progress.say(f"{option} on {engine}: {had} of {total} answers kept from a run stopped midway")
         self.progress.phase(f"{option}/{engine} accuracy", total - had)
         answers = evaluate_served(url, self.tasks, self.items, self.config.accuracy.concurrency,
                                   progress=lambda *_: self.progress.advance(), known=known,
-                                  on_answer=lambda task, a: journal.add({"task": task, **a}))
+                                  on_answer=lambda task, a: journal.add({"task": task, "engine": engine, **a}))
         answers_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = answers_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"option": option, "engine": engine, "answers": answers}))
         tmp.replace(answers_file)
         journal.remove()
+        return had
 
     def agent(self, url: str, option: str, engine: str, key: str) -> dict:
         """The coding agent on the first ``agent.n`` HumanEval problems against this server; each problem's
@@ -239,7 +244,7 @@ class Bench:
         folder = self.out / "answers" / option
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "agent.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary.pop("records")))
-        return summary
+        return summary | {"resumed": len(done)}
 
     def agent_journal(self, option: str, engine: str, key: str) -> Journal:
         return Journal(self.out / "phases" / f"{option}-{engine}.agent.jsonl", key)

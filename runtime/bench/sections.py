@@ -214,6 +214,16 @@ def agent_wall_s(r: dict) -> tuple[float | None, bool]:
     return (a["mean_wall_s"] * math.ceil(a["problems"] / max(a["workers"], 1)), True) if a else (None, False)
 
 
+def answers_cell(r: dict) -> str:
+    """The accuracy answers' wall, or why there is none: another engine answered only the agreement sample, or
+    the answers were in the cache; a resumed phase says how many answers its journal already held."""
+    if r.get("accuracy_wall_s") is not None:
+        return _min(r["accuracy_wall_s"]) + (f" ({r['resumed_answers']} resumed)" if r.get("resumed_answers") else "")
+    if r.get("agreement"):
+        return f"agreement sample ({r['agreement']['n']})"
+    return "cached answers"
+
+
 def phase_section(report: dict) -> list[str]:
     """The run's phase breakdown: each zoo model's build and each option/engine phase (cold start, accuracy,
     agent, load), with the phases this run read from its caches shown at the wall of the run that measured them."""
@@ -238,9 +248,9 @@ def phase_section(report: dict) -> list[str]:
         load = sum(m["duration_s"] for m in r["latency"].values())
         served += r["wall_s"]
         cached = r.get("cached")
-        lines.append(f"| {r['deployment']} | {r['engine']} | {_min(r['cold_start_s'])} | "
-                     + (_min(r["accuracy_wall_s"]) if r.get("accuracy_wall_s") is not None else "cached answers")
-                     + f" | {'≈ ' if estimated else ''}{_min(agent) if agent is not None else '—'} | {_min(load)} | "
+        lines.append(f"| {r['deployment']} | {r['engine']} | {_min(r['cold_start_s'])} | " + answers_cell(r)
+                     + f" | {'≈ ' if estimated else ''}{_min(agent) if agent is not None else '—'}"
+                     + (f" ({r['resumed_agent']} resumed)" if r.get("resumed_agent") else "") + f" | {_min(load)} | "
                      f"{_min(r['wall_s'])} | " + ("cached (measured before)" if cached else
                                                   "—" if cached is None else "measured")
                      + f" | {_min(r.get('score_wall_s'))} |")

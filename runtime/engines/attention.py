@@ -74,6 +74,7 @@ class Packed:
     cache: object | None = None
     mask: object | None = None
     chunks: list[tuple[object, int]] = field(default_factory=list)
+    layers_seen: set[int] = field(default_factory=set)  # checked after the forward: every layer attended packed
 
     def wide_mask(self, width: int):
         """``mask`` with False columns to ``width`` (the rows' buffers' spare room, attended as masked)."""
@@ -90,6 +91,7 @@ def _packed(layer: int, query, key, value, scaling: float | None, step: Packed):
     appended to its cache and attended there. Returns ``[1, tokens, heads, d]``."""
     import torch
 
+    step.layers_seen.add(layer)
     outs, start = [], step.rows
     if step.rows:
         def rows_of(x):
@@ -140,11 +142,16 @@ def _causal(query, key, value, scaling: float | None):
                                         attn_mask=allowed, scale=scaling)
 
 
+PACKED_ARCHITECTURES = {"llama", "qwen2"}  # attention modules checked to pass the packed step (a keyword) on
+
+
 def packable(model) -> bool:
-    """Whether packed steps can run on ``model``: this attention installed, full attention in every layer."""
+    """Whether packed steps can run on ``model``: an architecture whose attention passes keywords on to the
+    attention function (others run rows and prompts apart), this attention installed, full attention in every
+    layer."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config
-    return getattr(config, "_attn_implementation", None) == NAME and all(
+    return config.model_type in PACKED_ARCHITECTURES and getattr(config, "_attn_implementation", None) == NAME and all(
         kind == "full_attention" for kind in getattr(config, "layer_types", None) or ["full_attention"])
 
 

@@ -143,8 +143,8 @@ def leave_a_core_to_the_server() -> int:
 
     import torch
 
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+    if "OMP_NUM_THREADS" not in os.environ:  # the CPUs this process may run on (affinity, e.g. a container's)
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - 1))
     return torch.get_num_threads()
 
 

@@ -86,8 +86,7 @@ class _Stack:
         if rows.chunks is None:
             return torch.bmm(torch.bmm(x, self.a.index_select(0, rows.index)), self.b.index_select(0, rows.index))
         count = len(rows.index)  # packed: one token per row first, then each chunk on its own slot
-        parts = [self.delta(x[0, :count, None], _Rows(rows.index.tolist(), rows.index.device)).transpose(0, 1)
-                 ] if count else []
+        parts = [self.delta(x[0, :count, None], rows.decode_rows).transpose(0, 1)] if count else []
         start = count
         for slot, length in rows.chunks:
             parts.append(x[:, start:start + length] @ self.a[slot] @ self.b[slot])
@@ -107,6 +106,8 @@ class _Rows:
         self.single = every[0] if len(set(every)) == 1 else None
         self.index = torch.tensor(slots, device=device, dtype=torch.long)
         self.chunks = chunks
+        # packed: the one-token rows alone, built once per step rather than once per LoRA layer
+        self.decode_rows = _Rows(slots, device) if chunks is not None and slots else None
 
 
 def _supported(layer, names: list[str]) -> bool:

@@ -132,6 +132,11 @@ def packed_step(model, lora: GroupedLora | None, batch: Batch, fills: list[tuple
                   input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]), use_cache=False,
                   attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool),  # 4D: passed on as prepared, unused
                   mixmerge_step=step, logits_to_keep=torch.tensor(keep, dtype=torch.long))
+    layers = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    if len(step.layers_seen) != layers.num_hidden_layers:  # an attention that drops **kwargs saw a plain causal
+        raise RuntimeError(  # sequence of unrelated rows: never return its logits
+            f"a packed step reached {len(step.layers_seen)} of {layers.num_hidden_layers} attention layers: this "
+            f"architecture ({layers.model_type}) does not pass attention keywords on (attention.PACKED_ARCHITECTURES)")
     logits = out.logits[0].float()
     return (logits[:rows] if rows else None), list(zip(complete, logits[rows:], strict=True))
 

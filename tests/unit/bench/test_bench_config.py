@@ -50,3 +50,11 @@ def test_the_seed_run_scores_exactly_as_the_default():
     assert {"qwen-experts", "qwen-mixed", "qwen-experts-s1", "qwen-mixed-s1"} <= set(seeds.deployments)
     trained = set(seeds.zoo.train)
     assert set(default.zoo.train) <= trained and any(t.endswith("-s1.yaml") for t in trained)
+
+
+def test_quick_on_a_config_without_quick_settings_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: a\nbase_model: m\n")
+    with pytest.raises(ConfigError, match="no `quick:` overrides"):
+        load_bench_config(tmp_path / "a.yaml", [], quick=True)
+    with pytest.raises(ConfigError, match="no `quick:` overrides"):
+        load_bench_config(BENCH / "qwen-seeds.yaml", [], quick=True)

@@ -26,6 +26,8 @@ def test_a_journal_keeps_its_own_keys_lines_and_skips_a_torn_one(tmp_path):
     with (tmp_path / "j.jsonl").open("a") as f:
         f.write('{"key": "k1", "record": {"id": "c"')  # killed mid-write
     assert [r["id"] for r in journal.done()] == ["a", "b"]
+    journal.add({"id": "d"})  # written after the torn line, on a line of its own
+    assert [r["id"] for r in journal.done()] == ["a", "b", "d"]
     journal.remove()
     assert journal.done() == [] and not (tmp_path / "j.jsonl").exists()
 
@@ -71,8 +73,9 @@ def test_a_stopped_accuracy_and_agent_phase_resume_from_their_journals(experts_z
     # stop it "midway": the phase and its answers are gone, the journals hold one answer and one agent problem
     answers_file.unlink()
     phase_file.unlink()
-    Journal(answers_file.with_suffix(".partial.jsonl"), answers_file.stem).add(
-        {"task": "review", **answers["review"][0], "answer": "JOURNALED"})
+    answers_journal = Journal(answers_file.with_suffix(".partial.jsonl"), answers_file.stem)
+    answers_journal.add({"task": "review", "engine": "fake", **answers["review"][0], "answer": "JOURNALED"})
+    answers_journal.add({"task": "review", "engine": "vllm", **answers["review"][1], "answer": "OTHER ENGINE"})
     Journal(out / "phases" / "experts-fake.agent.jsonl", key).add(agent_records[0] | {"seconds": 4242.0})
 
     progress = Phases()
@@ -82,10 +85,14 @@ def test_a_stopped_accuracy_and_agent_phase_resume_from_their_journals(experts_z
     assert any("1 of 9 answers kept" in s for s in progress.said)
     resumed = json.loads(answers_file.read_text())["answers"]
     assert resumed["review"][0]["answer"] == "JOURNALED"  # not asked again
+    assert resumed["review"][1]["answer"] != "OTHER ENGINE"  # another engine's answer is asked again
     assert [a["id"] for a in resumed["review"]] == [a["id"] for a in answers["review"]]  # item order kept
     again = [json.loads(ln) for ln in (out / "answers" / "experts" / "agent.jsonl").read_text().splitlines()]
     assert [r["id"] for r in again] == [r["id"] for r in agent_records] and again[0]["seconds"] == 4242.0
-    agent = next(r for r in second.results if r.deployment == "experts").agent
-    assert agent.problems == 2
+    result = next(r for r in second.results if r.deployment == "experts")
+    assert result.agent.problems == 2 and result.resumed_answers == 1 and result.resumed_agent == 1
+    assert result.cached is False  # measured in this run (the first run's phase file was gone)
+    breakdown = (out / "report.md").read_text().split("## Where the time went")[1]
+    assert "(1 resumed)" in breakdown
     assert not answers_file.with_suffix(".partial.jsonl").exists()
     assert not (out / "phases" / "experts-fake.agent.jsonl").exists()

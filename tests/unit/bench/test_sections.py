@@ -200,3 +200,12 @@ def test_the_zoo_reads_every_model_from_its_manifest_built_or_reused(store_home,
     (sweeps / "sweep-qwen-merged" / "sweep.json").write_text(json.dumps(SWEEP))
     again = zoo_models(store, ["qwen-merged"], {}, sweeps)  # the sweep's own file, every candidate in it
     assert again["qwen-merged"]["sweep"]["results"][1]["name"] == "m-w0.5"
+
+
+def test_the_answers_cell_says_why_a_phase_has_no_accuracy_wall():
+    from runtime.bench.sections import answers_cell
+
+    assert answers_cell({"accuracy_wall_s": 600.0}) == "10.0 min"
+    assert answers_cell({"accuracy_wall_s": 600.0, "resumed_answers": 40}) == "10.0 min (40 resumed)"
+    assert answers_cell({"accuracy_wall_s": None, "agreement": {"n": 24, "matched": 20}}) == "agreement sample (24)"
+    assert answers_cell({"accuracy_wall_s": None}) == "cached answers"

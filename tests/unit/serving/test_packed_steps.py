@@ -32,11 +32,19 @@ REQUESTS = [(None, 12), ("one", 9), ("two", 14), ("one", 5), (None, 7), ("two", 
 
 
 async def _staggered(engine: HFEngine) -> list[str]:
-    """Requests arriving one after another while earlier ones decode: newcomers' prompts meet running rows."""
+    """Requests arriving one after another while earlier ones decode: each is sent once the one before it has its
+    first token (so it is a running row, whatever the machine's speed), and newcomers' prompts meet running rows."""
+    started = [asyncio.Event() for _ in REQUESTS]
+
     async def late(i: int, adapter: str | None, n: int) -> str:
-        await asyncio.sleep(0.01 * i)
-        return (await engine.generate(_request(i, adapter, n, temperature=0.8, seed=i) if i == 4
-                                      else _request(i, adapter, n))).text
+        if i:
+            await started[i - 1].wait()
+        text = ""
+        async for delta in engine.stream(_request(i, adapter, n, temperature=0.8, seed=i) if i == 4
+                                         else _request(i, adapter, n)):
+            text += delta.text
+            started[i].set()
+        return text
 
     return list(await asyncio.gather(*(late(i, a, n) for i, (a, n) in enumerate(REQUESTS))))
 
@@ -112,12 +120,29 @@ def test_the_engine_leaves_a_core_to_the_server_unless_told(monkeypatch):
     before = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        monkeypatch.setattr(os, "cpu_count", lambda: 4)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
         assert leave_a_core_to_the_server() == 3
-        monkeypatch.setattr(os, "cpu_count", lambda: 1)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})  # a container's one CPU of many
         assert leave_a_core_to_the_server() == 1
         torch.set_num_threads(2)
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
         assert leave_a_core_to_the_server() == 2  # an explicit setting wins
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_packed_step_that_some_layer_did_not_see_is_refused(tiny_model_dir, adapters, monkeypatch):
+    """An attention that drops keywords would attend the packed rows as one causal sequence: never answered."""
+    from runtime.engines import attention
+
+    real = attention._packed
+
+    def forgetful(layer, *args):
+        out = real(layer, *args)
+        if layer == 0:
+            args[-1].layers_seen.discard(0)  # as if layer 0 had run plain attention
+        return out
+
+    monkeypatch.setattr(attention, "_packed", forgetful)
+    with pytest.raises(Exception, match="packed step reached"):
+        _run(tiny_model_dir, adapters, True, monkeypatch)
