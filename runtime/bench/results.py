@@ -170,6 +170,8 @@ class PhaseResult(Record):
                                                         "in the sandbox, the intervals); on its scoring engine's row")
     cached: bool | None = Field(None, description="read from OUT/phases in this run: its walls are the run that "
                                                   "measured it")
+    git_sha: str | None = Field(None, description="the commit that measured this phase (a cached phase keeps its "
+                                                   "own; the report's environment names the rendering run's)")
     resumed_answers: int | None = Field(None, description="answers kept from a run stopped midway (the accuracy "
                                                           "wall covers only the rest)")
     resumed_agent: int | None = Field(None, description="agent problems kept from a run stopped midway (the agent "

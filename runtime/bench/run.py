@@ -156,7 +156,7 @@ class Bench:
         args = ["--deployment", str(path), "--engine", engine, "--enable-lora-updates",
                 "--lora-dir", str(self.store.models_dir)]
         result: dict = {"deployment": option, "engine": engine, "models": models, "adapters": sorted(adapters),
-                        "cached": False,
+                        "cached": False, "git_sha": self.git_sha,
                         "dtype": "/".join(sorted({resolve_dtype(s.config.dtype) for s in plan.engines.values()}))}
         self.progress.say(f"{option} on {engine}: starting the server")
         started = time.perf_counter()

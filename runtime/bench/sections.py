@@ -253,6 +253,7 @@ def phase_section(report: dict) -> list[str]:
                      + (f" ({r['resumed_agent']} resumed)" if r.get("resumed_agent") else "") + f" | {_min(load)} | "
                      f"{_min(r['wall_s'])} | " + ("cached (measured before)" if cached else
                                                   "—" if cached is None else "measured")
+                     + (f" at `{r['git_sha'][:7]}`" if r.get("git_sha") else "")
                      + f" | {_min(r.get('score_wall_s'))} |")
         scoring += r.get("score_wall_s") or 0
     built_walls = sum(m.get("wall_s") or 0 for m in models.values())

@@ -92,6 +92,7 @@ def test_a_stopped_accuracy_and_agent_phase_resume_from_their_journals(experts_z
     result = next(r for r in second.results if r.deployment == "experts")
     assert result.agent.problems == 2 and result.resumed_answers == 1 and result.resumed_agent == 1
     assert result.cached is False  # measured in this run (the first run's phase file was gone)
+    assert result.git_sha == second.environment.git_sha  # the commit that measured it, kept when cached
     breakdown = (out / "report.md").read_text().split("## Where the time went")[1]
     assert "(1 resumed)" in breakdown
     assert not answers_file.with_suffix(".partial.jsonl").exists()
