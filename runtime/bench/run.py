@@ -212,7 +212,7 @@ class Bench:
         journal = Journal(answers_file.with_suffix(".partial.jsonl"), answers_file.stem)
         known: dict[str, dict[str, dict]] = {}
         for record in journal.done():
-            if record.pop("engine", None) == engine:
+            if record.pop("engine", engine) == engine:  # journals written before answers named their engine
                 known.setdefault(record.pop("task"), {})[record["id"]] = record
         total = sum(len(v) for v in self.items.values())
         if had := sum(len(v) for v in known.values()):
