@@ -194,7 +194,18 @@ def _raise_for_client_error(r: httpx.Response) -> None:
 
 
 async def _sse_deltas(r: httpx.Response) -> AsyncIterator[StreamDelta]:
-    """The text deltas of an OpenAI server-sent event stream, then one last delta with the finish and usage."""
+    """The text deltas of an OpenAI server-sent event stream, then one last delta with the finish and usage. An
+    upstream that answers a streamed request with one JSON completion (it ignores ``stream``) is read as one
+    delta."""
+    if r.headers.get("content-type", "").startswith("application/json"):
+        data = json.loads(await r.aread())
+        choice, usage = data["choices"][0], data.get("usage") or {}
+        text = choice["message"]["content"] if "message" in choice else choice.get("text")
+        if text:
+            yield StreamDelta(text)
+        yield StreamDelta("", choice.get("finish_reason") or "stop", usage.get("prompt_tokens", 0),
+                          usage.get("completion_tokens", 0))
+        return
     prompt_tokens = completion_tokens = 0
     finish: str | None = None
     async for line in r.aiter_lines():

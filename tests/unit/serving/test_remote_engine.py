@@ -187,3 +187,21 @@ def test_the_timeout_bounds_the_silence_between_tokens_not_the_answers_length():
     assert result.completion_tokens == 10
     with Upstream(delay_s=2.0) as stalled, pytest.raises(UpstreamTimeoutError, match="sent nothing for 1 s"):
         asyncio.run(ask(stalled, 2))
+
+
+def test_an_upstream_that_ignores_stream_and_answers_in_one_json_still_answers():
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"choices": [{"message": {"content": "whole"}, "finish_reason": "length"}],
+                                         "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+
+    async def run():
+        engine = RemoteEngine(Path("/m/base"), {}, EngineConfig(kind="remote", upstreams=["http://up"]),
+                              transport=httpx.MockTransport(answer))
+        try:
+            return await engine.generate(_req(n=2)), [d async for d in engine.stream(_req(n=2))]
+        finally:
+            await engine.aclose()
+
+    result, deltas = asyncio.run(run())
+    assert (result.text, result.finish_reason, result.completion_tokens) == ("whole", "length", 2)
+    assert [d.text for d in deltas] == ["whole", ""] and deltas[-1].prompt_tokens == 3
