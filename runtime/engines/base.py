@@ -99,3 +99,13 @@ def build_engine(kind: str, model_path: Path, adapters: dict[str, Path], config:
     if kind == "fake":
         return cls(model_path.name, {k: str(v) for k, v in adapters.items()})
     return cls(model_path, adapters, config)
+
+
+async def joined(deltas: AsyncIterator[StreamDelta]) -> EngineResult:
+    """A whole answer from a stream of deltas (the last one carries the finish and the usage)."""
+    text, last = "", None
+    async for delta in deltas:
+        text += delta.text
+        last = delta
+    assert last is not None, "a stream ends with a delta that carries its finish"
+    return EngineResult(text, last.prompt_tokens, last.completion_tokens, last.finish_reason or "stop")

@@ -30,7 +30,7 @@ from pathlib import Path
 from runtime.config import EngineConfig
 from runtime.engines.adaptive import Placement, fold_copy, weight_bytes
 from runtime.engines.attention import packable, use_decode_attention
-from runtime.engines.base import EngineRequest, EngineResult, StreamDelta
+from runtime.engines.base import EngineRequest, EngineResult, StreamDelta, joined
 from runtime.engines.hf import HFRunner, eos_ids, install_adapter, leave_a_core_to_the_server, read_adapter
 from runtime.engines.lora import GroupedLora
 from runtime.engines.scheduler import BASE, Batch, Job, apart_step, packed_step
@@ -229,12 +229,7 @@ class HFEngine:
             job.cancelled = True  # a client that went away frees its row at the next step
 
     async def generate(self, request: EngineRequest) -> EngineResult:
-        text, last = "", None
-        async for delta in self.stream(request):
-            text += delta.text
-            last = delta
-        assert last is not None
-        return EngineResult(text, last.prompt_tokens, last.completion_tokens, last.finish_reason or "stop")
+        return await joined(self.stream(request))
 
     def queue_depth(self) -> int:
         return len(self._pending)

