@@ -4,18 +4,12 @@ arrive, and the next run asks only for the rest."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-
-import pytest
-from loras import make_lora
 
 from runtime.bench.config import BenchConfig
 from runtime.bench.journal import Journal
 from runtime.bench.run import Progress, run_bench
 from runtime.config import configs_dir, load_config
-from runtime.models import ModelStore
-from runtime.tasks import build_dataset
 
 
 def test_a_journal_keeps_its_own_keys_lines_and_skips_a_torn_one(tmp_path):
@@ -44,20 +38,7 @@ class Phases(Progress):
         self.said.append(message)
 
 
-@pytest.fixture()
-def experts_zoo(store_home: Path, tiny_model_dir: Path) -> ModelStore:
-    store = ModelStore()
-    store.models_dir.mkdir(parents=True)
-    base = store.models_dir / "smollm2-135m"
-    shutil.copytree(tiny_model_dir, base)
-    (base / "manifest.json").write_text(json.dumps({"kind": "base"}))
-    for seed, name in enumerate(("generation", "summarization", "completion", "review"), 1):
-        make_lora(base, store.models_dir / f"smollm2-lora-{name}", seed, parent="smollm2-135m")
-    build_dataset()
-    return store
-
-
-def test_a_stopped_accuracy_and_agent_phase_resume_from_their_journals(experts_zoo, tmp_path):
+def test_a_stopped_accuracy_and_agent_phase_resume_from_their_journals(tiny_zoo, tmp_path):
     cfg = load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake]", "deployments=[experts]",
         "accuracy.n=2", "accuracy.humaneval_n=1", "agent.n=2", "agent.max_revisions=0", "accuracy.bootstrap=100",
