@@ -36,11 +36,16 @@ class Journal:
     def add(self, record: dict) -> None:
         """Append one finished piece, flushed to disk before this returns."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        torn = self.path.is_file() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
+        torn = self.path.is_file() and self.path.stat().st_size and not self._ends_a_line()
         with self.path.open("a") as f:  # a line torn by a kill is ended first, so this one stays whole
             f.write(("\n" if torn else "") + json.dumps({"key": self.key, "record": record}) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+    def _ends_a_line(self) -> bool:
+        with self.path.open("rb") as f:  # its last byte only: the journal grows by an answer at a time
+            f.seek(-1, 2)
+            return f.read(1) == b"\n"
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

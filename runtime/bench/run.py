@@ -13,7 +13,6 @@ Phases and their caches (Ctrl-C loses only the phase in progress); the zoo phase
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import time
@@ -36,6 +35,7 @@ from runtime.bench.compare import (
 from runtime.bench.config import BenchConfig
 from runtime.bench.environment import environment, installed_engines
 from runtime.bench.journal import Journal
+from runtime.bench.keys import adapters_of, digest, models_key, weights_digest
 from runtime.bench.launch import ServerProcess
 from runtime.bench.load import MachineLoadMeter, run_levels
 from runtime.bench.recommend import recommend
@@ -62,11 +62,6 @@ from runtime.tasks import TASKS, load_card, load_items, ranked_sets
 from runtime.tasks.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
-
-
-# -------------------------------------------------------------------------------------------------- helpers
-def digest(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------- bench
@@ -410,21 +405,6 @@ class Bench:
         path.write_text(f"# runtime serve --deployment {path}\n# Written by `runtime bench`: {what}.\n"
                         + yaml.safe_dump(doc, sort_keys=False))
         return path
-
-
-def weights_digest(path: Path) -> str:
-    """Which weights a directory holds: its path and its manifest (a retrained or re-merged model changes it)."""
-    manifest = path / "manifest.json"
-    return digest(str(path), manifest.read_text() if manifest.is_file() else "")
-
-
-def models_key(plan: ServingPlan) -> dict[str, str]:
-    """Every model and adapter the plan serves, by name: cached measurements hold only while these do."""
-    return {name: weights_digest(e.path) for name, e in sorted(plan.models.items())}
-
-
-def adapters_of(plan: ServingPlan) -> dict[str, Path]:
-    return {name: path for spec in plan.engines.values() for name, path in spec.adapters.items()}
 
 
 def scores_humaneval(config: BenchConfig) -> bool:
