@@ -22,12 +22,11 @@ def installed_engines(requested: list[str]) -> tuple[list[str], dict[str, str]]:
     return have, skipped
 
 
-def environment(config_hash: str, sha: str | None) -> dict:
+def library_versions() -> dict[str, str]:
+    """Python and the libraries that compute the answers (a greedy answer can change with any of them)."""
     import torch
     import transformers
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     versions = {"python": platform.python_version(), "torch": torch.__version__,
                 "transformers": transformers.__version__}
     if importlib.util.find_spec("vllm"):
@@ -39,6 +38,13 @@ def environment(config_hash: str, sha: str | None) -> dict:
                 break
             except PackageNotFoundError:
                 continue
+    return versions
+
+
+def environment(config_hash: str, sha: str | None) -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    versions = library_versions()
     gpu = gpu_name()
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") *
             os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "gpu": gpu, "platform": platform.platform(),

@@ -33,7 +33,7 @@ from runtime.bench.compare import (
     score_baselines,
 )
 from runtime.bench.config import BenchConfig
-from runtime.bench.environment import environment, installed_engines
+from runtime.bench.environment import environment, installed_engines, library_versions
 from runtime.bench.journal import Journal
 from runtime.bench.keys import adapters_of, digest, models_key, weights_digest
 from runtime.bench.launch import ServerProcess
@@ -52,6 +52,7 @@ from runtime.bench.results import (
 from runtime.bench.zoo import Progress, build_zoo, zoo_store
 from runtime.config import DeploymentConfig, TasksConfig, configs_dir, load_config
 from runtime.deploy import ServingPlan, build_plan, load_deployment
+from runtime.engines.attention import NUMERICS
 from runtime.errors import ConfigError, EngineUnavailableError, MixmergeError
 from runtime.evaluate import cap_tokens, evaluate_served, sampling_for, write_answers
 from runtime.hardware import gpu_memory_mb, resolve_dtype
@@ -97,6 +98,12 @@ class Bench:
         if runs_model_code(self.config):
             self.sandbox = self.sandbox or Sandbox()
         self.config_hash = digest(self.config.model_dump(exclude={"quick"}))
+        self.versions = library_versions()
+        # what a phase's measurements depend on besides its option's weights and deployment file: the items,
+        # caps, agreement sample, agent and load settings. Not which other options or engines run, the skips,
+        # the budget or the bootstrap, so `--deployments` / `--engines` / a new budget reuse every cached phase
+        self.phase_settings = digest(self.config.accuracy.model_dump(exclude={"bootstrap"}),
+                                     self.config.agent.model_dump(), self.config.load.model_dump())
         (self.out / "phases").mkdir(parents=True, exist_ok=True)
 
     # ---------------------------------------------------------------------------------------- one option
@@ -118,9 +125,10 @@ class Bench:
         path, deployment = self.deployment(option)
         return path, build_plan(deployment, self.store, fold=functools.partial(fold_lora, store=self.store))
 
-    def accuracy_cache(self, plan: ServingPlan) -> Path:
+    def accuracy_cache(self, plan: ServingPlan, engine: str) -> Path:
         """Where the option's scored answers live. The key is what answers each task — the engine's model and
-        the adapter, by manifest — plus the items and the sampling: greedy answers depend on nothing else, so two
+        the adapter, by manifest — plus the items, the sampling and what computes the answers (the scoring
+        engine, its numerics revision, the library versions): greedy answers depend on nothing else, so two
         options that route every task the same way share them (a hybrid that sends every task to the experts
         is scored by the experts' answers)."""
         adapters, served = adapters_of(plan), {}
@@ -130,17 +138,18 @@ class Bench:
         sampling = {t: sampling_for(self.tasks, t) for t in self.items}
         key = digest(served, {t: [it.id for it in its] for t, its in self.items.items()},
                      {t: (s.max_new_tokens, s.stop) for t, s in sampling.items()}, self.tasks.model_dump(),
-                     load_card()["content_hash"])
+                     load_card()["content_hash"], engine, NUMERICS if engine == "hf" else 0, self.versions)
         return self.store.home / "cache" / "bench-accuracy" / f"{key}.json"
 
-    def measure(self, option: str, engine: str, reference: dict | None) -> PhaseResult:
+    def measure(self, option: str, engine: str, reference: dict | None, scorer: str | None = None) -> PhaseResult:
         """One server for one option on one engine: answers (or the agreement sample), load, memory, adapter
-        load. ``reference`` is the first engine's answers for this option, if there was one."""
+        load. ``reference`` is the scoring engine's answers for this option (``scorer``, default ``engine``), if
+        that engine ran first."""
         path, plan = self.plan(option)
         models = models_key(plan)
         cache = self.out / "phases" / f"{option}-{engine}.json"
-        key = digest(self.config_hash, option, engine, models, path.read_text())
-        answers_file = self.accuracy_cache(plan)
+        key = digest(self.phase_settings, option, engine, models, path.read_text())
+        answers_file = self.accuracy_cache(plan, scorer or engine)
         if not self.fresh and (reference is not None or answers_file.is_file()) and (
                 cached := self.cached_phase(cache, key)):
             self.progress.say(f"{option} on {engine}: measured before ({cache}); --fresh measures again")
@@ -301,14 +310,14 @@ class Bench:
         default_scorer = self.config.accuracy.engine if self.config.accuracy.engine in engines else engines[0]
         scorer = self.config.accuracy.engine_for.get(option, default_scorer)
         scorer = scorer if scorer in engines else default_scorer
-        reference = None
+        reference, scored_by = None, None
         for engine in [scorer, *(e for e in engines if e != scorer)]:
             if why := self.config.skipped(option, engine, gpu):
                 self.progress.say(f"{option} on {engine}: not run (config `skip`): {why}")
                 tally.not_run.append({"deployment": option, "engine": engine, "reason": why})
                 continue
             try:
-                result = self.measure(option, engine, reference)
+                result = self.measure(option, engine, reference, scored_by)
             except (MixmergeError, RuntimeError, httpx.HTTPError) as e:  # one option failing spoils no other
                 self.progress.say(f"{option} on {engine} failed: {e}")
                 tally.failures.append({"deployment": option, "engine": engine, "error": str(e)[:500]})
@@ -318,7 +327,7 @@ class Bench:
             scored = read_record(Path(result.answers_file), AnswersFile)
             if reference is None:
                 scoring = time.perf_counter()
-                reference = self.score(option, scored.as_dicts(), tally)
+                reference, scored_by = self.score(option, scored.as_dicts(), tally), engine
                 result.score_wall_s = round(time.perf_counter() - scoring, 1)
             result.accuracy = tally.accuracy[option]
             result.accuracy_engine = scored.engine  # answers are cached by content: maybe another run's

@@ -269,6 +269,12 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     assert "cached (measured before)" in (out / "report.md").read_text()
     assert sum("measured before" in s for s in again.said) == 4
 
+    # a phase measured one option on one engine: a run of fewer options under another budget reuses it
+    narrower = Recorder()
+    budget = cfg.budget.model_copy(update={"memory_mb": 50000})
+    run_bench(cfg.model_copy(update={"deployments": ["experts"], "budget": budget}), out, narrower)
+    assert not [p for p in narrower.phases if p.endswith(("load", "accuracy"))]
+
     # answers are cached by content: a fresh measurement does not score the same models again
     fresh = Recorder()
     Bench(cfg, out, fresh, fresh=True).measure("experts", "fake", None)
@@ -369,8 +375,10 @@ def test_answers_are_keyed_by_the_weights_that_answer_each_task(tiny_zoo, tmp_pa
     def plan(deployment):
         return build_plan(deployment, ModelStore())
 
-    assert bench.accuracy_cache(plan(all_experts)) == bench.accuracy_cache(experts)
-    assert bench.accuracy_cache(plan(one_mixed)) != bench.accuracy_cache(experts)
+    assert bench.accuracy_cache(plan(all_experts), "hf") == bench.accuracy_cache(experts, "hf")
+    assert bench.accuracy_cache(plan(one_mixed), "hf") != bench.accuracy_cache(experts, "hf")
+    # what computes the answers is in the key too: another engine's greedy answers can differ in the last bit
+    assert bench.accuracy_cache(experts, "vllm") != bench.accuracy_cache(experts, "hf")
 
 
 def test_the_load_asks_for_fixed_length_answers_and_counts_short_ones():
