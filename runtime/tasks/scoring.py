@@ -57,9 +57,17 @@ def strip_fences(text: str) -> str:
     return match.group(1)
 
 
-def function_body(answer: str, entry_point: str) -> str:
-    """The body the model wrote, indented by 4. Accepts a bare body or a whole function (its body is taken)."""
+def function_body(answer: str, entry_point: str, prompt: str = "") -> str:
+    """The body the model wrote, indented by 4. Accepts a bare body or a whole function (its body is taken): the
+    lines after ``prompt`` where the answer restates it first (what generation is trained to write: the prompt's
+    signature and docstring, then the body), else the lines after the ``entry_point``'s def line and its docstring
+    (a model that rewrote the signature or docstring)."""
     code = strip_fences(answer).rstrip()
+    head = prompt.rstrip()
+    if head.strip() and code.startswith(head) and code[len(head):].startswith("\n"):
+        rest = code[len(head):].strip("\n")
+        top = _TOP_LEVEL.search(rest)  # anything after the function (a usage example) is not its body
+        return textwrap.indent(textwrap.dedent(rest[: top.start()] if top else rest), "    ").rstrip()
     match = re.search(rf"^([ \t]*)(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(.*?:[ \t]*\n", code, re.M | re.S)
     if match:  # a whole function: keep its body, up to the first line back at the def's indentation
         rest = code[match.end():].splitlines()
@@ -76,6 +84,13 @@ def function_body(answer: str, entry_point: str) -> str:
 
 
 def _strip_docstring(code: str) -> str:
+    """``code`` (a dedented body) without a leading docstring, in any quotes."""
+    try:
+        first = ast.parse(code).body[0]
+    except (SyntaxError, IndexError):
+        first = None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        return "\n".join(code.splitlines()[first.end_lineno or first.lineno:]).lstrip("\n")
     stripped = code.lstrip()
     for quote in ('"""', "'''"):
         if stripped.startswith(quote):
@@ -164,7 +179,8 @@ def _fix_line(rest: str) -> str:
 # How each answer is read, shared by the scorers and by the headline statistics below.
 def _generated_bodies(items: list[TaskItem], answers: list[str]) -> tuple[list[str], list[str], list[str]]:
     """(bodies as written into the function, dedented bodies, dedented references)."""
-    bodies = [function_body(a, str(it.meta.get("entry_point", ""))) for it, a in zip(items, answers, strict=True)]
+    bodies = [function_body(a, str(it.meta.get("entry_point", "")), it.input)
+              for it, a in zip(items, answers, strict=True)]
     return bodies, [textwrap.dedent(b) for b in bodies], [textwrap.dedent(it.reference) for it in items]
 
 
@@ -264,7 +280,7 @@ def score_review(items: list[TaskItem], answers: list[str], sandbox: Sandbox | N
 def assemble(prompt: str, answer: str, entry_point: str) -> str:
     """The function as HumanEval runs it: the problem's prompt (imports, signature, docstring) and the body the
     answer gives (`runtime eval`, the bench and the agent assemble it alike)."""
-    return f"{prompt}{function_body(answer, entry_point)}"
+    return f"{prompt}{function_body(answer, entry_point, prompt)}"
 
 
 def check_program(code: str, tests: str, entry_point: str) -> str:
@@ -302,7 +318,7 @@ def score_humaneval(items: list[TaskItem], answers: list[str], sandbox: Sandbox 
     """Greedy pass@1: one sample per problem, so pass@1 is the share of problems whose tests pass."""
     results = humaneval_results(items, answers, sandbox)
     passed = [r.passed for r in results]
-    forms = [code_form(a, it.input, function_body(a, str(it.meta["entry_point"])))
+    forms = [code_form(a, it.input, function_body(a, str(it.meta["entry_point"]), it.input))
              for it, a in zip(items, answers, strict=True)]
     _, cis = _shares({"pass_at_1": passed})
     return {

@@ -26,6 +26,15 @@ def test_function_body_accepts_a_bare_body_a_fenced_body_or_a_whole_function():
     assert function_body(fenced, "f") == "    return x + 1"
 
 
+def test_function_body_of_an_answer_that_restates_the_prompt_is_what_follows_it():
+    prompt = "def f(x):\n    'One line, in single quotes.'\n    # a comment of the prompt's\n"
+    answer = f"```python\n{prompt}    return x + 1\n\nprint(f(2))\n```"
+    assert function_body(answer, "f", prompt) == "    return x + 1"  # not the comment, not the usage line
+    assert function_body(answer, "f") == "    # a comment of the prompt's\n    return x + 1"  # without the prompt
+    rewritten = "def f(y):\n    'Another docstring.'\n    return y\n"  # the prompt not restated: its def is read
+    assert function_body(rewritten, "f", prompt) == "    return y"
+
+
 def test_function_body_stops_at_the_first_top_level_line():
     assert function_body("    y = 2\n    return y\nprint('hi')\n", "f") == "    y = 2\n    return y"
 
@@ -186,6 +195,18 @@ def test_every_test_reference_given_as_the_answer_is_in_format_and_scores_full_m
         headline = {"generation": "exact_match", "summarization": "rouge_l", "completion": "exact_match",
                     "review": "detection_accuracy"}[task]
         assert scores[headline] == pytest.approx(100.0), task  # quotes or backticks inside a summary survive
+
+
+def test_the_whole_function_restated_in_a_fence_scores_full_marks(store_home):
+    """An instruct coder answers with the whole function (signature and docstring restated, then the body) in a
+    ```python block: read back, its body must be the reference exactly (not the prompt's comments or a one-line
+    docstring in single quotes, which the def-line reading used to keep)."""
+    from runtime.tasks import build_dataset, load_items
+
+    build_dataset()
+    items = load_items("generation", "test", None)
+    scores = score_generation(items, [f"```python\n{it.input}\n{it.reference}\n```" for it in items])
+    assert sum(scores["format_failures"].values()) == 0 and scores["exact_match"] == pytest.approx(100.0)
 
 
 def test_a_program_runs_once_and_a_later_reader_needs_no_sandbox(monkeypatch):
