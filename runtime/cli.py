@@ -315,17 +315,17 @@ def bench_cmd(
     columns = (TextColumn("{task.description:>28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console) as bars:
-        report = bench.run_bench(cfg, out, _bench_bars(bars), fresh=fresh, unsafe_sandbox=unsafe_sandbox or None)
+        report = bench.run_bench(cfg, out, _progress_bars(bars), fresh=fresh, unsafe_sandbox=unsafe_sandbox or None)
     console.print((out / "report.md").read_text().split("\n## ")[0], soft_wrap=True, highlight=False, markup=False)
     if rec := report.recommendation:
         console.print("recommended hybrid: " + ", ".join(f"{t} -> {o}" for t, o in rec.routes.items()))
     console.print(f"wrote {out / 'report.md'}, report.json and charts ({report.wall_s / 60:.1f} min)")
 
 
-def _bench_bars(bars):
-    """The bench's progress (runtime/bench/zoo.py's Progress) on rich progress bars: one bar per phase. Where the
-    console is not a terminal (a log file, CI) rich draws nothing live, so each phase also prints a line when it
-    starts and, at most once a minute, how far it is with the bar's ETA."""
+def _progress_bars(bars):
+    """Progress of long work (the bench's phases, eval's tasks; runtime/bench/zoo.py's Progress) on rich progress
+    bars: one bar per phase. Where the console is not a terminal (a log file, CI) rich draws nothing live, so each
+    phase also prints a line when it starts and, at most once a minute, how far it is with the bar's ETA."""
     from runtime.bench.zoo import Progress as BenchProgress
 
     plain = not bars.console.is_terminal
@@ -406,12 +406,13 @@ def eval_(
         runner = HFRunner(entry.path, adapter_path, dtype=dtype, max_batch_size=batch_size)
     columns = (TextColumn("{task.description:>13}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
-        ids: dict[str, int] = {}
+        bars, shown = _progress_bars(bar), {}  # one bar per task; a line a minute where the console is a log
 
         def progress(task: str, done: int, total: int) -> None:
-            if task not in ids:
-                ids[task] = bar.add_task(task, total=total)
-            bar.update(ids[task], completed=done)
+            if task not in shown:
+                bars.phase(task, total)
+            bars.advance(done - shown.get(task, 0))
+            shown[task] = done
 
         tasks_cfg = cap_tokens(load_config(configs_dir() / "tasks.yaml", TasksConfig), max_tokens)
         report = evaluate(runner, names, split, limit, out, tasks=tasks_cfg, progress=progress, sandbox=sandbox)

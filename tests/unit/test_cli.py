@@ -42,11 +42,11 @@ def test_bench_progress_prints_lines_where_no_terminal_draws_the_bars():
     from rich.console import Console
     from rich.progress import Progress
 
-    from runtime.cli import _bench_bars
+    from runtime.cli import _progress_bars
 
     sink = io.StringIO()
     with Progress(console=Console(file=sink, force_terminal=False, width=120)) as bars:
-        progress = _bench_bars(bars)
+        progress = _progress_bars(bars)
         progress.phase("base/hf accuracy", 3)
         for _ in range(3):
             progress.advance()
