@@ -30,10 +30,10 @@ class AdapterMergeRecord(BaseModel):
 
 
 def merge_adapters(config: AdapterMergeConfig, store: ModelStore, step: Step = log.info) -> ModelEntry:
-    """One LoRA adapter from several; a finished artifact with the same name is reused."""
+    """One LoRA adapter from several; a finished artifact of the same name and recipe is reused."""
     base = store.get(config.base_model)
     with store.build(config.name, "adapter", source="runtime merge adapters", parent=base.name,
-                     config=config) as build:
+                     config=config, inputs=[base.name, *(a.adapter for a in config.adapters)]) as build:
         if build.reused:
             step(f"{config.name} already exists at {build.path}; `runtime models remove {config.name}` to redo it")
             return build.entry

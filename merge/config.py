@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -50,6 +50,7 @@ class MergeConfig(Frozen):
     seed: int = 0  # DARE / DELLA drop entries at random
     output_dir: str | None = None  # default: $MIXMERGE_HOME/models/NAME
     sweep: MergeSweep | None = None  # used by `runtime merge sweep`
+    NOT_RECIPE: ClassVar[frozenset[str]] = frozenset({"output_dir", "sweep.score_test"})
 
     @model_validator(mode="after")
     def _check_against_mergekit(self) -> MergeConfig:

@@ -97,11 +97,11 @@ class MergeRecord(BaseModel):
 
 
 def merge(config: MergeConfig, store: ModelStore, step: Step = log.info) -> ModelEntry:
-    """Run one merge; a finished artifact with the same name is reused."""
+    """Run one merge; a finished artifact of the same name and recipe (config, inputs) is reused."""
     base = store.get(config.base_model)
     out = Path(config.output_dir).expanduser() if config.output_dir else None
     with store.build(config.name, "merged", source="runtime merge", parent=base.name, config=config,
-                     path=out) as build:
+                     path=out, inputs=[base.name, *(m.model for m in config.models)]) as build:
         if build.reused:
             step(f"{config.name} is already merged at {build.path}; `runtime models remove {config.name}` to redo it")
             return build.entry

@@ -1,7 +1,8 @@
 """One way to build an artifact (a model, an adapter or a folded expert): ``ModelStore.build``.
 
-    with store.build(name, "merged", parent=base.name, config=config, source="runtime merge") as build:
-        if not build.reused:                # a finished artifact of that name is reused, never rebuilt
+    with store.build(name, "merged", parent=base.name, config=config, inputs=experts,
+                     source="runtime merge") as build:
+        if not build.reused:                # a finished artifact of that name and recipe is reused, never rebuilt
             write_the_files(build.tmp)      # a temporary sibling of build.path, renamed only if the block succeeds
             build.record(MergeRecord(...))  # kind-specific manifest fields
     return build.entry
@@ -9,6 +10,12 @@
 On success the build writes one manifest (``Manifest``: name, kind, format, parent, source, config, wall time,
 the peak RSS of this build alone, git sha, then the kind-specific fields) into the directory and renames it into
 place; on failure nothing is left that looks finished. A directory with a ``manifest.json`` is finished.
+
+A finished artifact is reused only for the recipe that made it: the same config (but for its ``NOT_RECIPE``
+keys, such as ``output_dir``) from the same inputs (each input artifact's ``created`` stamp, recorded as
+``built_from``). Another recipe under the same name is refused with what changed, never silently reused: a
+config edited from 20 to 60 steps must not be answered by the 20-step model, nor a merge by the experts it was
+merged from before they were retrained.
 """
 
 from __future__ import annotations
@@ -116,7 +123,9 @@ class Build:
     parent: str | None = None
     config: dict[str, Any] | None = None
     source: str = "?"
-    reused: bool = False  # a finished artifact was found: build nothing
+    not_recipe: frozenset[str] = frozenset()  # config keys that do not change what is built
+    inputs: dict[str, str | None] | None = None  # input artifact -> its manifest's ``created`` (``built_from``)
+    reused: bool = False  # a finished artifact of the same recipe was found: build nothing
     tmp: Path | None = None  # where to write (None when reused)
     manifest: Manifest | None = None  # the finished or reused artifact's
     extras: dict[str, Any] = field(default_factory=dict)
@@ -136,8 +145,24 @@ class Build:
         """The artifact in the store; one written outside models/ (``output_dir``) is registered under its name."""
         return self.store.keep(self.name, self.path, self.kind, self.parent)
 
+    def recipe_changes(self, built: Manifest) -> list[str]:
+        """How this build's recipe differs from the finished artifact's ("key: was -> now"); [] if it does not.
+        A side the manifest does not record (one written before it recorded them) is not compared."""
+        changes = []
+        if self.config is not None and built.config is not None:
+            old, new = _flat(built.config, self.not_recipe), _flat(self.config, self.not_recipe)
+            changes += [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
+                        for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        was = built.extras.get("built_from")
+        if self.inputs is not None and was is not None:
+            changes += [f"{k} rebuilt since (was {was.get(k)}, now {self.inputs.get(k)})"
+                        for k in sorted(set(was) | set(self.inputs)) if was.get(k) != self.inputs.get(k)]
+        return changes
+
     def _finish(self, wall_s: float, peak_rss_mb: float, sha: str | None) -> None:
         assert self.tmp is not None
+        if self.inputs is not None:
+            self.extras["built_from"] = self.inputs
         fmt = "lora" if (self.tmp / "adapter_config.json").is_file() else "full"
         self.manifest = Manifest(
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), name=self.name, kind=self.kind,
@@ -151,7 +176,13 @@ def build_dir(build: Build) -> Iterator[Build]:
     """Reuse ``build.path`` if it is finished; else yield with ``build.tmp`` and write the manifest on success."""
     final = build.path
     if (final / MANIFEST).is_file():
-        build.reused, build.manifest = True, Manifest.load(final)
+        built = Manifest.load(final)
+        if changes := build.recipe_changes(built):
+            shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+            raise ModelStoreError(f"'{build.name}' at {final} was built from another recipe ({shown})",
+                                  fix=f"`runtime models remove {build.name}` to build it from this one, or give "
+                                      "the new recipe another name")
+        build.reused, build.manifest = True, built
         build.kind, build.parent = build.manifest.kind, build.manifest.parent
         yield build
         return
@@ -163,3 +194,17 @@ def build_dir(build: Build) -> Iterator[Build]:
         build.tmp = tmp
         yield build
         build._finish(time.perf_counter() - start, peak.mb, sha)
+
+
+def _flat(tree: dict[str, Any], skip: frozenset[str], prefix: str = "") -> dict[str, Any]:
+    """{"training.max_steps": 20, ...}: a nested config as dotted keys, without those in ``skip``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if dotted in skip:
+            continue
+        if isinstance(value, dict) and value:
+            out |= _flat(value, skip, f"{dotted}.")
+        else:
+            out[dotted] = value
+    return out

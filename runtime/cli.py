@@ -103,12 +103,16 @@ def models_register(
 
 
 @models_app.command("remove")
-def models_remove(name: str):
-    """Forget a registered name, or delete a model the store owns."""
+def models_remove(names: Annotated[list[str], typer.Argument(help="One or more model names.")]):
+    """Forget a registered name, or delete a model the store owns (every name is checked before any goes)."""
     from runtime.models import ModelStore
 
-    ModelStore().remove(name)
-    console.print(f"removed {name}")
+    store = ModelStore()
+    for name in names:
+        store.get(name)  # an unknown name fails here, before anything is removed
+    for name in names:
+        store.remove(name)
+        console.print(f"removed {name}")
 
 
 @app.command("train")

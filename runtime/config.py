@@ -13,7 +13,7 @@ import string
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,6 +28,9 @@ EngineKind = Literal["hf", "vllm", "remote", "fake"]
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # dotted keys that do not change what a build makes (where it is written, what is reported beside it): a
+    # finished artifact built from the same config but for these is the same recipe (runtime/artifacts.py)
+    NOT_RECIPE: ClassVar[frozenset[str]] = frozenset({"output_dir"})
 
     @classmethod
     def accepted_keys(cls) -> list[str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from runtime import wheels
-from runtime.artifacts import MANIFEST, MODEL_KINDS, Build, ModelKind, build_dir
+from runtime.artifacts import MANIFEST, MODEL_KINDS, Build, Manifest, ModelKind, build_dir
 from runtime.errors import HubUnreachableError, ModelNotFoundError, ModelStoreError
 from runtime.wheels import EMBEDDED, SplitGGUF, WheelGGUF, mb
 
@@ -151,12 +151,33 @@ class ModelStore:
 
     # -------------------------------------------------------------------------------------- pull / register
     def build(self, name: str, kind: ModelKind, *, source: str, parent: str | None = None,
-              config: BaseModel | None = None, path: Path | None = None) -> contextlib.AbstractContextManager[Build]:
+              config: BaseModel | None = None, path: Path | None = None,
+              inputs: list[str] | None = None) -> contextlib.AbstractContextManager[Build]:
         """Build the artifact ``name`` (in models/NAME, or at ``path``) atomically with its manifest, or reuse it
-        if it is finished (``build.reused``: then build nothing). See runtime/artifacts.py."""
+        if it is finished from the same recipe: ``config`` and the ``inputs`` artifacts as they are now
+        (``build.reused``: then build nothing; another recipe is refused). See runtime/artifacts.py."""
         final = path or self.models_dir / check_name(name)
+        return build_dir(self._build_record(name, kind, source, parent, config, final, inputs))
+
+    def _build_record(self, name: str, kind: ModelKind, source: str, parent: str | None, config: BaseModel | None,
+                      final: Path, inputs: list[str] | None) -> Build:
         plain = config.model_dump(mode="json") if config is not None else None
-        return build_dir(Build(self, name, kind, final, parent, plain, source))
+        not_recipe = getattr(config, "NOT_RECIPE", frozenset())
+        built_from = ({n: str(read_manifest(self.get(n).path).get("created")) for n in inputs}
+                      if inputs is not None else None)
+        return Build(self, name, kind, final, parent, plain, source, not_recipe, built_from)
+
+    def recipe_changes(self, name: str, config: BaseModel | None, inputs: list[str] | None = None) -> list[str]:
+        """How building ``name`` from ``config`` and ``inputs`` now differs from the finished artifact of that
+        name in models/ ([] if there is none or it is the same recipe): what ``build`` would refuse."""
+        final = self.models_dir / check_name(name)
+        if not (final / MANIFEST).is_file():
+            return []
+        try:
+            build = self._build_record(name, "base", "?", None, config, final, inputs)
+        except ModelNotFoundError as e:
+            return [f"an input is missing ({e.message})"]
+        return build.recipe_changes(Manifest.load(final))
 
     # -------------------------------------------------------------------------------------- pull / register
     def pull(self, name: str, step: Step = log.info) -> ModelEntry:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -46,6 +46,8 @@ class TrainConfig(Frozen):
     mixing: MixingSettings = Field(default_factory=MixingSettings)
     training: dict[str, Any] = Field(default_factory=dict)  # transformers.TrainingArguments fields
     output_dir: str | None = None  # default: $MIXMERGE_HOME/models/NAME
+    # Trainer arguments that change what is shown, not what is trained (the bench turns the Trainer's bar off)
+    NOT_RECIPE: ClassVar[frozenset[str]] = frozenset({"output_dir", "training.disable_tqdm", "training.logging_steps"})
     seed: int = 0
 
     @classmethod

@@ -144,12 +144,13 @@ def build_args(config: TrainConfig, work: Path, bf16: bool):
 
 # ------------------------------------------------------------------------------------------------ train
 def train(config: TrainConfig, store: ModelStore, step: Step = log.info, callbacks: list | None = None) -> ModelEntry:
-    """Run one training config; a finished artifact with the same name is reused, not retrained."""
+    """Run one training config; a finished artifact of the same name and recipe is reused, not retrained
+    (another recipe under that name is refused: runtime/artifacts.py)."""
     out = Path(config.output_dir).expanduser() if config.output_dir else None
     base = store.get(config.base_model)
     work = store.home / "runs" / config.name
     with store.build(config.name, config.kind, source="runtime train", parent=base.name, config=config,
-                     path=out) as build:
+                     path=out, inputs=[base.name]) as build:
         if build.reused:
             step(f"{config.name} is already trained at {build.path}; `runtime models remove {config.name}` to "
                  "retrain")

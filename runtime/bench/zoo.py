@@ -1,5 +1,6 @@
 """The bench's zoo: every model the deployment options need, built only where the store lacks it (training,
-the merge-weight sweep, the adapter merge), and the separate store a ``--quick`` zoo lives in."""
+the merge-weight sweep, the adapter merge; one built from another recipe is refused up front, see
+``check_recipes``), and the separate store a ``--quick`` zoo lives in."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel
 from transformers import TrainerCallback
 
 from runtime.artifacts import Manifest
 from runtime.bench.config import BenchConfig
 from runtime.config import configs_dir, load_config
-from runtime.errors import MixmergeError
+from runtime.errors import MixmergeError, ModelStoreError
 from runtime.models import ModelStore
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,34 @@ class Progress:
     def advance(self, n: int = 1) -> None: ...
     def say(self, message: str) -> None:
         log.info(message)
+
+
+@dataclass(frozen=True)
+class ZooStep:
+    name: str  # the artifact it builds
+    what: str  # what runs, for the progress line
+    config: BaseModel  # its recipe, with ``inputs``
+    inputs: list[str]  # the artifacts it is built from (the base model, the experts a merge takes)
+    build: Callable[[], object]
+
+
+def check_recipes(steps: list[ZooStep], store: ModelStore) -> None:
+    """Refuse, before anything runs, a zoo whose finished artifacts were built from other recipes than the configs
+    now name, or from inputs this zoo would rebuild: one error that lists them all and the one command that
+    clears them (each would otherwise be refused in turn, hours apart)."""
+    stale: dict[str, list[str]] = {}
+    for step in steps:
+        changes = store.recipe_changes(step.name, step.config, step.inputs)
+        if not changes and store.has(step.name) and (redo := [i for i in step.inputs if i in stale]):
+            changes = [f"built from {', '.join(redo)}, which must be rebuilt"]
+        if changes:
+            stale[step.name] = changes
+    if stale:
+        shown = "; ".join(f"{name} ({', '.join(changes[:2])}{', ...' if len(changes) > 2 else ''})"
+                          for name, changes in stale.items())
+        raise ModelStoreError(f"the zoo's configs changed since these were built: {shown}",
+                              fix=f"`runtime models remove {' '.join(stale)}` builds them from the new recipes "
+                                  f"(or restore the configs)")
 
 
 def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelStore) -> dict:
@@ -43,21 +74,25 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelSt
     def shipped(path: str) -> str:  # `configs/...` paths work from any folder
         return path if Path(path).is_file() else str(configs_dir().parent / path)
 
-    steps: list[tuple[str, str, Callable[[], object]]] = []
+    steps: list[ZooStep] = []
     for path in z.train:  # the Trainer's own bar would fight the bench's: its steps go to a bench bar instead
         tc = load_config(shipped(path), TrainConfig, [*z.train_overrides, "disable_tqdm=true"])
-        steps.append((tc.name, f"train {path}",
-                      lambda tc=tc: train(tc, store, step=progress.say,
-                                          callbacks=[StepsToProgress(progress, tc.name)])))
+        steps.append(ZooStep(tc.name, f"train {path}", tc, [config.base_model],
+                             lambda tc=tc: train(tc, store, step=progress.say,
+                                                 callbacks=[StepsToProgress(progress, tc.name)])))
     if z.merge_sweep:
         # the bench scores the chosen merge on test itself, on more items: the sweep's own test score is skipped
         mc = load_config(shipped(z.merge_sweep), MergeConfig, ["sweep.score_test=false", *z.sweep_overrides])
-        steps.append((mc.name, f"merge sweep {z.merge_sweep}",
-                      lambda mc=mc: run_sweep(mc, out / "zoo" / f"sweep-{mc.name}", store, step=progress.say)))
+        steps.append(ZooStep(mc.name, f"merge sweep {z.merge_sweep}", mc,
+                             [mc.base_model, *(m.model for m in mc.models)],
+                             lambda mc=mc: run_sweep(mc, out / "zoo" / f"sweep-{mc.name}", store,
+                                                     step=progress.say)))
     if z.adapter_merge:
         ac = load_config(shipped(z.adapter_merge), AdapterMergeConfig)
-        steps.append((ac.name, f"merge adapters {z.adapter_merge}",
-                      lambda ac=ac: merge_adapters(ac, store, step=progress.say)))
+        steps.append(ZooStep(ac.name, f"merge adapters {z.adapter_merge}", ac,
+                             [ac.base_model, *(a.adapter for a in ac.adapters)],
+                             lambda ac=ac: merge_adapters(ac, store, step=progress.say)))
+    check_recipes(steps, store)
     progress.phase("zoo", len(steps) + 1)
     record: dict = {"built": {}, "reused": []}
     start = time.perf_counter()
@@ -67,17 +102,17 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelSt
     else:
         record["reused"].append(config.base_model)
     progress.advance()
-    for name, what, build in steps:
-        if store.has(name):
-            record["reused"].append(name)
+    for step in steps:
+        if store.has(step.name):
+            record["reused"].append(step.name)
         else:
-            progress.say(f"building {name}: {what}")
+            progress.say(f"building {step.name}: {step.what}")
             t0 = time.perf_counter()
-            build()
-            record["built"][name] = round(time.perf_counter() - t0, 1)
+            step.build()
+            record["built"][step.name] = round(time.perf_counter() - t0, 1)
         progress.advance()
     record["wall_s"] = round(time.perf_counter() - start, 1)
-    record["models"] = zoo_models(store, [config.base_model, *(name for name, _, _ in steps)], record["built"],
+    record["models"] = zoo_models(store, [config.base_model, *(step.name for step in steps)], record["built"],
                                   out / "zoo")
     return record
 

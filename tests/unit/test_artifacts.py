@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from pydantic import BaseModel
@@ -104,6 +105,45 @@ def test_a_finished_artifact_is_reused_without_building(store: ModelStore):
         assert build.reused and build.tmp is None
     assert build.manifest == first and build.entry.path == store.models_dir / "once"
     assert build.kind == "merged" and build.parent == "tiny"
+
+
+class _Recipe2(BaseModel):
+    NOT_RECIPE: ClassVar[frozenset[str]] = frozenset({"output_dir", "steps.shown"})
+    lr: float = 1e-3
+    output_dir: str | None = None
+    steps: dict = {"n": 20, "shown": True}
+
+
+def _build2(store: ModelStore, name: str, recipe: _Recipe2, inputs: list[str] | None = None) -> bool:
+    """Build (or reuse) ``name`` from ``recipe``; whether it was reused."""
+    with store.build(name, "expert", source="test", config=recipe, inputs=inputs) as build:
+        if not build.reused:
+            (build.tmp / "config.json").write_text("{}")
+    return build.reused
+
+
+def test_a_finished_artifact_is_reused_only_for_the_recipe_that_built_it(store: ModelStore):
+    _build2(store, "expert", _Recipe2())
+    assert _build2(store, "expert", _Recipe2(output_dir="/elsewhere", steps={"n": 20, "shown": False}))  # not recipe
+    longer = _Recipe2(steps={"n": 60, "shown": True})
+    assert store.recipe_changes("expert", longer) == ["steps.n: 20 -> 60"]
+    with pytest.raises(ModelStoreError, match=r"built from another recipe \(steps.n: 20 -> 60\)") as e:
+        _build2(store, "expert", longer)
+    assert "runtime models remove expert" in e.value.fix
+    assert store.recipe_changes("absent", longer) == []
+
+
+def test_an_artifact_built_from_inputs_rebuilt_since_is_refused(store: ModelStore):
+    _build2(store, "a", _Recipe2())
+    _build2(store, "merged", _Recipe2(), inputs=["a"])
+    assert _build2(store, "merged", _Recipe2(), inputs=["a"])  # the same input: reused
+    store.remove("a")
+    time.sleep(1.1)  # `created` has a resolution of a second
+    _build2(store, "a", _Recipe2(lr=1e-4))
+    (change,) = store.recipe_changes("merged", _Recipe2(), ["a"])
+    assert change.startswith("a rebuilt since")
+    with pytest.raises(ModelStoreError, match="a rebuilt since"):
+        _build2(store, "merged", _Recipe2(), inputs=["a"])
 
 
 def test_the_manifest_has_the_common_fields_then_the_kinds_own(store: ModelStore):

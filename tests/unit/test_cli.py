@@ -21,6 +21,18 @@ def test_models_list_empty_then_registered(store_home: Path, tiny_model_dir: Pat
     assert rows[0]["size_bytes"] > 0
 
 
+def test_models_remove_takes_several_names_and_removes_none_if_one_is_unknown(store_home: Path, tiny_model_dir: Path):
+    for name in ("a", "b"):
+        assert runner.invoke(app, ["models", "register", name, str(tiny_model_dir)]).exit_code == 0
+    result = runner.invoke(app, ["models", "remove", "a", "nope"])
+    assert result.exit_code != 0 and "unknown model 'nope'" in str(result.exception)
+    listed = json.loads(runner.invoke(app, ["models", "list", "--json"]).output)
+    assert sorted(r["name"] for r in listed) == ["a", "b"]  # nothing went
+    result = runner.invoke(app, ["models", "remove", "a", "b"])
+    assert result.exit_code == 0 and "removed a" in result.output and "removed b" in result.output
+    assert json.loads(runner.invoke(app, ["models", "list", "--json"]).output) == []
+
+
 def test_cli_errors_are_one_line_with_a_fix_and_exit_2(store_home: Path):
     proc = subprocess.run([sys.executable, "-m", "runtime.cli", "models", "pull", "nope"],
                           capture_output=True, text=True, env={"MIXMERGE_HOME": str(store_home), "PATH": ""})
