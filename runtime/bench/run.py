@@ -91,7 +91,7 @@ class Bench:
     def __post_init__(self) -> None:
         self.tasks = cap_tokens(load_config(configs_dir() / "tasks.yaml", TasksConfig),
                                 dict(self.config.accuracy.max_tokens))
-        self.items = {t: load_items(t, "test", self.config.accuracy.n) for t in self.config.accuracy.tasks}
+        self.items = {t: load_items(t, "test", self.config.accuracy.n_of(t)) for t in self.config.accuracy.tasks}
         if scores_humaneval(self.config):  # generation's headline: pass@1 through the generation route
             self.items["humaneval"] = load_items("humaneval", "test", self.config.accuracy.humaneval_n)
         self.agent_items = load_items("humaneval", "test", self.config.agent.n) if self.config.agent.n else []

@@ -58,3 +58,12 @@ def test_quick_on_a_config_without_quick_settings_is_refused(tmp_path):
         load_bench_config(tmp_path / "a.yaml", [], quick=True)
     with pytest.raises(ConfigError, match="no `quick:` overrides"):
         load_bench_config(BENCH / "qwen-seeds.yaml", [], quick=True)
+
+
+def test_a_task_can_have_its_own_n_and_an_unknown_task_is_refused():
+    cfg = load_bench_config(None, ["accuracy.n=10", "accuracy.n_for={review: 30}"])
+    assert cfg.accuracy.n_of("review") == 30 and cfg.accuracy.n_of("completion") == 10
+    with pytest.raises(ConfigError, match="n_for"):
+        load_bench_config(None, ["accuracy.n_for={reviews: 30}"])
+    with pytest.raises(ConfigError, match="n_for"):
+        load_bench_config(None, ["accuracy.n_for={review: 0}"])
