@@ -279,8 +279,30 @@ def score_review(items: list[TaskItem], answers: list[str], sandbox: Sandbox | N
 
 def assemble(prompt: str, answer: str, entry_point: str) -> str:
     """The function as HumanEval runs it: the problem's prompt (imports, signature, docstring) and the body the
-    answer gives (`runtime eval`, the bench and the agent assemble it alike)."""
-    return f"{prompt}{function_body(answer, entry_point, prompt)}"
+    answer gives, then what a whole-program answer defines beside its function (`helpers`: its imports, helper
+    functions and classes; names are looked up when the tests call, so after the function is in time).
+    `runtime eval`, the bench and the agent assemble it alike."""
+    program = f"{prompt}{function_body(answer, entry_point, prompt)}"
+    extra = helpers(answer, entry_point)
+    return f"{program}\n\n\n{extra}\n" if extra else program
+
+
+def helpers(answer: str, entry_point: str) -> str:
+    """The top-level imports, functions and classes of a whole-program answer other than ``entry_point`` itself,
+    as written (decorators included); "" for a bare body or code that does not parse. Without them an answer that
+    opens with ``from math import gcd`` failed with a NameError (13 of Qwen2.5-Coder-0.5B's 164 HumanEval answers,
+    where evalplus-style harnesses keep them). Top-level statements that run something (a usage print) are left
+    out."""
+    code = strip_fences(answer)
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return ""
+    lines = code.splitlines()
+    kept = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) or (
+        isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.name != entry_point)]
+    return "\n\n".join("\n".join(lines[min([n.lineno, *(d.lineno for d in getattr(n, "decorator_list", []))]) - 1:
+                                           n.end_lineno]) for n in kept)
 
 
 def check_program(code: str, tests: str, entry_point: str) -> str:
@@ -359,5 +381,5 @@ def humaneval_statistic(items: list[TaskItem], answers: list[str], sandbox: Sand
     return Proportion(tuple(r.passed for r in humaneval_results(items, answers, sandbox)))
 
 
-__all__ = ["NO_ISSUES", "assemble", "first_line", "function_body", "humaneval_program",
+__all__ = ["NO_ISSUES", "assemble", "first_line", "function_body", "helpers", "humaneval_program",
            "parse_review", "summary_line", "check_program"]

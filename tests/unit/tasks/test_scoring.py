@@ -2,8 +2,10 @@ import pytest
 
 from runtime.tasks import TaskItem
 from runtime.tasks.scoring import (
+    assemble,
     first_line,
     function_body,
+    helpers,
     humaneval_program,
     parse_review,
     score_completion,
@@ -90,6 +92,18 @@ def test_humaneval_program_assembles_prompt_body_and_check():
     program = humaneval_program(item, "```python\ndef add(a, b):\n    return a + b\n```")
     assert program.startswith(item.input + "    return a + b")
     assert program.rstrip().endswith("check(add)")
+
+
+def test_a_whole_program_answer_keeps_its_imports_and_helpers_but_not_its_usage_lines():
+    prompt = "def lcm(a, b):\n    \"\"\"Least common multiple.\"\"\"\n"
+    answer = ("```python\nfrom math import gcd\nimport functools\n\n\n@functools.cache\ndef _twice(x):\n"
+              "    return 2 * x\n\n\n" + prompt + "    return a * b // gcd(a, b)\n\n\nprint(lcm(4, 6))\n```")
+    program = assemble(prompt, answer, "lcm")
+    namespace: dict = {}
+    exec(program, namespace)  # noqa: S102 - the test's own code
+    assert namespace["lcm"](4, 6) == 12 and namespace["_twice"](2) == 4
+    assert "print(" not in program and program.startswith(prompt + "    return a * b // gcd(a, b)")
+    assert helpers("    return x + 1", "f") == "" and helpers("def f(:", "f") == ""  # a bare body, broken code
 
 
 # ------------------------------------------------------------------------ empty and off-format answers
