@@ -33,10 +33,19 @@ class ServingPlan:
 
 
 def load_deployment(name_or_path: str) -> DeploymentConfig:
+    """A shipped deployment by name (configs/deployments/NAME.yaml) or a file by path. A route or fallback that is
+    a relative path names a file beside this one (a bench's hybrid.yaml routes to its own base.yaml), so the
+    folder can move to another machine."""
     path = Path(name_or_path)
     if not path.suffix:
         path = configs_dir() / "deployments" / f"{name_or_path}.yaml"
-    return load_config(path, DeploymentConfig)
+    config = load_config(path, DeploymentConfig)
+
+    def beside(ref: str) -> str:
+        return str(path.parent / ref) if Path(ref).suffix and not Path(ref).is_absolute() else ref
+
+    return config.model_copy(update={"routes": {t: beside(r) for t, r in config.routes.items()},
+                                     "fallback": [beside(f) for f in config.fallback]})
 
 
 def single_model_deployment(name: str, store: ModelStore) -> DeploymentConfig:

@@ -110,12 +110,12 @@ class Bench:
     def deployment(self, option: str) -> tuple[Path, DeploymentConfig]:
         if option == BASE:
             path = self.write_base()
-            return path, load_config(path, DeploymentConfig)
+            return path, load_deployment(str(path))
         if option == "hybrid":
             path = self.out / "hybrid.yaml"
             if not path.is_file():
                 raise ConfigError(str(path), ["the hybrid plan is written after the other options are measured"])
-            return path, load_config(path, DeploymentConfig)
+            return path, load_deployment(str(path))
         path = configs_dir() / "deployments" / f"{option}.yaml"
         return path, load_deployment(str(path))
 
@@ -401,7 +401,7 @@ class Bench:
         return self._write_deployment("base.yaml", doc, "the untuned base model, the bench's control")
 
     def write_hybrid(self, routes: dict[str, str], engine: str) -> None:
-        base = str(self.write_base())  # routes name deployments; the control is this run's file, not a shipped one
+        base = self.write_base().name  # routes name deployments; the control is this run's file beside it
         doc = {"name": "hybrid", "option": "hybrid", "base_model": self.config.base_model,
                "description": "the per-task plan runtime bench recommended",
                "routes": {t: base if o == BASE else o for t, o in routes.items()},
@@ -411,7 +411,8 @@ class Bench:
 
     def _write_deployment(self, name: str, doc: dict, what: str) -> Path:
         path = self.out / name
-        path.write_text(f"# runtime serve --deployment {path}\n# Written by `runtime bench`: {what}.\n"
+        path.write_text(f"# runtime serve --deployment {name}   (from this folder; a route to a .yaml file names "
+                        f"one beside this)\n# Written by `runtime bench`: {what}.\n"
                         + yaml.safe_dump(doc, sort_keys=False))
         return path
 

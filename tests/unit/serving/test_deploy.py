@@ -8,7 +8,7 @@ import pytest
 from loras import make_lora
 
 from runtime.config import DeploymentConfig
-from runtime.deploy import build_plan, single_model_deployment
+from runtime.deploy import build_plan, load_deployment, single_model_deployment
 from runtime.errors import ConfigError, ModelNotFoundError
 from runtime.models import ModelStore
 from runtime.router import route
@@ -104,3 +104,18 @@ def test_folded_experts_are_full_models_with_an_engine_each_and_answer_as_the_lo
         prompt, SamplingParams(max_new_tokens=8))
     full = HFRunner(gen.engine).generate(prompt, SamplingParams(max_new_tokens=8))
     assert [g.token_ids for g in full] == [g.token_ids for g in lora]  # fp32: folding changes no greedy token
+
+
+def test_a_route_to_a_relative_yaml_names_the_file_beside_the_deployment(store, tmp_path, monkeypatch):
+    """A bench's hybrid.yaml routes to its own base.yaml by name: the folder serves from anywhere."""
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    (folder / "base.yaml").write_text("name: base\noption: base\nbase_model: tiny\n")
+    (folder / "hybrid.yaml").write_text("name: hybrid\noption: hybrid\nbase_model: tiny\nfallback: [base.yaml]\n"
+                                        "routes: {generation: base.yaml, summarization: mixed}\n")
+    monkeypatch.chdir(tmp_path)  # not the deployment's folder
+    hybrid = load_deployment(str(folder / "hybrid.yaml"))
+    assert hybrid.routes["generation"] == str(folder / "base.yaml") and hybrid.fallback == [str(folder / "base.yaml")]
+    assert hybrid.routes["summarization"] == "mixed"  # a name stays a name
+    plan = build_plan(hybrid, store, load=lambda n: load_deployment(n) if n.endswith(".yaml") else _load(n))
+    assert route(plan.table, "generation").adapter is None and route(plan.table, "summarization").adapter == "mix"

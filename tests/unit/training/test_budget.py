@@ -47,7 +47,8 @@ def test_a_mismatched_mix_is_named():
     mixed = _qwen("mix").model_copy(update={"training": {**_qwen("mix").training, "max_steps": 7}, "seed": 5})
     problems = "\n".join(matched_mix_problems(mixed, experts, SIZES))
     assert "max_steps 7 != the experts'" in problems and "seed differs" in problems  # another seed: other rows
-    half = _qwen("mix", "").model_copy(update={"mixing": _qwen("mix").mixing.model_copy(update={"total": 240})})  # half the rows
+    half_rows = _qwen("mix").mixing.model_copy(update={"total": 240})
+    half = _qwen("mix", "").model_copy(update={"mixing": half_rows})
     assert "mix rows per task {'completion': 40" in "\n".join(matched_mix_problems(half, experts, SIZES))
 
 
