@@ -27,7 +27,7 @@ from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.tasks.measures import parses
 from runtime.tasks.prompts import task_config
 from runtime.tasks.sandbox import Sandbox
-from runtime.tasks.scoring import assemble, check_program, strip_fences
+from runtime.tasks.scoring import assemble, check_program, helpers, strip_fences
 
 MAX_COMPLETION_LINES = 4  # completion calls to finish code that was cut off; then the longest prefix that parses
 
@@ -71,10 +71,16 @@ def body_messages(tasks: TasksConfig, prompt: str, feedback: str = "") -> list[t
     return ([("system", cfg.system)] if cfg.system else []) + [("user", user)]
 
 
-def _function(state: AgentState, reply) -> dict[str, Any]:
-    """The function as eval assembles it: the prompt and the body the answer gives."""
-    return {"code": assemble(state["prompt"] or "", reply.text, state.get("entry_point") or ""),
-            "truncated": reply.finish_reason == "length"}
+def _function(state: AgentState, reply, revising: bool = False) -> dict[str, Any]:
+    """The function as eval assembles it: the prompt and the body the answer gives (with its helpers). A revision
+    is asked for the body only: one that brings no helpers keeps those of the code it revises (an answer that
+    opened with ``from math import gcd`` still has it)."""
+    prompt, entry_point = state["prompt"] or "", state.get("entry_point") or ""
+    code = assemble(prompt, reply.text, entry_point)
+    if revising and not helpers(reply.text, entry_point, prompt) and (
+            kept := helpers(state.get("code", ""), entry_point, prompt)):
+        code = f"{code.rstrip()}\n\n\n{kept}\n"
+    return {"code": code, "truncated": reply.finish_reason == "length"}
 
 
 def parseable_prefix(code: str) -> str:
@@ -165,7 +171,8 @@ class Nodes:
             feedback = (f"Current function:\n{state.get('code', '')}\n\nReview:\n{state.get('review', '')}\n\n"
                         f"Test output:\n{state.get('test_output', '')}")
             reply, update = self.guarded("revise", "generation", body_messages(self.tasks, state["prompt"], feedback))
-            return update | {"revisions": state.get("revisions", 0) + 1} | (_function(state, reply) if reply else {})
+            return update | {"revisions": state.get("revisions", 0) + 1} | (
+                _function(state, reply, revising=True) if reply else {})
         reply, update = self.guarded("revise", "generation", [
             ("system", "You are an expert Python programmer. Answer with code only."),
             ("user", f"{state['job']}\n\nCurrent code:\n{state.get('code', '')}\n\nReview:\n{state.get('review', '')}"

@@ -283,26 +283,46 @@ def assemble(prompt: str, answer: str, entry_point: str) -> str:
     functions and classes; names are looked up when the tests call, so after the function is in time).
     `runtime eval`, the bench and the agent assemble it alike."""
     program = f"{prompt}{function_body(answer, entry_point, prompt)}"
-    extra = helpers(answer, entry_point)
+    extra = helpers(answer, entry_point, prompt)
     return f"{program}\n\n\n{extra}\n" if extra else program
 
 
-def helpers(answer: str, entry_point: str) -> str:
-    """The top-level imports, functions and classes of a whole-program answer other than ``entry_point`` itself,
-    as written (decorators included); "" for a bare body or code that does not parse. Without them an answer that
-    opens with ``from math import gcd`` failed with a NameError (13 of Qwen2.5-Coder-0.5B's 164 HumanEval answers,
-    where evalplus-style harnesses keep them). Top-level statements that run something (a usage print) are left
-    out."""
+def helpers(answer: str, entry_point: str, prompt: str = "") -> str:
+    """What a whole-program answer defines beside ``entry_point``, as written: its imports (``__future__`` ones
+    aside: they must come first), functions and classes (decorators included) and constants (a plain name bound to
+    a value that calls nothing), less the names ``prompt`` defines (HumanEval's tests call the prompt's own
+    helpers, such as ``encode_cyclic``; an answer must not replace them). "" for a bare body or code that does not
+    parse. Without them an answer that opens with ``from math import gcd`` failed with a NameError (13 of
+    Qwen2.5-Coder-0.5B's 164 HumanEval answers, where evalplus-style harnesses keep them). Statements that run
+    something (a usage print, ``x = f(3)``) are left out."""
     code = strip_fences(answer)
     try:
         tree = ast.parse(code)
     except SyntaxError:
         return ""
+    try:
+        given = {n.name for n in ast.parse(prompt).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                                          ast.ClassDef))}
+    except SyntaxError:
+        given = set()
     lines = code.splitlines()
-    kept = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) or (
-        isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.name != entry_point)]
+    kept = [n for n in tree.body if _helper(n, {entry_point, *given})]
     return "\n\n".join("\n".join(lines[min([n.lineno, *(d.lineno for d in getattr(n, "decorator_list", []))]) - 1:
                                            n.end_lineno]) for n in kept)
+
+
+def _helper(node: ast.stmt, taken: set[str]) -> bool:
+    if isinstance(node, ast.Import):
+        return True
+    if isinstance(node, ast.ImportFrom):
+        return node.module != "__future__"
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return node.name not in taken
+    if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return all(isinstance(t, ast.Name) and t.id not in taken for t in targets) and not any(
+            isinstance(n, ast.Call) for n in ast.walk(node.value))
+    return False
 
 
 def check_program(code: str, tests: str, entry_point: str) -> str:

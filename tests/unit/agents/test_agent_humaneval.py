@@ -115,3 +115,16 @@ def test_a_revision_that_fixes_the_body_is_what_the_loop_adds(problems):
     assert "Review:\nline: 2" in revise and "Reply with the corrected body only" in revise
     summary = summarize([record], AgentConfig(n=1, max_revisions=1))
     assert summary["loop_adds"] == 100.0 and summary["first_try"] == 0 and summary["solved"] == 1
+
+
+def test_a_revised_body_keeps_the_imports_of_the_answer_it_revises():
+    from agents.coding_agent import _function
+
+    prompt = "def lcm(a, b):\n    \"\"\"Least common multiple.\"\"\"\n"
+    first = _function({"prompt": prompt, "entry_point": "lcm"},
+                      Generation(f"```python\nfrom math import gcd\n\n{prompt}    return a * b\n```", 0, 0, "stop"))
+    state = {"prompt": prompt, "entry_point": "lcm", "code": first["code"]}
+    revised = _function(state, Generation("    return a * b // gcd(a, b)", 0, 0, "stop"), revising=True)
+    namespace: dict = {}
+    exec(revised["code"], namespace)  # noqa: S102 - the test's own code
+    assert namespace["lcm"](4, 6) == 12  # gcd is still imported, though the revision is a bare body

@@ -106,6 +106,17 @@ def test_a_whole_program_answer_keeps_its_imports_and_helpers_but_not_its_usage_
     assert helpers("    return x + 1", "f") == "" and helpers("def f(:", "f") == ""  # a bare body, broken code
 
 
+def test_helpers_never_replace_the_prompts_own_functions_and_keep_constants_not_calls():
+    prompt = "def encode(s):\n    return s[::-1]\n\n\ndef decode(s):\n    \"\"\"Undo encode.\"\"\"\n"
+    answer = ("from __future__ import annotations\nVOWELS = 'aeiou'\nFIRST: str = VOWELS[0]\nseen = decode('x')\n\n"
+              "def encode(s):\n    return s  # a wrong twin of the prompt's helper\n\n\n"
+              "def decode(s):\n    return encode(s)\n")
+    assert helpers(answer, "decode", prompt) == "VOWELS = 'aeiou'\n\nFIRST: str = VOWELS[0]"
+    namespace: dict = {}
+    exec(assemble(prompt, answer, "decode"), namespace)  # noqa: S102 - the test's own code
+    assert namespace["decode"]("abc") == "cba"  # the prompt's encode, not the answer's: a wrong answer fails
+
+
 # ------------------------------------------------------------------------ empty and off-format answers
 def _review_items() -> list[TaskItem]:
     return [_item("review", "", "", clean=False, line=3, kind="comparison", fixed_line="if a < b:"),
