@@ -134,12 +134,19 @@ class Bench:
         adapters, served = adapters_of(plan), {}
         for task in self.items:
             r = route(plan.table, TASKS[task].prompt_task)
-            served[task] = [weights_digest(Path(r.engine)), weights_digest(adapters[r.adapter]) if r.adapter else ""]
+            served[task] = [weights_digest(Path(r.engine)), weights_digest(adapters[r.adapter]) if r.adapter else "",
+                            resolve_dtype(plan.engines[r.engine].config.dtype)]
         sampling = {t: sampling_for(self.tasks, t) for t in self.items}
         key = digest(served, {t: [it.id for it in its] for t, its in self.items.items()},
                      {t: (s.max_new_tokens, s.stop) for t, s in sampling.items()}, self.tasks.model_dump(),
-                     load_card()["content_hash"], engine, NUMERICS if engine == "hf" else 0, self.versions)
+                     load_card()["content_hash"], self.computed_by(engine))
         return self.store.home / "cache" / "bench-accuracy" / f"{key}.json"
+
+    def computed_by(self, engine: str) -> list:
+        """What computes an engine's answers and timings: the engine, its numerics revision (hf) and the library
+        versions it runs on (vllm's only where it is the engine)."""
+        libraries = {k: v for k, v in self.versions.items() if k != "vllm" or engine == "vllm"}
+        return [engine, NUMERICS if engine == "hf" else 0, libraries]
 
     def measure(self, option: str, engine: str, reference: dict | None, scorer: str | None = None) -> PhaseResult:
         """One server for one option on one engine: answers (or the agreement sample), load, memory, adapter
@@ -148,8 +155,11 @@ class Bench:
         path, plan = self.plan(option)
         models = models_key(plan)
         cache = self.out / "phases" / f"{option}-{engine}.json"
-        key = digest(self.phase_settings, option, engine, models, path.read_text())
         answers_file = self.accuracy_cache(plan, scorer or engine)
+        # the role is part of what was measured: the scoring engine answers every item and runs the agent, another
+        # answers the agreement sample against the scorer's answers (``answers_file``)
+        key = digest(self.phase_settings, option, self.computed_by(engine), models, path.read_text(),
+                     "scores" if reference is None else f"agrees with {answers_file.stem}")
         if not self.fresh and (reference is not None or answers_file.is_file()) and (
                 cached := self.cached_phase(cache, key)):
             self.progress.say(f"{option} on {engine}: measured before ({cache}); --fresh measures again")
