@@ -81,7 +81,7 @@ def run_sweep(config: MergeConfig, out: Path, store: ModelStore, score: Score | 
         raise ConfigError(config.name, ["no `sweep:` section; add one (see configs/merge/*-sweep.yaml)"])
     base = store.get(config.base_model)
     with store.build(config.name, "merged", source="runtime merge sweep", parent=base.name, config=config,
-                     inputs=[base.name, *(m.model for m in config.models)]) as build:
+                     inputs=[config.base_model, *(m.model for m in config.models)]) as build:
         if build.reused:
             step(f"{config.name} was already chosen by a sweep; `runtime models remove {config.name}` to redo it")
             return _summary_of(build, out)

@@ -125,6 +125,7 @@ class Build:
     source: str = "?"
     not_recipe: frozenset[str] = frozenset()  # config keys that do not change what is built
     inputs: dict[str, str | None] | None = None  # input artifact -> its manifest's ``created`` (``built_from``)
+    schema: type[BaseModel] | None = None  # the config's class: a stored config is read through it to compare
     reused: bool = False  # a finished artifact of the same recipe was found: build nothing
     tmp: Path | None = None  # where to write (None when reused)
     manifest: Manifest | None = None  # the finished or reused artifact's
@@ -150,14 +151,27 @@ class Build:
         A side the manifest does not record (one written before it recorded them) is not compared."""
         changes = []
         if self.config is not None and built.config is not None:
-            old, new = _flat(built.config, self.not_recipe), _flat(self.config, self.not_recipe)
+            old, new = _flat(self._current(built.config), self.not_recipe), _flat(self.config, self.not_recipe)
             changes += [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
                         for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         was = built.extras.get("built_from")
         if self.inputs is not None and was is not None:
             changes += [f"{k} rebuilt since (was {was.get(k)}, now {self.inputs.get(k)})"
                         for k in sorted(set(was) | set(self.inputs)) if was.get(k) != self.inputs.get(k)]
+        elif self.inputs is not None and built.created:  # built before manifests kept their inputs: by the clock
+            changes += [f"{k} rebuilt since (at {when}, after this was built at {built.created})"
+                        for k, when in sorted(self.inputs.items()) if when and when != "None" and when > built.created]
         return changes
+
+    def _current(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A stored config read by today's schema (defaults added since filled in), so that only real changes
+        count; as stored where today's schema no longer reads it."""
+        if self.schema is None:
+            return config
+        try:
+            return self.schema.model_validate(config).model_dump(mode="json")
+        except (ValidationError, ValueError, TypeError):
+            return config
 
     def _finish(self, wall_s: float, peak_rss_mb: float, sha: str | None) -> None:
         assert self.tmp is not None
@@ -203,7 +217,7 @@ def _flat(tree: dict[str, Any], skip: frozenset[str], prefix: str = "") -> dict[
         dotted = f"{prefix}{key}"
         if dotted in skip:
             continue
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):  # an empty section is no setting: `training: {}` equals no `training:`
             out |= _flat(value, skip, f"{dotted}.")
         else:
             out[dotted] = value

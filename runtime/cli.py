@@ -105,11 +105,13 @@ def models_register(
 @models_app.command("remove")
 def models_remove(names: Annotated[list[str], typer.Argument(help="One or more model names.")]):
     """Forget a registered name, or delete a model the store owns (every name is checked before any goes)."""
+    from runtime.errors import ModelNotFoundError
     from runtime.models import ModelStore
 
     store = ModelStore()
-    for name in names:
-        store.get(name)  # an unknown name fails here, before anything is removed
+    if unknown := [name for name in names if not store.removable(name)]:  # checked before anything goes
+        raise ModelNotFoundError(f"unknown model(s) {', '.join(unknown)}; nothing was removed",
+                                 fix="see `runtime models list`")
     for name in names:
         store.remove(name)
         console.print(f"removed {name}")

@@ -165,7 +165,8 @@ class ModelStore:
         not_recipe = getattr(config, "NOT_RECIPE", frozenset())
         built_from = ({n: str(read_manifest(self.get(n).path).get("created")) for n in inputs}
                       if inputs is not None else None)
-        return Build(self, name, kind, final, parent, plain, source, not_recipe, built_from)
+        return Build(self, name, kind, final, parent, plain, source, not_recipe, built_from,
+                     schema=type(config) if config is not None else None)
 
     def recipe_changes(self, name: str, config: BaseModel | None, inputs: list[str] | None = None) -> list[str]:
         """How building ``name`` from ``config`` and ``inputs`` now differs from the finished artifact of that
@@ -289,6 +290,11 @@ class ModelStore:
     def keep(self, name: str, path: Path, kind: str, parent: str | None = None) -> ModelEntry:
         """The entry for an artifact just written at ``path``: registered under ``name`` unless already known."""
         return self.get(name) if self.has(name) else self.register(name, path, kind, parent)
+
+    def removable(self, name: str) -> bool:
+        """Whether ``remove(name)`` would find it: a registered name (even one whose folder is gone) or a model the
+        store owns."""
+        return name in self._registry() or (self.models_dir / name).is_dir()
 
     def remove(self, name: str) -> None:
         registry = self._registry()

@@ -77,7 +77,7 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelSt
     steps: list[ZooStep] = []
     for path in z.train:  # the Trainer's own bar would fight the bench's: its steps go to a bench bar instead
         tc = load_config(shipped(path), TrainConfig, [*z.train_overrides, "disable_tqdm=true"])
-        steps.append(ZooStep(tc.name, f"train {path}", tc, [config.base_model],
+        steps.append(ZooStep(tc.name, f"train {path}", tc, [tc.base_model],
                              lambda tc=tc: train(tc, store, step=progress.say,
                                                  callbacks=[StepsToProgress(progress, tc.name)])))
     if z.merge_sweep:

@@ -190,3 +190,23 @@ def test_the_common_fields_are_not_recorded(store: ModelStore):
     with pytest.raises(ValueError, match="peak_rss_mb"), store.build("y", "merged", source="t") as build:
         build.record(peak_rss_mb=1.0)
     assert not (store.models_dir / "y").exists()
+
+
+def test_a_stored_recipe_is_read_by_todays_schema_and_an_empty_section_is_no_setting(store: ModelStore):
+    _build2(store, "old", _Recipe2(steps={}))
+    manifest = store.models_dir / "old" / MANIFEST
+    data = json.loads(manifest.read_text())
+    del data["config"]["lr"]  # a field the schema gained after this was built (its default is what ran)
+    manifest.write_text(json.dumps(data))
+    assert store.recipe_changes("old", _Recipe2(steps={})) == []
+    assert _build2(store, "old", _Recipe2(steps={"shown": False}))  # only a NOT_RECIPE key in the section
+
+
+def test_an_artifact_without_built_from_is_stale_once_an_input_is_newer(store: ModelStore):
+    _build2(store, "a", _Recipe2())
+    _build2(store, "merged", _Recipe2())  # built before manifests kept their inputs
+    time.sleep(1.1)
+    store.remove("a")
+    _build2(store, "a", _Recipe2(lr=1e-4))
+    (change,) = store.recipe_changes("merged", _Recipe2(), ["a"])
+    assert change.startswith("a rebuilt since (at ")
