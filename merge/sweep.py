@@ -140,6 +140,10 @@ def _score_candidates(todo: list[Candidate], scoring: _Scoring, tasks: list[str]
     scored: list[tuple[Candidate, ModelEntry, dict[str, float]]] = []
     for i, cand in enumerate(todo, 1):
         step(f"candidate {i}/{len(todo)} {cand.name}")
+        inputs = [cand.config.base_model, *(m.model for m in cand.config.models)]
+        if changes := store.recipe_changes(cand.config.name, cand.config, inputs):  # left by an interrupted sweep
+            step(f"removing {cand.config.name}, merged from another recipe ({'; '.join(changes[:2])})")
+            store.remove(cand.config.name)
         entry = merge(cand.config, store, step=lambda _: None)
         scored.append((cand, entry, scoring.candidate(cand, entry.path, order, base, stop_below_base=True)))
         if below_base(scored[-1][2], base):
