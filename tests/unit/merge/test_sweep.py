@@ -193,7 +193,7 @@ def test_a_candidate_below_the_base_is_not_scored_on_its_other_tasks_while_anoth
 
 
 def test_a_candidate_left_by_an_interrupted_sweep_of_another_recipe_is_merged_again(merge_home, tmp_path):
-    config = MergeConfig(name="swept", base_model="tiny", method="linear",
+    config = MergeConfig(name="resumed", base_model="tiny", method="linear",
                          models=[{"model": "exp-a", "weight": 0.5}, {"model": "exp-b", "weight": 0.5}],
                          sweep={"weights": [0.3, 0.7], "tasks": ["completion"], "limit": 2, "objective": "mean_score"})
 
@@ -204,9 +204,9 @@ def test_a_candidate_left_by_an_interrupted_sweep_of_another_recipe_is_merged_ag
 
     with pytest.raises(KeyboardInterrupt):
         run_sweep(config, tmp_path / "first", ModelStore(), score=interrupted)
-    (left,) = [e.name for e in ModelStore().list() if e.name.startswith("swept--")]
+    (left,) = [e.name for e in ModelStore().list() if e.name.startswith("resumed--")]
     said: list[str] = []
     summary = run_sweep(config.model_copy(update={"seed": 1}), tmp_path / "second", ModelStore(),
                         score=lambda model, adapter, tasks, *_: dict.fromkeys(tasks, 2.0), step=said.append)
     assert any(s.startswith(f"removing {left}, merged from another recipe (seed: 0 -> 1") for s in said)
-    assert summary["candidates"] == 2 and ModelStore().get("swept")
+    assert summary["candidates"] == 2 and ModelStore().get("resumed")
