@@ -170,8 +170,12 @@ class ModelStore:
 
     def recipe_changes(self, name: str, config: BaseModel | None, inputs: list[str] | None = None) -> list[str]:
         """How building ``name`` from ``config`` and ``inputs`` now differs from the finished artifact of that
-        name in models/ ([] if there is none or it is the same recipe): what ``build`` would refuse."""
-        final = self.models_dir / check_name(name)
+        name ([] if there is none or it is the same recipe): what ``build`` would refuse. The artifact is where the
+        build would find it: the config's ``output_dir``, else models/NAME, else where a registration points."""
+        out = getattr(config, "output_dir", None)
+        final = Path(out).expanduser() if out else self.models_dir / check_name(name)
+        if not (final / MANIFEST).is_file() and not out and name in (registry := self._registry()):
+            final = Path(registry[name]["path"])
         if not (final / MANIFEST).is_file():
             return []
         try:

@@ -210,3 +210,13 @@ def test_an_artifact_without_built_from_is_stale_once_an_input_is_newer(store: M
     _build2(store, "a", _Recipe2(lr=1e-4))
     (change,) = store.recipe_changes("merged", _Recipe2(), ["a"])
     assert change.startswith("a rebuilt since (at ")
+
+
+def test_a_registered_or_output_dir_artifact_is_checked_where_it_lives(store: ModelStore, tmp_path: Path):
+    elsewhere = tmp_path / "elsewhere"
+    with store.build("out", "expert", source="test", config=_Recipe2(output_dir=str(elsewhere)),
+                     path=elsewhere) as build:  # as `runtime train` builds a config with output_dir
+        (build.tmp / "config.json").write_text("{}")
+    assert store.recipe_changes("out", _Recipe2(output_dir=str(elsewhere), lr=0.5)) == ["lr: 0.001 -> 0.5"]
+    store.register("kept", elsewhere, kind="expert")  # a registration of a built folder
+    assert store.recipe_changes("kept", _Recipe2(lr=0.5)) == ["lr: 0.001 -> 0.5"]
