@@ -1,7 +1,8 @@
 """`runtime eval`'s offline generation: HFRunner's static batches vs the hf engine's continuous-batching scheduler,
 side by side in one process, on HumanEval's prompts with natural stopping (eval's own workload), greedy.
 
-    .venv/bin/python benchmarks/offline_eval.py [--model smollm2-135m] [--n 24] [--rounds 2]
+    .venv/bin/python benchmarks/offline_eval.py [--model smollm2-135m] [--n 24] [--rounds 2] [--dtype auto]
+        [--max-tokens N]
 
 Per round: the wall time and output tokens of each path, how many answers the two paths give identically, and
 how many of the engine's answers equal its previous round's (a continuous batch's rows and shapes depend on when
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -48,12 +50,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=24, help="HumanEval problems (the first n)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8, help="static batch size = rows in flight on the engine")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on this CPU) or float32")
+    parser.add_argument("--max-tokens", type=int, default=None, help="cap HumanEval's answers (default: its cap)")
     args = parser.parse_args()
     path = ModelStore().get(args.model).path
     tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
     params = sampling_for(tasks, "humaneval")
-    runner = HFRunner(path, dtype="auto", max_batch_size=args.batch)
-    engine = HFEngine(path, config=EngineConfig(dtype="auto", max_batch_size=args.batch))
+    if args.max_tokens:
+        params = dataclasses.replace(params, max_new_tokens=args.max_tokens)
+    runner = HFRunner(path, dtype=args.dtype, max_batch_size=args.batch)
+    engine = HFEngine(path, config=EngineConfig(dtype=args.dtype, max_batch_size=args.batch))
     prompts = [runner.render(messages_for(tasks, "humaneval", it)) for it in load_items("humaneval", "test", args.n)]
     previous = None
     for r in range(args.rounds):
