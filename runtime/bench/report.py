@@ -96,7 +96,11 @@ def header_lines(report: dict) -> list[str]:
                if "humaneval" in (report.get("ranked_by") or {}) else "")
             + "; [low, high] is the 95% interval over items (exact Clopper-Pearson for a share of items, such as "
             "review's line accuracy and HumanEval pass@1; percentile bootstrap for the rest). "
-            "Load: the four tasks' prompts in turn, "
+            + ("In bf16, greedy answers depend on how requests were batched (a rerun flips some; float32 does not: "
+               "benchmarks/README.md, offline_eval.py), so these answers are one draw; the agreement column shows "
+               "the same effect between engines. "
+               if any(r.get("dtype") == "bfloat16" for r in report.get("results", [])) else "")
+            + "Load: the four tasks' prompts in turn, "
             f"streamed, max_tokens {report['config']['load']['max_tokens']}"
             + (" decoded in full by every request (ignore_eos: the same work for every option)."
                if report["config"]["load"].get("fixed_length") else " (natural stopping)."), ""]
