@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import yaml
 
 from runtime.artifacts import git_sha
 from runtime.bench.agent import run_on_server
@@ -33,6 +32,7 @@ from runtime.bench.compare import (
     score_baselines,
 )
 from runtime.bench.config import BenchConfig
+from runtime.bench.deployments import write_base, write_hybrid
 from runtime.bench.environment import environment, installed_engines, library_versions
 from runtime.bench.journal import Journal
 from runtime.bench.keys import adapters_of, digest, models_key, weights_digest
@@ -109,7 +109,7 @@ class Bench:
     # ---------------------------------------------------------------------------------------- one option
     def deployment(self, option: str) -> tuple[Path, DeploymentConfig]:
         if option == BASE:
-            path = self.write_base()
+            path = write_base(self.config, self.out)
             return path, load_deployment(str(path))
         if option == "hybrid":
             path = self.out / "hybrid.yaml"
@@ -306,7 +306,7 @@ class Bench:
             {o: tally.answers[o] for o in options}, self.model_sizes_mb(options), self.config.accuracy.bootstrap)
         recommendation.engine = costed
         tally.recommendation = recommendation
-        self.write_hybrid(recommendation.routes, costed)
+        write_hybrid(self.config, self.out, recommendation.routes, costed)
         if len(chosen := set(recommendation.routes.values())) == 1:  # the plan is one measured option:
             twin = chosen.pop()  # serving it again would measure the same weights and routes twice
             tally.results += [r.model_copy(update={"deployment": "hybrid", "same_as": twin})
@@ -393,38 +393,6 @@ class Bench:
         folder.mkdir(parents=True, exist_ok=True)
         for task, its in self.items.items():
             write_answers(folder / f"{task}.jsonl", its, answers[task])
-
-    def engine_template(self) -> dict:
-        """The engine settings the options share (dtype, batch size, ...): the first listed option's. The base
-        control and the hybrid plan are served with them, so they differ from the others in weights only."""
-        for option in self.config.deployments:
-            if option not in (BASE, "hybrid"):
-                return load_deployment(str(configs_dir() / "deployments" / f"{option}.yaml")).engine.model_dump(
-                    exclude_defaults=True)
-        return {}
-
-    def write_base(self) -> Path:
-        """OUT/base.yaml: the untuned ``base_model`` answering every task, the control of every run."""
-        doc = {"name": BASE, "option": "base", "base_model": self.config.base_model,
-               "description": "the untuned base model: the control every option is measured against",
-               "engine": self.engine_template()}
-        return self._write_deployment("base.yaml", doc, "the untuned base model, the bench's control")
-
-    def write_hybrid(self, routes: dict[str, str], engine: str) -> None:
-        base = self.write_base().name  # routes name deployments; the control is this run's file beside it
-        doc = {"name": "hybrid", "option": "hybrid", "base_model": self.config.base_model,
-               "description": "the per-task plan runtime bench recommended",
-               "routes": {t: base if o == BASE else o for t, o in routes.items()},
-               "fallback": [base], "engine": self.engine_template() | {"kind": engine}}
-        self._write_deployment("hybrid.yaml", doc, "the per-task plan with the best normalized gain within the "
-                                                   "budget (see report.md)")
-
-    def _write_deployment(self, name: str, doc: dict, what: str) -> Path:
-        path = self.out / name
-        path.write_text(f"# runtime serve --deployment {name}   (from this folder; a route to a .yaml file names "
-                        f"one beside this)\n# Written by `runtime bench`: {what}.\n"
-                        + yaml.safe_dump(doc, sort_keys=False))
-        return path
 
 
 def scores_humaneval(config: BenchConfig) -> bool:
