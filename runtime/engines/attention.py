@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 __all__ = ["NAME", "Packed", "packable", "use_decode_attention"]
 
 NAME = "mixmerge_decode"
-NUMERICS = 1  # bump when this file's math changes: the bench's cached greedy answers of the hf engine key on it
+NUMERICS = 2  # bump when the decode math changes (2: scheduler pads single-token steps): the bench's cached
+# greedy answers of the hf engine key on it
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,

@@ -102,6 +102,14 @@ def forward(model, lora: GroupedLora | None, names: list[str], chunks: list[tupl
     return model(**inputs) if lora is None else lora.forward(model, names, chunks, **inputs)
 
 
+# Single-token steps: a bf16 Linear over ONE token takes another kernel (a matrix-vector product) than over two
+# or more and rounds a few outputs differently (SmolLM2's layer-27 down_proj: 1 of 576 outputs; every MLP weight
+# with random activations: 2 of 109,440), while any count from 2 to 64 gives the same bits. A row decoding alone
+# and the same row beside others then drift apart from the first such output on. A packed step of a single token
+# runs it twice (the copy with a throwaway cache), so a row's numerics do not depend on what else runs
+# (benchmarks/README.md, offline_eval.py).
+
+
 def packed_step(model, lora: GroupedLora | None, batch: Batch, fills: list[tuple[Job, int]]):
     """ONE forward of every row's pending token and the next ``n`` prompt tokens of each ``(job, n)`` in
     ``fills``, packed into one sequence (``attention.Packed``). Returns the rows' logits ``[rows, vocab]``
@@ -118,17 +126,26 @@ def packed_step(model, lora: GroupedLora | None, batch: Batch, fills: list[tuple
         batch.mask = torch.cat([batch.mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
         step.mask = batch.mask.bool()[:, None, None, :]
     keep, complete = list(range(rows)), []
+    chunk_adapters = []
     for job, n in fills:
         job.cache = job.cache if job.cache is not None else DynamicCache()
         chunk = job.prompt_ids[job.filled:job.filled + n]
         ids += chunk
         positions += range(job.filled, job.filled + len(chunk))
         step.chunks.append((job.cache, len(chunk)))
+        chunk_adapters.append((job.adapter, len(chunk)))
         job.filled += len(chunk)
         if job.filled == len(job.prompt_ids):
             keep.append(len(ids) - 1)
             complete.append(job)
-    out = forward(model, lora, [job.adapter for job in batch.rows], [(job.adapter, n) for job, n in fills],
+    if len(ids) == 1:  # never one token alone (see the note above)
+        ids, positions = ids * 2, positions * 2
+        step.chunks.append((DynamicCache(), 1))  # a throwaway copy: its own cache, its logits not kept
+        chunk_adapters.append((batch.rows[0].adapter if rows else fills[0][0].adapter, 1))
+    kept = len(keep)
+    if kept == 1:  # the vocabulary projection too: never over one position alone
+        keep.append(keep[0])
+    out = forward(model, lora, [job.adapter for job in batch.rows], chunk_adapters,
                   input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]), use_cache=False,
                   attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool),  # 4D: passed on as prepared, unused
                   mixmerge_step=step, logits_to_keep=torch.tensor(keep, dtype=torch.long))
@@ -137,7 +154,7 @@ def packed_step(model, lora: GroupedLora | None, batch: Batch, fills: list[tuple
         raise RuntimeError(  # sequence of unrelated rows: never return its logits
             f"a packed step reached {len(step.layers_seen)} of {layers.num_hidden_layers} attention layers: this "
             f"architecture ({layers.model_type}) does not pass attention keywords on (attention.PACKED_ARCHITECTURES)")
-    logits = out.logits[0].float()
+    logits = out.logits[0, :kept].float()
     return (logits[:rows] if rows else None), list(zip(complete, logits[rows:], strict=True))
 
 

@@ -146,3 +146,25 @@ def test_a_packed_step_that_some_layer_did_not_see_is_refused(tiny_model_dir, ad
     monkeypatch.setattr(attention, "_packed", forgetful)
     with pytest.raises(Exception, match="packed step reached"):
         _run(tiny_model_dir, adapters, True, monkeypatch)
+
+
+def test_no_linear_layer_sees_a_lone_token_so_a_row_decodes_as_it_would_beside_others(tiny_model_dir, adapters):
+    """A bf16 Linear over one token takes another kernel than over two or more and rounds some outputs differently,
+    so a row decoding alone would drift from the same row beside others: a packed step never runs one token."""
+    import torch
+
+    async def run() -> tuple[str, list[int]]:
+        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(dtype="float32", max_batch_size=8, max_loras=2))
+        tokens: list[int] = []
+        hooks = [m.register_forward_pre_hook(lambda mod, inp: tokens.append(inp[0].shape[-2]))
+                 for m in engine.runner.model.modules() if isinstance(m, torch.nn.Linear)]
+        try:
+            text = "".join([d.text async for d in engine.stream(_request(0, "one", 6))])  # one row, alone
+        finally:
+            for h in hooks:
+                h.remove()
+            await engine.aclose()
+        return text, tokens
+
+    text, tokens = asyncio.run(run())
+    assert text and tokens and min(tokens) >= 2
