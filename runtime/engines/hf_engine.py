@@ -380,7 +380,13 @@ class HFEngine:
                 self._filling.remove(job)
                 job.abort()
             elif budget > 0:
-                fills.append((job, min(budget, len(job.prompt_ids) - job.filled)))
+                # a prompt is cut only at multiples of the budget from its own start, never where this step's
+                # budget runs out: where a prompt is cut changes its bf16 logits (chunks of 50 + 125 tokens vs
+                # whole: 47,840 of 49,152 differ), and who else arrived must not change a request's answer
+                block_end = min((job.filled // self.prefill_budget + 1) * self.prefill_budget, len(job.prompt_ids))
+                if block_end - job.filled > budget:
+                    break  # oldest first: it takes its whole block at the next step
+                fills.append((job, block_end - job.filled))
                 budget -= fills[-1][1]
         step = packed_step if self._packable() else apart_step
         for batch, model, lora in self._lanes():

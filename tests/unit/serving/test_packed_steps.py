@@ -168,3 +168,28 @@ def test_no_linear_layer_sees_a_lone_token_so_a_row_decodes_as_it_would_beside_o
 
     text, tokens = asyncio.run(run())
     assert text and tokens and min(tokens) >= 2
+
+
+def test_a_prompt_is_cut_only_at_multiples_of_the_budget_from_its_own_start(tiny_model_dir, adapters, monkeypatch):
+    """Where a prompt is cut changes its bf16 logits, so it must not depend on who else is being prefilled."""
+    cuts: list[tuple[int, int, int]] = []  # (tokens in before this chunk, chunk tokens, prompt tokens)
+    real = hf_engine.packed_step
+
+    def spy(model, lora, batch, fills):
+        cuts.extend((job.filled, n, len(job.prompt_ids)) for job, n in fills)
+        return real(model, lora, batch, fills)
+
+    monkeypatch.setattr(hf_engine, "packed_step", spy)
+    budget = 16
+
+    async def run() -> None:
+        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(dtype="float32", max_batch_size=8, max_loras=2),
+                          prefill_budget=budget)
+        try:
+            await asyncio.gather(*(engine.generate(_request(i, a, 3)) for i, (a, _) in enumerate(REQUESTS)))
+        finally:
+            await engine.aclose()
+
+    asyncio.run(run())
+    assert any(start > 0 for start, _, _ in cuts)  # some prompt was longer than one block
+    assert all(start % budget == 0 and (n == budget or start + n == total) for start, n, total in cuts)
