@@ -33,7 +33,7 @@ def merge_adapters(config: AdapterMergeConfig, store: ModelStore, step: Step = l
     """One LoRA adapter from several; a finished artifact of the same name and recipe is reused."""
     base = store.get(config.base_model)
     with store.build(config.name, "adapter", source="runtime merge adapters", parent=base.name,
-                     config=config, inputs=[config.base_model, *(a.adapter for a in config.adapters)]) as build:
+                     config=config, inputs=config.recipe_inputs) as build:
         if build.reused:
             step(f"{config.name} already exists at {build.path}; `runtime models remove {config.name}` to redo it")
             return build.entry

@@ -52,6 +52,11 @@ class MergeConfig(Frozen):
     sweep: MergeSweep | None = None  # used by `runtime merge sweep`
     NOT_RECIPE: ClassVar[frozenset[str]] = frozenset({"output_dir", "sweep.score_test"})
 
+    @property
+    def recipe_inputs(self) -> list[str]:
+        """The artifacts it is built from (a finished merge is stale once one of them is rebuilt)."""
+        return [self.base_model, *(m.model for m in self.models)]
+
     @model_validator(mode="after")
     def _check_against_mergekit(self) -> MergeConfig:
         from merge.plans import check_plan
@@ -85,6 +90,10 @@ class AdapterMergeConfig(Frozen):
     svd_rank: int | None = Field(None, gt=0)  # *_svd: rank of the result (default: the largest input rank)
     majority_sign_method: Literal["total", "frequency"] = "total"
     seed: int = 0  # dare drops entries at random
+
+    @property
+    def recipe_inputs(self) -> list[str]:
+        return [self.base_model, *(a.adapter for a in self.adapters)]
 
     @model_validator(mode="after")
     def _density_where_used(self) -> AdapterMergeConfig:

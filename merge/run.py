@@ -101,7 +101,7 @@ def merge(config: MergeConfig, store: ModelStore, step: Step = log.info) -> Mode
     base = store.get(config.base_model)
     out = Path(config.output_dir).expanduser() if config.output_dir else None
     with store.build(config.name, "merged", source="runtime merge", parent=base.name, config=config,
-                     path=out, inputs=[config.base_model, *(m.model for m in config.models)]) as build:
+                     path=out, inputs=config.recipe_inputs) as build:
         if build.reused:
             step(f"{config.name} is already merged at {build.path}; `runtime models remove {config.name}` to redo it")
             return build.entry

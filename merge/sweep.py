@@ -81,7 +81,7 @@ def run_sweep(config: MergeConfig, out: Path, store: ModelStore, score: Score | 
         raise ConfigError(config.name, ["no `sweep:` section; add one (see configs/merge/*-sweep.yaml)"])
     base = store.get(config.base_model)
     with store.build(config.name, "merged", source="runtime merge sweep", parent=base.name, config=config,
-                     inputs=[config.base_model, *(m.model for m in config.models)]) as build:
+                     inputs=config.recipe_inputs) as build:
         if build.reused:
             step(f"{config.name} was already chosen by a sweep; `runtime models remove {config.name}` to redo it")
             return _summary_of(build, out)
@@ -140,8 +140,8 @@ def _score_candidates(todo: list[Candidate], scoring: _Scoring, tasks: list[str]
     scored: list[tuple[Candidate, ModelEntry, dict[str, float]]] = []
     for i, cand in enumerate(todo, 1):
         step(f"candidate {i}/{len(todo)} {cand.name}")
-        inputs = [cand.config.base_model, *(m.model for m in cand.config.models)]
-        if changes := store.recipe_changes(cand.config.name, cand.config, inputs):  # left by an interrupted sweep
+        # a candidate left by an interrupted sweep and merged from another recipe is merged again
+        if changes := store.recipe_changes(cand.config.name, cand.config, cand.config.recipe_inputs):
             step(f"removing {cand.config.name}, merged from another recipe ({'; '.join(changes[:2])})")
             store.remove(cand.config.name)
         entry = merge(cand.config, store, step=lambda _: None)

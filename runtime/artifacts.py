@@ -123,7 +123,6 @@ class Build:
     parent: str | None = None
     config: dict[str, Any] | None = None
     source: str = "?"
-    not_recipe: frozenset[str] = frozenset()  # config keys that do not change what is built
     inputs: dict[str, str | None] | None = None  # input artifact -> its manifest's ``created`` (``built_from``)
     schema: type[BaseModel] | None = None  # the config's class: a stored config is read through it to compare
     reused: bool = False  # a finished artifact of the same recipe was found: build nothing
@@ -151,7 +150,8 @@ class Build:
         A side the manifest does not record (one written before it recorded them) is not compared."""
         changes = []
         if self.config is not None and built.config is not None:
-            old, new = _flat(self._current(built.config), self.not_recipe), _flat(self.config, self.not_recipe)
+            skip = getattr(self.schema, "NOT_RECIPE", frozenset())  # keys that do not change what is built
+            old, new = _flat(self._current(built.config), skip), _flat(self.config, skip)
             changes += [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
                         for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         was = built.extras.get("built_from")

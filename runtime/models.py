@@ -162,10 +162,9 @@ class ModelStore:
     def _build_record(self, name: str, kind: ModelKind, source: str, parent: str | None, config: BaseModel | None,
                       final: Path, inputs: list[str] | None) -> Build:
         plain = config.model_dump(mode="json") if config is not None else None
-        not_recipe = getattr(config, "NOT_RECIPE", frozenset())
         built_from = ({n: str(read_manifest(self.get(n).path).get("created")) for n in inputs}
                       if inputs is not None else None)
-        return Build(self, name, kind, final, parent, plain, source, not_recipe, built_from,
+        return Build(self, name, kind, final, parent, plain, source, built_from,
                      schema=type(config) if config is not None else None)
 
     def recipe_changes(self, name: str, config: BaseModel | None, inputs: list[str] | None = None) -> list[str]:

@@ -48,6 +48,10 @@ class TrainConfig(Frozen):
     output_dir: str | None = None  # default: $MIXMERGE_HOME/models/NAME
     # Trainer arguments that change what is shown, not what is trained (the bench turns the Trainer's bar off)
     NOT_RECIPE: ClassVar[frozenset[str]] = frozenset({"output_dir", "training.disable_tqdm", "training.logging_steps"})
+
+    @property
+    def recipe_inputs(self) -> list[str]:
+        return [self.base_model]
     seed: int = 0
 
     @classmethod

@@ -150,7 +150,7 @@ def train(config: TrainConfig, store: ModelStore, step: Step = log.info, callbac
     base = store.get(config.base_model)
     work = store.home / "runs" / config.name
     with store.build(config.name, config.kind, source="runtime train", parent=base.name, config=config,
-                     path=out, inputs=[config.base_model]) as build:
+                     path=out, inputs=config.recipe_inputs) as build:
         if build.reused:
             step(f"{config.name} is already trained at {build.path}; `runtime models remove {config.name}` to "
                  "retrain")

@@ -77,20 +77,18 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelSt
     steps: list[ZooStep] = []
     for path in z.train:  # the Trainer's own bar would fight the bench's: its steps go to a bench bar instead
         tc = load_config(shipped(path), TrainConfig, [*z.train_overrides, "disable_tqdm=true"])
-        steps.append(ZooStep(tc.name, f"train {path}", tc, [tc.base_model],
+        steps.append(ZooStep(tc.name, f"train {path}", tc, tc.recipe_inputs,
                              lambda tc=tc: train(tc, store, step=progress.say,
                                                  callbacks=[StepsToProgress(progress, tc.name)])))
     if z.merge_sweep:
         # the bench scores the chosen merge on test itself, on more items: the sweep's own test score is skipped
         mc = load_config(shipped(z.merge_sweep), MergeConfig, ["sweep.score_test=false", *z.sweep_overrides])
-        steps.append(ZooStep(mc.name, f"merge sweep {z.merge_sweep}", mc,
-                             [mc.base_model, *(m.model for m in mc.models)],
+        steps.append(ZooStep(mc.name, f"merge sweep {z.merge_sweep}", mc, mc.recipe_inputs,
                              lambda mc=mc: run_sweep(mc, out / "zoo" / f"sweep-{mc.name}", store,
                                                      step=progress.say)))
     if z.adapter_merge:
         ac = load_config(shipped(z.adapter_merge), AdapterMergeConfig)
-        steps.append(ZooStep(ac.name, f"merge adapters {z.adapter_merge}", ac,
-                             [ac.base_model, *(a.adapter for a in ac.adapters)],
+        steps.append(ZooStep(ac.name, f"merge adapters {z.adapter_merge}", ac, ac.recipe_inputs,
                              lambda ac=ac: merge_adapters(ac, store, step=progress.say)))
     check_recipes(steps, store)
     progress.phase("zoo", len(steps) + 1)
