@@ -90,6 +90,8 @@ class EngineConfig(Frozen):
     kind: EngineKind = "hf"
     # auto = bfloat16 where the hardware computes it natively (AVX512-BF16/AMX CPUs, bf16 GPUs), else float32
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # hf: auto = the first GPU where torch sees one, else the CPU (vLLM runs where its build runs)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch_size: int = Field(8, gt=0)  # requests merged into one forward pass; more = throughput, not latency
     max_loras: int = Field(4, gt=0)  # adapters resident at once; the rest are loaded on demand (LRU)
     max_lora_rank: int = Field(16, gt=0)  # vLLM reserves memory for this rank

@@ -1,5 +1,5 @@
-"""What this machine can do, asked in one place: a GPU (and the memory in use on it), and fast bf16 arithmetic
-(the engines' `dtype: auto`)."""
+"""What this machine can do, asked in one place: a GPU (and the memory in use on it), fast bf16 arithmetic (the
+engines' `dtype: auto`) and where the `hf` engine runs (`device: auto`)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,24 @@ def resolve_dtype(dtype: str) -> str:
     if dtype != "auto":
         return dtype
     return "bfloat16" if bf16_supported() else "float32"
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str) -> str:
+    """The `hf` engine's device: ``auto`` is the first GPU where one is visible, else the CPU; ``cuda`` without a
+    visible GPU is an error (a deployment written for a GPU machine must not silently crawl on a CPU)."""
+    from runtime.errors import BadRequestError
+
+    if device not in DEVICES:
+        raise BadRequestError(f"unknown device '{device}'", fix=f"use one of: {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if gpu_present() else "cpu"
+    if device == "cuda" and not gpu_present():
+        raise BadRequestError("engine.device is cuda but torch sees no GPU here",
+                          fix="set engine.device to auto or cpu, or install a CUDA build of torch")
+    return device
 
 
 def gpu_memory_mb() -> float | None:

@@ -139,7 +139,8 @@ def _causal(query, key, value, scaling: float | None):
     if q == kv:  # the first chunk: plain causal, no mask (SDPA's flash kernel, grouped heads)
         return scaled_dot_product_attention(query, key, value, is_causal=q > 1, scale=scaling, enable_gqa=True)
     group = query.shape[1] // key.shape[1]
-    allowed = torch.ones(q, kv, dtype=torch.bool).tril(diagonal=kv - q)  # token i sees the past and itself
+    # token i sees the past and itself
+    allowed = torch.ones(q, kv, dtype=torch.bool, device=query.device).tril(diagonal=kv - q)
     return scaled_dot_product_attention(query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1),
                                         attn_mask=allowed, scale=scaling)
 

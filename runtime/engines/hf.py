@@ -16,7 +16,7 @@ from runtime.engines.attention import use_decode_attention
 from runtime.engines.base import SamplingParams
 from runtime.engines.scheduler import last_position
 from runtime.errors import BadRequestError, ModelStoreError
-from runtime.hardware import resolve_dtype
+from runtime.hardware import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,14 @@ class Generation:
 
 class HFRunner:
     def __init__(self, model_path: str | Path, adapter_path: str | Path | None = None, dtype: str = "float32",
-                 max_batch_size: int = 8) -> None:
+                 max_batch_size: int = 8, device: str = "auto") -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if dtype not in DTYPES:
             raise BadRequestError(f"unknown dtype '{dtype}'", fix=f"use one of: {', '.join(DTYPES)}")
         dtype = resolve_dtype(dtype)  # auto: bfloat16 where the hardware computes it natively
+        self.device = resolve_device(device)  # auto: the first GPU where torch sees one
         self.model_path = Path(model_path)
         self.adapter_path = Path(adapter_path) if adapter_path else None
         self.dtype = dtype
@@ -52,6 +53,7 @@ class HFRunner:
         except (OSError, ValueError) as e:
             raise ModelStoreError(f"could not load the model at {self.model_path}: {e}",
                                   fix="pass a Hugging Face model directory or a name from `runtime models list`") from e
+        model = model.to(self.device)
         if self.adapter_path is not None:
             model = load_adapter(model, self.adapter_path)
         self.model = use_decode_attention(model.eval())  # one-token steps without SDPA's CPU kernel
@@ -85,6 +87,7 @@ class HFRunner:
         import torch
 
         inputs = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        inputs = inputs.to(self.device)
         kwargs = generate_kwargs(params, params.max_new_tokens, self.tokenizer.pad_token_id)
         width = inputs["input_ids"].shape[1]
         self.check_fits(int(inputs["attention_mask"].sum(dim=1).max()), params.max_new_tokens)
@@ -178,7 +181,7 @@ def prefill_rows(model, input_ids, attention_mask, adapter_names: Sequence[str] 
         if length > 1:
             extra = {"adapter_names": [adapter_names[i]]} if adapter_names else {}
             model(input_ids=input_ids[i:i + 1, width - length:width - 1], past_key_values=cache, use_cache=True,
-                  logits_to_keep=last_position(length - 1), **extra)
+                  logits_to_keep=last_position(length - 1, input_ids.device), **extra)
         rows.append(cache)
     shaped = next(c for c in rows if c.get_seq_length())  # some row is longer than one token: lengths differ
     merged = DynamicCache()
@@ -306,10 +309,12 @@ def transplant(model, layers: list[tuple[str, object]], name: str, peft_config) 
     if not pairs:
         return False
     for target, layer in pairs:
+        device = target.get_base_layer().weight.device  # the skeleton's weights were read to the CPU
         for attr in (*layer.adapter_layer_names, *layer.other_param_names, "lora_variant"):
             source = getattr(layer, attr, None)
             if source is not None and "skeleton" in source:
-                getattr(target, attr)[name] = source["skeleton"]
+                part = source["skeleton"]
+                getattr(target, attr)[name] = part.to(device) if hasattr(part, "to") else part
     model.peft_config[name] = peft_config
     return True
 

@@ -51,7 +51,8 @@ class HFEngine:
                  config: EngineConfig | None = None, max_queue: int = 64, prefill_budget: int = 512) -> None:
         self.config = config or EngineConfig()
         log.info("hf engine: %d torch threads", leave_a_core_to_the_server())
-        self.runner = HFRunner(model_path, dtype=self.config.dtype, max_batch_size=self.config.max_batch_size)
+        self.runner = HFRunner(model_path, dtype=self.config.dtype, max_batch_size=self.config.max_batch_size,
+                               device=self.config.device)
         self.known: dict[str, str] = {k: str(v) for k, v in (adapters or {}).items()}
         self.resident: OrderedDict[str, None] = OrderedDict()
         self.pinned = set(self.config.pinned_adapters)
@@ -110,7 +111,8 @@ class HFEngine:
     def _fold(self, name: str):
         """The model with one adapter folded in (on the placement's thread: nothing served is touched)."""
         config, weights, _ = self._read(Path(self.known[name]))
-        return use_decode_attention(fold_copy(self.runner.model_path, self.runner.dtype, config, weights, name))
+        return use_decode_attention(
+            fold_copy(self.runner.model_path, self.runner.dtype, config, weights, name).to(self.runner.device))
 
     def placement_status(self) -> dict[str, object] | None:
         return None if self.placement is None else self.placement.status()

@@ -119,11 +119,11 @@ def packed_step(model, lora: GroupedLora | None, batch: Batch, fills: list[tuple
 
     from runtime.engines.attention import Packed
 
-    rows = len(batch)
+    rows, device = len(batch), model.device
     ids, positions = list(batch.pending), batch.mask.sum(dim=1).tolist() if rows else []
     step = Packed(rows, batch.cache)
     if rows:
-        batch.mask = torch.cat([batch.mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(rows, 1)], dim=1)
         step.mask = batch.mask.bool()[:, None, None, :]
     keep, complete = list(range(rows)), []
     chunk_adapters = []
@@ -146,9 +146,10 @@ def packed_step(model, lora: GroupedLora | None, batch: Batch, fills: list[tuple
     if kept == 1:  # the vocabulary projection too: never over one position alone
         keep.append(keep[0])
     out = forward(model, lora, [job.adapter for job in batch.rows], chunk_adapters,
-                  input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]), use_cache=False,
-                  attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool),  # 4D: passed on as prepared, unused
-                  mixmerge_step=step, logits_to_keep=torch.tensor(keep, dtype=torch.long))
+                  input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([positions], device=device),
+                  use_cache=False, mixmerge_step=step,
+                  logits_to_keep=torch.tensor(keep, dtype=torch.long, device=device),
+                  attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device))  # 4D: passed on, unused
     layers = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
     if len(step.layers_seen) != layers.num_hidden_layers:  # an attention that drops **kwargs saw a plain causal
         raise RuntimeError(  # sequence of unrelated rows: never return its logits
@@ -178,13 +179,13 @@ def prefill(model, job: Job, budget: int, lora: GroupedLora | None):
     if job.cache is None:
         job.cache = DynamicCache()
     chunk = job.prompt_ids[job.filled:job.filled + budget]
-    out = forward(model, lora, [job.adapter], input_ids=torch.tensor([chunk]), past_key_values=job.cache,
-                  use_cache=True, logits_to_keep=last_position(len(chunk)))
+    out = forward(model, lora, [job.adapter], input_ids=torch.tensor([chunk], device=model.device),
+                  past_key_values=job.cache, use_cache=True, logits_to_keep=last_position(len(chunk), model.device))
     job.filled += len(chunk)
     return out.logits[0, -1].float() if job.filled == len(job.prompt_ids) else None
 
 
-def last_position(width: int):
+def last_position(width: int, device=None):
     """``logits_to_keep`` for the last of ``width`` positions, as an index, not ``1``: ``1`` slices the hidden
     states to a view whose batch stride is the whole prompt's, and where the LM head's weight does not require
     grad (PEFT freezes it) ``torch.matmul`` then does not fold the batch into one matmul but copies the whole
@@ -192,7 +193,7 @@ def last_position(width: int):
     own cost. The index gathers a fresh row and the head is one small matmul."""
     import torch
 
-    return torch.tensor([width - 1])
+    return torch.tensor([width - 1], device=device)
 
 
 def next_tokens(logits, jobs: list[Job], eos: list[int]) -> list[int]:
@@ -213,7 +214,8 @@ def next_tokens(logits, jobs: list[Job], eos: list[int]) -> list[int]:
                     job.generator.seed()
                 else:
                     job.generator.manual_seed(params.seed)
-            picked[i] = _sample(logits[i] / params.temperature, params.top_p, job.generator)
+            # on the CPU, with the row's CPU generator: a seed draws the same tokens on every device
+            picked[i] = _sample(logits[i].cpu() / params.temperature, params.top_p, job.generator)
     return picked
 
 
@@ -250,7 +252,7 @@ class Batch:
 
         cache, length = job.cache, job.filled
         job.cache = None
-        row_mask = torch.ones(1, length, dtype=torch.long)
+        row_mask = torch.ones(1, length, dtype=torch.long, device=cache.layers[0].keys.device)
         if self.cache is None:
             self.cache, self.mask = cache, row_mask
         else:
@@ -274,7 +276,7 @@ class Batch:
         if not keep:
             self.__init__()
             return gone
-        index = torch.tensor(keep)
+        index = torch.tensor(keep, device=self.mask.device)
         mask = self.mask[index]
         start = int(mask.any(dim=0).long().argmax())  # the first column some row still uses
         for layer in self.cache.layers:
@@ -290,9 +292,10 @@ class Batch:
         import torch
 
         rows = len(self.rows)
-        mask = torch.cat([self.mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
+        mask = torch.cat([self.mask, self.mask.new_ones(rows, 1)], dim=1)
         positions = self.mask.sum(dim=1, keepdim=True)  # real tokens before the pending one
-        out = forward(model, lora, [job.adapter for job in self.rows], input_ids=torch.tensor(self.pending)[:, None],
+        out = forward(model, lora, [job.adapter for job in self.rows],
+                      input_ids=torch.tensor(self.pending, device=mask.device)[:, None],
                       attention_mask=mask, position_ids=positions, past_key_values=self.cache, use_cache=True)
         self.mask = mask
         return out.logits[:, -1].float()

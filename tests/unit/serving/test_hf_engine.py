@@ -359,3 +359,18 @@ def test_a_hot_loaded_adapter_answers_like_one_loaded_at_start(tiny_model_dir, a
 
     (cold, _), (hot, lock) = asyncio.run(run(True)), asyncio.run(run(False))
     assert hot == cold and lock is not None
+
+
+def test_the_engine_runs_where_device_says_and_refuses_a_gpu_it_does_not_have(tiny_model_dir, monkeypatch):
+    from runtime import hardware
+    from runtime.errors import BadRequestError
+
+    monkeypatch.setattr(hardware, "gpu_present", lambda: False)
+    engine = HFEngine(tiny_model_dir, config=EngineConfig(device="auto", dtype="float32"))
+    assert engine.runner.device == "cpu" and engine.runner.model.device.type == "cpu"
+    asyncio.run(engine.aclose())
+    with pytest.raises(BadRequestError, match="no GPU") as refused:
+        HFEngine(tiny_model_dir, config=EngineConfig(device="cuda"))
+    assert "engine.device" in refused.value.fix
+    with pytest.raises(BadRequestError, match="unknown device"):
+        hardware.resolve_device("tpu")

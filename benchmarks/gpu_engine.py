@@ -1,0 +1,242 @@
+"""The `hf` engine on a GPU (issue #16, item 6): models of Qwen2.5-Coder-0.5B's and 1.5B's configs with random
+weights (no download), bf16, a fixed-length load (every request decodes exactly --new-tokens tokens, `ignore_eos`)
+at concurrency 1, 8 and 32, straight into the engine: the device machine has no fastapi/uvicorn, so no HTTP server.
+Beside each engine figure, on the same prompts and the same machine:
+
+- transformers' own ``generate`` on the same prompts as a static batch (``min_new_tokens = max_new_tokens``): what
+  the library alone does with the same work;
+- experts: four random r16 adapters (every linear layer, B not zero) in turn, same load, vs the base model at c=8;
+- mixed adapters in one running batch vs each request alone: greedy tokens compared (bf16 and float32);
+- decode at batch 1 as a share of the memory-bandwidth limit: weight bytes / measured device copy bandwidth,
+  divided by the measured c=1 step time.
+
+    python benchmarks/gpu_engine.py --models DIR [--out FILE.json]
+    .venv/bin/python benchmarks/gpu_engine.py --models DIR --device cpu --layers 2 --new-tokens 8   # smoke test
+
+DIR holds one folder per model with its config.json (a tokenizer in the first one; the Qwen2.5 models share it),
+copied from the store (`runtime models pull qwen2.5-coder-0.5b`). Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from runtime.config import EngineConfig
+from runtime.engines.base import EngineRequest, SamplingParams
+from runtime.engines.hf_engine import HFEngine
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def build(config_dir: Path, tokenizer_dir: Path, out: Path, layers: int | None, device: str) -> Path:
+    """A model of ``config_dir``'s config with random weights (seed 0), saved in bf16 with the tokenizer."""
+    config = AutoConfig.from_pretrained(config_dir)
+    if layers:
+        config.num_hidden_layers = layers
+        if getattr(config, "layer_types", None):
+            config.layer_types = config.layer_types[:layers]
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copy(tokenizer_dir / name, out / name)
+    return out
+
+
+def adapters(model_dir: Path, out: Path, device: str, count: int = 4) -> dict[str, Path]:
+    """``count`` r16 LoRA adapters on every linear layer, A and B random (B ~ N(0, 0.02): a real delta)."""
+    from peft import LoraConfig, get_peft_model
+
+    made = {}
+    for i in range(count):
+        torch.manual_seed(100 + i)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+        peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+        with torch.no_grad():
+            for name, param in peft.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.02)
+        made[f"expert{i}"] = out / f"expert{i}"
+        peft.save_pretrained(made[f"expert{i}"])
+        del peft, model
+    return made
+
+
+def prompts(tokenizer, count: int, length: int) -> list[str]:
+    """``count`` different prompts of ``length`` tokens each: windows of this project's own source text."""
+    text = "\n".join(p.read_text() for p in sorted(Path(__file__).resolve().parents[1].glob("runtime/**/*.py")))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    step = max(1, (len(ids) - length) // count)
+    return [tokenizer.decode(ids[i * step:i * step + length]) for i in range(count)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(statistics.quantiles(values, n=100, method="inclusive")[q - 1]) if len(values) > 1 else values[0]
+
+
+async def load(engine: HFEngine, texts: list[str], concurrency: int, new_tokens: int,
+               names: list[str | None] | None = None) -> dict:
+    """Every prompt through ``engine.stream`` at ``concurrency``, each decoding exactly ``new_tokens``."""
+    gate = asyncio.Semaphore(concurrency)
+    names = names or [None] * len(texts)
+    rows: list[dict] = []
+
+    async def one(i: int) -> None:
+        async with gate:
+            start, stamps, last = time.perf_counter(), [], None
+            params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+            async for delta in engine.stream(EngineRequest(f"r{i}", params, prompt=texts[i], adapter=names[i])):
+                stamps.append(time.perf_counter())
+                last = delta
+            rows.append(dict(ttft=stamps[0] - start, e2el=stamps[-1] - start, tokens=last.completion_tokens,
+                             gaps=[b - a for a, b in zip(stamps, stamps[1:])]))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(len(texts))))
+    wall = time.perf_counter() - start
+    tokens = sum(r["tokens"] for r in rows)
+    assert tokens == new_tokens * len(texts), f"fixed-length load decoded {tokens} tokens"
+    gaps = [g * 1000 for r in rows for g in r["gaps"]]
+    return {"concurrency": concurrency, "requests": len(texts), "out_tok_s": round(tokens / wall, 1),
+            "ttft_p50_ms": round(percentile([r["ttft"] * 1000 for r in rows], 50), 1),
+            "itl_p50_ms": round(percentile(gaps, 50), 2), "itl_p99_ms": round(percentile(gaps, 99), 2),
+            "e2el_p90_s": round(percentile([r["e2el"] for r in rows], 90), 2)}
+
+
+def static_generate(model_dir: Path, texts: list[str], new_tokens: int, device: str) -> float:
+    """transformers' ``generate`` (sdpa, its own cache) on the same prompts as one batch: out tok/s."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to(device).eval()
+    inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                  pad_token_id=tokenizer.eos_token_id)
+    with torch.inference_mode():
+        model.generate(**inputs, **kwargs)  # warm-up
+        sync(device)
+        start = time.perf_counter()
+        model.generate(**inputs, **kwargs)
+        sync(device)
+    seconds = time.perf_counter() - start
+    del model
+    return round(len(texts) * new_tokens / seconds, 1)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bandwidth(device: str, megabytes: int = 1024) -> float:
+    """Device memory bandwidth in GB/s: a large copy, bytes read + written, best of 10."""
+    source = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(11):
+        sync(device)
+        start = time.perf_counter()
+        target.copy_(source)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * source.numel() / best / 1e9
+
+
+async def mixed_vs_alone(engine: HFEngine, texts: list[str], names: list[str | None], new_tokens: int) -> dict:
+    """Greedy answers of requests on different adapters decoding together vs each one alone."""
+    together = await asyncio.gather(*(engine.generate(EngineRequest(
+        f"m{i}", SamplingParams(max_new_tokens=new_tokens), prompt=t, adapter=n))
+        for i, (t, n) in enumerate(zip(texts, names, strict=True))))
+    alone = [await engine.generate(EngineRequest(f"a{i}", SamplingParams(max_new_tokens=new_tokens), prompt=t,
+                                                 adapter=n)) for i, (t, n) in enumerate(zip(texts, names, strict=True))]
+    same = sum(a.text == b.text for a, b in zip(together, alone, strict=True))
+    prefix = [len(_common(a.text, b.text)) / max(1, len(b.text)) for a, b in zip(together, alone, strict=True)]
+    return {"requests": len(texts), "identical": same, "mean_shared_prefix": round(statistics.mean(prefix), 3)}
+
+
+def _common(a: str, b: str) -> str:
+    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return a[:n]
+
+
+def measure(model_dir: Path, named: dict[str, Path], args) -> dict:
+    device, n = args.device, args.new_tokens
+    config = EngineConfig(dtype="bfloat16", device=device, max_batch_size=max(args.concurrency), max_loras=4)
+    engine = HFEngine(model_dir, named, config)
+    tokenizer = engine.runner.tokenizer
+    texts = prompts(tokenizer, max(32, 2 * max(args.concurrency)), args.prompt_tokens)
+    weights = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
+    out: dict = {"weights_gb": round(weights / 1e9, 3), "engine": [], "static_generate": []}
+    asyncio.run(load(engine, texts[:4], 4, n))  # warm-up (kernels, allocator)
+    for c in args.concurrency:
+        batch = texts[:max(4, 2 * c)]
+        out["engine"].append(asyncio.run(load(engine, batch, c, n)))
+        print(json.dumps(out["engine"][-1]), flush=True)
+    names = list(named)
+    rr = [names[i % len(names)] for i in range(32)]
+    out["experts_c8"] = asyncio.run(load(engine, texts[:32], 8, n, rr))
+    out["base_c8"] = asyncio.run(load(engine, texts[:32], 8, n))
+    out["experts_over_base_c8"] = round(out["experts_c8"]["out_tok_s"] / out["base_c8"]["out_tok_s"], 2)
+    mix = [*names, None, *names[:3]]
+    out["mixed_vs_alone_bf16"] = asyncio.run(mixed_vs_alone(engine, texts[:len(mix)], mix, n))
+    if device == "cuda":
+        out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    asyncio.run(engine.aclose())
+    del engine
+    one = next(r for r in out["engine"] if r["concurrency"] == 1)
+    bw = bandwidth(device)
+    out["bandwidth_gb_s"] = round(bw)
+    out["decode_b1_share_of_bandwidth_limit"] = round(weights / bw / 1e9 / (one["itl_p50_ms"] / 1000), 3)
+    for c in args.concurrency:
+        out["static_generate"].append({"concurrency": c, "out_tok_s": static_generate(
+            model_dir, texts[:c], n, device)})
+    fp32 = HFEngine(model_dir, named, EngineConfig(dtype="float32", device=device, max_batch_size=8, max_loras=4))
+    out["mixed_vs_alone_fp32"] = asyncio.run(mixed_vs_alone(fp32, texts[:len(mix)], mix, n))
+    asyncio.run(fp32.aclose())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, required=True, help="one folder per model: config.json (+ tokenizer)")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompt-tokens", type=int, default=200)
+    parser.add_argument("--layers", type=int, default=None, help="cut each model to this many layers (smoke test)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    folders = sorted(p for p in args.models.iterdir() if (p / "config.json").is_file())
+    tokenizer_dir = next(p for p in folders if (p / "tokenizer.json").is_file())
+    report: dict = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
+                                "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+                                "cpu": platform.processor() or platform.machine()},
+                    "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "models": {}}
+    with tempfile.TemporaryDirectory() as work:
+        for folder in folders:
+            start = time.perf_counter()
+            model_dir = build(folder, tokenizer_dir, Path(work) / folder.name, args.layers, args.device)
+            named = adapters(model_dir, Path(work) / f"{folder.name}-adapters", args.device)
+            print(f"{folder.name}: built in {time.perf_counter() - start:.0f} s", flush=True)
+            report["models"][folder.name] = measure(model_dir, named, args)
+            print(json.dumps({folder.name: report["models"][folder.name]}), flush=True)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
