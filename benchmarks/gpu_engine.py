@@ -102,7 +102,7 @@ async def load(engine: HFEngine, texts: list[str], concurrency: int, new_tokens:
                 stamps.append(time.perf_counter())
                 last = delta
             rows.append(dict(ttft=stamps[0] - start, e2el=stamps[-1] - start, tokens=last.completion_tokens,
-                             gaps=[b - a for a, b in zip(stamps, stamps[1:])]))
+                             gaps=[b - a for a, b in zip(stamps, stamps[1:], strict=False)]))
 
     start = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(len(texts))))
@@ -166,7 +166,7 @@ async def mixed_vs_alone(engine: HFEngine, texts: list[str], names: list[str | N
 
 
 def _common(a: str, b: str) -> str:
-    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return a[:n]
 
 
