@@ -1,8 +1,10 @@
-"""The hf engine's scheduler: static batches (the engine before continuous batching, loaded from git) vs
-continuous batching, side by side in one process, on a fixed-length streamed load.
+"""The hf engine's scheduler: static batches (the engine before continuous batching, run from git) vs
+continuous batching, one after the other in one run, on a fixed-length streamed load.
 
     .venv/bin/python benchmarks/continuous_batching.py [--n 32] [--tokens 32] [--models tiny,smollm2-135m]
 
+The static scheduler runs in a child process over the whole ``runtime`` package as it was at STATIC_COMMIT
+(``git archive``): its engine imports helpers that have since changed, so it cannot be loaded beside today's.
 For each model (the tiny random test model, and SmolLM2-135M from the store, bf16) and scheduler: ``--n``
 chat prompts of varied length, ``--tokens`` new tokens each with ``ignore_eos`` (every answer as long), streamed at
 concurrency 1 and 8; output tokens/s over the wall time and the median time to first token. Then the new
@@ -16,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
+import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+OLD_TREE = os.environ.get("MIXMERGE_STATIC_TREE")  # set in the static scheduler's child: the package at that commit
+sys.path[:0] = [OLD_TREE or str(ROOT), str(ROOT / "tests")]
 
 from runtime.config import EngineConfig  # noqa: E402
 from runtime.engines.base import EngineRequest, SamplingParams  # noqa: E402
@@ -40,17 +44,21 @@ TOPICS = ["reverse a string", "merge two sorted lists", "parse an ISO date and r
           "retry a function call with exponential backoff and a maximum number of attempts"]
 
 
-def static_engine_class() -> type:
-    """HFEngine as it was at STATIC_COMMIT, imported from a temp file (nothing in the checkout changes)."""
-    source = subprocess.run(["git", "show", f"{STATIC_COMMIT}:runtime/engines/hf_engine.py"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "hf_engine_static.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("hf_engine_static", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module.HFEngine
+def static_tree() -> Path:
+    """The ``runtime`` package at STATIC_COMMIT in a temp folder (nothing in the checkout changes)."""
+    tree = Path(tempfile.mkdtemp())
+    archive = subprocess.run(["git", "archive", STATIC_COMMIT, "runtime"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def measure_static(tree: Path, model: Path, dtype: str, n: int, tokens: int) -> dict:
+    """``measure`` with the static engine, in a child process over ``tree``."""
+    out = subprocess.run([sys.executable, __file__, "--measure", str(model), "--dtype", dtype, "--n", str(n),
+                          "--tokens", str(tokens)], env={**os.environ, "MIXMERGE_STATIC_TREE": str(tree)},
+                         check=True, capture_output=True, text=True).stdout
+    return {int(c): r for c, r in json.loads(out.splitlines()[-1]).items()}
 
 
 def request(i: int, tokens: int, adapter: str | None = None) -> EngineRequest:
@@ -162,6 +170,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--hotload-itl", action="store_true", help="only the in-flight ITL around adapter loads")
     parser.add_argument("--threads", type=int, help="torch threads (1 on cores shared with busy processes)")
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child: one model, one JSON line
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.threads:
@@ -171,17 +180,21 @@ def main() -> None:
 
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the engine keeps an explicit setting
         torch.set_num_threads(args.threads)
+    if args.measure:
+        print(json.dumps(asyncio.run(measure(HFEngine, args.measure, args.dtype, args.n, args.tokens))))
+        return
     if args.hotload_itl:
         for name in args.models.split(","):
             print(name, args.dtype, asyncio.run(hotload_itl(model_path(name), args.dtype, args.tokens)), flush=True)
         return
-    static = static_engine_class()
+    tree = static_tree()
     for name in args.models.split(","):
         path = model_path(name)
         print(f"\n{name} ({args.dtype}), {args.n} prompts x {args.tokens} tokens, ignore_eos, streamed")
         print("| scheduler | c=1 tok/s | c=8 tok/s | TTFT p50 c=1 | TTFT p50 c=8 |\n|---|---:|---:|---:|---:|")
-        for label, cls in (("static", static), ("continuous", HFEngine)):
-            r = asyncio.run(measure(cls, path, args.dtype, args.n, args.tokens))
+        for label in ("static", "continuous"):
+            r = measure_static(tree, path, args.dtype, args.n, args.tokens) if label == "static" else \
+                asyncio.run(measure(HFEngine, path, args.dtype, args.n, args.tokens))
             print(f"| {label} | {r[1]['tok_s']:.1f} | {r[8]['tok_s']:.1f} | {r[1]['ttft_p50_ms']:.0f} ms "
                   f"| {r[8]['ttft_p50_ms']:.0f} ms |", flush=True)
         locks = asyncio.run(hot_load(path, args.dtype, args.tokens))
