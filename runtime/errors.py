@@ -22,6 +22,11 @@ class MixmergeError(Exception):
     def __str__(self) -> str:
         return f"{self.message}; {self.fix}" if self.fix else self.message
 
+    def __reduce__(self):
+        """Pickled whole (fix, param, a subclass's own fields), e.g. from a child process that built a model: the
+        default would call ``cls(*args)`` and lose the keywords."""
+        return _rebuilt, (type(self), self.args, dict(self.__dict__))
+
     def to_openai(self) -> dict[str, object]:
         """The OpenAI wire shape: ``{"error": {"message", "type", "param", "code"}}``."""
         return {
@@ -104,3 +109,10 @@ class EngineUnavailableError(MixmergeError):
 class UpstreamTimeoutError(MixmergeError):
     status_code = 504
     error_type = "timeout"
+
+
+def _rebuilt(cls: type, args: tuple, state: dict) -> MixmergeError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error

@@ -19,6 +19,7 @@ from runtime.bench.config import BenchConfig
 from runtime.config import configs_dir, load_config
 from runtime.errors import MixmergeError, ModelStoreError
 from runtime.models import ModelStore
+from runtime.process import in_child
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,49 @@ class Progress:
     def say(self, message: str) -> None:
         log.info(message)
 
+    def relayed(self, message: tuple) -> None:
+        """A call made in a child process (``Relay``), made here."""
+        method, *args = message
+        getattr(self, method)(*args)
+
+
+class Relay(Progress):
+    """A child process's progress: each call goes to the parent's ``Progress.relayed`` through ``send``."""
+
+    def __init__(self, send: Callable[[tuple], None]) -> None:
+        self.send = send
+
+    def phase(self, name: str, total: int) -> None:
+        self.send(("phase", name, total))
+
+    def advance(self, n: int = 1) -> None:
+        self.send(("advance", n))
+
+    def say(self, message: str) -> None:
+        self.send(("say", message))
+
+
+def build_step(kind: str, config, home: Path, folder: Path | None, send: Callable[[tuple], None]) -> None:
+    """One zoo model built into the store at ``home`` (run by ``in_child``; ``config`` is the base model's name
+    for a pull)."""
+    store, progress = ModelStore(home), Relay(send)
+    if kind == "pull":
+        store.pull(config, step=progress.say)
+    elif kind == "train":
+        from training.sft import train
+
+        train(config, store, step=progress.say, callbacks=[StepsToProgress(progress, config.name)])
+    elif kind == "sweep":
+        from merge.sweep import run_sweep
+
+        run_sweep(config, folder, store, step=progress.say)
+    elif kind == "adapters":
+        from merge.adapters import merge_adapters
+
+        merge_adapters(config, store, step=progress.say)
+    else:
+        raise ValueError(f"unknown zoo step kind {kind!r}")
+
 
 @dataclass(frozen=True)
 class ZooStep:
@@ -38,7 +82,8 @@ class ZooStep:
     what: str  # what runs, for the progress line
     config: BaseModel  # its recipe, with ``inputs``
     inputs: list[str]  # the artifacts it is built from (the base model, the experts a merge takes)
-    build: Callable[[], object]
+    kind: str  # "train", "sweep" or "adapters": what ``build_step`` runs
+    folder: Path | None = None  # a sweep's working folder
 
 
 def check_recipes(steps: list[ZooStep], store: ModelStore) -> None:
@@ -63,11 +108,8 @@ def check_recipes(steps: list[ZooStep], store: ModelStore) -> None:
 def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelStore) -> dict:
     """Every model the options need, built in ``store`` only where missing; returns what was built and how long it
     took."""
-    from merge.adapters import merge_adapters
     from merge.config import AdapterMergeConfig, MergeConfig
-    from merge.sweep import run_sweep
     from training.config import TrainConfig
-    from training.sft import train
 
     z = config.zoo
 
@@ -77,25 +119,21 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelSt
     steps: list[ZooStep] = []
     for path in z.train:  # the Trainer's own bar would fight the bench's: its steps go to a bench bar instead
         tc = load_config(shipped(path), TrainConfig, [*z.train_overrides, "disable_tqdm=true"])
-        steps.append(ZooStep(tc.name, f"train {path}", tc, tc.recipe_inputs,
-                             lambda tc=tc: train(tc, store, step=progress.say,
-                                                 callbacks=[StepsToProgress(progress, tc.name)])))
+        steps.append(ZooStep(tc.name, f"train {path}", tc, tc.recipe_inputs, "train"))
     if z.merge_sweep:
         # the bench scores the chosen merge on test itself, on more items: the sweep's own test score is skipped
         mc = load_config(shipped(z.merge_sweep), MergeConfig, ["sweep.score_test=false", *z.sweep_overrides])
-        steps.append(ZooStep(mc.name, f"merge sweep {z.merge_sweep}", mc, mc.recipe_inputs,
-                             lambda mc=mc: run_sweep(mc, out / "zoo" / f"sweep-{mc.name}", store,
-                                                     step=progress.say)))
+        steps.append(ZooStep(mc.name, f"merge sweep {z.merge_sweep}", mc, mc.recipe_inputs, "sweep",
+                             out / "zoo" / f"sweep-{mc.name}"))
     if z.adapter_merge:
         ac = load_config(shipped(z.adapter_merge), AdapterMergeConfig)
-        steps.append(ZooStep(ac.name, f"merge adapters {z.adapter_merge}", ac, ac.recipe_inputs,
-                             lambda ac=ac: merge_adapters(ac, store, step=progress.say)))
+        steps.append(ZooStep(ac.name, f"merge adapters {z.adapter_merge}", ac, ac.recipe_inputs, "adapters"))
     check_recipes(steps, store)
     progress.phase("zoo", len(steps) + 1)
     record: dict = {"built": {}, "reused": []}
     start = time.perf_counter()
     if not store.has(config.base_model):
-        store.pull(config.base_model, step=progress.say)
+        in_child(build_step, "pull", config.base_model, store.home, None, on_message=progress.relayed)
         record["built"][config.base_model] = round(time.perf_counter() - start, 1)
     else:
         record["reused"].append(config.base_model)
@@ -106,7 +144,8 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelSt
         else:
             progress.say(f"building {step.name}: {step.what}")
             t0 = time.perf_counter()
-            step.build()
+            # in a child process: a training run's memory goes back to the system before the servers start
+            in_child(build_step, step.kind, step.config, store.home, step.folder, on_message=progress.relayed)
             record["built"][step.name] = round(time.perf_counter() - t0, 1)
         progress.advance()
     record["wall_s"] = round(time.perf_counter() - start, 1)

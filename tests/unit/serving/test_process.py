@@ -115,3 +115,48 @@ def test_server_process_reports_a_serve_that_exits_with_its_log(tmp_path: Path):
         server.__enter__()
     assert server.process is not None and server.process.returncode == 2
     assert server.url == f"http://127.0.0.1:{server.port}/v1"
+
+
+
+def _write_pid(path, send):
+    send(("pid", os.getpid()))
+    path.write_text(str(os.getpid()))
+
+
+def _refuse(send):
+    from runtime.errors import BadRequestError
+
+    raise BadRequestError("no such base model", fix="pull it first", param="base_model")
+
+
+def _invalid(send):
+    from runtime.errors import ConfigError
+
+    raise ConfigError("train.yaml", ["lr: must be positive"])
+
+
+def _die(send):
+    os.kill(os.getpid(), 9)
+
+
+def test_in_child_runs_apart_relays_messages_and_brings_its_error_back_whole(tmp_path):
+    from runtime.errors import BadRequestError, ConfigError
+    from runtime.process import in_child
+
+    marker, heard = tmp_path / "pid", []
+    in_child(_write_pid, marker, on_message=heard.append)
+    assert int(marker.read_text()) != os.getpid() and heard == [("pid", int(marker.read_text()))]
+    with pytest.raises(BadRequestError) as raised:
+        in_child(_refuse)
+    assert (raised.value.message, raised.value.fix, raised.value.param) == \
+        ("no such base model", "pull it first", "base_model")
+    with pytest.raises(ConfigError) as raised:
+        in_child(_invalid)
+    assert raised.value.problems == ["lr: must be positive"] and "train.yaml" in str(raised.value)
+
+
+def test_in_child_says_when_the_child_dies_without_a_word():
+    from runtime.process import in_child
+
+    with pytest.raises(RuntimeError, match="exit code -9"):
+        in_child(_die)

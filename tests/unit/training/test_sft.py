@@ -138,3 +138,25 @@ def test_rows_are_batched_by_length_unless_the_config_says_otherwise(tmp_path):
     assert build_args(_config(tmp_path), tmp_path / "w", False).train_sampling_strategy == "group_by_length"
     random = _config(tmp_path, **{"training.train_sampling_strategy": "random"})
     assert build_args(random, tmp_path / "w", False).train_sampling_strategy == "random"
+
+
+def test_a_bench_zoo_training_runs_in_a_child_process_and_reports_its_steps_here(home, tmp_path):
+    from runtime.bench.zoo import Progress, build_step
+    from runtime.process import in_child
+
+    class Seen(Progress):
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def phase(self, name: str, total: int) -> None:
+            self.calls.append((name, total))
+
+        def advance(self, n: int = 1) -> None:
+            self.calls.append(("advance", n))
+
+    seen = Seen()
+    config = _config(tmp_path, name="tiny-child", **{"training.max_steps": 4, "training.eval_steps": 2})
+    in_child(build_step, "train", config, ModelStore().home, None, on_message=seen.relayed)
+    assert seen.calls[0] == ("train tiny-child", 4)
+    assert sum(n for kind, n in seen.calls[1:] if kind == "advance") == 4
+    assert _manifest(ModelStore().get("tiny-child"))["steps"] == 4
