@@ -156,11 +156,13 @@ class Build:
                         for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         was = built.extras.get("built_from")
         if self.inputs is not None and was is not None:
+            # "None": an input recorded before unmanaged inputs were stamped (``ModelStore.stamp``): not compared
             changes += [f"{k} rebuilt since (was {was.get(k)}, now {self.inputs.get(k)})"
-                        for k in sorted(set(was) | set(self.inputs)) if was.get(k) != self.inputs.get(k)]
+                        for k in sorted(set(was) | set(self.inputs))
+                        if was.get(k) != self.inputs.get(k) and was.get(k) != "None"]
         elif self.inputs is not None and built.created:  # built before manifests kept their inputs: by the clock
             changes += [f"{k} rebuilt since (at {when}, after this was built at {built.created})"
-                        for k, when in sorted(self.inputs.items()) if when and when != "None" and when > built.created]
+                        for k, when in sorted(self.inputs.items()) if when and when[:1].isdigit() and when > built.created]
         return changes
 
     def _current(self, config: dict[str, Any]) -> dict[str, Any]:

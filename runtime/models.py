@@ -162,10 +162,19 @@ class ModelStore:
     def _build_record(self, name: str, kind: ModelKind, source: str, parent: str | None, config: BaseModel | None,
                       final: Path, inputs: list[str] | None) -> Build:
         plain = config.model_dump(mode="json") if config is not None else None
-        built_from = ({n: str(read_manifest(self.get(n).path).get("created")) for n in inputs}
-                      if inputs is not None else None)
+        built_from = {n: self.stamp(n) for n in inputs} if inputs is not None else None
         return Build(self, name, kind, final, parent, plain, source, built_from,
                      schema=type(config) if config is not None else None)
+
+    def stamp(self, name: str) -> str:
+        """What a build records of an input (``built_from``): its manifest's ``created``; for a model registered
+        without a manifest, when its files last changed (so re-pointing or overwriting it counts as a rebuild)."""
+        path = self.get(name).path
+        created = read_manifest(path).get("created")
+        if created:
+            return str(created)
+        newest = max((f.stat().st_mtime_ns for f in path.iterdir() if f.is_file()), default=0)
+        return f"unmanaged {path.resolve()}, files changed at {newest} ns"
 
     def recipe_changes(self, name: str, config: BaseModel | None, inputs: list[str] | None = None) -> list[str]:
         """How building ``name`` from ``config`` and ``inputs`` now differs from the finished artifact of that

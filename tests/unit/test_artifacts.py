@@ -146,6 +146,20 @@ def test_an_artifact_built_from_inputs_rebuilt_since_is_refused(store: ModelStor
         _build2(store, "merged", _Recipe2(), inputs=["a"])
 
 
+def test_a_model_registered_without_a_manifest_counts_as_rebuilt_once_its_files_change(store: ModelStore,
+                                                                                         tmp_path: Path):
+    outside = tmp_path / "my-base"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    store.register("mine", outside)
+    _build2(store, "tuned", _Recipe2(), inputs=["mine"])
+    assert store.recipe_changes("tuned", _Recipe2(), ["mine"]) == []  # untouched: reused
+    time.sleep(0.01)
+    (outside / "config.json").write_text('{"hidden_size": 8}')  # overwritten in place
+    (change,) = store.recipe_changes("tuned", _Recipe2(), ["mine"])
+    assert change.startswith("mine rebuilt since (was unmanaged ")
+
+
 def test_the_manifest_has_the_common_fields_then_the_kinds_own(store: ModelStore):
     manifest = _build(store, "full")
     data = json.loads((store.models_dir / "full" / MANIFEST).read_text())
