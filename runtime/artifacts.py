@@ -162,7 +162,8 @@ class Build:
                         if was.get(k) != self.inputs.get(k) and was.get(k) != "None"]
         elif self.inputs is not None and built.created:  # built before manifests kept their inputs: by the clock
             changes += [f"{k} rebuilt since (at {when}, after this was built at {built.created})"
-                        for k, when in sorted(self.inputs.items()) if when and when[:1].isdigit() and when > built.created]
+                        for k, when in sorted(self.inputs.items())
+                        if when and when[:1].isdigit() and when > built.created]  # a time, not "unmanaged ..."
         return changes
 
     def _current(self, config: dict[str, Any]) -> dict[str, Any]:
