@@ -8,7 +8,9 @@ Beside each engine figure, on the same prompts and the same machine:
 - experts: four random r16 adapters (every linear layer, B not zero) in turn, same load, vs the base model at c=8;
 - mixed adapters in one running batch vs each request alone: greedy tokens compared (bf16 and float32);
 - decode at batch 1 as a share of the memory-bandwidth limit: weight bytes / measured device copy bandwidth,
-  divided by the measured c=1 step time.
+  divided by the measured c=1 step time;
+- the bare model's decode step (StaticCache), eager and replayed from a CUDA graph: what launching costs a step
+  (``--ceiling-only``: this and the engine's loads alone).
 
     python benchmarks/gpu_engine.py --models DIR [--out FILE.json]
     .venv/bin/python benchmarks/gpu_engine.py --models DIR --device cpu --layers 2 --new-tokens 8   # smoke test
@@ -134,6 +136,63 @@ def static_generate(model_dir: Path, texts: list[str], new_tokens: int, device: 
     return round(len(texts) * new_tokens / seconds, 1)
 
 
+def ceiling(model_dir: Path, device: str, batches: list[int], prompt_tokens: int, steps: int = 32) -> list[dict]:
+    """The bare model's decode step (transformers, sdpa, a StaticCache), eager and replayed from a CUDA graph,
+    at each batch size: ms per step. The graph replays the same kernels without the host launching them, so eager
+    ÷ graph is what launch overhead costs a step (what vLLM's CUDA graphs buy); the engine's own step is in
+    ``engine``'s ITL."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to(device).eval()
+    rows = []
+    with torch.inference_mode():
+        for b in batches:
+            rows.append(_ceiling_row(model, device, b, prompt_tokens, steps))
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _ceiling_row(model, device: str, batch: int, prompt_tokens: int, steps: int) -> dict:
+    from transformers import StaticCache
+
+    cache = StaticCache(config=model.config, max_cache_len=prompt_tokens + 2 * steps + 8)
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt_tokens), device=device)
+    model(input_ids=ids, past_key_values=cache, use_cache=True,
+          cache_position=torch.arange(prompt_tokens, device=device))
+    token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    position = torch.tensor([prompt_tokens], device=device)
+
+    def step():
+        return model(input_ids=token, past_key_values=cache, use_cache=True, cache_position=position).logits
+
+    def timed(run) -> float:
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            run()
+            position.add_(1)
+        sync(device)
+        return (time.perf_counter() - start) / steps * 1000
+
+    row: dict = {"batch": batch}
+    step()  # warm-up
+    row["eager_ms"] = round(timed(step), 2)
+    if device == "cuda":
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+            row["graph_ms"] = round(timed(graph.replay), 2)
+            row["eager_over_graph"] = round(row["eager_ms"] / row["graph_ms"], 1)
+        except Exception as e:  # capture refuses host syncs: say which, keep the eager figure
+            row["graph_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    return row
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -183,6 +242,11 @@ def measure(model_dir: Path, named: dict[str, Path], args) -> dict:
         batch = texts[:max(4, 2 * c)]
         out["engine"].append(asyncio.run(load(engine, batch, c, n)))
         print(json.dumps(out["engine"][-1]), flush=True)
+    if args.ceiling_only:  # the engine's steps beside the bare model's, eager and graphed, on one machine
+        asyncio.run(engine.aclose())
+        del engine
+        out["bare_step_ceiling"] = ceiling(model_dir, device, args.concurrency, args.prompt_tokens)
+        return out
     names = list(named)
     rr = [names[i % len(names)] for i in range(32)]
     out["experts_c8"] = asyncio.run(load(engine, texts[:32], 8, n, rr))
@@ -201,6 +265,7 @@ def measure(model_dir: Path, named: dict[str, Path], args) -> dict:
     for c in args.concurrency:
         out["static_generate"].append({"concurrency": c, "out_tok_s": static_generate(
             model_dir, texts[:c], n, device)})
+    out["bare_step_ceiling"] = ceiling(model_dir, device, args.concurrency, args.prompt_tokens)
     fp32 = HFEngine(model_dir, named, EngineConfig(dtype="float32", device=device, max_batch_size=8, max_loras=4))
     out["mixed_vs_alone_fp32"] = asyncio.run(mixed_vs_alone(fp32, texts[:len(mix)], mix, n))
     asyncio.run(fp32.aclose())
@@ -215,6 +280,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=200)
     parser.add_argument("--layers", type=int, default=None, help="cut each model to this many layers (smoke test)")
+    parser.add_argument("--ceiling-only", action="store_true",
+                        help="only the engine's loads and the bare model's eager vs CUDA-graph step")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     folders = sorted(p for p in args.models.iterdir() if (p / "config.json").is_file())
@@ -228,7 +295,8 @@ def main() -> None:
         for folder in folders:
             start = time.perf_counter()
             model_dir = build(folder, tokenizer_dir, Path(work) / folder.name, args.layers, args.device)
-            named = adapters(model_dir, Path(work) / f"{folder.name}-adapters", args.device)
+            named = {} if args.ceiling_only else adapters(model_dir, Path(work) / f"{folder.name}-adapters",
+                                                           args.device)  # ceiling: the base engine vs bare model
             print(f"{folder.name}: built in {time.perf_counter() - start:.0f} s", flush=True)
             report["models"][folder.name] = measure(model_dir, named, args)
             print(json.dumps({folder.name: report["models"][folder.name]}), flush=True)
