@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,7 +59,7 @@ def measure_static(tree: Path, model: Path, dtype: str, n: int, tokens: int) -> 
     """``measure`` with the static engine, in a child process over ``tree``."""
     out = subprocess.run([sys.executable, __file__, "--measure", str(model), "--dtype", dtype, "--n", str(n),
                           "--tokens", str(tokens)], env={**os.environ, "MIXMERGE_STATIC_TREE": str(tree)},
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, stdout=subprocess.PIPE, text=True).stdout  # its stderr shows here
     return {int(c): r for c, r in json.loads(out.splitlines()[-1]).items()}
 
 
@@ -188,6 +190,7 @@ def main() -> None:
             print(name, args.dtype, asyncio.run(hotload_itl(model_path(name), args.dtype, args.tokens)), flush=True)
         return
     tree = static_tree()
+    atexit.register(shutil.rmtree, tree, ignore_errors=True)
     for name in args.models.split(","):
         path = model_path(name)
         print(f"\n{name} ({args.dtype}), {args.n} prompts x {args.tokens} tokens, ignore_eos, streamed")

@@ -35,6 +35,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from runtime.config import EngineConfig
+from runtime.engines.adaptive import weight_bytes
 from runtime.engines.base import EngineRequest, SamplingParams
 from runtime.engines.hf_engine import HFEngine
 
@@ -235,7 +236,7 @@ def measure(model_dir: Path, named: dict[str, Path], args) -> dict:
     engine = HFEngine(model_dir, named, config)
     tokenizer = engine.runner.tokenizer
     texts = prompts(tokenizer, max(32, 2 * max(args.concurrency)), args.prompt_tokens)
-    weights = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
+    weights = weight_bytes(engine.runner.model)  # the base weights a step reads (resident adapters left out)
     out: dict = {"weights_gb": round(weights / 1e9, 3), "engine": [], "static_generate": []}
     asyncio.run(load(engine, texts[:4], 4, n))  # warm-up (kernels, allocator)
     for c in args.concurrency:

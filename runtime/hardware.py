@@ -21,10 +21,11 @@ def gpu_present() -> bool:
 
 
 @functools.cache
-def bf16_supported() -> bool:
+def bf16_supported(device: str | None = None) -> bool:
     """bf16 pays off on GPUs that support it and on CPUs with AVX512-BF16 or AMX (2.9x fp32's decode speed for
-    Qwen2.5-Coder-0.5B on this 2-core EPYC); elsewhere it is emulated and slower than fp32."""
-    if gpu_present():
+    Qwen2.5-Coder-0.5B on this 2-core EPYC); elsewhere it is emulated and slower than fp32. ``device``: where it
+    will run ("cpu" or "cuda"); None: the GPU where there is one."""
+    if device == "cuda" or (device is None and gpu_present()):
         import torch
 
         return torch.cuda.is_bf16_supported()
@@ -35,11 +36,19 @@ def bf16_supported() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_dtype(dtype: str) -> str:
-    """An engine's dtype: ``auto`` is bfloat16 where the hardware computes it natively, float32 elsewhere."""
+def resolve_dtype(dtype: str, device: str | None = None) -> str:
+    """An engine's dtype: ``auto`` is bfloat16 where the hardware it runs on (``device``; None: the GPU where there
+    is one) computes it natively, float32 elsewhere."""
     if dtype != "auto":
         return dtype
-    return "bfloat16" if bf16_supported() else "float32"
+    return "bfloat16" if bf16_supported(device) else "float32"
+
+
+def served_on(config) -> tuple[str | None, str]:
+    """Where an engine config computes and in what dtype: the `hf` engine's device (``engine.device``) and the
+    dtype resolved for it; other engines run where their build runs (device None)."""
+    device = resolve_device(config.device) if config.kind == "hf" else None
+    return device, resolve_dtype(config.dtype, device)
 
 
 DEVICES = ("auto", "cpu", "cuda")

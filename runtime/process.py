@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from runtime.errors import EngineUnavailableError
+from runtime.errors import EngineUnavailableError, MixmergeError
 
 log = logging.getLogger(__name__)
 Probe = Callable[[], bool]
@@ -34,20 +35,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def in_child(target: Callable[..., None], *args, on_message: Callable[[object], None] = lambda _: None) -> None:
+class ChildDiedError(MixmergeError):
+    """A child process (``in_child``) ended without saying how: killed, or out of memory."""
+
+
+def in_child(target: Callable[..., None], *args, on_message: Callable[[object], None] = lambda _: None,
+             grace_s: float = 10.0) -> None:
     """Run ``target(*args, send)`` in a fresh Python process and wait for it: the memory it takes goes back to the
     system when it ends (a training run peaks at 12-15 GB on the 0.5B, and a bench that built its zoo in-process
     kept 17.6 GB of heap beside the servers it then started). ``send(message)`` hands a picklable message to
-    ``on_message`` here (progress). Its error is raised here, whole where it pickles (``MixmergeError`` does), else
-    as a RuntimeError naming it; an interrupt here stops the child. Spawned, not forked: a fork of a process
-    whose torch already ran OpenMP work hangs at the child's first parallel op (libgomp), so ``target`` and
-    ``args`` must pickle (a module-level function and plain data)."""
+    ``on_message`` here (progress). The child starts set up as this process is (root log level and format,
+    transformers' bars off where they are off here). Its error is raised here, whole where it pickles
+    (``MixmergeError`` does), else as a RuntimeError naming it. An interrupt here interrupts the child and gives
+    it ``grace_s`` to unwind (temporary folders, checkpoints) before it is terminated. Spawned, not forked: a fork
+    of a process whose torch already ran OpenMP work hangs at the child's first parallel op (libgomp), so
+    ``target`` and ``args`` must pickle (a module-level function and plain data)."""
     import multiprocessing
     import queue as queues
 
     context = multiprocessing.get_context("spawn")
     channel = context.Queue()
-    child = context.Process(target=_child_main, args=(target, args, channel), daemon=False)
+    child = context.Process(target=_child_main, args=(target, args, channel, _setup()), daemon=False)
     child.start()
     try:
         while True:
@@ -56,9 +64,12 @@ def in_child(target: Callable[..., None], *args, on_message: Callable[[object], 
             except queues.Empty:
                 if child.is_alive():
                     continue
-                child.join()
-                raise RuntimeError(f"the child process died (exit code {child.exitcode}) before it finished; "
-                                   "see the log above (out of memory is the usual cause)") from None
+                try:  # it may have said its last word just before it ended
+                    kind, payload = channel.get(timeout=1.0)
+                except queues.Empty:
+                    child.join()
+                    raise ChildDiedError(f"the child process ended (exit code {child.exitcode}) before it finished",
+                                         fix="see the log above; out of memory is the usual cause") from None
             if kind == "message":
                 on_message(payload)
             elif kind == "error":
@@ -67,26 +78,48 @@ def in_child(target: Callable[..., None], *args, on_message: Callable[[object], 
                 break
     except BaseException:
         if child.is_alive():
+            os.kill(child.pid, signal.SIGINT)
+            child.join(grace_s)
+        if child.is_alive():
             child.terminate()
         child.join()
         raise
-    child.join()
+    child.join(grace_s)
+    if child.is_alive():  # its work is done; something it left behind keeps it from exiting
+        child.terminate()
+        child.join()
 
 
-def _child_main(target: Callable[..., None], args: tuple, channel) -> None:
+def _setup() -> dict:
+    root = logging.getLogger()
+    formats = [h.formatter._fmt for h in root.handlers if h.formatter is not None]
+    setup = {"level": root.level, "format": formats[0] if formats else None, "bars": True}
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        setup["bars"] = hf_logging.is_progress_bar_enabled()
+    return setup
+
+
+def _child_main(target: Callable[..., None], args: tuple, channel, setup: dict) -> None:
     import pickle
     import traceback
 
-    from runtime.errors import MixmergeError
+    logging.basicConfig(level=setup["level"], **({"format": setup["format"]} if setup["format"] else {}))
+    if not setup["bars"]:
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
     try:
         target(*args, lambda message: channel.put(("message", message)))
         channel.put(("done", None))
     except BaseException as e:  # noqa: BLE001 - everything goes back to the parent, which decides
         if not isinstance(e, MixmergeError | KeyboardInterrupt):
             traceback.print_exc()  # a bug: its trace stays in the log (the parent raises a copy without it)
+        if isinstance(e, SystemExit):  # the parent must not exit quietly because its child did
+            e = RuntimeError(f"the child process called exit({e.code})")
         try:
-            pickle.dumps(e)
+            pickle.loads(pickle.dumps(e))  # both ways: an error that pickles may still not rebuild
         except Exception:
             e = RuntimeError(f"{type(e).__name__}: {e}")
         channel.put(("error", e))

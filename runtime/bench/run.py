@@ -55,7 +55,7 @@ from runtime.deploy import ServingPlan, build_plan, load_deployment
 from runtime.engines.attention import NUMERICS
 from runtime.errors import ConfigError, EngineUnavailableError, MixmergeError
 from runtime.evaluate import cap_tokens, evaluate_served, sampling_for, write_answers
-from runtime.hardware import gpu_memory_mb, resolve_dtype
+from runtime.hardware import gpu_memory_mb, served_on
 from runtime.memory import TreeRSSSampler
 from runtime.models import ModelStore
 from runtime.router import route
@@ -134,8 +134,9 @@ class Bench:
         adapters, served = adapters_of(plan), {}
         for task in self.items:
             r = route(plan.table, TASKS[task].prompt_task)
+            device, dtype = served_on(plan.engines[r.engine].config)
             served[task] = [weights_digest(Path(r.engine)), weights_digest(adapters[r.adapter]) if r.adapter else "",
-                            resolve_dtype(plan.engines[r.engine].config.dtype)]
+                            dtype, *([device] if device not in (None, "cpu") else [])]  # (keys made before: cpu)
         sampling = {t: sampling_for(self.tasks, t) for t in self.items}
         key = digest(served, {t: [it.id for it in its] for t, its in self.items.items()},
                      {t: (s.max_new_tokens, s.stop) for t, s in sampling.items()}, self.tasks.model_dump(),
@@ -171,7 +172,7 @@ class Bench:
                 "--lora-dir", str(self.store.models_dir)]
         result: dict = {"deployment": option, "engine": engine, "models": models, "adapters": sorted(adapters),
                         "cached": False, "git_sha": self.git_sha,
-                        "dtype": "/".join(sorted({resolve_dtype(s.config.dtype) for s in plan.engines.values()}))}
+                        "dtype": "/".join(sorted({served_on(s.config)[1] for s in plan.engines.values()}))}
         self.progress.say(f"{option} on {engine}: starting the server")
         started = time.perf_counter()
         with ServerProcess(args, env=self.serve_env) as server:

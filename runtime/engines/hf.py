@@ -41,8 +41,8 @@ class HFRunner:
 
         if dtype not in DTYPES:
             raise BadRequestError(f"unknown dtype '{dtype}'", fix=f"use one of: {', '.join(DTYPES)}")
-        dtype = resolve_dtype(dtype)  # auto: bfloat16 where the hardware computes it natively
         self.device = resolve_device(device)  # auto: the first GPU where torch sees one
+        dtype = resolve_dtype(dtype, self.device)  # auto: bfloat16 where that device computes it natively
         self.model_path = Path(model_path)
         self.adapter_path = Path(adapter_path) if adapter_path else None
         self.dtype = dtype
@@ -263,7 +263,7 @@ def load_adapter(model, adapter_path: Path):
     from peft import PeftModel
 
     check_adapter(adapter_path)
-    return PeftModel.from_pretrained(model, adapter_path)
+    return PeftModel.from_pretrained(model, adapter_path, torch_device=str(model.device))
 
 
 def adapter_layers(base_config, peft_config, weights: dict) -> list[tuple[str, object]]:
@@ -330,7 +330,7 @@ def read_adapter(path: Path, base_config=None) -> tuple[object, dict, list | Non
     check_adapter(path)
     try:
         config = PeftConfig.from_pretrained(str(path))
-        weights = {k: v.float() for k, v in load_peft_weights(str(path)).items()}
+        weights = {k: v.float() for k, v in load_peft_weights(str(path), device="cpu").items()}  # PEFT: GPU if any
     except Exception as e:
         raise BadRequestError(f"adapter {path} is unreadable: {e}", param="lora_path",
                               fix="pass the folder that the LoRA training run saved") from e

@@ -41,12 +41,6 @@ def test_a_zoo_step_runs_in_a_child_and_its_error_comes_back_with_its_fix(store_
     from runtime.bench.zoo import Progress, build_step
     from runtime.process import in_child
 
-    class Heard(Progress):
-        said: list[str] = []
-
-        def say(self, message: str) -> None:
-            self.said.append(message)
-
     with pytest.raises(ModelNotFoundError) as e:  # no such model to pull: refused in the child, raised here
-        in_child(build_step, "pull", "no-such-model", ModelStore().home, None, on_message=Heard().relayed)
+        in_child(build_step, "pull", "no-such-model", ModelStore().home, None, on_message=Progress().relayed)
     assert "no-such-model" in e.value.message and e.value.fix

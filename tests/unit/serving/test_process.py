@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -156,7 +157,48 @@ def test_in_child_runs_apart_relays_messages_and_brings_its_error_back_whole(tmp
 
 
 def test_in_child_says_when_the_child_dies_without_a_word():
+    from runtime.process import ChildDiedError, in_child
+
+    with pytest.raises(ChildDiedError, match="exit code -9"):
+        in_child(_die)
+
+
+class _Picky(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{a}/{b}")
+
+
+def _picky(send):
+    raise _Picky(1, 2)  # pickles, but cannot be rebuilt from its args
+
+
+def _exits(send):
+    sys.exit(0)
+
+
+def _wait_for_interrupt(marker, send):
+    try:
+        send("started")
+        time.sleep(60)
+    finally:
+        marker.write_text("unwound")  # what an interrupted build does: clean up
+
+
+def test_in_child_reports_errors_that_do_not_rebuild_and_a_quiet_exit():
     from runtime.process import in_child
 
-    with pytest.raises(RuntimeError, match="exit code -9"):
-        in_child(_die)
+    with pytest.raises(RuntimeError, match=r"_Picky: 1/2"):
+        in_child(_picky)
+    with pytest.raises(RuntimeError, match=r"exit\(0\)"):
+        in_child(_exits)
+
+
+def test_an_interrupt_here_lets_the_child_unwind_then_raises(tmp_path):
+    import _thread
+
+    from runtime.process import in_child
+
+    marker = tmp_path / "marker"
+    with pytest.raises(KeyboardInterrupt):
+        in_child(_wait_for_interrupt, marker, on_message=lambda _: threading.Timer(0.2, _thread.interrupt_main).start())
+    assert marker.read_text() == "unwound"
