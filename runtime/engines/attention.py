@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 __all__ = ["NAME", "Packed", "packable", "use_decode_attention"]
 
 NAME = "mixmerge_decode"
-NUMERICS = 2  # bump when the decode math changes (2: scheduler pads single-token steps): the bench's cached
-# greedy answers of the hf engine key on it
+NUMERICS = 3  # bump when the decode math changes (2: scheduler pads single-token steps; 3: on the CPU each row
+# attends its own columns only): the bench's cached greedy answers of the hf engine key on it
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,
@@ -66,6 +66,21 @@ def _one_token(query, key, value, mask, scaling: float | None):
     return out.reshape(rows, 1, heads, dim)
 
 
+def _own_columns(query, key, value, spans: list[tuple[int, int]], scaling: float | None):
+    """``_one_token`` for each row over its own real columns only (``spans``: row i attends ``[start, end)``), so
+    that nothing about the other rows reaches its arithmetic: ``probs @ V`` reduces over the cache's width, and
+    the bf16 GEMM's blocking over that width, and where the row's tokens fall in it (left padding from longer
+    rows, spare columns), changed a row's attention output (SmolLM2, layer 11: scores and probabilities
+    bit-identical, output not), so a row's greedy answer depended on who else was decoding. One small matmul
+    pair per row instead of one batched: on the CPU only (a GPU's bf16 GEMMs vary with shape anyway, and there
+    each launch costs more than the work)."""
+    import torch
+
+    outs = [_one_token(query[i:i + 1], key[i:i + 1, :, start:end], value[i:i + 1, :, start:end], None, scaling)
+            for i, (start, end) in enumerate(spans)]
+    return torch.cat(outs)
+
+
 @dataclass
 class Packed:
     """One packed step: ``rows`` pending tokens first (row i's keys appended to ``cache``, attended under
@@ -77,6 +92,7 @@ class Packed:
     mask: object | None = None
     chunks: list[tuple[object, int]] = field(default_factory=list)
     layers_seen: set[int] = field(default_factory=set)  # checked after the forward: every layer attended packed
+    spans: list[tuple[int, int]] | None = None  # each row's real columns [start, end) (CPU: ``_own_columns``)
 
     def wide_mask(self, width: int):
         """``mask`` with False columns to ``width`` (the rows' buffers' spare room, attended as masked)."""
@@ -101,8 +117,11 @@ def _packed(layer: int, query, key, value, scaling: float | None, step: Packed):
 
         cached = step.cache.layers[layer]
         keys, values = _append(cached, "keys", rows_of(key)), _append(cached, "values", rows_of(value))
-        mask = step.wide_mask(keys.shape[2])
-        outs.append(_one_token(rows_of(query), keys, values, mask, scaling).transpose(0, 1))
+        if step.spans is not None:
+            outs.append(_own_columns(rows_of(query), keys, values, step.spans, scaling).transpose(0, 1))
+        else:
+            mask = step.wide_mask(keys.shape[2])
+            outs.append(_one_token(rows_of(query), keys, values, mask, scaling).transpose(0, 1))
     for cache, length in step.chunks:
         part = slice(start, start + length)
         keys, values = cache.update(key[:, :, part], value[:, :, part], layer)

@@ -193,3 +193,43 @@ def test_a_prompt_is_cut_only_at_multiples_of_the_budget_from_its_own_start(tiny
     asyncio.run(run())
     assert any(start > 0 for start, _, _ in cuts)  # some prompt was longer than one block
     assert all(start % budget == 0 and (n == budget or start + n == total) for start, n, total in cuts)
+
+
+def test_each_decoding_row_attends_its_own_columns_only_so_others_cannot_change_its_sums(tiny_model_dir, adapters,
+                                                                                        monkeypatch):
+    """``probs @ V`` reduces over the cache's width, and in bf16 where a row's tokens sit in a wider, left-padded
+    cache changed the sums (SmolLM2: a row's attention output differed beside longer rows, its scores did not).
+    On the CPU a decoding row's attention is computed over exactly its own tokens, the shapes it has alone."""
+    import torch
+
+    from runtime.engines import attention
+
+    seen: list[tuple[int, int, int]] = []  # (rows, keys' width, real columns) of each decode attention
+    real = attention._one_token
+
+    def spy(query, key, value, mask, scaling):
+        seen.append((query.shape[0], key.shape[2], key.shape[2] if mask is None else int(mask[0].sum())))
+        return real(query, key, value, mask, scaling)
+
+    monkeypatch.setattr(attention, "_one_token", spy)
+
+    async def run() -> list[str]:
+        engine = HFEngine(tiny_model_dir, adapters, EngineConfig(dtype="bfloat16", max_batch_size=8, max_loras=2))
+        try:
+            return await _staggered(engine)
+        finally:
+            await engine.aclose()
+
+    assert all(asyncio.run(run()))
+    assert seen and all(rows == 1 and width == used for rows, width, used in seen)
+
+    # the mechanism: a row's output among left-padded, longer rows is bit-identical to the row alone
+    torch.manual_seed(0)
+    heads, kv_heads, dim, width = 6, 2, 16, 40
+    query = torch.randn(3, heads, 1, dim).bfloat16()
+    keys, values = torch.randn(3, kv_heads, width, dim).bfloat16(), torch.randn(3, kv_heads, width, dim).bfloat16()
+    spans = [(0, width), (11, width), (25, width)]
+    together = attention._own_columns(query, keys, values, spans, None)
+    for i, (start, end) in enumerate(spans):
+        alone = real(query[i:i + 1], keys[i:i + 1, :, start:end], values[i:i + 1, :, start:end], None, None)
+        assert torch.equal(together[i:i + 1], alone)
