@@ -96,9 +96,10 @@ def header_lines(report: dict) -> list[str]:
                if "humaneval" in (report.get("ranked_by") or {}) else "")
             + "; [low, high] is the 95% interval over items (exact Clopper-Pearson for a share of items, such as "
             "review's line accuracy and HumanEval pass@1; percentile bootstrap for the rest). "
-            + ("In bf16, greedy answers depend on how requests were batched (a rerun flips some; float32 does not: "
-               "benchmarks/README.md, offline_eval.py), so these answers are one draw; the agreement column shows "
-               "the same effect between engines. "
+            + ("In bf16, vLLM's greedy answers depend on how requests were batched (a rerun flips some; float32 "
+               "does not), so its answers are one draw; the hf engine on a CPU computes each row as it would alone "
+               "(since its numerics revision 3: benchmarks/README.md, offline_eval.py). The agreement column shows "
+               "how far the engines' answers differ. "
                if any(r.get("dtype") == "bfloat16" for r in report.get("results", [])) else "")
             + "Load: the four tasks' prompts in turn, "
             f"streamed, max_tokens {report['config']['load']['max_tokens']}"

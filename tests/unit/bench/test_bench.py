@@ -244,7 +244,7 @@ def test_a_bench_of_the_fake_engine_writes_the_report_and_resumes(tiny_zoo, tmp_
     assert "## Recommendation" in md and "| experts | fake " in md and "| base | fake " in md
     assert "Gain over the untuned `base`" in md and "Trivial baselines" in md and "docstring echo" in md
     assert "| generation pass@1 (HumanEval) | generation chrf_pp |" in md
-    assert ("these answers are one draw" in md) == any(r["dtype"] == "bfloat16" for r in saved["results"])
+    assert ("its answers are one draw" in md) == any(r["dtype"] == "bfloat16" for r in saved["results"])
     humaneval = [json.loads(ln) for ln in (out / "answers" / "experts" / "humaneval.jsonl").read_text().splitlines()]
     assert [h["id"] for h in humaneval] == [it.id for it in load_items("humaneval", "test", 2)]
     agent = by["experts"]["agent"]  # the fake engine's answers solve nothing, but every step ran over HTTP
