@@ -129,25 +129,26 @@ def build_zoo(config: BenchConfig, out: Path, progress: Progress, store: ModelSt
         ac = load_config(shipped(z.adapter_merge), AdapterMergeConfig)
         steps.append(ZooStep(ac.name, f"merge adapters {z.adapter_merge}", ac, ac.recipe_inputs, "adapters"))
     check_recipes(steps, store)
-    progress.phase("zoo", len(steps) + 1)
     record: dict = {"built": {}, "reused": []}
     start = time.perf_counter()
+    missing = [name for name in [config.base_model, *(step.name for step in steps)] if not store.has(name)]
+    progress.say(f"zoo: {len(steps) + 1 - len(missing)} of {len(steps) + 1} models in the store"
+                 + (f"; building {', '.join(missing)}" if missing else ""))
+    # each build is a line, not a bar: a training run shows its own bar (a phase), which would end the zoo's
     if not store.has(config.base_model):
         in_child(build_step, "pull", config.base_model, store.home, None, on_message=progress.relayed)
         record["built"][config.base_model] = round(time.perf_counter() - start, 1)
     else:
         record["reused"].append(config.base_model)
-    progress.advance()
     for step in steps:
         if store.has(step.name):
             record["reused"].append(step.name)
         else:
-            progress.say(f"building {step.name}: {step.what}")
+            progress.say(f"zoo: building {step.name} ({len(record['built']) + 1} of {len(missing)}): {step.what}")
             t0 = time.perf_counter()
             # in a child process: a training run's memory goes back to the system before the servers start
             in_child(build_step, step.kind, step.config, store.home, step.folder, on_message=progress.relayed)
             record["built"][step.name] = round(time.perf_counter() - t0, 1)
-        progress.advance()
     record["wall_s"] = round(time.perf_counter() - start, 1)
     record["models"] = zoo_models(store, [config.base_model, *(step.name for step in steps)], record["built"],
                                   out / "zoo")
