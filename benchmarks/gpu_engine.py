@@ -10,7 +10,9 @@ Beside each engine figure, on the same prompts and the same machine:
 - decode at batch 1 as a share of the memory-bandwidth limit: weight bytes / measured device copy bandwidth,
   divided by the measured c=1 step time;
 - the bare model's decode step (StaticCache), eager and replayed from a CUDA graph: what launching costs a step
-  (``--ceiling-only``: this and the engine's loads alone).
+  (``--ceiling-only``: this and the engine's loads alone);
+- ``--paths``: the engine's other device paths in float32 against adapters loaded at start (hot-load, eviction,
+  steps apart, ``engine.adaptive``'s fold, ``runtime eval``'s runner).
 
     python benchmarks/gpu_engine.py --models DIR [--out FILE.json]
     .venv/bin/python benchmarks/gpu_engine.py --models DIR --device cpu --layers 2 --new-tokens 8   # smoke test
@@ -194,6 +196,73 @@ def _ceiling_row(model, device: str, batch: int, prompt_tokens: int, steps: int)
     return row
 
 
+async def _answers(engine: HFEngine, requests: list[EngineRequest], together: bool = False) -> list[str]:
+    if together:
+        return [r.text for r in await asyncio.gather(*(engine.generate(q) for q in requests))]
+    return [(await engine.generate(q)).text for q in requests]
+
+
+def paths(model_dir: Path, named: dict[str, Path], device: str, texts: list[str], n: int = 16) -> dict:
+    """The engine's other device paths, in float32, each against adapters loaded at start answering one request
+    at a time: an adapter hot-loaded at runtime (PEFT's injection for the first, ``transplant`` after), eviction
+    and reload (one slot), steps run apart (``apart_step``), ``engine.adaptive``'s folded copy, and
+    ``HFRunner.generate`` (``runtime eval``). Counts identical answers: random weights give near-flat logits, so
+    a path that only rounds differently (the fold, eval's static batches) can move a greedy token."""
+    from runtime.config import AdaptiveConfig
+    from runtime.engines.hf import HFRunner
+
+    one, two = list(named)[:2]
+    requests = [EngineRequest(f"p{i}", SamplingParams(max_new_tokens=n, ignore_eos=True), prompt=texts[i], adapter=a)
+                for i, a in enumerate([one, one, two, None, one, two])]
+    fp32 = dict(dtype="float32", device=device, max_batch_size=8)
+
+    async def run(engine: HFEngine, go) -> list[str]:
+        try:
+            return await go(engine)
+        finally:
+            await engine.aclose()
+
+    def same(texts_: list[str]) -> str:
+        return f"{sum(a == b for a, b in zip(texts_, reference, strict=True))}/{len(reference)}"
+
+    reference = asyncio.run(run(HFEngine(model_dir, {one: named[one], two: named[two]}, EngineConfig(**fp32)),
+                                lambda e: _answers(e, requests)))
+    out = {}
+
+    async def hot(engine: HFEngine) -> list[str]:
+        for name in (one, two):
+            await engine.load_adapter(name, str(named[name]))
+        return await _answers(engine, requests, together=True)
+
+    out["hot_loaded"] = same(asyncio.run(run(HFEngine(model_dir, {}, EngineConfig(**fp32)), hot)))
+    out["one_slot_evicting"] = same(asyncio.run(run(
+        HFEngine(model_dir, {one: named[one], two: named[two]}, EngineConfig(**fp32, max_loras=1)),
+        lambda e: _answers(e, requests))))
+    apart = HFEngine(model_dir, {one: named[one], two: named[two]}, EngineConfig(**fp32))
+    apart._packable = lambda: False
+    out["steps_apart"] = same(asyncio.run(run(apart, lambda e: _answers(e, requests, together=True))))
+
+    async def folded(engine: HFEngine) -> list[str]:
+        for _ in range(2):
+            await engine.generate(requests[0])
+        while engine.placement_status()["mode"] != "folded":
+            await asyncio.sleep(0.01)
+        texts_ = await _answers(engine, requests, together=True)
+        out["adaptive_status"] = {k: engine.placement_status()[k] for k in ("mode", "adapter", "folds")}
+        return texts_
+
+    settings = AdaptiveConfig(window=4, min_requests=2, memory_mb=65536)
+    out["adaptive_folded"] = same(asyncio.run(run(
+        HFEngine(model_dir, {one: named[one], two: named[two]}, EngineConfig(**fp32, adaptive=settings)), folded)))
+    runner = HFRunner(model_dir, named[one], dtype="float32", device=device, max_batch_size=8)
+    mine = [i for i, q in enumerate(requests) if q.adapter == one]
+    got = runner.generate([texts[i] for i in mine], requests[0].params)
+    out["eval_runner_generate"] = f"{sum(g.text == reference[i] for g, i in zip(got, mine, strict=True))}/{len(mine)}"
+    out["runner_device"] = str(runner.model.device)
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -238,11 +307,16 @@ def measure(model_dir: Path, named: dict[str, Path], args) -> dict:
     texts = prompts(tokenizer, max(32, 2 * max(args.concurrency)), args.prompt_tokens)
     weights = weight_bytes(engine.runner.model)  # the base weights a step reads (resident adapters left out)
     out: dict = {"weights_gb": round(weights / 1e9, 3), "engine": [], "static_generate": []}
-    asyncio.run(load(engine, texts[:4], 4, n))  # warm-up (kernels, allocator)
-    for c in args.concurrency:
+    if not args.paths:
+        asyncio.run(load(engine, texts[:4], 4, n))  # warm-up (kernels, allocator)
+    for c in [] if args.paths else args.concurrency:
         batch = texts[:max(4, 2 * c)]
         out["engine"].append(asyncio.run(load(engine, batch, c, n)))
         print(json.dumps(out["engine"][-1]), flush=True)
+    if args.paths:
+        asyncio.run(engine.aclose())
+        del engine
+        return {"paths": paths(model_dir, named, device, texts)}
     if args.ceiling_only:  # the engine's steps beside the bare model's, eager and graphed, on one machine
         asyncio.run(engine.aclose())
         del engine
@@ -283,6 +357,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="cut each model to this many layers (smoke test)")
     parser.add_argument("--ceiling-only", action="store_true",
                         help="only the engine's loads and the bare model's eager vs CUDA-graph step")
+    parser.add_argument("--paths", action="store_true",
+                        help="only the other device paths (hot-load, eviction, steps apart, adaptive, eval), fp32")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     folders = sorted(p for p in args.models.iterdir() if (p / "config.json").is_file())

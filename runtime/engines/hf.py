@@ -365,6 +365,10 @@ def install_adapter(model, name: str, config, weights: dict, layers: list | None
             rolled_back(model, name, wrapped)
             raise BadRequestError(f"adapter for '{name}' does not fit this model: {e}", param="lora_path",
                                   fix="load an adapter trained on this engine's base model") from e
+    if getattr(model, "active_adapter", None) not in model.peft_config:
+        # the active adapter was evicted (PEFT's delete_adapter leaves it set when none other remains) and a
+        # transplant does not activate: PEFT then fails every forward looking its config up
+        model.set_adapter(name)
     return model.eval()
 
 

@@ -374,3 +374,18 @@ def test_the_engine_runs_where_device_says_and_refuses_a_gpu_it_does_not_have(ti
     assert "engine.device" in refused.value.fix
     with pytest.raises(BadRequestError, match="unknown device"):
         hardware.resolve_device("tpu")
+
+
+def test_one_adapter_slot_evicts_and_reloads_in_turn_and_answers_as_two_slots(tiny_model_dir, adapters):
+    """Evicting the only resident adapter left PEFT's active adapter pointing at it, and every later forward
+    failed looking its config up ('generation failed: one')."""
+    order = ["one", "two", None, "one", "two"]
+
+    async def run(slots: int) -> list[str]:
+        engine = HFEngine(tiny_model_dir, adapters, fp32(max_loras=slots))
+        try:
+            return [(await engine.generate(_req(i, name))).text for i, name in enumerate(order)]
+        finally:
+            await engine.aclose()
+
+    assert asyncio.run(run(1)) == asyncio.run(run(2))
