@@ -117,6 +117,14 @@ class BenchConfig(Frozen):
         """Why this option is not run on this engine here, or None."""
         return self.skip.get(f"{option}/{engine}") or (None if gpu else self.skip.get(f"{option}/{engine}-cpu"))
 
+    def skipped_route(self, routes: dict[str, str], engine: str, gpu: bool) -> str | None:
+        """Why a per-task plan (the hybrid: task -> option) is not run on this engine here: it routes a task to an
+        option this config skips there (its requests would fail the same way), or None."""
+        for task, option in routes.items():
+            if why := self.skipped(option, engine, gpu):
+                return f"it routes {task} to {option}, which is not run on {engine} here: {why}"
+        return None
+
 
 def load_bench_config(path: Path | None, overrides: list[str], quick: bool = False) -> BenchConfig:
     """The bench config (default configs/bench/default.yaml) with ``key=value`` overrides. ``quick`` applies the

@@ -323,7 +323,8 @@ class Bench:
         scorer = scorer if scorer in engines else default_scorer
         reference, scored_by = None, None
         for engine in [scorer, *(e for e in engines if e != scorer)]:
-            if why := self.config.skipped(option, engine, gpu):
+            routes = tally.recommendation.routes if option == "hybrid" and tally.recommendation else {}
+            if why := self.config.skipped(option, engine, gpu) or self.config.skipped_route(routes, engine, gpu):
                 self.progress.say(f"{option} on {engine}: not run (config `skip`): {why}")
                 tally.not_run.append({"deployment": option, "engine": engine, "reason": why})
                 continue

