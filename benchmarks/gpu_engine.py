@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -88,10 +89,6 @@ def prompts(tokenizer, count: int, length: int) -> list[str]:
     return [tokenizer.decode(ids[i * step:i * step + length]) for i in range(count)]
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(statistics.quantiles(values, n=100, method="inclusive")[q - 1]) if len(values) > 1 else values[0]
-
-
 async def load(engine: HFEngine, texts: list[str], concurrency: int, new_tokens: int,
                names: list[str | None] | None = None) -> dict:
     """Every prompt through ``engine.stream`` at ``concurrency``, each decoding exactly ``new_tokens``."""
@@ -116,9 +113,9 @@ async def load(engine: HFEngine, texts: list[str], concurrency: int, new_tokens:
     assert tokens == new_tokens * len(texts), f"fixed-length load decoded {tokens} tokens"
     gaps = [g * 1000 for r in rows for g in r["gaps"]]
     return {"concurrency": concurrency, "requests": len(texts), "out_tok_s": round(tokens / wall, 1),
-            "ttft_p50_ms": round(percentile([r["ttft"] * 1000 for r in rows], 50), 1),
-            "itl_p50_ms": round(percentile(gaps, 50), 2), "itl_p99_ms": round(percentile(gaps, 99), 2),
-            "e2el_p90_s": round(percentile([r["e2el"] for r in rows], 90), 2)}
+            "ttft_p50_ms": round(np.percentile([r["ttft"] * 1000 for r in rows], 50), 1),
+            "itl_p50_ms": round(np.percentile(gaps, 50), 2), "itl_p99_ms": round(np.percentile(gaps, 99), 2),
+            "e2el_p90_s": round(np.percentile([r["e2el"] for r in rows], 90), 2)}
 
 
 def static_generate(model_dir: Path, texts: list[str], new_tokens: int, device: str) -> float:
