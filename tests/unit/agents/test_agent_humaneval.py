@@ -45,7 +45,7 @@ class EvalModel:
 class FakeRunner:
     """`runtime eval`'s runner interface over EvalModel (render keeps the messages; generate answers them)."""
 
-    model_path, adapter_path, dtype, max_batch_size, is_chat = Path("fake"), None, "float32", 8, True
+    model_path, adapter_path, dtype, device, max_batch_size, is_chat = Path("fake"), None, "float32", "cpu", 8, True
 
     def __init__(self, model: EvalModel) -> None:
         self.model = model
