@@ -105,6 +105,7 @@ def _child_main(target: Callable[..., None], args: tuple, channel, setup: dict) 
     import pickle
     import traceback
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the parent's interrupt unwinds it (even under nohup)
     logging.basicConfig(level=setup["level"], **({"format": setup["format"]} if setup["format"] else {}))
     if not setup["bars"]:
         from transformers.utils import logging as hf_logging

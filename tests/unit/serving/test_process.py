@@ -4,6 +4,7 @@ ends every process of the group (grandchildren included, and those that ignore S
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -199,6 +200,12 @@ def test_an_interrupt_here_lets_the_child_unwind_then_raises(tmp_path):
     from runtime.process import in_child
 
     marker = tmp_path / "marker"
-    with pytest.raises(KeyboardInterrupt):
-        in_child(_wait_for_interrupt, marker, on_message=lambda _: threading.Timer(0.2, _thread.interrupt_main).start())
+    # Python's own Ctrl-C handler, also where this runs with SIGINT ignored (nohup): interrupt_main then does nothing
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            in_child(_wait_for_interrupt, marker,
+                     on_message=lambda _: threading.Timer(0.2, _thread.interrupt_main).start())
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert marker.read_text() == "unwound"
