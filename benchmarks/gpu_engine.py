@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -287,13 +288,9 @@ async def mixed_vs_alone(engine: HFEngine, texts: list[str], names: list[str | N
     alone = [await engine.generate(EngineRequest(f"a{i}", SamplingParams(max_new_tokens=new_tokens), prompt=t,
                                                  adapter=n)) for i, (t, n) in enumerate(zip(texts, names, strict=True))]
     same = sum(a.text == b.text for a, b in zip(together, alone, strict=True))
-    prefix = [len(_common(a.text, b.text)) / max(1, len(b.text)) for a, b in zip(together, alone, strict=True)]
+    prefix = [len(os.path.commonprefix([a.text, b.text])) / max(1, len(b.text))
+              for a, b in zip(together, alone, strict=True)]
     return {"requests": len(texts), "identical": same, "mean_shared_prefix": round(statistics.mean(prefix), 3)}
-
-
-def _common(a: str, b: str) -> str:
-    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-    return a[:n]
 
 
 def measure(model_dir: Path, named: dict[str, Path], args) -> dict:

@@ -65,7 +65,7 @@ def resolve_device(device: str) -> str:
         return "cuda" if gpu_present() else "cpu"
     if device == "cuda" and not gpu_present():
         raise BadRequestError("engine.device is cuda but torch sees no GPU here",
-                          fix="set engine.device to auto or cpu, or install a CUDA build of torch")
+                              fix="set engine.device to auto or cpu, or install a CUDA build of torch")
     return device
 
 

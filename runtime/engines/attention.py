@@ -83,9 +83,10 @@ def _own_columns(query, key, value, spans: list[tuple[int, int]], scaling: float
 
 @dataclass
 class Packed:
-    """One packed step: ``rows`` pending tokens first (row i's keys appended to ``cache``, attended under
-    ``mask [rows, 1, 1, kv]``, True = attend, the new token included), then one chunk per newcomer: ``(its cache,
-    its tokens in this step)``. Caches are ``transformers.DynamicCache``s, updated layer by layer."""
+    """One packed step: ``rows`` pending tokens first (row i's keys appended to ``cache``, attended over its own
+    ``spans[i]`` on the CPU, elsewhere under ``mask [rows, 1, 1, kv]``, True = attend, the new token included),
+    then one chunk per newcomer: ``(its cache, its tokens in this step)``. Caches are
+    ``transformers.DynamicCache``s, updated layer by layer."""
 
     rows: int = 0
     cache: object | None = None

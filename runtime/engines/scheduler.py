@@ -124,10 +124,11 @@ def packed_step(model, lora: GroupedLora | None, batch: Batch, fills: list[tuple
     step = Packed(rows, batch.cache)
     if rows:
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones(rows, 1)], dim=1)
-        step.mask = batch.mask.bool()[:, None, None, :]
         if device.type == "cpu":  # each row's real columns: from its first real token to the new one
             width = batch.mask.shape[1]
             step.spans = [(start, width) for start in batch.mask.argmax(dim=1).tolist()]
+        else:  # the batched product under a mask
+            step.mask = batch.mask.bool()[:, None, None, :]
     keep, complete = list(range(rows)), []
     chunk_adapters = []
     for job, n in fills:
