@@ -16,6 +16,8 @@ task, (score − base) / (best − base), averaged over the tasks where some opt
 ``MIN_SPREAD`` points (elsewhere no option can be told apart from base, and the task ranks nothing). Single options
 whose normalized gains are within the noise of the best one's (paired bootstrap over each task's items, Holm over
 the comparisons) are a tie, and the cheapest of them (memory, then p90 latency) is recommended: the report says so.
+Likewise inside a per-task plan: a task's route gives way to a cheaper option that ties with it on that task, as
+long as the cheaper plan's normalized gain stays within the noise of the best estimate's (``settle_route_ties``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import itertools
 
 from runtime.bench.compare import BASE
 from runtime.bench.config import BudgetConfig
-from runtime.bench.results import Recommendation, top_level
+from runtime.bench.results import Recommendation, Tie, top_level
 from runtime.stats import holm, paired_difference, paired_normalized_difference
 from runtime.tasks import TASKS, TaskItem, ranked_sets
 
@@ -98,15 +100,25 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
     compare = Comparer(stats, items, resamples, {t: s for s, t in sets.items()})
     singles = [c for c in (feasible if feasible else candidates) if len(set(c["routes"].values())) == 1]
     chosen, simplest = compare.simplify(chosen, min(singles, key=_order) if singles else None)
-    tie = None
+    tie, route_ties, planned = None, None, chosen
     if len(set(chosen["routes"].values())) == 1:  # one option: the cheapest of those it ties with takes its place
         chosen, tie = settle_tie(chosen, singles, stats, items, scale, resamples)
+    else:  # a per-task plan: each task's route may give way to a cheaper option it ties with there
+        chosen, route_ties = settle_route_ties(chosen, feasible or candidates, compare, options, sets, scale)
     evidence = {task: compare.evidence(task, option, accuracy, options) for task, option in chosen["routes"].items()}
     gains = option_gains(stats, items, scale, resamples)
     why = explain(chosen, best_any, evidence, budget, bool(feasible))
     if tie:
         why.insert(1, f"Tie: {', '.join(tie['options'])} are within the noise of each other on the normalized gain "
                       f"(paired bootstrap, Holm-corrected); the cheapest, {tie['chosen']}, is recommended.")
+    if route_ties:
+        why.insert(1, "Tie on " + "; on ".join(f"{t}: {', '.join(x.options)} are within the noise of each other "
+                                                f"(best estimate {x.best_estimate})" for t, x in route_ties.items())
+                   + " (paired bootstrap, Holm-corrected over the task's comparisons). The cheapest plan whose "
+                   "normalized gain is within the noise of the best estimate's routes "
+                   + ", ".join(f"{t} to {x.chosen}" for t, x in route_ties.items())
+                   + f": {chosen['memory_mb']:.0f} MB and p90 {chosen['p90_e2el_ms']:.0f} ms instead of "
+                   f"{planned['memory_mb']:.0f} MB and {planned['p90_e2el_ms']:.0f} ms.")
     if simplest:
         why.insert(1, f"Every task goes to {simplest['option']}: the per-task plan with the best point estimates "
                       f"({', '.join(f'{t} → {o}' for t, o in simplest['instead_of'].items())}, mean "
@@ -114,6 +126,7 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
                       "simpler to run.")
     return Recommendation.model_validate({"routes": chosen["routes"], "mean_accuracy": chosen["mean_accuracy"],
             "normalized_gain": chosen["normalized_gain"], "ranking_tasks": sorted(scale), "tie": tie,
+            "route_ties": route_ties,
             "option_gains": gains,
             "estimated_memory_mb": chosen["memory_mb"], "estimated_p90_e2el_ms": chosen["p90_e2el_ms"],
             "budget": budget.model_dump(), "fits_budget": bool(feasible), "unconstrained_best": best_any,
@@ -173,6 +186,36 @@ def settle_tie(chosen: dict, singles: list[dict], stats: dict, items: dict, scal
     cheapest = min(group, key=lambda c: (c["memory_mb"], c["p90_e2el_ms"]))
     names = [next(iter(c["routes"].values())) for c in group]
     return cheapest, {"options": names, "chosen": next(iter(cheapest["routes"].values())), "best_estimate": top}
+
+
+def _cost(c: dict) -> tuple:
+    return c["memory_mb"], c["p90_e2el_ms"], c["engines"]
+
+
+def settle_route_ties(chosen: dict, pool: list[dict], compare: Comparer, options: list[str], sets: dict[str, str],
+                      scale: dict[str, float]) -> tuple[dict, dict[str, Tie] | None]:
+    """Per task, the options within the noise of the routed one on that task's set (one Holm family per task, as
+    in the evidence) tie with it there. The cheapest plan of ``pool`` (memory, then p90, then engines) that routes
+    every task to one of its ties, and whose normalized gain is not below the chosen plan's beyond the noise
+    (paired bootstrap over every ranked set's items), takes its place. (plan, {task: Tie} for the routes that
+    changed, or None)"""
+    tied = {t: {o, *(other for other, d in holm_family({x: compare.versus(o, x, compare.scored_by[t])
+                                                           for x in options if x != o}).items()
+                     if not d["significant"])} for t, o in chosen["routes"].items()}
+    cheaper = sorted((c for c in pool if _cost(c) < _cost(chosen) and all(c["routes"][t] in tied[t] for t in tied)),
+                     key=_cost)
+    n = {s: len(compare.items[s]) for s in scale}
+
+    def per_set(plan: dict) -> dict:
+        return {s: compare.stats[plan["routes"][t]][s] for s, t in sets.items()}
+
+    for c in cheaper:
+        if scale and paired_normalized_difference(per_set(chosen), per_set(c), n, scale,
+                                                  compare.resamples)["significant"]:
+            continue
+        return c, {t: Tie(options=sorted(tied[t]), chosen=c["routes"][t], best_estimate=o)
+                   for t, o in chosen["routes"].items() if c["routes"][t] != o}
+    return chosen, None
 
 
 def option_gains(stats: dict, items: dict, scale: dict[str, float], resamples: int) -> dict[str, dict] | None:

@@ -233,7 +233,8 @@ class Evidence(Record):
 
 
 class Tie(Record):
-    options: list[str] = Field(description="single options within the noise of the best one")
+    options: list[str] = Field(description="options within the noise of the best one (on the normalized gain for "
+                                           "single options; on one task's set for a route)")
     chosen: str = Field(description="the cheapest of them")
     best_estimate: str
 
@@ -260,6 +261,9 @@ class Recommendation(Record):
                                                             "(best - base)")
     ranking_tasks: list[str] | None = Field(None, description="ranked sets where some option beats base by >= 1")
     tie: Tie | None = None
+    route_ties: dict[str, Tie] | None = Field(None, description="per task of a per-task plan: the options within "
+                                              "the noise of the best estimate there, and the one the cheapest "
+                                              "plan routes it to (only the routes that changed)")
     option_gains: dict[str, Comparison] | None = Field(None, description="each single option's normalized gain "
                                                        "over base on ranking_tasks (0 = base, 1 = the best option on "
                                                        "every task): paired bootstrap interval, Holm over the options")

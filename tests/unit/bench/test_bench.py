@@ -153,6 +153,35 @@ def test_options_that_tie_within_the_noise_give_way_to_the_cheapest(store_home):
     assert any(w.startswith("Tie: big, small") for w in rec.why)
 
 
+def test_a_route_that_ties_within_the_noise_goes_to_the_cheaper_option(store_home):
+    build_dataset()
+    items = {t: load_items(t, "test", 12) for t in ("completion", "summarization")}
+    refs = {t: [it.reference for it in items[t]] for t in items}
+    close = {t: list(v) for t, v in refs.items()} | {"summarization": ["x"] * 12}
+    close["completion"][0] = "something else entirely"  # completion: a worse point estimate, inside the noise
+    answers = {"base": {t: ["x"] * 12 for t in items}, "big": refs, "small": close,
+               "summ": {"completion": ["x"] * 12, "summarization": refs["summarization"]}}
+    acc = {o: {t: {"value": v, "headline": "h"} for t, v in zip(items, values, strict=True)}
+           for o, values in (("base", (5.0, 5.0)), ("big", (100.0, 5.0)), ("small", (92.0, 5.0)),
+                             ("summ", (5.0, 100.0)))}
+    sizes = {o: {"/base": 500.0} for o in acc}
+    results = [_result("base", 1000, 900), _result("big", 3000, 1000), _result("small", 1500, 1000),
+               _result("summ", 1200, 1000)]
+    rec = recommend(acc, results, BudgetConfig(memory_mb=4000, p90_e2el_ms=2000), items, answers, sizes, 200)
+    assert rec.routes == {"completion": "small", "summarization": "summ"}
+    assert rec.unconstrained_best.routes == {"completion": "big", "summarization": "summ"}
+    assert rec.route_ties["completion"].model_dump() == {"options": ["big", "small"], "chosen": "small",
+                                                         "best_estimate": "big"}
+    assert list(rec.route_ties) == ["completion"] and rec.estimated_memory_mb == 1500
+    assert "Tie on completion: big, small" in rec.why[1] and "1500 MB" in rec.why[1] and "3000 MB" in rec.why[1]
+    assert rec.evidence["completion"].option == "small"
+    # beyond the noise it is no tie: the best estimate keeps its route
+    far = answers | {"small": {"completion": ["x"] * 12, "summarization": ["x"] * 12}}
+    acc["small"]["completion"]["value"] = 5.0
+    rec = recommend(acc, results, BudgetConfig(memory_mb=4000, p90_e2el_ms=2000), items, far, sizes, 200)
+    assert rec.routes == {"completion": "big", "summarization": "summ"} and rec.route_ties is None
+
+
 def test_agreement_counts_identical_greedy_answers():
     ref = {"review": ["a", "b", "c"]}
     mine = {"review": [{"answer": "a"}, {"answer": "x"}, {"answer": "c"}]}
