@@ -53,22 +53,36 @@ def score_baselines(items: dict[str, list[TaskItem]], resamples: int,
     return out
 
 
+def difference(task: str, items: list[TaskItem], mine: list[str], theirs: list[str], resamples: int) -> dict:
+    """{diff, ci95, p_value}: my headline minus theirs on the same items (paired 95% bootstrap)."""
+    d = paired_difference(TASKS[task].statistic(items, mine, None), TASKS[task].statistic(items, theirs, None),
+                          len(items), resamples)
+    return {"diff": round(d["diff"], 2), "ci95": [round(d["ci_low"], 2), round(d["ci_high"], 2)],
+            "p_value": round(d["p_value"], 4)}
+
+
 def gains_over_base(items: dict[str, list[TaskItem]], answers: dict[str, dict[str, list[str]]],
                     resamples: int) -> dict[str, dict[str, dict]]:
     """{option: {task: {diff, ci95, p_value, at_or_below_base, below_base}}} against ``base`` on the same items."""
     if BASE not in answers:
         return {}
     out: dict[str, dict[str, dict]] = {}
-    for task, its in items.items():
-        base = TASKS[task].statistic(its, answers[BASE][task], None)
-        for option, texts in answers.items():
-            if option == BASE:
-                continue
-            d = paired_difference(TASKS[task].statistic(its, texts[task], None), base, len(its), resamples)
-            out.setdefault(option, {})[task] = {
-                "diff": round(d["diff"], 2), "ci95": [round(d["ci_low"], 2), round(d["ci_high"], 2)],
-                "p_value": round(d["p_value"], 4), "at_or_below_base": d["diff"] <= 0, "below_base": d["ci_high"] < 0}
+    for option, texts in answers.items():
+        if option == BASE:
+            continue
+        for task, its in items.items():
+            d = difference(task, its, texts[task], answers[BASE][task], resamples)
+            out.setdefault(option, {})[task] = d | {"at_or_below_base": d["diff"] <= 0, "below_base": d["ci95"][1] < 0}
     return out
+
+
+def seed_spread(items: dict[str, list[TaskItem]], answers: dict[str, dict[str, list[str]]], twins: dict[str, str],
+                resamples: int) -> dict[str, dict]:
+    """{twin: {"of": option, "per_task": {task: {diff, ci95, p_value}}}}: each seed twin minus the option it
+    retrains, on the same items: how far training noise alone moves a score (pairs not both scored are left out)."""
+    return {twin: {"of": original, "per_task": {t: difference(t, its, answers[twin][t], answers[original][t],
+                                                               resamples) for t, its in items.items()}}
+            for twin, original in twins.items() if twin in answers and original in answers}
 
 
 def detectable_difference(items: dict[str, list[TaskItem]], base_answers: dict[str, list[str]],

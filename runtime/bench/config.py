@@ -90,6 +90,8 @@ class BenchConfig(Frozen):
     # instead of this file's (the Qwen default's quick run is SmolLM2's: a Qwen zoo is never quick)
     skip: dict[str, str] = Field(default_factory=dict)  # "option/engine" -> why it is not run (the report says
     # it); "option/engine-cpu" skips it only where there is no GPU
+    seed_twins: dict[str, str] = Field(default_factory=dict)  # option -> the option it retrains with another seed
+    # (same recipe, data and compute): the report's training-noise table compares each pair on the same items
 
     @field_validator("deployments")
     @classmethod
@@ -105,6 +107,10 @@ class BenchConfig(Frozen):
         if unknown:
             raise ValueError(f"accuracy.engine_for names no deployment: {', '.join(unknown)} (known: "
                              f"{', '.join(sorted(known))})")
+        for twin, original in self.seed_twins.items():
+            if twin not in self.deployments or original not in self.deployments or twin == original:
+                raise ValueError(f"seed_twins: {twin}: {original} must name two different options of `deployments` "
+                                 f"({', '.join(self.deployments)})")
         engines = list(get_args(EngineKind))
         for key in self.skip:
             option, _, engine = key.partition("/")

@@ -19,7 +19,14 @@ from pathlib import Path
 from runtime.bench.charts import plot
 from runtime.bench.compare import BASE
 from runtime.bench.results import SCHEMA_VERSION, UNDER_LOAD_SHARE, Report, top_level
-from runtime.bench.sections import phase_section, retention, retention_section, sweep_section, training_section
+from runtime.bench.sections import (
+    phase_section,
+    retention,
+    retention_section,
+    seed_section,
+    sweep_section,
+    training_section,
+)
 
 __all__ = ["SCHEMA_VERSION", "markdown", "plot", "top_level", "write_report"]
 
@@ -71,7 +78,8 @@ def markdown(report: dict, charts: list[str]) -> str:
     top = top_level(results[0]) if results else "8"
     lines = [*header_lines(report), *notice_lines(report), *summary_table(report, tasks, top),
              *controls_section(report, tasks),
-             *retention_section(report, tasks, [column_label(report, t) for t in tasks]), *agent_section(results),
+             *retention_section(report, tasks, [column_label(report, t) for t in tasks]),
+             *seed_section(report, tasks, [column_label(report, t) for t in tasks]), *agent_section(results),
              *format_failure_table(results, tasks), *latency_table(results), *machine_load_section(results),
              *recommendation_section(report), *training_section(report), *sweep_section(report),
              *phase_section(report), "", *(f"![{c}]({c})" for c in charts), ""]

@@ -376,6 +376,18 @@ class Gain(Record):
     below_base: bool
 
 
+class Difference(Record):
+    diff: float
+    ci95: list[float]
+    p_value: float
+
+
+class SeedSpread(Record):
+    of: str = Field(description="the option this one retrains with another seed")
+    per_task: dict[str, Difference] = Field(description="this option minus that one, headline points, paired 95% "
+                                                        "bootstrap on the same items")
+
+
 class Baseline(Record):
     value: float
     ci95: list[float]
@@ -404,6 +416,8 @@ class Report(Record):
     gains_over_base: dict[str, dict[str, Gain]] | None = Field(None, description="headline points over base")
     detectable_difference: dict[str, float | None] | None = Field(
         None, description="smallest difference from base a two-sided 5% test on this N finds with 80% power")
+    seed_spread: dict[str, SeedSpread] | None = Field(None, description="config seed_twins: each twin against the "
+                                                      "option it retrains with another seed (training noise)")
     wall_s: float | None = Field(None, description="the whole run")
     retention: dict[str, dict[str, Retention]] | None = Field(
         None, description="option -> scored set -> retention of the experts' gain over base")

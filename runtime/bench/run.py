@@ -30,6 +30,7 @@ from runtime.bench.compare import (
     gains_over_base,
     score_answers,
     score_baselines,
+    seed_spread,
 )
 from runtime.bench.config import BenchConfig
 from runtime.bench.deployments import write_base, write_hybrid
@@ -372,12 +373,14 @@ class Bench:
         } | self.controls(tally.answers))
 
     def controls(self, answers: dict[str, dict[str, list[str]]]) -> dict:
-        """The trivial baselines, each option's gain over base, and the difference the chosen N can detect."""
+        """The trivial baselines, each option's gain over base, the difference the chosen N can detect, and the
+        seed twins' spread."""
         resamples = self.config.accuracy.bootstrap
         return {"baselines": score_baselines(self.items, resamples, self.sandbox),
                 "gains_over_base": gains_over_base(self.items, answers, resamples),
                 "detectable_difference": detectable_difference(self.items, answers[BASE], resamples)
-                if BASE in answers else None}
+                if BASE in answers else None,
+                "seed_spread": seed_spread(self.items, answers, self.config.seed_twins, resamples) or None}
 
     def model_sizes_mb(self, options: list[str]) -> dict[str, dict[str, float]]:
         """Per option, the size on disk of each full model it serves (weights an extra engine would hold)."""

@@ -1,7 +1,7 @@
-"""report.md's sections about what the options kept and what the run cost: each option's retention of the experts'
-gain over base, the zoo's training budgets and data accounting, the merge sweep's candidates, and where the run's
-time went. Like runtime/bench/report.py they read report.json's dict form, so older reports render (without the
-parts they lack)."""
+"""report.md's sections about what the options kept and what the run cost: each option's retention of the experts' gain
+over base, the seed twins' spread (training noise), the zoo's training budgets and data accounting, the merge sweep's
+candidates, and where the run's time went. Like runtime/bench/report.py they read report.json's dict form, so older
+reports render (without the parts they lack)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,27 @@ def retention(report: dict) -> tuple[str | None, dict[str, dict[str, dict]]]:
             out[option][s] = {"value": value, "option_gain": round(option_gain, 2),
                               "expert_gain": round(expert_gain, 2), "note": note}
     return experts, out
+
+
+def seed_section(report: dict, sets: list[str], labels: list[str]) -> list[str]:
+    """The seed twins' table: each twin minus the option it retrains, per set, with the paired interval."""
+    spread = report.get("seed_spread")
+    if not spread:
+        return []
+    lines = ["", "## Training noise: seed twins", "",
+             "Each twin retrains an option with another seed (other rows of the same tasks, another initialisation "
+             "and order; the same recipe, steps and compute), scored on the same items: twin − option in headline "
+             "points, paired 95% bootstrap interval; **seed alone** where the interval excludes 0. A difference "
+             "between two options no larger than these is not evidence that one recipe beats the other.", "",
+             "| twin − option | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(sets)]
+    for twin, pair in spread.items():
+        cells = []
+        for s in sets:
+            d = pair["per_task"].get(s)
+            flag = " **seed alone**" if d and (d["ci95"][0] > 0 or d["ci95"][1] < 0) else ""
+            cells.append("—" if d is None else f"{d['diff']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]{flag}")
+        lines.append(f"| {twin} − {pair['of']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def retention_section(report: dict, sets: list[str], labels: list[str] | None = None) -> list[str]:

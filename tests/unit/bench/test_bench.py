@@ -182,6 +182,24 @@ def test_a_route_that_ties_within_the_noise_goes_to_the_cheaper_option(store_hom
     assert rec.routes == {"completion": "big", "summarization": "summ"} and rec.route_ties is None
 
 
+def test_a_seed_twin_is_compared_with_the_option_it_retrains_on_the_same_items(store_home):
+    from runtime.bench.compare import seed_spread
+
+    build_dataset()
+    items = {"completion": load_items("completion", "test", 12)}
+    refs = [it.reference for it in items["completion"]]
+    answers = {"mixed": {"completion": refs}, "mixed-s1": {"completion": ["x"] * 12},
+               "experts": {"completion": refs}}
+    out = seed_spread(items, answers, {"mixed-s1": "mixed", "experts-s1": "experts"}, 200)
+    assert list(out) == ["mixed-s1"]  # a twin that was not scored is left out
+    d = out["mixed-s1"]
+    assert d["of"] == "mixed" and d["per_task"]["completion"]["diff"] < -50
+    assert d["per_task"]["completion"]["ci95"][1] < 0
+    assert seed_spread(items, answers, {"experts": "mixed"}, 200)["experts"]["per_task"]["completion"]["diff"] == 0
+    with pytest.raises(ConfigError, match="seed_twins: mixed-s1: mixed must name two different options"):
+        load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig, ["seed_twins={mixed-s1: mixed}"])
+
+
 def test_agreement_counts_identical_greedy_answers():
     ref = {"review": ["a", "b", "c"]}
     mine = {"review": [{"answer": "a"}, {"answer": "x"}, {"answer": "c"}]}

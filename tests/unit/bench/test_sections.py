@@ -13,6 +13,7 @@ from runtime.bench.sections import (
     phase_section,
     retention,
     retention_section,
+    seed_section,
     sweep_section,
     training_section,
 )
@@ -62,6 +63,16 @@ def test_a_ratio_of_an_expert_gain_inside_the_noise_is_marked():
     assert "noise" in table["mixed"]["summarization"]["note"]
     assert "| mixed | -100% † |" in "\n".join(retention_section(report(results, gains_over_base=gains),
                                                                    ["summarization"]))
+
+
+def test_the_seed_twins_table_marks_a_difference_the_seed_alone_made():
+    spread = {"experts-s1": {"of": "experts", "per_task": {
+        "review": {"diff": -24.3, "ci95": [-35.0, -13.1], "p_value": 0.0},
+        "completion": {"diff": -1.4, "ci95": [-6.0, 3.1], "p_value": 0.5}}}}
+    md = "\n".join(seed_section(report([], seed_spread=spread), ["review", "completion"], ["review", "completion"]))
+    assert "## Training noise: seed twins" in md
+    assert "| experts-s1 − experts | -24.3 [-35.0, -13.1] **seed alone** | -1.4 [-6.0, +3.1] |" in md
+    assert seed_section(report([]), ["review"], ["review"]) == []
 
 
 def test_no_base_or_no_experts_gives_no_retention_section():
