@@ -6,8 +6,9 @@ At batch 1 every decode step reads every weight once but the input embedding tab
 tied table is read whole by the LM head), so a step cannot take less than ``those bytes / read bandwidth``. Read
 bandwidth: the best of several sums of a 1 GiB float32 array (torch, its threads; numpy too), which stream the
 array from memory once. Decode: the median step of a greedy loop of the bare model (``model(...)`` with a KV
-cache, bf16) and of the hf engine (one streamed request, ``ignore_eos``: its inter-token gaps). Share = the bound
-/ the measured step: 1.0 would be decode at the memory limit. ``--threads`` sets torch's threads for all of it:
+cache, bf16), the same model with its linears prepacked (runtime/engines/prepacked.py), and the hf engine (one
+streamed request, ``ignore_eos``: its inter-token gaps) without and with them. Share = the bound / the measured
+step: 1.0 would be decode at the memory limit. ``--threads`` sets torch's threads for all of it:
 on cores shared with other busy processes, two OpenMP threads wait on each other at every barrier (a 135M forward
 took 3 s with 2 threads, 0.1 s with 1 while a training run held the cores), so 1 (the default) measures one
 core's share of both sides.
@@ -66,11 +67,19 @@ def bare_decode(model, tokenizer, tokens: int) -> float:
     return statistics.median(steps)
 
 
-def engine_decode(path: Path, tokens: int) -> float:
-    """The median gap between tokens of one streamed request on the hf engine (bf16)."""
+def engine_decode(path: Path, tokens: int, prepacked: bool = True) -> float:
+    """The median gap between tokens of one streamed request on the hf engine (bf16); ``prepacked=False``: with its
+    linears left as loaded (the engine before runtime/engines/prepacked.py)."""
+    from unittest import mock
+
     from runtime.config import EngineConfig
+    from runtime.engines import hf
     from runtime.engines.base import EngineRequest, SamplingParams
     from runtime.engines.hf_engine import HFEngine
+
+    if not prepacked:
+        with mock.patch.object(hf, "prepack", lambda model: model):
+            return engine_decode(path, tokens)
 
     async def run() -> list[float]:
         engine = HFEngine(path, {}, EngineConfig(dtype="bfloat16", max_batch_size=1))
@@ -93,6 +102,7 @@ def measure(name: str, tokens: int, bandwidth: float) -> dict[str, float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from runtime.engines.prepacked import prepack
     from runtime.models import ModelStore
 
     path = ModelStore().get(name).path
@@ -102,11 +112,13 @@ def measure(name: str, tokens: int, bandwidth: float) -> dict[str, float]:
     if model.get_output_embeddings().weight is not table:  # untied: the step reads one row of it
         weights -= table.numel() * table.element_size()
     bound = weights / (bandwidth * 1e9)
-    bare = bare_decode(model, AutoTokenizer.from_pretrained(path), tokens)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    bare = bare_decode(model, tokenizer, tokens)
+    packed = bare_decode(prepack(model), tokenizer, tokens)
     del model
-    engine = engine_decode(path, tokens)
-    return {"weights_mb": weights / 2**20, "bound_ms": bound * 1e3, "bare_ms": bare * 1e3, "bare_share": bound / bare,
-            "engine_ms": engine * 1e3, "engine_share": bound / engine}
+    stock, engine = engine_decode(path, tokens, prepacked=False), engine_decode(path, tokens)
+    return {"weights_mb": weights / 2**20, "bound_ms": bound * 1e3, "bare_ms": bare * 1e3,
+            "packed_ms": packed * 1e3, "stock_engine_ms": stock * 1e3, "engine_ms": engine * 1e3}
 
 
 def main() -> None:
@@ -124,12 +136,16 @@ def main() -> None:
     bandwidth = max(bw.values())
     print(f"read bandwidth: torch {bw['torch_gb_s']:.1f} GB/s, numpy {bw['numpy_gb_s']:.1f} GB/s "
           f"({torch.get_num_threads()} torch threads); the bound uses {bandwidth:.1f} GB/s")
-    print("| model (bf16) | bytes read/step | bound/step | bare step | share | engine step | share |\n"
-          "|---|---:|---:|---:|---:|---:|---:|")
+    print("step (share of the bound): the bare model as loaded, then prepacked; the engine without and with its "
+          "prepacked linears\n"
+          "| model (bf16) | bytes read/step | bound/step | bare step | bare prepacked | engine, stock linears | "
+          "engine |\n|---|---:|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):
         r = measure(name, args.tokens, bandwidth)
-        print(f"| {name} | {r['weights_mb']:.0f} MB | {r['bound_ms']:.1f} ms | {r['bare_ms']:.1f} ms | "
-              f"{r['bare_share']:.2f} | {r['engine_ms']:.1f} ms | {r['engine_share']:.2f} |", flush=True)
+        cells = [f"{r[k]:.1f} ms ({r['bound_ms'] / r[k]:.2f})" for k in ("bare_ms", "packed_ms", "stock_engine_ms",
+                                                                          "engine_ms")]
+        print(f"| {name} | {r['weights_mb']:.0f} MB | {r['bound_ms']:.1f} ms | " + " | ".join(cells) + " |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from runtime.config import AdaptiveConfig
+from runtime.engines.prepacked import prepacked_bytes
 from runtime.engines.scheduler import BASE, Batch, Job
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,10 @@ class Lane:
 
 
 def weight_bytes(model) -> int:
-    """What a copy of the model's weights takes (LoRA layers left out; tied weights counted once)."""
-    return sum(p.numel() * p.element_size() for name, p in model.named_parameters() if "lora_" not in name)
+    """What a copy of the model's weights takes (LoRA layers left out; tied weights counted once; packed
+    linears by their packed weights)."""
+    return prepacked_bytes(model) + sum(p.numel() * p.element_size() for name, p in model.named_parameters()
+                                     if "lora_" not in name)
 
 
 def fold_copy(model_path, dtype: str, peft_config, weights: dict, name: str):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from runtime.engines.attention import use_decode_attention
 from runtime.engines.base import SamplingParams
+from runtime.engines.prepacked import prepack
 from runtime.engines.scheduler import last_position
 from runtime.errors import BadRequestError, ModelStoreError
 from runtime.hardware import resolve_device, resolve_dtype
@@ -53,7 +54,7 @@ class HFRunner:
         except (OSError, ValueError) as e:
             raise ModelStoreError(f"could not load the model at {self.model_path}: {e}",
                                   fix="pass a Hugging Face model directory or a name from `runtime models list`") from e
-        model = model.to(self.device)
+        model = prepack(model.to(self.device))  # before any adapter wraps its linears
         if self.adapter_path is not None:
             model = load_adapter(model, self.adapter_path)
         self.model = use_decode_attention(model.eval())  # one-token steps without SDPA's CPU kernel

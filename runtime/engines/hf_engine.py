@@ -33,6 +33,7 @@ from runtime.engines.attention import packable, use_decode_attention
 from runtime.engines.base import EngineRequest, EngineResult, StreamDelta, joined
 from runtime.engines.hf import HFRunner, eos_ids, install_adapter, leave_a_core_to_the_server, read_adapter
 from runtime.engines.lora import GroupedLora
+from runtime.engines.prepacked import prepack
 from runtime.engines.scheduler import BASE, Batch, Job, apart_step, packed_step
 from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
 
@@ -111,8 +112,8 @@ class HFEngine:
     def _fold(self, name: str):
         """The model with one adapter folded in (on the placement's thread: nothing served is touched)."""
         config, weights, _ = self._read(Path(self.known[name]))
-        return use_decode_attention(
-            fold_copy(self.runner.model_path, self.runner.dtype, config, weights, name).to(self.runner.device))
+        return use_decode_attention(prepack(
+            fold_copy(self.runner.model_path, self.runner.dtype, config, weights, name).to(self.runner.device)))
 
     def placement_status(self) -> dict[str, object] | None:
         return None if self.placement is None else self.placement.status()
