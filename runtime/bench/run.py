@@ -54,6 +54,7 @@ from runtime.bench.zoo import Progress, build_zoo, zoo_store
 from runtime.config import DeploymentConfig, TasksConfig, configs_dir, load_config
 from runtime.deploy import ServingPlan, build_plan, load_deployment
 from runtime.engines.attention import NUMERICS
+from runtime.engines.hf_engine import SPEED
 from runtime.errors import ConfigError, EngineUnavailableError, MixmergeError
 from runtime.evaluate import cap_tokens, evaluate_served, sampling_for, write_answers
 from runtime.hardware import gpu_memory_mb, served_on
@@ -161,7 +162,8 @@ class Bench:
         # the role is part of what was measured: the scoring engine answers every item and runs the agent, another
         # answers the agreement sample against the scorer's answers (``answers_file``)
         key = digest(self.phase_settings, option, self.computed_by(engine), models, path.read_text(),
-                     "scores" if reference is None else f"agrees with {answers_file.stem}")
+                     "scores" if reference is None else f"agrees with {answers_file.stem}",
+                     *([SPEED] if engine == "hf" else []))  # (keys made before: no speed revision)
         if not self.fresh and (reference is not None or answers_file.is_file()) and (
                 cached := self.cached_phase(cache, key)):
             self.progress.say(f"{option} on {engine}: measured before ({cache}); --fresh measures again")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from runtime.engines.attention import use_decode_attention
 from runtime.engines.base import SamplingParams
-from runtime.engines.prepacked import prepack
+from runtime.engines.prepacked import dense_weights_needed, prepack, prepacked_bytes
 from runtime.engines.scheduler import last_position
 from runtime.errors import BadRequestError, ModelStoreError
 from runtime.hardware import resolve_device, resolve_dtype
@@ -36,7 +36,7 @@ class Generation:
 
 class HFRunner:
     def __init__(self, model_path: str | Path, adapter_path: str | Path | None = None, dtype: str = "float32",
-                 max_batch_size: int = 8, device: str = "auto") -> None:
+                 max_batch_size: int = 8, device: str = "auto", pack: bool = True) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -54,7 +54,11 @@ class HFRunner:
         except (OSError, ValueError) as e:
             raise ModelStoreError(f"could not load the model at {self.model_path}: {e}",
                                   fix="pass a Hugging Face model directory or a name from `runtime models list`") from e
-        model = prepack(model.to(self.device))  # before any adapter wraps its linears
+        model = model.to(self.device)
+        needs_dense = self.adapter_path is not None and dense_weights_needed(check_adapter(self.adapter_path))
+        self.pack = pack and not needs_dense  # (adaptive's folded copies follow the served model)
+        if self.pack:
+            model = prepack(model)  # before any adapter wraps its linears
         if self.adapter_path is not None:
             model = load_adapter(model, self.adapter_path)
         self.model = use_decode_attention(model.eval())  # one-token steps without SDPA's CPU kernel
@@ -244,6 +248,10 @@ def check_adapter(path: Path) -> dict:
                               fix="pass an adapter saved by PEFT") from e
     if config.get("peft_type", "LORA") != "LORA" or rank <= 0:
         raise BadRequestError(f"{config_file}: only LoRA adapters with a positive rank are served", param="lora_path")
+    if config.get("use_dora"):  # PEFT: "Cannot pass `adapter_names` when DoRA is enabled" on every request
+        raise BadRequestError(f"{path} is a DoRA adapter (use_dora): PEFT cannot mix DoRA into per-row adapter batches",
+                              param="lora_path", fix="merge it into the base model (`runtime merge`) and serve that "
+                              "model, or train a plain LoRA adapter")
     if weights.is_file():
         try:
             with safe_open(weights, "pt") as f:
@@ -351,6 +359,10 @@ def install_adapter(model, name: str, config, weights: dict, layers: list | None
     and leaves the model as it was."""
     from peft import PeftModel, set_peft_model_state_dict
 
+    if (why := dense_weights_needed(config)) and prepacked_bytes(model):
+        raise BadRequestError(f"adapter for '{name}' cannot be served on this engine's prepacked weights: {why}",
+                              param="lora_path", fix="serve it from a deployment with engine.prepack: false, or name "
+                              "it among the deployment's adapters so the engine keeps dense weights from the start")
     wrapped = hasattr(model, "peft_config")
     if not (wrapped and layers and transplant(model, layers, name, config)):
         try:

@@ -31,18 +31,36 @@ from runtime.config import EngineConfig
 from runtime.engines.adaptive import Placement, fold_copy, weight_bytes
 from runtime.engines.attention import packable, use_decode_attention
 from runtime.engines.base import EngineRequest, EngineResult, StreamDelta, joined
-from runtime.engines.hf import HFRunner, eos_ids, install_adapter, leave_a_core_to_the_server, read_adapter
+from runtime.engines.hf import (
+    HFRunner,
+    check_adapter,
+    eos_ids,
+    install_adapter,
+    leave_a_core_to_the_server,
+    read_adapter,
+)
 from runtime.engines.lora import GroupedLora
-from runtime.engines.prepacked import prepack
+from runtime.engines.prepacked import dense_weights_needed, prepack
 from runtime.engines.scheduler import BASE, Batch, Job, apart_step, packed_step
 from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
 
+SPEED = 1  # bump when the engine's speed or memory changes for the same answers (1: prepacked linears): the
+# bench's measured phases key on it, its cached answers (keyed on attention.NUMERICS) do not
 log = logging.getLogger(__name__)
 __all__ = ["BASE", "HFEngine"]
 
 
 class _Later(Exception):
     """A model change that must wait for the rows using its adapter to finish."""
+
+
+def _needs_dense(path: Path) -> str | None:
+    """Why an adapter known at start needs the dense base weights (``dense_weights_needed``), or None; an
+    adapter that cannot be read is refused where it is loaded, as before."""
+    try:
+        return dense_weights_needed(check_adapter(path))
+    except BadRequestError:
+        return None
 
 
 class HFEngine:
@@ -52,9 +70,12 @@ class HFEngine:
                  config: EngineConfig | None = None, max_queue: int = 64, prefill_budget: int = 512) -> None:
         self.config = config or EngineConfig()
         log.info("hf engine: %d torch threads", leave_a_core_to_the_server())
-        self.runner = HFRunner(model_path, dtype=self.config.dtype, max_batch_size=self.config.max_batch_size,
-                               device=self.config.device)
         self.known: dict[str, str] = {k: str(v) for k, v in (adapters or {}).items()}
+        dense = [f"{n}: {why}" for n, p in self.known.items() if (why := _needs_dense(Path(p)))]
+        if dense and self.config.prepack:
+            log.info("hf engine: dense weights kept (no prepacked linears) for %s", "; ".join(dense))
+        self.runner = HFRunner(model_path, dtype=self.config.dtype, max_batch_size=self.config.max_batch_size,
+                               device=self.config.device, pack=self.config.prepack and not dense)
         self.resident: OrderedDict[str, None] = OrderedDict()
         self.pinned = set(self.config.pinned_adapters)
         self.max_queue = max_queue
@@ -112,8 +133,8 @@ class HFEngine:
     def _fold(self, name: str):
         """The model with one adapter folded in (on the placement's thread: nothing served is touched)."""
         config, weights, _ = self._read(Path(self.known[name]))
-        return use_decode_attention(prepack(
-            fold_copy(self.runner.model_path, self.runner.dtype, config, weights, name).to(self.runner.device)))
+        folded = fold_copy(self.runner.model_path, self.runner.dtype, config, weights, name).to(self.runner.device)
+        return use_decode_attention(prepack(folded) if self.runner.pack else folded)
 
     def placement_status(self) -> dict[str, object] | None:
         return None if self.placement is None else self.placement.status()

@@ -11,8 +11,17 @@ benchmarks/README.md, prepacked.py). vLLM's CPU backend does the same (``dispatc
 Each packed ``nn.Linear`` keeps its module, name and attributes (PEFT wraps it and reads ``in_features``, the
 weight's dtype and device); its forward is the packed matmul and its dense weight is dropped (an empty tensor of
 the same dtype), so the weights are held once. A weight shared with another module (an LM head tied to the input
-embeddings) stays dense for the other user, and the head holds a packed copy beside it. Only bf16 on a CPU: in
-float32 oneDNN's packed matmul does not give MKL's numbers, and on a GPU cuBLAS needs no reorder.
+embeddings) stays dense for the other user, and the head holds a packed copy beside it: the table is then held
+twice (SmolLM2-135M: +54 MB; Qwen2.5-Coder-0.5B's head is untied). Only bf16 on a CPU: in float32 oneDNN's packed
+matmul does not give MKL's numbers, and on a GPU cuBLAS needs no reorder. "Bit-identical" is checked, not
+assumed: before packing, one linear of each shape is run both ways at 1, 8 and 200 rows (``prepackable``), and a
+model where any differs is served as loaded.
+
+Adapters that copy base layers (``modules_to_save``: ``dense_weights_needed``) cannot ride on packed linears:
+known at start, the engine keeps the dense weights (no packing); hot-loaded onto a packed model, they are refused
+with the fix (``engine.prepack: false``). (DoRA reads them too, but PEFT cannot serve it in per-row batches at
+all.) The packed weight is not a parameter or buffer: a model is packed where it will run (after
+``.to(device)``), and ``prepacked_bytes`` counts it.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import logging
 import types
 
 log = logging.getLogger(__name__)
-__all__ = ["prepack", "prepack_linears", "prepackable", "prepacked_bytes"]
+__all__ = ["dense_weights_needed", "prepack", "prepack_linears", "prepackable", "prepacked_bytes"]
 
 
 def prepack(model):
@@ -31,26 +40,44 @@ def prepack(model):
     return model
 
 
+def dense_weights_needed(adapter_config) -> str | None:
+    """Why an adapter (its adapter_config.json as a dict, or a PEFT config) cannot ride on prepacked linears, or
+    None: ``modules_to_save`` copies whole base layers (the copy would keep serving the packed original). (DoRA,
+    which reads the dense weights too, is not served at all: ``hf.check_adapter``.)"""
+    def get(key: str):
+        return adapter_config.get(key) if isinstance(adapter_config, dict) else getattr(adapter_config, key, None)
+
+    if get("modules_to_save"):
+        return f"it trains whole layers (modules_to_save: {get('modules_to_save')}), copied from the dense weights"
+    return None
+
+
 def prepackable(model) -> bool:
     """Whether ``model``'s linears can be packed here: bf16 weights on a CPU whose oneDNN reproduces the stock
-    linear exactly (probed on the model's first linear)."""
+    linear exactly, probed on one linear of each shape at 1, 8 and 200 rows (a decode step, a batch of them, a
+    prompt chunk), as the engine calls them (``[1, rows, in]``)."""
     import torch
 
-    first = next((m for m in model.modules() if type(m) is torch.nn.Linear), None)
-    if (first is None or first.weight.dtype != torch.bfloat16 or first.weight.device.type != "cpu"
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear and "_packed" not in m.__dict__]
+    if (not linears or any(m.weight.dtype != torch.bfloat16 or m.weight.device.type != "cpu" for m in linears)
             or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
         return False
-    x = torch.randn(3, first.in_features, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
-    with torch.inference_mode():
-        try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(first.weight.detach())
-            same = torch.equal(_matmul(x, packed, first.bias), torch.nn.functional.linear(x, first.weight, first.bias))
-        except RuntimeError as e:  # a oneDNN build without bf16 support
-            log.info("prepacked linears: not here (%s)", e)
-            return False
-    if not same:
-        log.info("prepacked linears: not here (oneDNN's packed matmul does not reproduce the stock linear)")
-    return same
+    shapes = {(m.in_features, m.out_features, m.bias is not None): m for m in linears}
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in shapes.values():
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach())
+            except RuntimeError as e:  # a oneDNN build without bf16 support
+                log.info("prepacked linears: not here (%s)", e)
+                return False
+            for rows in (1, 8, 200):
+                x = torch.randn(1, rows, m.in_features, generator=generator).to(torch.bfloat16)
+                if not torch.equal(_matmul(x, packed, m.bias), torch.nn.functional.linear(x, m.weight, m.bias)):
+                    log.info("prepacked linears: not here (oneDNN's packed matmul does not reproduce the stock "
+                             "linear at %d x %d, %d rows)", m.in_features, m.out_features, rows)
+                    return False
+    return True
 
 
 def prepack_linears(model) -> int:
@@ -62,7 +89,7 @@ def prepack_linears(model) -> int:
         for p in m.parameters(recurse=False):
             counts[id(p)] = counts.get(id(p), 0) + 1
     packed = 0
-    with torch.inference_mode():
+    with torch.no_grad():  # (not inference_mode: its tensors could not be used outside it)
         for module in model.modules():
             if (type(module) is not torch.nn.Linear or "_packed" in module.__dict__
                     or module.weight.dtype != torch.bfloat16 or module.weight.device.type != "cpu"):

@@ -82,3 +82,45 @@ def test_an_engine_on_prepacked_weights_answers_as_one_without_them(tiny_model_d
     assert served == folded == 0
     assert together == stock_together and alone == stock_alone
     assert len(set(together)) > 1  # adapters matter
+
+
+def test_an_adapter_with_modules_to_save_keeps_the_dense_weights_or_is_refused_hot_loaded(tiny_model_dir, adapters,
+                                                                                          tmp_path):
+    """PEFT copies a ``modules_to_save`` layer whole: the copy of a packed layer would serve the packed original."""
+    from runtime.errors import BadRequestError
+
+    saved = make_lora(tiny_model_dir, tmp_path / "saved", 3, target_modules=["q_proj", "v_proj"],
+                      modules_to_save=["o_proj"])
+
+    async def kept() -> str:
+        engine = HFEngine(tiny_model_dir, {"saved": saved}, EngineConfig(dtype="bfloat16", max_loras=2))
+        try:
+            assert not engine.runner.pack and prepacked_bytes(engine.runner.model) == 0
+            return (await engine.generate(_req(0, "saved"))).text
+        finally:
+            await engine.aclose()
+
+    assert asyncio.run(kept())
+
+    async def refused() -> None:
+        engine = HFEngine(tiny_model_dir, {"one": adapters["one"]}, EngineConfig(dtype="bfloat16", max_loras=2))
+        try:
+            assert prepacked_bytes(engine.runner.model) > 0
+            with pytest.raises(BadRequestError, match="modules_to_save") as caught:
+                await engine.load_adapter("saved", str(saved))
+            assert "engine.prepack: false" in caught.value.fix
+            assert (await engine.generate(_req(1, "one"))).text  # the model is as it was
+        finally:
+            await engine.aclose()
+
+    asyncio.run(refused())
+
+
+def test_a_dora_adapter_is_refused_with_the_reason(tiny_model_dir, tmp_path):
+    from runtime.engines.hf import check_adapter
+    from runtime.errors import BadRequestError
+
+    dora = make_lora(tiny_model_dir, tmp_path / "dora", 3, use_dora=True)
+    with pytest.raises(BadRequestError, match="DoRA") as caught:
+        check_adapter(dora)
+    assert "merge" in caught.value.fix
