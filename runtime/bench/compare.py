@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.bench.baselines import baseline_answers
-from runtime.stats import Proportion, bootstrap_se, confidence_interval, paired_difference
+from runtime.stats import Proportion, bootstrap_se, confidence_interval, holm, paired_difference
 from runtime.tasks import TASKS, TaskItem
 from runtime.tasks.sandbox import Sandbox
 
@@ -54,11 +54,15 @@ def score_baselines(items: dict[str, list[TaskItem]], resamples: int,
 
 
 def difference(task: str, items: list[TaskItem], mine: list[str], theirs: list[str], resamples: int) -> dict:
-    """{diff, ci95, p_value}: my headline minus theirs on the same items (paired 95% bootstrap)."""
+    """{diff, ci95, p_value}: my headline minus theirs on the same items (paired 95% bootstrap), unrounded."""
     d = paired_difference(TASKS[task].statistic(items, mine, None), TASKS[task].statistic(items, theirs, None),
                           len(items), resamples)
-    return {"diff": round(d["diff"], 2), "ci95": [round(d["ci_low"], 2), round(d["ci_high"], 2)],
-            "p_value": round(d["p_value"], 4)}
+    return {"diff": d["diff"], "ci95": [d["ci_low"], d["ci_high"]], "p_value": d["p_value"]}
+
+
+def rounded(d: dict) -> dict:
+    return d | {"diff": round(d["diff"], 2), "ci95": [round(v, 2) for v in d["ci95"]],
+                "p_value": round(d["p_value"], 4)}
 
 
 def gains_over_base(items: dict[str, list[TaskItem]], answers: dict[str, dict[str, list[str]]],
@@ -72,17 +76,24 @@ def gains_over_base(items: dict[str, list[TaskItem]], answers: dict[str, dict[st
             continue
         for task, its in items.items():
             d = difference(task, its, texts[task], answers[BASE][task], resamples)
-            out.setdefault(option, {})[task] = d | {"at_or_below_base": d["diff"] <= 0, "below_base": d["ci95"][1] < 0}
+            out.setdefault(option, {})[task] = rounded(d) | {"at_or_below_base": d["diff"] <= 0,
+                                                             "below_base": d["ci95"][1] < 0}
     return out
 
 
 def seed_spread(items: dict[str, list[TaskItem]], answers: dict[str, dict[str, list[str]]], twins: dict[str, str],
                 resamples: int) -> dict[str, dict]:
-    """{twin: {"of": option, "per_task": {task: {diff, ci95, p_value}}}}: each seed twin minus the option it
-    retrains, on the same items: how far training noise alone moves a score (pairs not both scored are left out)."""
-    return {twin: {"of": original, "per_task": {t: difference(t, its, answers[twin][t], answers[original][t],
-                                                               resamples) for t, its in items.items()}}
-            for twin, original in twins.items() if twin in answers and original in answers}
+    """{twin: {"of": option, "per_task": {task: {diff, ci95, p_value, p_holm, seed_alone}}}}: each seed twin minus
+    the option it retrains, on the same items: how far training noise alone moves a score (pairs not both scored
+    are left out). ``seed_alone``: Holm's verdict at 5% over every pair and task of the table."""
+    pairs = {twin: original for twin, original in twins.items() if twin in answers and original in answers}
+    raw = {(twin, t): difference(t, its, answers[twin][t], answers[original][t], resamples)
+           for twin, original in pairs.items() for t, its in items.items()}
+    adjusted, reject = holm([d["p_value"] for d in raw.values()])
+    out: dict[str, dict] = {twin: {"of": original, "per_task": {}} for twin, original in pairs.items()}
+    for ((twin, t), d), p, r in zip(raw.items(), adjusted, reject, strict=True):
+        out[twin]["per_task"][t] = rounded(d) | {"p_holm": round(p, 4), "seed_alone": bool(r)}
+    return out
 
 
 def detectable_difference(items: dict[str, list[TaskItem]], base_answers: dict[str, list[str]],

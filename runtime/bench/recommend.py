@@ -16,8 +16,8 @@ task, (score − base) / (best − base), averaged over the tasks where some opt
 ``MIN_SPREAD`` points (elsewhere no option can be told apart from base, and the task ranks nothing). Single options
 whose normalized gains are within the noise of the best one's (paired bootstrap over each task's items, Holm over
 the comparisons) are a tie, and the cheapest of them (memory, then p90 latency) is recommended: the report says so.
-Likewise inside a per-task plan: a task's route gives way to a cheaper option that ties with it on that task, as
-long as the cheaper plan's normalized gain stays within the noise of the best estimate's (``settle_route_ties``).
+Likewise inside a per-task plan: a task's route gives way to an option that ties with it on that task when that
+makes the plan cheaper and its normalized gain stays within the noise of the planned one's (``settle_route_ties``).
 """
 
 from __future__ import annotations
@@ -103,8 +103,10 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
     tie, route_ties, planned = None, None, chosen
     if len(set(chosen["routes"].values())) == 1:  # one option: the cheapest of those it ties with takes its place
         chosen, tie = settle_tie(chosen, singles, stats, items, scale, resamples)
-    else:  # a per-task plan: each task's route may give way to a cheaper option it ties with there
+    else:  # a per-task plan: each task's route may give way to an option it ties with there, in a cheaper plan
         chosen, route_ties = settle_route_ties(chosen, feasible or candidates, compare, options, sets, scale)
+        if len(set(chosen["routes"].values())) == 1:  # that plan is one option: the single options' ties too
+            chosen, tie = settle_tie(chosen, singles, stats, items, scale, resamples)
     evidence = {task: compare.evidence(task, option, accuracy, options) for task, option in chosen["routes"].items()}
     gains = option_gains(stats, items, scale, resamples)
     why = explain(chosen, best_any, evidence, budget, bool(feasible))
@@ -113,9 +115,9 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
                       f"(paired bootstrap, Holm-corrected); the cheapest, {tie['chosen']}, is recommended.")
     if route_ties:
         why.insert(1, "Tie on " + "; on ".join(f"{t}: {', '.join(x.options)} are within the noise of each other "
-                                                f"(best estimate {x.best_estimate})" for t, x in route_ties.items())
-                   + " (paired bootstrap, Holm-corrected over the task's comparisons). The cheapest plan whose "
-                   "normalized gain is within the noise of the best estimate's routes "
+                                                f"(planned: {x.best_estimate})" for t, x in route_ties.items())
+                   + " (paired bootstrap, Holm-corrected over each option's comparisons). The cheapest plan whose "
+                   "normalized gain is within the noise of the planned one's routes "
                    + ", ".join(f"{t} to {x.chosen}" for t, x in route_ties.items())
                    + f": {chosen['memory_mb']:.0f} MB and p90 {chosen['p90_e2el_ms']:.0f} ms instead of "
                    f"{planned['memory_mb']:.0f} MB and {planned['p90_e2el_ms']:.0f} ms.")
@@ -194,14 +196,23 @@ def _cost(c: dict) -> tuple:
 
 def settle_route_ties(chosen: dict, pool: list[dict], compare: Comparer, options: list[str], sets: dict[str, str],
                       scale: dict[str, float]) -> tuple[dict, dict[str, Tie] | None]:
-    """Per task, the options within the noise of the routed one on that task's set (one Holm family per task, as
-    in the evidence) tie with it there. The cheapest plan of ``pool`` (memory, then p90, then engines) that routes
-    every task to one of its ties, and whose normalized gain is not below the chosen plan's beyond the noise
-    (paired bootstrap over every ranked set's items), takes its place. (plan, {task: Tie} for the routes that
-    changed, or None)"""
-    tied = {t: {o, *(other for other, d in holm_family({x: compare.versus(o, x, compare.scored_by[t])
-                                                           for x in options if x != o}).items()
-                     if not d["significant"])} for t, o in chosen["routes"].items()}
+    """Per task, an option ties with the routed one there when neither is beyond the noise of the other and
+    nothing beats it beyond the noise that does not beat the routed one (each option's comparisons one Holm
+    family, as in the evidence: a route that gives way never shows a new "better" option). The cheapest plan of
+    ``pool`` (memory, then p90, then engines) that routes every task to one of its ties, and whose normalized gain
+    is within the noise of the chosen plan's (paired bootstrap over every ranked set's items), takes its place.
+    (plan, {task: Tie} for the routes that changed, or None)"""
+    def family(task: str, option: str) -> dict[str, dict]:
+        return holm_family({x: compare.versus(option, x, compare.scored_by[task]) for x in options if x != option})
+
+    def beaten_by(comparisons: dict[str, dict]) -> set[str]:
+        return {x for x, d in comparisons.items() if d["significant"] and d["diff"] < 0}
+
+    tied = {}
+    for task, option in chosen["routes"].items():
+        mine = family(task, option)
+        tied[task] = {option, *(x for x, d in mine.items()
+                                if not d["significant"] and beaten_by(family(task, x)) <= beaten_by(mine))}
     cheaper = sorted((c for c in pool if _cost(c) < _cost(chosen) and all(c["routes"][t] in tied[t] for t in tied)),
                      key=_cost)
     n = {s: len(compare.items[s]) for s in scale}

@@ -236,7 +236,8 @@ class Tie(Record):
     options: list[str] = Field(description="options within the noise of the best one (on the normalized gain for "
                                            "single options; on one task's set for a route)")
     chosen: str = Field(description="the cheapest of them")
-    best_estimate: str
+    best_estimate: str = Field(description="the option ranked first (single options) or planned (a route) before "
+                                           "the tie was settled")
 
 
 class Simplified(Record):
@@ -262,8 +263,8 @@ class Recommendation(Record):
     ranking_tasks: list[str] | None = Field(None, description="ranked sets where some option beats base by >= 1")
     tie: Tie | None = None
     route_ties: dict[str, Tie] | None = Field(None, description="per task of a per-task plan: the options within "
-                                              "the noise of the best estimate there, and the one the cheapest "
-                                              "plan routes it to (only the routes that changed)")
+                                              "the noise of the planned route there (best_estimate), and the one "
+                                              "the cheapest tied plan routes it to (only the routes that changed)")
     option_gains: dict[str, Comparison] | None = Field(None, description="each single option's normalized gain "
                                                        "over base on ranking_tasks (0 = base, 1 = the best option on "
                                                        "every task): paired bootstrap interval, Holm over the options")
@@ -382,10 +383,15 @@ class Difference(Record):
     p_value: float
 
 
+class SeedDifference(Difference):
+    p_holm: float = Field(description="Holm-adjusted over every pair and task of the seed table")
+    seed_alone: bool = Field(description="Holm's verdict at 5%: the seed alone moved this score")
+
+
 class SeedSpread(Record):
     of: str = Field(description="the option this one retrains with another seed")
-    per_task: dict[str, Difference] = Field(description="this option minus that one, headline points, paired 95% "
-                                                        "bootstrap on the same items")
+    per_task: dict[str, SeedDifference] = Field(description="this option minus that one, headline points, paired "
+                                                            "95% bootstrap on the same items")
 
 
 class Baseline(Record):

@@ -62,14 +62,15 @@ def seed_section(report: dict, sets: list[str], labels: list[str]) -> list[str]:
     lines = ["", "## Training noise: seed twins", "",
              "Each twin retrains an option with another seed (other rows of the same tasks, another initialisation "
              "and order; the same recipe, steps and compute), scored on the same items: twin − option in headline "
-             "points, paired 95% bootstrap interval; **seed alone** where the interval excludes 0. A difference "
-             "between two options no larger than these is not evidence that one recipe beats the other.", "",
+             "points, paired 95% bootstrap interval; **seed alone** where the difference holds beyond the noise "
+             "(Holm-corrected over the table's comparisons). A difference between two options no larger than these "
+             "is not evidence that one recipe beats the other.", "",
              "| twin − option | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(sets)]
     for twin, pair in spread.items():
         cells = []
         for s in sets:
             d = pair["per_task"].get(s)
-            flag = " **seed alone**" if d and (d["ci95"][0] > 0 or d["ci95"][1] < 0) else ""
+            flag = " **seed alone**" if d and d.get("seed_alone") else ""
             cells.append("—" if d is None else f"{d['diff']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]{flag}")
         lines.append(f"| {twin} − {pair['of']} | " + " | ".join(cells) + " |")
     return lines

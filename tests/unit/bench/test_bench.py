@@ -175,6 +175,7 @@ def test_a_route_that_ties_within_the_noise_goes_to_the_cheaper_option(store_hom
     assert list(rec.route_ties) == ["completion"] and rec.estimated_memory_mb == 1500
     assert "Tie on completion: big, small" in rec.why[1] and "1500 MB" in rec.why[1] and "3000 MB" in rec.why[1]
     assert rec.evidence["completion"].option == "small"
+    assert not any("does not fit the budget" in w for w in rec.why)  # the re-routed task shows no "better" option
     # beyond the noise it is no tie: the best estimate keeps its route
     far = answers | {"small": {"completion": ["x"] * 12, "summarization": ["x"] * 12}}
     acc["small"]["completion"]["value"] = 5.0
@@ -194,10 +195,13 @@ def test_a_seed_twin_is_compared_with_the_option_it_retrains_on_the_same_items(s
     assert list(out) == ["mixed-s1"]  # a twin that was not scored is left out
     d = out["mixed-s1"]
     assert d["of"] == "mixed" and d["per_task"]["completion"]["diff"] < -50
-    assert d["per_task"]["completion"]["ci95"][1] < 0
-    assert seed_spread(items, answers, {"experts": "mixed"}, 200)["experts"]["per_task"]["completion"]["diff"] == 0
-    with pytest.raises(ConfigError, match="seed_twins: mixed-s1: mixed must name two different options"):
+    assert d["per_task"]["completion"]["ci95"][1] < 0 and d["per_task"]["completion"]["seed_alone"]
+    same = seed_spread(items, answers, {"experts": "mixed"}, 200)["experts"]["per_task"]["completion"]
+    assert same["diff"] == 0 and not same["seed_alone"]
+    with pytest.raises(ConfigError, match="seed_twins: mixed-s1: mixed must name two different deployment options"):
         load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig, ["seed_twins={mixed-s1: mixed}"])
+    pairs = load_config(configs_dir() / "bench" / "qwen-seeds.yaml", BenchConfig, ["deployments=[qwen-experts]"])
+    assert pairs.seed_twins["qwen-mixed-s1"] == "qwen-mixed"  # a pair not run is left out of the table, not refused
 
 
 def test_agreement_counts_identical_greedy_answers():

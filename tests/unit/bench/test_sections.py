@@ -67,8 +67,8 @@ def test_a_ratio_of_an_expert_gain_inside_the_noise_is_marked():
 
 def test_the_seed_twins_table_marks_a_difference_the_seed_alone_made():
     spread = {"experts-s1": {"of": "experts", "per_task": {
-        "review": {"diff": -24.3, "ci95": [-35.0, -13.1], "p_value": 0.0},
-        "completion": {"diff": -1.4, "ci95": [-6.0, 3.1], "p_value": 0.5}}}}
+        "review": {"diff": -24.3, "ci95": [-35.0, -13.1], "p_value": 0.0, "p_holm": 0.0, "seed_alone": True},
+        "completion": {"diff": -1.4, "ci95": [-6.0, 3.1], "p_value": 0.5, "p_holm": 0.5, "seed_alone": False}}}}
     md = "\n".join(seed_section(report([], seed_spread=spread), ["review", "completion"], ["review", "completion"]))
     assert "## Training noise: seed twins" in md
     assert "| experts-s1 − experts | -24.3 [-35.0, -13.1] **seed alone** | -1.4 [-6.0, +3.1] |" in md
