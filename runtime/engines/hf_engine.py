@@ -44,8 +44,10 @@ from runtime.engines.prepacked import dense_weights_needed, prepack
 from runtime.engines.scheduler import BASE, Batch, Job, apart_step, packed_step
 from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
 
-SPEED = 1  # bump when the engine's speed or memory changes for the same answers (1: prepacked linears): the
-# bench's measured phases key on it, its cached answers (keyed on attention.NUMERICS) do not
+SPEED = 1  # bump when the engine's speed or memory changes for the same answers (1: prepacked linears, the
+# dense weights' pages released): the bench's measured phases key on it, its cached answers (keyed on
+# attention.NUMERICS) do not
+
 log = logging.getLogger(__name__)
 __all__ = ["BASE", "HFEngine"]
 

@@ -50,6 +50,24 @@ def test_prepacked_linears_give_the_stock_logits_and_hold_each_weight_once(tiny_
     assert weight_bytes(model) == before + shared * model.get_output_embeddings().weight.numel() * 2
 
 
+def test_a_model_built_in_memory_is_prepacked_with_its_other_weights_intact(tiny_model_dir):
+    """The dropped weights' pages go back to the OS (madvise): on the heap they read as zeros afterwards, so only
+    pages no other tensor uses may go (a tied table is kept whole)."""
+    import copy
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model_dir), dtype=torch.bfloat16).eval()
+    stock = copy.deepcopy(model)
+    table = model.get_input_embeddings().weight.clone()
+    assert prepack_linears(model) > 0
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.equal(model(input_ids=ids).logits, stock(input_ids=ids).logits)
+    assert torch.equal(model.get_input_embeddings().weight, table)
+
+
 def test_only_bf16_on_a_cpu_is_prepacked(tiny_model_dir):
     assert not prepackable(_load(tiny_model_dir, "float32"))  # oneDNN's packed fp32 is not MKL's numbers
 
