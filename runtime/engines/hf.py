@@ -248,10 +248,6 @@ def check_adapter(path: Path) -> dict:
                               fix="pass an adapter saved by PEFT") from e
     if config.get("peft_type", "LORA") != "LORA" or rank <= 0:
         raise BadRequestError(f"{config_file}: only LoRA adapters with a positive rank are served", param="lora_path")
-    if config.get("use_dora"):  # PEFT: "Cannot pass `adapter_names` when DoRA is enabled" on every request
-        raise BadRequestError(f"{path} is a DoRA adapter (use_dora): PEFT cannot mix DoRA into per-row adapter batches",
-                              param="lora_path", fix="merge it into the base model (`runtime merge`) and serve that "
-                              "model, or train a plain LoRA adapter")
     if weights.is_file():
         try:
             with safe_open(weights, "pt") as f:
@@ -336,7 +332,10 @@ def read_adapter(path: Path, base_config=None) -> tuple[object, dict, list | Non
     from peft import PeftConfig
     from peft.utils import load_peft_weights
 
-    check_adapter(path)
+    if check_adapter(path).get("use_dora"):  # PEFT: "Cannot pass `adapter_names` when DoRA is enabled", every request
+        raise BadRequestError(f"{path} is a DoRA adapter (use_dora): PEFT cannot mix DoRA into per-row adapter batches",
+                              param="lora_path", fix="merge it into the base model (`runtime merge`) and serve that "
+                              "model, or train a plain LoRA adapter (`runtime eval --adapter` runs it alone)")
     try:
         config = PeftConfig.from_pretrained(str(path))
         weights = {k: v.float() for k, v in load_peft_weights(str(path), device="cpu").items()}  # PEFT: GPU if any

@@ -19,9 +19,10 @@ model where any differs is served as loaded.
 
 Adapters that copy base layers (``modules_to_save``: ``dense_weights_needed``) cannot ride on packed linears:
 known at start, the engine keeps the dense weights (no packing); hot-loaded onto a packed model, they are refused
-with the fix (``engine.prepack: false``). (DoRA reads them too, but PEFT cannot serve it in per-row batches at
-all.) The packed weight is not a parameter or buffer: a model is packed where it will run (after
-``.to(device)``), and ``prepacked_bytes`` counts it.
+with the fix (``engine.prepack: false``). DoRA reads them too: ``runtime eval --adapter`` then runs on dense
+weights, and the engine refuses DoRA anyway (PEFT cannot mix it into per-row batches). The packed weight is not a
+parameter or buffer: a model is packed where it will run (after ``.to(device)``), and ``prepacked_bytes`` counts
+it.
 """
 
 from __future__ import annotations
@@ -42,11 +43,14 @@ def prepack(model):
 
 def dense_weights_needed(adapter_config) -> str | None:
     """Why an adapter (its adapter_config.json as a dict, or a PEFT config) cannot ride on prepacked linears, or
-    None: ``modules_to_save`` copies whole base layers (the copy would keep serving the packed original). (DoRA,
-    which reads the dense weights too, is not served at all: ``hf.check_adapter``.)"""
+    None: DoRA reads the base layer's weight at every forward (``runtime eval --adapter`` runs one; the engine
+    refuses it: ``hf.read_adapter``), and ``modules_to_save`` copies whole base layers (the copy would keep serving
+    the packed original)."""
     def get(key: str):
         return adapter_config.get(key) if isinstance(adapter_config, dict) else getattr(adapter_config, key, None)
 
+    if get("use_dora"):
+        return "it is a DoRA adapter (use_dora), whose forward reads the base layers' dense weights"
     if get("modules_to_save"):
         return f"it trains whole layers (modules_to_save: {get('modules_to_save')}), copied from the dense weights"
     return None

@@ -134,11 +134,13 @@ def test_an_adapter_with_modules_to_save_keeps_the_dense_weights_or_is_refused_h
     asyncio.run(refused())
 
 
-def test_a_dora_adapter_is_refused_with_the_reason(tiny_model_dir, tmp_path):
-    from runtime.engines.hf import check_adapter
+def test_a_dora_adapter_runs_alone_on_dense_weights_and_the_engine_refuses_it(tiny_model_dir, tmp_path):
+    from runtime.engines.hf import HFRunner, read_adapter
     from runtime.errors import BadRequestError
 
     dora = make_lora(tiny_model_dir, tmp_path / "dora", 3, use_dora=True)
-    with pytest.raises(BadRequestError, match="DoRA") as caught:
-        check_adapter(dora)
+    runner = HFRunner(tiny_model_dir, dora, dtype="bfloat16")  # `runtime eval --adapter`: no mixed batches
+    assert not runner.pack and prepacked_bytes(runner.model) == 0
+    with pytest.raises(BadRequestError, match="DoRA") as caught:  # the engine mixes adapters by row
+        read_adapter(dora)
     assert "merge" in caught.value.fix
