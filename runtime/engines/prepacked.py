@@ -5,8 +5,9 @@ its blocked layout: on every call, so a decode step reads every weight twice and
 load (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's freezing does for CPU graphs) and multiplied
 with ``torch.ops.mkldnn._linear_pointwise``, the same kernel runs on the same blocked weights: the outputs are
 bit-identical to the stock path (checked on this machine before packing; answers and caches keyed by them do not
-move) and a Qwen2.5-Coder-0.5B decode step at batch 1 took 52 ms instead of 106 (batch 8: 155 instead of 207;
-benchmarks/README.md, prepacked.py). vLLM's CPU backend does the same (``dispatch_cpu_unquantized_gemm``).
+move) and the hf engine's Qwen2.5-Coder-0.5B decode step at batch 1 took 48 ms instead of 90
+(``benchmarks/bandwidth.py``; the bare model at batch 8 over a 400-token cache: 155 instead of 207 ms). vLLM's
+CPU backend does the same (``dispatch_cpu_unquantized_gemm``).
 
 Each packed ``nn.Linear`` keeps its module, name and attributes (PEFT wraps it and reads ``in_features``, the
 weight's dtype and device); its forward is the packed matmul and its dense weight is dropped (an empty tensor of
