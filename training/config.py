@@ -19,7 +19,7 @@ class LoraSettings(Frozen):
 
 class DataSettings(Frozen):
     max_length: int = Field(256, gt=16)  # tokens per example; longer responses are cut, longer prompts dropped
-    max_val_items: int = Field(64, gt=0)  # validation items per task (eval loss; best checkpoint)
+    max_val_items: int = Field(64, gt=0)  # validation items per task (the val loss curve)
     packing: bool = False  # pack several short examples into one row of max_length tokens
 
 

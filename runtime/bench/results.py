@@ -323,7 +323,8 @@ class TrainingBudget(Record):
     learning_rate: float | None = None
     max_length: int | None = None
     val_loss_before: float | None = None
-    best_val_loss: float | None = None
+    val_loss_after: float | None = Field(None, description="on the weights kept (the last step's)")
+    best_val_loss: float | None = Field(None, description="the lowest val loss of the run, at best_checkpoint_step")
     best_checkpoint_step: int | None = None
     resumed_from: str | None = None
     per_task: dict[str, TaskRows] = Field(default_factory=dict)

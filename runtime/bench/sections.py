@@ -114,11 +114,14 @@ def training_section(report: dict) -> list[str]:
         return []
     lines = ["", "## Training budgets", "",
              "| model | kind | seed | steps × rows/step | rows | epochs | tokens seen | lr | max_length | "
-             "val loss before → best (step) | build wall |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "val loss before → kept (lowest @ step) | build wall |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in models.items():
         t = m["training"]
-        val = (f"{t['val_loss_before']:.3f} → {t['best_val_loss']:.3f} ({t['best_checkpoint_step']})"
-               if t.get("val_loss_before") is not None and t.get("best_val_loss") is not None else "—")
+        kept = t.get("val_loss_after") if t.get("val_loss_after") is not None else t.get("best_val_loss")
+        val = (f"{t['val_loss_before']:.3f} → {kept:.3f}" if t.get("val_loss_before") is not None
+               and kept is not None else "—")
+        if t.get("best_val_loss") is not None and t.get("best_checkpoint_step") is not None:
+            val += f" ({t['best_val_loss']:.3f} @ {t['best_checkpoint_step']})"
         lines.append(f"| {name} | {m['kind']} | {_int(t.get('seed'))} | {t['steps']} × {_int(t.get('batch_size'))} | "
                      f"{_int(t.get('rows'))} | {t['epochs'] if t.get('epochs') is not None else '—'} | "
                      f"{_int(t.get('tokens_seen'))} | {t['learning_rate'] if t.get('learning_rate') else '—'} | "

@@ -212,6 +212,7 @@ def training_budget(manifest: Manifest) -> dict | None:
             "epochs": budget.get("epochs"), "tokens_seen": budget.get("tokens_seen"),
             "learning_rate": (config.get("training") or {}).get("learning_rate"),
             "max_length": (config.get("data") or {}).get("max_length"), "val_loss_before": x.get("val_loss_before"),
+            "val_loss_after": x.get("val_loss_after"),
             "best_val_loss": min(val_losses) if val_losses else x.get("val_loss_after"),
             "best_checkpoint_step": x.get("best_checkpoint_step"), "resumed_from": x.get("resumed_from"),
             "per_task": per_task}

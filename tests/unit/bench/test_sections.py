@@ -105,6 +105,7 @@ def test_a_training_manifest_gives_the_budget_and_every_row_dropped_or_cut():
     budget = training_budget(Manifest.model_validate(MANIFEST))
     assert (budget["steps"], budget["batch_size"], budget["rows"], budget["tokens_seen"]) == (40, 4, 160, 9000)
     assert budget["best_val_loss"] == 1.1 and budget["learning_rate"] == 5e-4 and budget["seed"] == 0
+    assert budget["val_loss_after"] == 1.3  # the weights kept are the last step's, not the lowest loss's
     assert budget["per_task"]["review"] == {"rows": 80, "tokens": 5000, "dropped": 3, "cut": 1, "cropped": 33,
                                             "val_rows": 14, "val_dropped": 2, "val_cut": 0}
     assert training_budget(Manifest.model_validate({"name": "m", "kind": "merged"})) is None

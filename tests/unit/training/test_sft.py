@@ -112,6 +112,14 @@ def test_overrides_reach_trainer_fields_and_output_dir(home, tmp_path):
     assert ModelStore().get("tiny-out").path == out.resolve()
 
 
+def test_the_last_steps_weights_are_kept_unless_the_config_asks_for_the_best(tmp_path):
+    from training.sft import build_args
+
+    assert build_args(_config(tmp_path), tmp_path / "w", bf16=False).load_best_model_at_end is False
+    best = _config(tmp_path, load_best_model_at_end=True)
+    assert build_args(best, tmp_path / "w", bf16=False).load_best_model_at_end is True
+
+
 def test_a_bad_training_config_reports_every_error(tmp_path):
     path = tmp_path / "train" / "bad.yaml"
     path.parent.mkdir()
