@@ -1,9 +1,9 @@
 """Supervised fine-tuning recipe: `runtime train --config configs/train/NAME.yaml [key=value ...]`.
 
 Setup (base model, LoRA or full, task rows with the prompt masked, the data mix), train on the Hugging Face
-Trainer (val loss on the val split for the curve, resume from the last checkpoint), keep the last step's weights, save one
-artifact directory atomically with its manifest. Checkpoints live in $MIXMERGE_HOME/runs/NAME until the artifact
-is saved, so an interrupted run resumes where it stopped and never leaves a directory that looks finished.
+Trainer (val loss on the val split for the curve, resume from the last checkpoint), keep the last step's weights,
+save one artifact directory atomically with its manifest. Checkpoints live in $MIXMERGE_HOME/runs/NAME until the
+artifact is saved, so an interrupted run resumes where it stopped and never leaves a directory that looks finished.
 """
 
 from __future__ import annotations

@@ -114,7 +114,8 @@ def training_section(report: dict) -> list[str]:
         return []
     lines = ["", "## Training budgets", "",
              "| model | kind | seed | steps × rows/step | rows | epochs | tokens seen | lr | max_length | "
-             "val loss before → kept (lowest @ step) | build wall |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "val loss before → kept (lowest @ step) | build wall |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in models.items():
         t = m["training"]
         kept = t.get("val_loss_after") if t.get("val_loss_after") is not None else t.get("best_val_loss")
