@@ -174,6 +174,8 @@ class PhaseResult(Record):
                                                    "own; the report's environment names the rendering run's)")
     resumed_answers: int | None = Field(None, description="answers kept from a run stopped midway (the accuracy "
                                                           "wall covers only the rest)")
+    shared_answers: int | None = Field(None, description="answers taken from options that route those tasks to "
+                                                         "the same weights (not asked again; not in the wall)")
     resumed_agent: int | None = Field(None, description="agent problems kept from a run stopped midway (the agent "
                                                         "wall and its mean_wall_s cover two runs)")
 

@@ -5,7 +5,9 @@ Phases and their caches (Ctrl-C loses only the phase in progress); the zoo phase
 - zoo: each model is built only when the store lacks it (training resumes from its last checkpoint);
 - accuracy answers: ``$MIXMERGE_HOME/cache/bench-accuracy/KEY.json``, KEY = the weights that answer each task
   (model and adapter manifests), the items and the sampling, so the same weights are never scored twice (greedy
-  answers are deterministic; the agreement sample checks it across engines);
+  answers are deterministic; the agreement sample checks it across engines); each task's answers are also kept
+  under ``bench-accuracy/task/KEY.json`` by that task's key alone, so an option that routes a task to weights
+  another option already answered it with (the hybrid) takes those answers instead of asking again;
 - serving measurements: ``OUT/phases/OPTION-ENGINE.json``, keyed by the config and the models; ``--fresh``
   measures them again.
 """
@@ -62,6 +64,7 @@ from runtime.memory import TreeRSSSampler
 from runtime.models import ModelStore
 from runtime.router import route
 from runtime.tasks import TASKS, load_card, load_items, ranked_sets
+from runtime.tasks.prompts import task_config
 from runtime.tasks.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
@@ -131,19 +134,62 @@ class Bench:
         """Where the option's scored answers live. The key is what answers each task — the engine's model and
         the adapter, by manifest — plus the items, the sampling and what computes the answers (the scoring
         engine, its numerics revision, the library versions): greedy answers depend on nothing else, so two
-        options that route every task the same way share them (a hybrid that sends every task to the experts
-        is scored by the experts' answers)."""
+        options that route every task the same way share them, and ``task_caches`` shares them task by task."""
+        served = self.served(plan)
+        sampling = {t: sampling_for(self.tasks, t) for t in self.items}
+        key = digest(served, {t: [it.id for it in its] for t, its in self.items.items()},
+                     {t: (s.max_new_tokens, s.stop) for t, s in sampling.items()}, self.tasks.model_dump(),
+                     load_card()["content_hash"], self.computed_by(engine))
+        return self.store.home / "cache" / "bench-accuracy" / f"{key}.json"
+
+    def served(self, plan: ServingPlan) -> dict[str, list[str]]:
+        """Per task, what answers it: the routed model's and adapter's weights, the dtype (and a GPU)."""
         adapters, served = adapters_of(plan), {}
         for task in self.items:
             r = route(plan.table, TASKS[task].prompt_task)
             device, dtype = served_on(plan.engines[r.engine].config)
             served[task] = [weights_digest(Path(r.engine)), weights_digest(adapters[r.adapter]) if r.adapter else "",
                             dtype, *([device] if device not in (None, "cpu") else [])]  # (keys made before: cpu)
-        sampling = {t: sampling_for(self.tasks, t) for t in self.items}
-        key = digest(served, {t: [it.id for it in its] for t, its in self.items.items()},
-                     {t: (s.max_new_tokens, s.stop) for t, s in sampling.items()}, self.tasks.model_dump(),
-                     load_card()["content_hash"], self.computed_by(engine))
-        return self.store.home / "cache" / "bench-accuracy" / f"{key}.json"
+        return served
+
+    def task_caches(self, plan: ServingPlan, engine: str) -> dict[str, Path]:
+        """Per task, where its answers are shared between options: the same key as ``accuracy_cache`` for that
+        task alone (its weights, items, sampling and prompt; what computes it)."""
+        served = self.served(plan)
+        folder = self.store.home / "cache" / "bench-accuracy" / "task"
+        caches = {}
+        for task, its in self.items.items():
+            sampling = sampling_for(self.tasks, task)
+            key = digest(task, served[task], [it.id for it in its], (sampling.max_new_tokens, sampling.stop),
+                         task_config(self.tasks, task).model_dump(), load_card()["content_hash"],
+                         self.computed_by(engine))
+            caches[task] = folder / f"{key}.json"
+        return caches
+
+    def share_answers(self, answers_file: Path, caches: dict[str, Path]) -> None:
+        """Each task's answers in ``answers_file`` into its task cache (atomic; kept where one is there)."""
+        scored = read_record(answers_file, AnswersFile)
+        for task, path in caches.items():
+            if task in scored.answers and not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"task": task, "option": scored.option, "engine": scored.engine,
+                                           "answers": [a.model_dump() for a in scored.answers[task]]}))
+                tmp.replace(path)
+
+    def shared_answers(self, caches: dict[str, Path]) -> dict[str, dict[str, dict]]:
+        """The answers other options already gave to a task with the same key: {task: {id: answer}}."""
+        known: dict[str, dict[str, dict]] = {}
+        for task, path in caches.items():
+            if path.is_file():
+                try:
+                    answers = json.loads(path.read_text())["answers"]
+                except (OSError, ValueError, KeyError) as e:
+                    self.progress.say(f"{path} is not a task's answers ({e}); asking again")
+                    continue
+                ids = {it.id for it in self.items[task]}
+                known[task] = {a["id"]: a for a in answers if a.get("id") in ids}
+        return known
 
     def computed_by(self, engine: str) -> list:
         """What computes an engine's answers and timings: the engine, its numerics revision (hf) and the library
@@ -159,6 +205,8 @@ class Bench:
         models = models_key(plan)
         cache = self.out / "phases" / f"{option}-{engine}.json"
         answers_file = self.accuracy_cache(plan, scorer or engine)
+        if reference is None and answers_file.is_file():  # answers made before tasks shared theirs
+            self.share_answers(answers_file, self.task_caches(plan, engine))
         # the role is part of what was measured: the scoring engine answers every item and runs the agent, another
         # answers the agreement sample against the scorer's answers (``answers_file``)
         key = digest(self.phase_settings, option, self.computed_by(engine), models, path.read_text(),
@@ -183,7 +231,9 @@ class Bench:
             gpu_before, ours = gpu_memory_mb(), server.process.pid
             if need_answers:
                 with MachineLoadMeter.around(ours) as meter:
-                    result["resumed_answers"] = self.answer(server.url, option, engine, answers_file) or None
+                    resumed, shared = self.answer(server.url, option, engine, answers_file,
+                                                  self.task_caches(plan, engine))
+                    result["resumed_answers"], result["shared_answers"] = resumed or None, shared or None
                 result["accuracy_machine_load"] = meter.result
                 result["accuracy_wall_s"] = round(time.perf_counter() - started - server.cold_start_s, 1)
             if reference is None and self.agent_items:  # the scoring engine's server: the agent's column
@@ -223,19 +273,27 @@ class Bench:
             return None
         return phase.result if phase.key == key else None
 
-    def answer(self, url: str, option: str, engine: str, answers_file: Path) -> int:
-        """Every item's answer from this server into ``answers_file``; each answer is journaled as it arrives (with
-        its engine: another engine's are asked again), so a run stopped midway asks only the rest next time.
-        Returns how many answers came from the journal."""
+    def answer(self, url: str, option: str, engine: str, answers_file: Path,
+               caches: dict[str, Path]) -> tuple[int, int]:
+        """Every item's answer from this server into ``answers_file`` (and each task's into its task cache); a
+        task whose answers another option already gave with the same weights (``caches``) is not asked again.
+        Each answer is journaled as it arrives (with its engine: another engine's are asked again), so a run
+        stopped midway asks only the rest next time. Returns how many answers came from the journal and how many
+        from other options."""
         journal = Journal(answers_file.with_suffix(".partial.jsonl"), answers_file.stem)
-        known: dict[str, dict[str, dict]] = {}
+        known = self.shared_answers(caches)
+        shared = sum(len(v) for v in known.values())
         for record in journal.done():
             if record.pop("engine", engine) == engine:  # journals written before answers named their engine
                 known.setdefault(record.pop("task"), {})[record["id"]] = record
         total = sum(len(v) for v in self.items.values())
-        if had := sum(len(v) for v in known.values()):
+        if shared:
+            self.progress.say(f"{option} on {engine}: {shared} of {total} answers shared with options that route "
+                              "those tasks to the same weights")
+        had = sum(len(v) for v in known.values()) - shared
+        if had:
             self.progress.say(f"{option} on {engine}: {had} of {total} answers kept from a run stopped midway")
-        self.progress.phase(f"{option}/{engine} accuracy", total - had)
+        self.progress.phase(f"{option}/{engine} accuracy", total - had - shared)
         answers = evaluate_served(url, self.tasks, self.items, self.config.accuracy.concurrency,
                                   progress=lambda *_: self.progress.advance(), known=known,
                                   on_answer=lambda task, a: journal.add({"task": task, "engine": engine, **a}))
@@ -244,7 +302,8 @@ class Bench:
         tmp.write_text(json.dumps({"option": option, "engine": engine, "answers": answers}))
         tmp.replace(answers_file)
         journal.remove()
-        return had
+        self.share_answers(answers_file, caches)
+        return had, shared
 
     def agent(self, url: str, option: str, engine: str, key: str) -> dict:
         """The coding agent on the first ``agent.n`` HumanEval problems against this server; each problem's

@@ -242,9 +242,12 @@ def agent_wall_s(r: dict) -> tuple[float | None, bool]:
 
 def answers_cell(r: dict) -> str:
     """The accuracy answers' wall, or why there is none: another engine answered only the agreement sample, or
-    the answers were in the cache; a resumed phase says how many answers its journal already held."""
+    the answers were in the cache; a resumed phase says how many answers its journal already held, and an
+    option that routes tasks to weights another option answered them with how many it took from there."""
     if r.get("accuracy_wall_s") is not None:
-        return _min(r["accuracy_wall_s"]) + (f" ({r['resumed_answers']} resumed)" if r.get("resumed_answers") else "")
+        notes = [f"{r[k]} {word}" for k, word in (("resumed_answers", "resumed"), ("shared_answers", "shared"))
+                 if r.get(k)]
+        return _min(r["accuracy_wall_s"]) + (f" ({', '.join(notes)})" if notes else "")
     if r.get("agreement"):
         return f"agreement sample ({r['agreement']['n']})"
     return "cached answers"

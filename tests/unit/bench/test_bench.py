@@ -237,8 +237,15 @@ def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_
     report = run_bench(cfg, tmp_path / "bench", progress)
     hybrid = next(r for r in report.results if r.deployment == "hybrid")
     assert hybrid.same_as is None and "hybrid/fake load" in progress.phases
-    assert [a["route"]["adapter"] for a in json.loads(Path(hybrid.answers_file).read_text())["answers"]["review"]] \
-        == ["smollm2-lora-mix"] * 2
+    answers = json.loads(Path(hybrid.answers_file).read_text())["answers"]
+    assert [a["route"]["adapter"] for a in answers["review"]] == ["smollm2-lora-mix"] * 2
+    # every task goes to weights that experts or mixed already answered it with: taken, not asked again
+    assert hybrid.shared_answers == 8 and hybrid.resumed_answers is None
+    by = {r.deployment: json.loads(Path(r.answers_file).read_text())["answers"] for r in report.results}
+    for task, option in {"generation": "experts", "summarization": "mixed", "completion": "experts",
+                         "review": "mixed"}.items():
+        assert answers[task] == by[option][task]
+    assert "8 of 8 answers shared" in " ".join(progress.said)
     assert "Deploy **hybrid** with generation → `experts`" in (tmp_path / "bench" / "report.md").read_text()
 
 

@@ -219,5 +219,7 @@ def test_the_answers_cell_says_why_a_phase_has_no_accuracy_wall():
 
     assert answers_cell({"accuracy_wall_s": 600.0}) == "10.0 min"
     assert answers_cell({"accuracy_wall_s": 600.0, "resumed_answers": 40}) == "10.0 min (40 resumed)"
+    assert answers_cell({"accuracy_wall_s": 6.0, "resumed_answers": 2, "shared_answers": 400}) == \
+        "6 s (2 resumed, 400 shared)"
     assert answers_cell({"accuracy_wall_s": None, "agreement": {"n": 24, "matched": 20}}) == "agreement sample (24)"
     assert answers_cell({"accuracy_wall_s": None}) == "cached answers"
