@@ -49,6 +49,7 @@ class TrainingRecord(BaseModel):
     steps: int
     resumed_from: str | None
     best_checkpoint_step: int | None  # the lowest val loss (recorded; kept only with load_best_model_at_end)
+    weights_step: int | None = None  # the step whose weights were saved (None in manifests before 461913a)
     loss_curve: dict[str, list[tuple[int, float]]]  # train and val: (step, loss)
     val_loss_before: float | None
     val_loss_after: float
@@ -158,11 +159,24 @@ def train(config: TrainConfig, store: ModelStore, step: Step = log.info, callbac
         if build.reused:
             step(f"{config.name} is already trained at {build.path}; `runtime models remove {config.name}` to "
                  "retrain")
+            if note := best_not_last(build.manifest):
+                step(note)
             return build.entry
         fit(config, base, build, work, step, callbacks)
     shutil.rmtree(work, ignore_errors=True)
     step(f"saved {config.name} to {build.path}")
     return build.entry
+
+
+def best_not_last(manifest) -> str | None:
+    """A warning for an artifact trained when the best-val-loss checkpoint was kept, where that was not its last
+    step: its recipe reads the same, but today's training would keep other weights."""
+    extra = manifest.model_extra or {}
+    best, steps = extra.get("best_checkpoint_step"), extra.get("steps")
+    if extra.get("weights_step") is not None or best is None or best == steps:
+        return None
+    return (f"warning: {manifest.name} holds step {best}'s weights (its lowest val loss), not its last step "
+            f"{steps}'s, which training keeps now: `runtime models remove {manifest.name}` and train it again")
 
 
 def fit(config: TrainConfig, base: ModelEntry, build: Build, work: Path, step: Step, callbacks: list | None) -> None:
@@ -193,6 +207,8 @@ def fit(config: TrainConfig, base: ModelEntry, build: Build, work: Path, step: S
         precision="bf16 autocast" if bf16 else "fp32", data_card=load_card()["content_hash"], mixture=realised,
         steps=trainer.state.global_step, resumed_from=Path(last).name if last else None,
         best_checkpoint_step=_step_of(trainer.state.best_model_checkpoint),
+        weights_step=(_step_of(trainer.state.best_model_checkpoint) if trainer.args.load_best_model_at_end
+                      else trainer.state.global_step),
         loss_curve={"train": [(h["step"], h["loss"]) for h in history if "loss" in h],
                     "val": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]},
         val_loss_before=next((h["eval_loss"] for h in history if "eval_loss" in h and h["step"] == 0), None),

@@ -193,6 +193,20 @@ class ServedAnswer(Record):
     completion_tokens: int = 0
 
 
+class SharedAnswer(ServedAnswer):
+    id: str
+
+
+class TaskAnswers(Record):
+    """$MIXMERGE_HOME/cache/bench-accuracy/task/KEY.json: one task's answers, shared by every option that routes it
+    to the same weights (``runtime/bench/run.py: Bench.task_caches``)."""
+
+    task: str
+    option: str  # the option that answered them
+    engine: str
+    answers: list[SharedAnswer]
+
+
 class AnswersFile(Record):
     """$MIXMERGE_HOME/cache/bench-accuracy/KEY.json: one option's served answers per set, in item order."""
 
@@ -325,7 +339,7 @@ class TrainingBudget(Record):
     learning_rate: float | None = None
     max_length: int | None = None
     val_loss_before: float | None = None
-    val_loss_after: float | None = Field(None, description="on the weights kept (the last step's)")
+    val_loss_after: float | None = Field(None, description="on the weights kept (the last step's since 461913a)")
     best_val_loss: float | None = Field(None, description="the lowest val loss of the run, at best_checkpoint_step")
     best_checkpoint_step: int | None = None
     resumed_from: str | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ from runtime.bench.results import (
     PhaseResult,
     Recommendation,
     Report,
+    TaskAnswers,
     read_record,
 )
 from runtime.bench.zoo import Progress, build_zoo, zoo_store
@@ -167,28 +169,30 @@ class Bench:
         return caches
 
     def share_answers(self, answers_file: Path, caches: dict[str, Path]) -> None:
-        """Each task's answers in ``answers_file`` into its task cache (atomic; kept where one is there)."""
+        """Each task's answers in ``answers_file`` into its task cache (atomic; a readable one is kept)."""
         scored = read_record(answers_file, AnswersFile)
         for task, path in caches.items():
-            if task in scored.answers and not path.is_file():
+            if task in scored.answers and _task_answers(path) is None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"task": task, "option": scored.option, "engine": scored.engine,
-                                           "answers": [a.model_dump() for a in scored.answers[task]]}))
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(TaskAnswers(task=task, option=scored.option, engine=scored.engine,
+                                           answers=[a.model_dump() for a in scored.answers[task]]).model_dump_json())
                 tmp.replace(path)
 
-    def shared_answers(self, caches: dict[str, Path]) -> dict[str, dict[str, dict]]:
-        """The answers other options already gave to a task with the same key: {task: {id: answer}}."""
+    def shared_answers(self, option: str, caches: dict[str, Path]) -> dict[str, dict[str, dict]]:
+        """The answers other options already gave to a task with the same key: {task: {id: answer}} (an option's
+        own are not taken back: deleting its answers file asks them again)."""
         known: dict[str, dict[str, dict]] = {}
         for task, path in caches.items():
-            if path.is_file():
-                try:
-                    answers = json.loads(path.read_text())["answers"]
-                except (OSError, ValueError, KeyError) as e:
-                    self.progress.say(f"{path} is not a task's answers ({e}); asking again")
-                    continue
+            if not path.is_file():
+                continue
+            shared = _task_answers(path)
+            if shared is None:
+                self.progress.say(f"{path} is not a task's answers; asking again (it is replaced)")
+                path.unlink(missing_ok=True)
+            elif shared.option != option:
                 ids = {it.id for it in self.items[task]}
-                known[task] = {a["id"]: a for a in answers if a.get("id") in ids}
+                known[task] = {a.id: a.model_dump() for a in shared.answers if a.id in ids}
         return known
 
     def computed_by(self, engine: str) -> list:
@@ -281,7 +285,7 @@ class Bench:
         stopped midway asks only the rest next time. Returns how many answers came from the journal and how many
         from other options."""
         journal = Journal(answers_file.with_suffix(".partial.jsonl"), answers_file.stem)
-        known = self.shared_answers(caches)
+        known = self.shared_answers(option, caches)
         shared = sum(len(v) for v in known.values())
         for record in journal.done():
             if record.pop("engine", engine) == engine:  # journals written before answers named their engine
@@ -490,3 +494,11 @@ def run_bench(config: BenchConfig, out: Path, progress: Progress, engines: list[
     report.wall_s = round(time.perf_counter() - start, 1)
     write_report(report, out)
     return report
+
+
+def _task_answers(path: Path) -> TaskAnswers | None:
+    """A task cache file's answers, or None where there is none or it is not one (torn, or another format)."""
+    try:
+        return TaskAnswers.model_validate_json(path.read_text())
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None

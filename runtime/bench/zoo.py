@@ -206,7 +206,7 @@ def training_budget(manifest: Manifest) -> dict | None:
                           "cut": r.get("truncated_response"), "cropped": r.get("cropped_input"),
                           "val_rows": v.get("rows"), "val_dropped": v.get("dropped_long_prompt"),
                           "val_cut": v.get("truncated_response")}
-    val_losses = [loss for _, loss in (x.get("loss_curve") or {}).get("val", [])]
+    val_losses = [loss for s, loss in (x.get("loss_curve") or {}).get("val", []) if s > 0]  # 0: before training
     return {"seed": config.get("seed"), "tasks": list(x.get("tasks") or config.get("tasks") or per_task),
             "steps": x["steps"], "batch_size": budget.get("items_per_step"), "rows": budget.get("rows"),
             "epochs": budget.get("epochs"), "tokens_seen": budget.get("tokens_seen"),

@@ -249,6 +249,21 @@ def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_
     assert "Deploy **hybrid** with generation → `experts`" in (tmp_path / "bench" / "report.md").read_text()
 
 
+def test_a_task_cache_file_that_is_not_one_is_not_read(tmp_path):
+    from runtime.bench.results import TaskAnswers
+    from runtime.bench.run import _task_answers
+
+    good = TaskAnswers(task="review", option="mixed", engine="hf",
+                       answers=[{"id": "review/a", "answer": "no issues", "route": {"adapter": "x"}}])
+    (tmp_path / "good.json").write_text(good.model_dump_json())
+    assert _task_answers(tmp_path / "good.json").answers[0].model_dump()["route"] == {"adapter": "x"}
+    for i, text in enumerate(['{"task": "review", "option": "m", "engine": "hf", "answers": [{"answer": "x"}]}',
+                              '[1, 2]', '{"task": "review", "answers": [', '']):
+        (tmp_path / f"bad{i}.json").write_text(text)
+        assert _task_answers(tmp_path / f"bad{i}.json") is None  # no id / not an object / torn / empty
+    assert _task_answers(tmp_path / "missing.json") is None
+
+
 def test_an_option_is_scored_on_the_engine_named_for_it(tiny_zoo, tmp_path):
     cfg = load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig, [
         "zoo.train=[]", "zoo.merge_sweep=null", "zoo.adapter_merge=null", "engines=[fake, hf]",

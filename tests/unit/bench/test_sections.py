@@ -83,7 +83,7 @@ def test_no_base_or_no_experts_gives_no_retention_section():
 MANIFEST = {
     "name": "qwen-lora-mix", "kind": "mixed", "config": {"seed": 0, "training": {"learning_rate": 5e-4},
                                                          "data": {"max_length": 512}},
-    "tasks": ["review", "completion"], "steps": 40, "resumed_from": None, "best_checkpoint_step": 40,
+    "tasks": ["review", "completion"], "steps": 40, "resumed_from": None, "best_checkpoint_step": 20,
     "loss_curve": {"train": [[5, 1.2]], "val": [[0, 1.7], [20, 1.1], [40, 1.3]]},
     "val_loss_before": 1.7, "val_loss_after": 1.3,
     "mixture": {"budget": {"steps": 40, "items_per_step": 4, "rows": 160, "epochs": 1.0, "tokens_seen": 9000,

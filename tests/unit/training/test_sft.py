@@ -53,6 +53,7 @@ def test_training_lowers_the_loss_and_the_artifact_reloads_and_generates(home, t
     losses = [loss for _, loss in manifest["loss_curve"]["train"]]
     assert losses[-1] < losses[0]
     assert manifest["steps"] == 8 and manifest["mixture"]["items"] == {"completion": 32}
+    assert manifest["weights_step"] == 8  # the last step's weights are kept
     assert entry.kind == "expert" and entry.format == method
     assert (entry.path / ("adapter_config.json" if method == "lora" else "config.json")).is_file()
     if method == "lora":
@@ -118,6 +119,20 @@ def test_the_last_steps_weights_are_kept_unless_the_config_asks_for_the_best(tmp
     assert build_args(_config(tmp_path), tmp_path / "w", bf16=False).load_best_model_at_end is False
     best = _config(tmp_path, load_best_model_at_end=True)
     assert build_args(best, tmp_path / "w", bf16=False).load_best_model_at_end is True
+
+
+def test_an_artifact_that_kept_a_checkpoint_before_its_last_is_named_when_reused():
+    from runtime.artifacts import Manifest
+    from training.sft import best_not_last
+
+    def manifest(**extra):
+        return Manifest.model_validate({"name": "m", "kind": "expert", **extra})
+
+    assert "holds step 40's weights" in best_not_last(manifest(steps=60, best_checkpoint_step=40))
+    assert "runtime models remove m" in best_not_last(manifest(steps=60, best_checkpoint_step=40))
+    assert best_not_last(manifest(steps=60, best_checkpoint_step=60)) is None
+    assert best_not_last(manifest(steps=60, best_checkpoint_step=40, weights_step=60)) is None  # trained since
+    assert best_not_last(manifest(kind="merged")) is None
 
 
 def test_a_bad_training_config_reports_every_error(tmp_path):
