@@ -10,6 +10,9 @@ from pydantic import Field, field_validator, model_validator
 from runtime.config import TASKS, EngineKind, Frozen, TaskName, config_kind, configs_dir, load_config
 from runtime.errors import ConfigError
 
+# the load phase's prompts are test items from here on, so that no load request repeats an accuracy prompt (a
+# server's prefix cache would answer it for free): accuracy N stays at or below it
+LOAD_ITEMS_FROM = 200
 
 class ZooConfig(Frozen):
     """What `runtime bench` builds when it is missing (each step is skipped when its artifact exists)."""
@@ -24,8 +27,9 @@ class ZooConfig(Frozen):
 
 class AccuracyConfig(Frozen):
     tasks: list[TaskName] = Field(default_factory=lambda: list(TASKS))
-    n: int = Field(48, gt=0)  # test items per task, the same for every option (the split's hash-ordered prefix)
-    n_for: dict[TaskName, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)  # task -> its own N instead
+    # test items per task, the same for every option (the split's hash-ordered prefix); n_for: task -> its own N
+    n: int = Field(48, gt=0, le=LOAD_ITEMS_FROM)
+    n_for: dict[TaskName, Annotated[int, Field(gt=0, le=LOAD_ITEMS_FROM)]] = Field(default_factory=dict)
     humaneval_n: int = Field(164, ge=0, le=164)  # HumanEval problems, generation's headline (pass@1, executed in
     # the sandbox; asked through the generation route with eval's prompt); 0 leaves it out
     max_tokens: dict[TaskName, int] = Field(default_factory=dict)  # caps on tasks.yaml's max_new_tokens

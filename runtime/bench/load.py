@@ -19,9 +19,13 @@ import numpy as np
 import psutil
 
 from runtime.api_types import route_from_headers
+from runtime.bench.config import LOAD_ITEMS_FROM
+from runtime.config import TASKS
 from runtime.process import group_members
 
 PROC = Path("/proc")
+WORKLOAD = 2  # bump when what the load phase asks changes (2: no prompt twice, none the accuracy phase asked):
+# the bench's measured phases key on it
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ def workload(n: int, max_tokens: int, model_for=lambda task: task, offset: int =
     """An agent-like mix: the four tasks in turn, real test-split items through the task prompts (items from
     ``offset`` on, so a warm-up can use others). With ``fixed_length`` every answer is exactly ``max_tokens`` long,
     so a model that stops early does not look fast."""
-    from runtime.config import TASKS, TasksConfig, configs_dir, load_config
+    from runtime.config import TasksConfig, configs_dir, load_config
     from runtime.tasks import load_items
     from runtime.tasks.prompts import messages_for
 
@@ -141,9 +145,16 @@ def run_levels(url: str, cfg, progress, label: str, server_pid: int | None = Non
     process tree and this process's)."""
     levels = {str(c): cfg.requests_at(c) for c in cfg.concurrency}
     progress.phase(f"{label} load", cfg.warmup + sum(levels.values()) + (cfg.rate_requests if cfg.rate else 0))
+    taken = LOAD_ITEMS_FROM
 
-    def specs(n: int, offset: int = 0) -> list[RequestSpec]:
-        return workload(n, cfg.max_tokens, offset=offset, fixed_length=cfg.fixed_length)
+    def specs(n: int) -> list[RequestSpec]:
+        """The next ``n`` requests, on items no earlier request of this server asked: a server that caches
+        prompts (vLLM's prefix cache, on by default) must not answer a level from an earlier level's prompts,
+        which the hf engine would compute again (the c=8 level reused c=4's 12 prompts before WORKLOAD 2)."""
+        nonlocal taken
+        batch = workload(n, cfg.max_tokens, offset=taken, fixed_length=cfg.fixed_length)
+        taken += -(-n // len(TASKS))  # items per task that n requests use
+        return batch
 
     def timed(requests: list[RequestSpec], **how) -> dict:
         with MachineLoadMeter.around(server_pid) as meter:
@@ -152,7 +163,7 @@ def run_levels(url: str, cfg, progress, label: str, server_pid: int | None = Non
         return stats | {"machine_load": meter.result}
 
     if cfg.warmup:
-        asyncio.run(run_load(url, specs(cfg.warmup, offset=200), concurrency=cfg.warmup))
+        asyncio.run(run_load(url, specs(cfg.warmup), concurrency=cfg.warmup))
         progress.advance(cfg.warmup)
     out = {str(c): timed(specs(levels[str(c)]), concurrency=c) for c in cfg.concurrency}
     if cfg.rate:

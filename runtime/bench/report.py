@@ -109,7 +109,8 @@ def header_lines(report: dict) -> list[str]:
                "(since its numerics revision 3: benchmarks/README.md, offline_eval.py). The agreement column shows "
                "how far the engines' answers differ. "
                if any(r.get("dtype") == "bfloat16" for r in report.get("results", [])) else "")
-            + "Load: the four tasks' prompts in turn, "
+            + "Load: the four tasks' prompts in turn, each prompt once (test items the accuracy phase did not ask: "
+            "no server's prefix cache answers a prompt it saw before), "
             f"streamed, max_tokens {report['config']['load']['max_tokens']}"
             + (" decoded in full by every request (ignore_eos: the same work for every option)."
                if report["config"]["load"].get("fixed_length") else " (natural stopping)."), ""]

@@ -41,7 +41,7 @@ from runtime.bench.environment import environment, installed_engines, library_ve
 from runtime.bench.journal import Journal
 from runtime.bench.keys import adapters_of, digest, models_key, weights_digest
 from runtime.bench.launch import ServerProcess
-from runtime.bench.load import MachineLoadMeter, run_levels
+from runtime.bench.load import WORKLOAD, MachineLoadMeter, run_levels
 from runtime.bench.recommend import recommend
 from runtime.bench.report import write_report
 from runtime.bench.results import (
@@ -110,7 +110,7 @@ class Bench:
         # caps, agreement sample, agent and load settings. Not which other options or engines run, the skips,
         # the budget or the bootstrap, so `--deployments` / `--engines` / a new budget reuse every cached phase
         self.phase_settings = digest(self.config.accuracy.model_dump(exclude={"bootstrap"}),
-                                     self.config.agent.model_dump(), self.config.load.model_dump())
+                                     self.config.agent.model_dump(), self.config.load.model_dump(), WORKLOAD)
         (self.out / "phases").mkdir(parents=True, exist_ok=True)
 
     # ---------------------------------------------------------------------------------------- one option
