@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 __all__ = ["NAME", "Packed", "packable", "use_decode_attention"]
 
 NAME = "mixmerge_decode"
-NUMERICS = 3  # bump when the decode math changes (2: scheduler pads single-token steps; 3: on the CPU each row
-# attends its own columns only): the bench's cached greedy answers of the hf engine key on it
+NUMERICS = 4  # bump when the decode math changes (2: scheduler pads single-token steps; 3: on the CPU each row
+# attends its own columns only; 4: on the CPU each decoding row's LoRA term is its own product, lora.py): the
+# bench's cached greedy answers of the hf engine key on it
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,

@@ -11,8 +11,9 @@ the serving forward changes: per LoRA layer, the resident adapters' A and B are 
 ``A [slots, in, rank]`` and ``B [slots, rank, out]`` (float32 like PEFT's LoRA weights, the scaling folded into
 B, ranks padded with zeros to the largest, slot 0 all zeros for rows on the base model; sized for
 ``engine.max_loras`` once), and per step each layer runs one gather and two batched matmuls over its rows
-(``bmm`` of x with ``A[slot of each row]``); a step whose rows share one slot uses that slot's matrices directly,
-and one with no adapter skips the LoRA math. The stacks are a second, float32 copy of the resident adapters
+(``bmm`` of x with ``A[slot of each row]``; on the CPU also where every row shares one slot, as a view of it:
+``_Rows.per_row``), a single sequence (a prompt, a lone row) uses its slot's matrices directly, and a step with
+no adapter skips the LoRA math. The stacks are a second, float32 copy of the resident adapters
 beside PEFT's (max_loras + 1 slots: ~100 MB for SmolLM2-135M r16 all-linear, ~175 MB for Qwen2.5-Coder-0.5B).
 
 A decode step at batch 8 mixing 4 r16 adapters and the base, bf16, one thread (median of interleaved runs, cores
@@ -81,10 +82,11 @@ class _Stack:
         import torch
 
         x = x.to(self.a.dtype)
-        if rows.single is not None:
+        if rows.single is not None and (x.shape[0] == 1 or not x.is_cpu):  # one sequence (a prompt, one row)
             return x @ self.a[rows.single] @ self.b[rows.single]
-        if rows.chunks is None:
-            return torch.bmm(torch.bmm(x, self.a.index_select(0, rows.index)), self.b.index_select(0, rows.index))
+        if rows.chunks is None:  # a matmul per row, each row's shapes as alone (see ``_Rows.per_row``)
+            a, b = rows.per_row(self.a, self.b)
+            return torch.bmm(torch.bmm(x, a), b)
         count = len(rows.index)  # packed: one token per row first, then each chunk on its own slot
         parts = [self.delta(x[0, :count, None], rows.decode_rows).transpose(0, 1)] if count else []
         start = count
@@ -105,9 +107,21 @@ class _Rows:
         self.any = any(every)
         self.single = every[0] if len(set(every)) == 1 else None
         self.index = torch.tensor(slots, device=device, dtype=torch.long)
+        self.rows = len(slots)
         self.chunks = chunks
         # packed: the one-token rows alone, built once per step rather than once per LoRA layer
         self.decode_rows = _Rows(slots, device) if chunks is not None and slots else None
+
+    def per_row(self, a, b):
+        """Each row's ``a [rows, in, rank]`` and ``b [rows, rank, out]`` for a ``bmm``: a product of one row's
+        token alone. Rows sharing one slot are not one ``[rows, in] @ [in, rank]`` matmul: on the CPU a float32
+        GEMM over 8 rows rounds other sums than over 1 (Qwen2.5's 896 x 4864 layer: 37,031 of 38,912 outputs of 8
+        rows differ in float32, 28 still after the cast to bf16), so a row's answer depended on whether the other
+        rows shared its adapter (a rerun of the bench changed 1 of 404 answers); the ``bmm`` of one-row products
+        equals the row alone bit for bit, whoever else runs."""
+        if self.single is not None:  # a view of one slot, no copy
+            return a[self.single].expand(self.rows, -1, -1), b[self.single].expand(self.rows, -1, -1)
+        return a.index_select(0, self.index), b.index_select(0, self.index)
 
 
 def _supported(layer, names: list[str]) -> bool:

@@ -111,3 +111,22 @@ def test_a_layer_type_it_does_not_group_keeps_peft_s_forward(tiny_model_dir, tmp
     mixed = lora.forward(model, ["embed", BASE], **inputs).logits
     torch.testing.assert_close(mixed, model(**inputs, adapter_names=["embed", BASE]).logits)
     assert not torch.allclose(mixed[0], model(**inputs, adapter_names=[BASE, BASE]).logits[0])
+
+
+@pytest.mark.parametrize("slots", [[1] * 8, [1, 2, 0, 1, 2, 2, 1, 0]])
+def test_each_rows_lora_term_equals_the_row_alone_bit_for_bit(slots):
+    """A float32 GEMM over 8 rows rounds other sums than over 1 on the CPU, so rows that share an adapter are not
+    one matmul: each row's LoRA term is computed with the shapes it has alone, whoever else decodes."""
+    from runtime.engines.lora import _Rows, _Stack
+
+    torch.manual_seed(0)
+    stack = _Stack(3, 16, 896, 4864)
+    stack.a.normal_(0, 0.02)
+    stack.b.normal_(0, 0.02)
+    x = torch.randn(8, 1, 896).bfloat16()
+    together = stack.delta(x, _Rows(slots, None))
+    for i, slot in enumerate(slots):
+        assert torch.equal(together[i:i + 1], stack.delta(x[i:i + 1], _Rows([slot], None)))
+    packed = _Rows(slots, None, chunks=[(2, 5)])  # the same rows in a packed step, a prompt chunk after them
+    tokens = torch.cat([x[:, 0], torch.randn(5, 896).bfloat16()])[None]
+    assert torch.equal(stack.delta(tokens, packed)[0, :8], together[:, 0])
