@@ -208,9 +208,9 @@ class Bench:
         path, plan = self.plan(option)
         models = models_key(plan)
         cache = self.out / "phases" / f"{option}-{engine}.json"
-        answers_file = self.accuracy_cache(plan, scorer or engine)
+        answers_file, caches = self.accuracy_cache(plan, scorer or engine), self.task_caches(plan, engine)
         if reference is None and answers_file.is_file():  # answers made before tasks shared theirs
-            self.share_answers(answers_file, self.task_caches(plan, engine))
+            self.share_answers(answers_file, caches)
         # the role is part of what was measured: the scoring engine answers every item and runs the agent, another
         # answers the agreement sample against the scorer's answers (``answers_file``)
         key = digest(self.phase_settings, option, self.computed_by(engine), models, path.read_text(),
@@ -220,7 +220,6 @@ class Bench:
                 cached := self.cached_phase(cache, key)):
             self.progress.say(f"{option} on {engine}: measured before ({cache}); --fresh measures again")
             return cached.model_copy(update={"answers_file": str(answers_file), "cached": True})
-        need_answers = reference is None and not answers_file.is_file()
         agreement_items = {t: its[: self.config.accuracy.agreement_n] for t, its in self.items.items()}
         adapters = adapters_of(plan)
         args = ["--deployment", str(path), "--engine", engine, "--enable-lora-updates",
@@ -233,11 +232,9 @@ class Bench:
         with ServerProcess(args, env=self.serve_env) as server:
             result["cold_start_s"] = round(server.cold_start_s, 2)
             gpu_before, ours = gpu_memory_mb(), server.process.pid
-            if need_answers:
+            if reference is None and not answers_file.is_file():  # the scorer, its answers not cached yet
                 with MachineLoadMeter.around(ours) as meter:
-                    resumed, shared = self.answer(server.url, option, engine, answers_file,
-                                                  self.task_caches(plan, engine))
-                    result["resumed_answers"], result["shared_answers"] = resumed or None, shared or None
+                    result.update(self.answer(server.url, option, engine, answers_file, caches))
                 result["accuracy_machine_load"] = meter.result
                 result["accuracy_wall_s"] = round(time.perf_counter() - started - server.cold_start_s, 1)
             if reference is None and self.agent_items:  # the scoring engine's server: the agent's column
@@ -278,12 +275,12 @@ class Bench:
         return phase.result if phase.key == key else None
 
     def answer(self, url: str, option: str, engine: str, answers_file: Path,
-               caches: dict[str, Path]) -> tuple[int, int]:
+               caches: dict[str, Path]) -> dict[str, int | None]:
         """Every item's answer from this server into ``answers_file`` (and each task's into its task cache); a
         task whose answers another option already gave with the same weights (``caches``) is not asked again.
         Each answer is journaled as it arrives (with its engine: another engine's are asked again), so a run
         stopped midway asks only the rest next time. Returns how many answers came from the journal and how many
-        from other options."""
+        from other options (None for none), as the phase result records them."""
         journal = Journal(answers_file.with_suffix(".partial.jsonl"), answers_file.stem)
         known = self.shared_answers(option, caches)
         shared = sum(len(v) for v in known.values())
@@ -307,7 +304,7 @@ class Bench:
         tmp.replace(answers_file)
         journal.remove()
         self.share_answers(answers_file, caches)
-        return had, shared
+        return {"resumed_answers": had or None, "shared_answers": shared or None}
 
     def agent(self, url: str, option: str, engine: str, key: str) -> dict:
         """The coding agent on the first ``agent.n`` HumanEval problems against this server; each problem's
