@@ -108,3 +108,16 @@ def test_cap_tokens_lowers_every_tasks_output_length_only():
     each = cap_tokens(tasks, {"summarization": 8})  # per task: the others keep their length
     assert each.tasks["summarization"].max_new_tokens == 8
     assert each.tasks["generation"].max_new_tokens == tasks.tasks["generation"].max_new_tokens
+
+
+def test_served_scoring_asks_the_longest_work_first():
+    from runtime.evaluate import asking_order
+
+    tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
+    caps = {t: cfg.max_new_tokens for t, cfg in tasks.tasks.items()}
+    short, long = sorted(caps, key=caps.get)[0], sorted(caps, key=caps.get)[-1]
+    assert caps[short] < caps[long]
+    messages = {short: [[{"role": "user", "content": "x" * n}] for n in (5, 50, 20)],
+                long: [[{"role": "user", "content": "y" * n}] for n in (3, 30)]}
+    # the long-answer task first (its longest prompt first), the short-answer task's items fill in after
+    assert asking_order(tasks, messages) == [(long, 1), (long, 0), (short, 1), (short, 2), (short, 0)]
