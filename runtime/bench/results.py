@@ -199,7 +199,7 @@ class SharedAnswer(ServedAnswer):
 
 class TaskAnswers(Record):
     """$MIXMERGE_HOME/cache/bench-accuracy/task/KEY.json: one task's answers, shared by every option that routes it
-    to the same weights (``runtime/bench/run.py: Bench.task_caches``)."""
+    to the same weights (``runtime/bench/answers.py``)."""
 
     task: str
     option: str  # the option that answered them

@@ -3,11 +3,8 @@ measure accuracy, load, memory, cold start and adapter load on the same work; pl
 
 Phases and their caches (Ctrl-C loses only the phase in progress); the zoo phase is `runtime/bench/zoo.py`:
 - zoo: each model is built only when the store lacks it (training resumes from its last checkpoint);
-- accuracy answers: ``$MIXMERGE_HOME/cache/bench-accuracy/KEY.json``, KEY = the weights that answer each task
-  (model and adapter manifests), the items and the sampling, so the same weights are never scored twice (greedy
-  answers are deterministic; the agreement sample checks it across engines); each task's answers are also kept
-  under ``bench-accuracy/task/KEY.json`` by that task's key alone, so an option that routes a task to weights
-  another option already answered it with (the hybrid) takes those answers instead of asking again;
+- accuracy answers: under ``$MIXMERGE_HOME/cache/bench-accuracy/``, keyed by the weights that answer each task,
+  shared between options task by task (`runtime/bench/answers.py`); answers in progress are journaled;
 - serving measurements: ``OUT/phases/OPTION-ENGINE.json``, keyed by the config and the models; ``--fresh``
   measures them again.
 """
@@ -17,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +22,7 @@ import httpx
 
 from runtime.artifacts import git_sha
 from runtime.bench.agent import run_on_server
+from runtime.bench.answers import AnswerCache, Files
 from runtime.bench.compare import (
     BASE,
     agreement,
@@ -39,7 +36,7 @@ from runtime.bench.config import BenchConfig
 from runtime.bench.deployments import write_base, write_hybrid
 from runtime.bench.environment import environment, installed_engines, library_versions
 from runtime.bench.journal import Journal
-from runtime.bench.keys import adapters_of, digest, models_key, weights_digest
+from runtime.bench.keys import adapters_of, digest, models_key
 from runtime.bench.launch import ServerProcess
 from runtime.bench.load import WORKLOAD, MachineLoadMeter, run_levels
 from runtime.bench.recommend import recommend
@@ -51,22 +48,18 @@ from runtime.bench.results import (
     PhaseResult,
     Recommendation,
     Report,
-    TaskAnswers,
     read_record,
 )
 from runtime.bench.zoo import Progress, build_zoo, zoo_store
 from runtime.config import DeploymentConfig, TasksConfig, configs_dir, load_config
 from runtime.deploy import ServingPlan, build_plan, load_deployment
-from runtime.engines.attention import NUMERICS
 from runtime.engines.hf_engine import SPEED
 from runtime.errors import ConfigError, EngineUnavailableError, MixmergeError
 from runtime.evaluate import cap_tokens, evaluate_served, sampling_for, write_answers
 from runtime.hardware import gpu_memory_mb, served_on
 from runtime.memory import TreeRSSSampler
 from runtime.models import ModelStore
-from runtime.router import route
-from runtime.tasks import TASKS, load_card, load_items, ranked_sets
-from runtime.tasks.prompts import task_config
+from runtime.tasks import TASKS, load_items, ranked_sets
 from runtime.tasks.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
@@ -109,6 +102,7 @@ class Bench:
         # what a phase's measurements depend on besides its option's weights and deployment file: the items,
         # caps, agreement sample, agent and load settings. Not which other options or engines run, the skips,
         # the budget or the bootstrap, so `--deployments` / `--engines` / a new budget reuse every cached phase
+        self.answer_cache = AnswerCache(self.store.home, self.tasks, self.items, self.versions, self.progress.say)
         self.phase_settings = digest(self.config.accuracy.model_dump(exclude={"bootstrap"}),
                                      self.config.agent.model_dump(), self.config.load.model_dump(), WORKLOAD)
         (self.out / "phases").mkdir(parents=True, exist_ok=True)
@@ -132,75 +126,6 @@ class Bench:
         path, deployment = self.deployment(option)
         return path, build_plan(deployment, self.store, fold=functools.partial(fold_lora, store=self.store))
 
-    def accuracy_cache(self, plan: ServingPlan, engine: str) -> Path:
-        """Where the option's scored answers live. The key is what answers each task — the engine's model and
-        the adapter, by manifest — plus the items, the sampling and what computes the answers (the scoring
-        engine, its numerics revision, the library versions): greedy answers depend on nothing else, so two
-        options that route every task the same way share them, and ``task_caches`` shares them task by task."""
-        served = self.served(plan)
-        sampling = {t: sampling_for(self.tasks, t) for t in self.items}
-        key = digest(served, {t: [it.id for it in its] for t, its in self.items.items()},
-                     {t: (s.max_new_tokens, s.stop) for t, s in sampling.items()}, self.tasks.model_dump(),
-                     load_card()["content_hash"], self.computed_by(engine))
-        return self.store.home / "cache" / "bench-accuracy" / f"{key}.json"
-
-    def served(self, plan: ServingPlan) -> dict[str, list[str]]:
-        """Per task, what answers it: the routed model's and adapter's weights, the dtype (and a GPU)."""
-        adapters, served = adapters_of(plan), {}
-        for task in self.items:
-            r = route(plan.table, TASKS[task].prompt_task)
-            device, dtype = served_on(plan.engines[r.engine].config)
-            served[task] = [weights_digest(Path(r.engine)), weights_digest(adapters[r.adapter]) if r.adapter else "",
-                            dtype, *([device] if device not in (None, "cpu") else [])]  # (keys made before: cpu)
-        return served
-
-    def task_caches(self, plan: ServingPlan, engine: str) -> dict[str, Path]:
-        """Per task, where its answers are shared between options: the same key as ``accuracy_cache`` for that
-        task alone (its weights, items, sampling and prompt; what computes it)."""
-        served = self.served(plan)
-        folder = self.store.home / "cache" / "bench-accuracy" / "task"
-        caches = {}
-        for task, its in self.items.items():
-            sampling = sampling_for(self.tasks, task)
-            key = digest(task, served[task], [it.id for it in its], (sampling.max_new_tokens, sampling.stop),
-                         task_config(self.tasks, task).model_dump(), load_card()["content_hash"],
-                         self.computed_by(engine))
-            caches[task] = folder / f"{key}.json"
-        return caches
-
-    def share_answers(self, answers_file: Path, caches: dict[str, Path]) -> None:
-        """Each task's answers in ``answers_file`` into its task cache (atomic; a readable one is kept)."""
-        scored = read_record(answers_file, AnswersFile)
-        for task, path in caches.items():
-            if task in scored.answers and _task_answers(path) is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(TaskAnswers(task=task, option=scored.option, engine=scored.engine,
-                                           answers=[a.model_dump() for a in scored.answers[task]]).model_dump_json())
-                tmp.replace(path)
-
-    def shared_answers(self, option: str, caches: dict[str, Path]) -> dict[str, dict[str, dict]]:
-        """The answers other options already gave to a task with the same key: {task: {id: answer}} (an option's
-        own are not taken back: deleting its answers file asks them again)."""
-        known: dict[str, dict[str, dict]] = {}
-        for task, path in caches.items():
-            if not path.is_file():
-                continue
-            shared = _task_answers(path)
-            if shared is None:
-                self.progress.say(f"{path} is not a task's answers; asking again (it is replaced)")
-                path.unlink(missing_ok=True)
-            elif shared.option != option:
-                ids = {it.id for it in self.items[task]}
-                known[task] = {a.id: a.model_dump() for a in shared.answers if a.id in ids}
-        return known
-
-    def computed_by(self, engine: str) -> list:
-        """What computes an engine's answers and timings: the engine, its numerics revision (hf) and the library
-        versions it runs on (vllm's only where it is the engine)."""
-        libraries = {k: v for k, v in self.versions.items() if k != "vllm" or engine == "vllm"}
-        return [engine, NUMERICS if engine == "hf" else 0, libraries]
-
     def measure(self, option: str, engine: str, reference: dict | None, scorer: str | None = None) -> PhaseResult:
         """One server for one option on one engine: answers (or the agreement sample), load, memory, adapter
         load. ``reference`` is the scoring engine's answers for this option (``scorer``, default ``engine``), if
@@ -208,12 +133,13 @@ class Bench:
         path, plan = self.plan(option)
         models = models_key(plan)
         cache = self.out / "phases" / f"{option}-{engine}.json"
-        answers_file, caches = self.accuracy_cache(plan, scorer or engine), self.task_caches(plan, engine)
+        files = self.answer_cache.files(plan, engine, scorer)
+        answers_file = files.answers
         if reference is None and answers_file.is_file():  # answers made before tasks shared theirs
-            self.share_answers(answers_file, caches)
+            self.answer_cache.share(files)
         # the role is part of what was measured: the scoring engine answers every item and runs the agent, another
         # answers the agreement sample against the scorer's answers (``answers_file``)
-        key = digest(self.phase_settings, option, self.computed_by(engine), models, path.read_text(),
+        key = digest(self.phase_settings, option, self.answer_cache.computed_by(engine), models, path.read_text(),
                      "scores" if reference is None else f"agrees with {answers_file.stem}",
                      *([SPEED] if engine == "hf" else []))  # (keys made before: no speed revision)
         if not self.fresh and (reference is not None or answers_file.is_file()) and (
@@ -234,7 +160,7 @@ class Bench:
             gpu_before, ours = gpu_memory_mb(), server.process.pid
             if reference is None and not answers_file.is_file():  # the scorer, its answers not cached yet
                 with MachineLoadMeter.around(ours) as meter:
-                    result.update(self.answer(server.url, option, engine, answers_file, caches))
+                    result.update(self.answer(server.url, option, engine, files))
                 result["accuracy_machine_load"] = meter.result
                 result["accuracy_wall_s"] = round(time.perf_counter() - started - server.cold_start_s, 1)
             if reference is None and self.agent_items:  # the scoring engine's server: the agent's column
@@ -274,15 +200,15 @@ class Bench:
             return None
         return phase.result if phase.key == key else None
 
-    def answer(self, url: str, option: str, engine: str, answers_file: Path,
-               caches: dict[str, Path]) -> dict[str, int | None]:
-        """Every item's answer from this server into ``answers_file`` (and each task's into its task cache); a
-        task whose answers another option already gave with the same weights (``caches``) is not asked again.
+    def answer(self, url: str, option: str, engine: str, files: Files) -> dict[str, int | None]:
+        """Every item's answer from this server into ``files.answers`` (and each task's into its task file); a
+        task whose answers another option already gave with the same weights (``files.tasks``) is not asked again.
         Each answer is journaled as it arrives (with its engine: another engine's are asked again), so a run
         stopped midway asks only the rest next time. Returns how many answers came from the journal and how many
         from other options (None for none), as the phase result records them."""
+        answers_file = files.answers
         journal = Journal(answers_file.with_suffix(".partial.jsonl"), answers_file.stem)
-        known = self.shared_answers(option, caches)
+        known = self.answer_cache.shared(option, files)
         shared = sum(len(v) for v in known.values())
         for record in journal.done():
             if record.pop("engine", engine) == engine:  # journals written before answers named their engine
@@ -303,7 +229,7 @@ class Bench:
         tmp.write_text(json.dumps({"option": option, "engine": engine, "answers": answers}))
         tmp.replace(answers_file)
         journal.remove()
-        self.share_answers(answers_file, caches)
+        self.answer_cache.share(files)
         return {"resumed_answers": had or None, "shared_answers": shared or None}
 
     def agent(self, url: str, option: str, engine: str, key: str) -> dict:
@@ -492,10 +418,3 @@ def run_bench(config: BenchConfig, out: Path, progress: Progress, engines: list[
     write_report(report, out)
     return report
 
-
-def _task_answers(path: Path) -> TaskAnswers | None:
-    """A task cache file's answers, or None where there is none or it is not one (torn, or another format)."""
-    try:
-        return TaskAnswers.model_validate_json(path.read_text())
-    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
-        return None

@@ -251,17 +251,17 @@ def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_
 
 def test_a_task_cache_file_that_is_not_one_is_not_read(tmp_path):
     from runtime.bench.results import TaskAnswers
-    from runtime.bench.run import _task_answers
+    from runtime.bench.answers import task_answers
 
     good = TaskAnswers(task="review", option="mixed", engine="hf",
                        answers=[{"id": "review/a", "answer": "no issues", "route": {"adapter": "x"}}])
     (tmp_path / "good.json").write_text(good.model_dump_json())
-    assert _task_answers(tmp_path / "good.json").answers[0].model_dump()["route"] == {"adapter": "x"}
+    assert task_answers(tmp_path / "good.json").answers[0].model_dump()["route"] == {"adapter": "x"}
     for i, text in enumerate(['{"task": "review", "option": "m", "engine": "hf", "answers": [{"answer": "x"}]}',
                               '[1, 2]', '{"task": "review", "answers": [', '']):
         (tmp_path / f"bad{i}.json").write_text(text)
-        assert _task_answers(tmp_path / f"bad{i}.json") is None  # no id / not an object / torn / empty
-    assert _task_answers(tmp_path / "missing.json") is None
+        assert task_answers(tmp_path / f"bad{i}.json") is None  # no id / not an object / torn / empty
+    assert task_answers(tmp_path / "missing.json") is None
 
 
 def test_an_option_is_scored_on_the_engine_named_for_it(tiny_zoo, tmp_path):
@@ -328,10 +328,19 @@ def test_answers_are_keyed_by_the_weights_that_answer_each_task(tiny_zoo, tmp_pa
     def plan(deployment):
         return build_plan(deployment, ModelStore())
 
-    assert bench.accuracy_cache(plan(all_experts), "hf") == bench.accuracy_cache(experts, "hf")
-    assert bench.accuracy_cache(plan(one_mixed), "hf") != bench.accuracy_cache(experts, "hf")
+    def files(p, engine="hf"):
+        return bench.answer_cache.files(p, engine, None)
+
+    assert files(plan(all_experts)) == files(experts)
+    assert files(plan(one_mixed)).answers != files(experts).answers
+    # a task routed to the same weights shares its answers; the one routed elsewhere does not
+    assert {t: p == files(experts).tasks[t] for t, p in files(plan(one_mixed)).tasks.items()} == {
+        "generation": True, "completion": True, "summarization": True, "review": False}
     # what computes the answers is in the key too: another engine's greedy answers can differ in the last bit
-    assert bench.accuracy_cache(experts, "vllm") != bench.accuracy_cache(experts, "hf")
+    assert files(experts, "vllm").answers != files(experts).answers
+    # an engine checked against the scorer's answers reads the scorer's file and shares no task's
+    checked = bench.answer_cache.files(experts, "vllm", "hf")
+    assert checked.answers == files(experts).answers and checked.tasks == {}
 
 
 def test_the_load_asks_for_fixed_length_answers_and_counts_short_ones():
