@@ -133,8 +133,7 @@ class Bench:
         path, plan = self.plan(option)
         models = models_key(plan)
         cache = self.out / "phases" / f"{option}-{engine}.json"
-        files = self.answer_cache.files(plan, engine, scorer)
-        answers_file = files.answers
+        answers_file = (files := self.answer_cache.files(plan, engine, scorer)).answers
         if reference is None and answers_file.is_file():  # answers made before tasks shared theirs
             self.answer_cache.share(files)
         # the role is part of what was measured: the scoring engine answers every item and runs the agent, another
