@@ -250,8 +250,8 @@ def test_a_per_task_plan_is_served_and_measured_as_its_own_option(tiny_zoo, tmp_
 
 
 def test_a_task_cache_file_that_is_not_one_is_not_read(tmp_path):
-    from runtime.bench.results import TaskAnswers
     from runtime.bench.answers import task_answers
+    from runtime.bench.results import TaskAnswers
 
     good = TaskAnswers(task="review", option="mixed", engine="hf",
                        answers=[{"id": "review/a", "answer": "no issues", "route": {"adapter": "x"}}])
