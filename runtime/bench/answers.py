@@ -46,18 +46,14 @@ class AnswerCache:
     def files(self, plan: ServingPlan, engine: str, scorer: str | None) -> Files:
         """``scorer``: the engine whose answers this one is checked against (None: this engine scores, and its
         tasks' answers are shared)."""
-        served = self.served(plan)
+        served, card = self.served(plan), load_card()["content_hash"]
         folder = self.home / "cache" / "bench-accuracy"
-        sampling = {t: sampling_for(self.tasks, t) for t in self.items}
-        key = digest(served, {t: [it.id for it in its] for t, its in self.items.items()},
-                     {t: (s.max_new_tokens, s.stop) for t, s in sampling.items()}, self.tasks.model_dump(),
-                     load_card()["content_hash"], self.computed_by(scorer or engine))
-        tasks = {} if scorer is not None else {
-            t: folder / "task" / (digest(t, served[t], [it.id for it in its], (sampling[t].max_new_tokens,
-                                                                               sampling[t].stop),
-                                         task_config(self.tasks, t).model_dump(), load_card()["content_hash"],
-                                         self.computed_by(engine)) + ".json")
-            for t, its in self.items.items()}
+        ids = {t: [it.id for it in its] for t, its in self.items.items()}
+        caps = {t: (s.max_new_tokens, s.stop) for t, s in ((t, sampling_for(self.tasks, t)) for t in self.items)}
+        key = digest(served, ids, caps, self.tasks.model_dump(), card, self.computed_by(scorer or engine))
+        tasks = {} if scorer is not None else {  # each task's key: the same parts for that task alone
+            t: folder / "task" / f"{digest(t, served[t], ids[t], caps[t], prompt, card, self.computed_by(engine))}.json"
+            for t, prompt in ((t, task_config(self.tasks, t).model_dump()) for t in self.items)}
         return Files(folder / f"{key}.json", tasks)
 
     def served(self, plan: ServingPlan) -> dict[str, list[str]]:

@@ -99,10 +99,10 @@ class Bench:
             self.sandbox = self.sandbox or Sandbox()
         self.config_hash = digest(self.config.model_dump(exclude={"quick"}))
         self.versions = library_versions()
+        self.answer_cache = AnswerCache(self.store.home, self.tasks, self.items, self.versions, self.progress.say)
         # what a phase's measurements depend on besides its option's weights and deployment file: the items,
         # caps, agreement sample, agent and load settings. Not which other options or engines run, the skips,
         # the budget or the bootstrap, so `--deployments` / `--engines` / a new budget reuse every cached phase
-        self.answer_cache = AnswerCache(self.store.home, self.tasks, self.items, self.versions, self.progress.say)
         self.phase_settings = digest(self.config.accuracy.model_dump(exclude={"bootstrap"}),
                                      self.config.agent.model_dump(), self.config.load.model_dump(), WORKLOAD)
         (self.out / "phases").mkdir(parents=True, exist_ok=True)
