@@ -34,10 +34,11 @@ from runtime.engines.base import EngineRequest, EngineResult, StreamDelta, joine
 from runtime.engines.hf import (
     HFRunner,
     check_adapter,
+    compute_threads,
     eos_ids,
     install_adapter,
-    leave_a_core_to_the_server,
     read_adapter,
+    single_team,
 )
 from runtime.engines.lora import GroupedLora
 from runtime.engines.prepacked import dense_weights_needed, prepack
@@ -71,7 +72,10 @@ class HFEngine:
     def __init__(self, model_path: str | Path, adapters: dict[str, Path] | None = None,
                  config: EngineConfig | None = None, max_queue: int = 64, prefill_budget: int = 512) -> None:
         self.config = config or EngineConfig()
-        log.info("hf engine: %d torch threads", leave_a_core_to_the_server())
+        import torch
+
+        threads = compute_threads()
+        torch.set_num_threads(1)  # loading runs here: this thread makes no OpenMP team (``single_team``)
         self.known: dict[str, str] = {k: str(v) for k, v in (adapters or {}).items()}
         dense = [f"{n}: {why}" for n, p in self.known.items() if (why := _needs_dense(Path(p)))]
         if dense and self.config.prepack:
@@ -98,6 +102,7 @@ class HFEngine:
         self.batch = Batch()
         self._filling: list[Job] = []  # admitted, prompt being prefilled
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
+        log.info("hf engine: %d torch threads", single_team(self._worker, threads))
         # Prompts are rendered and counted on their own thread with their own tokenizer: a fast tokenizer's
         # padding state is shared, so one instance must not encode on two threads at once.
         self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine-prep")

@@ -110,23 +110,40 @@ def test_the_fallback_path_still_serves_a_model_without_grouped_lora(tiny_model_
     assert not packable and all(r.completion_tokens == 6 for r in results)
 
 
-def test_the_engine_leaves_a_core_to_the_server_unless_told(monkeypatch):
+def test_the_forward_thread_gets_every_core_unless_told(monkeypatch):
     import os
+
+    from runtime.engines.hf import compute_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert compute_threads() == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})  # a container's one CPU of many
+    assert compute_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert compute_threads() == 3  # an explicit setting wins
+
+
+def test_only_the_forward_thread_makes_an_openmp_team():
+    """The forward thread keeps its threads; the thread that set it up, and any thread started later, run one."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
-    from runtime.engines.hf import leave_a_core_to_the_server
+    from runtime.engines.hf import single_team
 
     before = torch.get_num_threads()
     try:
-        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-        assert leave_a_core_to_the_server() == 3
-        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})  # a container's one CPU of many
-        assert leave_a_core_to_the_server() == 1
-        torch.set_num_threads(2)
-        monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        assert leave_a_core_to_the_server() == 2  # an explicit setting wins
+        with ThreadPoolExecutor(max_workers=1) as forward:
+            assert single_team(forward, 2) == 2
+            assert torch.get_num_threads() == 1
+            later: list[int] = []
+            t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+            t.start()
+            t.join()
+            assert later == [1]
+            assert forward.submit(torch.get_num_threads).result() == 2
     finally:
         torch.set_num_threads(before)
 
