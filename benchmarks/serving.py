@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/serving.py overhead            # HTTP + routing cost: fake engine, served vs direct
     .venv/bin/python benchmarks/serving.py experts-vs-merged   # 4 LoRA experts in mixed batches vs one merged model
     .venv/bin/python benchmarks/serving.py engines             # hf vs vllm, same deployment, same load
-    .venv/bin/python benchmarks/serving.py engines --single 16 # ... and each one's TTFT at c=1 vs c=8
+    .venv/bin/python benchmarks/serving.py engines --single 8  # ... and each one's TTFT at c=1 vs c=8
+    .venv/bin/python benchmarks/serving.py engines --deployment qwen-base,qwen-merged,qwen-experts --max-tokens 32
     .venv/bin/python benchmarks/serving.py hotload             # adapter hot-load time, and in-flight delay
 
 Results print as JSON; the summaries committed in benchmarks/README.md come from these.
@@ -81,31 +82,39 @@ def experts_vs_merged(n: int, concurrency: int, max_tokens: int, merged: str, en
             "peak_rss_ratio_experts_over_merged": experts["peak_rss_mb"] / single["peak_rss_mb"]}
 
 
-def with_single(args: list[str], specs: list[RequestSpec], concurrency: int, single: int) -> dict:
-    """``measure`` at ``concurrency``, after ``single`` of the requests one at a time on the same server (its
-    TTFT at c=1; 0: skipped), with the load average before each part."""
-    if not single:
-        return measure(args, specs, concurrency) | {"load_average": os.getloadavg()}
+def with_single(args: list[str], max_tokens: int, n: int, concurrency: int, single: int) -> dict:
+    """One server: a warm-up, ``single`` requests one at a time (its TTFT at c=1; 0: skipped), then ``n`` at
+    ``concurrency``, with the load average before each part. No prompt is asked twice (warm-up from test item
+    200 of each task, c=1 from 150, the measured load from 100): vLLM's prefix cache would answer a repeated
+    prompt without its prefill, which the hf engine has no cache to skip."""
+    if max(n, single) > 50:
+        raise SystemExit("--n and --single: at most 50 (their prompts must not overlap)")
     with ServerProcess(args) as server:
-        asyncio.run(run_load(server.url, specs[:2], 1))  # warm-up
-        load_c1 = os.getloadavg()
-        c1 = asyncio.run(run_load(server.url, specs[:single], 1))
-        asyncio.run(run_load(server.url, specs[:concurrency], concurrency))  # warm-up
+        asyncio.run(run_load(server.url, workload(concurrency, max_tokens, offset=200), concurrency))  # warm-up
+        c1 = None
+        if single:
+            load_c1 = os.getloadavg()
+            c1 = asyncio.run(run_load(server.url, workload(single, max_tokens, offset=150), 1))
+            c1 |= {"load_average": load_c1}
         load = os.getloadavg()
         with TreeRSSSampler(server.process.pid) as rss:
-            result = asyncio.run(run_load(server.url, specs, concurrency))
-        return result | {"peak_rss_mb": rss.peak_mb, "cold_start_s": server.cold_start_s, "load_average": load,
-                         "c1": c1 | {"load_average": load_c1},
-                         "ttft_p50_ratio_c_over_c1": result["median_ttft_ms"] / c1["median_ttft_ms"]}
+            result = asyncio.run(run_load(server.url, workload(n, max_tokens, offset=100), concurrency))
+        result |= {"peak_rss_mb": rss.peak_mb, "cold_start_s": server.cold_start_s, "load_average": load}
+        if c1:
+            result |= {"c1": c1, "ttft_p50_ratio_c_over_c1": result["median_ttft_ms"] / c1["median_ttft_ms"]}
+        return result
 
 
-def engines(n: int, concurrency: int, max_tokens: int, deployment: str, single: int = 0) -> dict:
-    """hf then vllm on the same deployment and load; with ``single``, also each one's TTFT at c=1."""
-    specs = workload(n, max_tokens)
-    hf = with_single(["--deployment", deployment, "--engine", "hf"], specs, concurrency, single)
-    vllm = with_single(["--deployment", deployment, "--engine", "vllm"], specs, concurrency, single)
-    ratio = hf["output_throughput"] / vllm["output_throughput"]
-    return {"hf": hf, "vllm": vllm, "throughput_ratio_hf_over_vllm": ratio}
+def engines(n: int, concurrency: int, max_tokens: int, deployments: str, single: int = 0) -> dict:
+    """hf then vllm on each deployment (comma-separated names or paths) and the same load; with ``single``,
+    also each one's TTFT at c=1."""
+    out: dict = {}
+    for deployment in deployments.split(","):
+        runs = {engine: with_single(["--deployment", deployment, "--engine", engine], max_tokens, n, concurrency,
+                                    single) for engine in ("hf", "vllm")}
+        out[deployment] = runs | {
+            "throughput_ratio_hf_over_vllm": runs["hf"]["output_throughput"] / runs["vllm"]["output_throughput"]}
+    return out
 
 
 def hotload(n: int, max_tokens: int, adapter_name: str, adapter_path: str, lora_dir: str) -> dict:
@@ -141,7 +150,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--merged", default="smollm2-merged-linear")
-    parser.add_argument("--deployment", default="experts")
+    parser.add_argument("--deployment", default="experts", help="engines: several, comma-separated")
     parser.add_argument("--adapter", nargs=3, metavar=("NAME", "PATH", "LORA_DIR"))
     parser.add_argument("--single", type=int, default=0, help="engines: also TTFT at c=1 over this many requests")
     a = parser.parse_args()

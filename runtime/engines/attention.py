@@ -31,7 +31,7 @@ __all__ = ["NAME", "Packed", "packable", "use_decode_attention"]
 NAME = "mixmerge_decode"
 NUMERICS = 5  # bump when the decode math changes (2: scheduler pads single-token steps; 3: on the CPU each row
 # attends its own columns only; 4: on the CPU each decoding row's LoRA term is its own product, lora.py; 5: the
-# forward thread runs on every core, hf.single_team: bf16 GEMMs split over 2 threads round 1 of 80 Qwen answers
+# forward thread runs on every core, threads.py: bf16 GEMMs split over 2 threads round 1 of 80 Qwen answers
 # otherwise): the bench's cached greedy answers of the hf engine key on it
 
 

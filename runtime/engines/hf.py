@@ -141,36 +141,6 @@ def generate_kwargs(params: SamplingParams, max_new_tokens: int, pad_token_id: i
     return kwargs
 
 
-def compute_threads() -> int:
-    """OpenMP threads for the one thread that runs the hf engine's forwards on a CPU: every core this process may
-    run on (its affinity, e.g. a container's share), or an explicit ``OMP_NUM_THREADS``. See ``single_team``."""
-    import os
-
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-        return int(os.environ["OMP_NUM_THREADS"])
-    return max(1, len(os.sched_getaffinity(0)))
-
-
-def single_team(forward_thread, threads: int) -> int:
-    """Make ``forward_thread`` (a one-worker executor) the process's only OpenMP team, of ``threads`` threads, and
-    every other thread single-threaded; returns the team's size. torch's thread count is per thread: each thread
-    sets OpenMP's from torch's global count at its first parallel op. libgomp spins a waiting thread only while it
-    manages no more threads than there are cores: with one more team (the loading thread's, an adapter reader's)
-    every barrier of every op sleeps and wakes instead. On this 2-core machine, Qwen2.5-Coder-0.5B bf16, 24
-    requests x 32 tokens at c=8 in process: the forward thread alone with 2 threads 134-137 out tok/s; with 1 (the
-    engine before: its loading thread set 1 and the forward thread inherited it) 95; 2 in every thread
-    (``OMP_NUM_THREADS=2``) 77."""
-    import torch
-
-    def start() -> int:
-        torch.set_num_threads(threads)
-        return torch.get_num_threads()  # its first parallel op's setup, done now: the reset below cannot reach it
-
-    got = forward_thread.submit(start).result()
-    torch.set_num_threads(1)  # the global again: threads that start torch later make no team of their own
-    return got
-
-
 def eos_ids(model, tokenizer) -> set[int]:
     """Every id that ends an answer: the tokenizer's EOS and pad, and the generation config's EOS (Qwen has two)."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

@@ -34,15 +34,14 @@ from runtime.engines.base import EngineRequest, EngineResult, StreamDelta, joine
 from runtime.engines.hf import (
     HFRunner,
     check_adapter,
-    compute_threads,
     eos_ids,
     install_adapter,
     read_adapter,
-    single_team,
 )
 from runtime.engines.lora import GroupedLora
 from runtime.engines.prepacked import dense_weights_needed, prepack
 from runtime.engines.scheduler import BASE, Batch, Job, apart_step, packed_step
+from runtime.engines.threads import TEAMS, fit, one_thread
 from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
 
 SPEED = 1  # bump when the engine's speed or memory changes for the same answers (1: prepacked linears, the
@@ -72,10 +71,7 @@ class HFEngine:
     def __init__(self, model_path: str | Path, adapters: dict[str, Path] | None = None,
                  config: EngineConfig | None = None, max_queue: int = 64, prefill_budget: int = 512) -> None:
         self.config = config or EngineConfig()
-        import torch
-
-        threads = compute_threads()
-        torch.set_num_threads(1)  # loading runs here: this thread makes no OpenMP team (``single_team``)
+        one_thread()  # loading runs on the calling thread: no OpenMP team of its own (threads.py)
         self.known: dict[str, str] = {k: str(v) for k, v in (adapters or {}).items()}
         dense = [f"{n}: {why}" for n, p in self.known.items() if (why := _needs_dense(Path(p)))]
         if dense and self.config.prepack:
@@ -102,11 +98,15 @@ class HFEngine:
         self.batch = Batch()
         self._filling: list[Job] = []  # admitted, prompt being prefilled
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
-        log.info("hf engine: %d torch threads", single_team(self._worker, threads))
+        TEAMS.join()  # the forward thread's share of the cores: cores // hf engines in this process
+        self._team = self._worker.submit(fit, 0).result()  # the forward thread's OpenMP threads
+        one_thread()  # (fit set torch's global count too: threads started later read it)
+        log.info("hf engine: %d torch threads (%d hf engine(s) in this process)", self._team, TEAMS.engines)
         # Prompts are rendered and counted on their own thread with their own tokenizer: a fast tokenizer's
         # padding state is shared, so one instance must not encode on two threads at once.
-        self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine-prep")
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine-loader")
+        self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine-prep", initializer=one_thread)
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine-loader",
+                                          initializer=one_thread)
         self._counter = copy.deepcopy(self.runner.tokenizer)
         self._closed = False
         self.lora = GroupedLora(self.config.max_loras)  # the served model's adapters, stacked for the grouped forward
@@ -283,6 +283,8 @@ class HFEngine:
         return not self._closed
 
     async def aclose(self) -> None:
+        if not self._closed:
+            TEAMS.leave()
         self._closed = True
         with self._cond:
             for job in self._pending:
@@ -329,6 +331,7 @@ class HFEngine:
                         self._running = False
                         break
                 try:
+                    self._team = fit(self._team)  # another engine started or stopped: this one's share moved
                     self._run_ops()
                     self._admit()
                     self._tidy()

@@ -110,41 +110,74 @@ def test_the_fallback_path_still_serves_a_model_without_grouped_lora(tiny_model_
     assert not packable and all(r.completion_tokens == 6 for r in results)
 
 
-def test_the_forward_thread_gets_every_core_unless_told(monkeypatch):
+def test_the_engines_split_the_cores_unless_told(monkeypatch):
     import os
 
-    from runtime.engines.hf import compute_threads
+    from runtime.engines.threads import Teams, cores
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    assert compute_threads() == 4
+    assert cores() == 4
+    teams = Teams()
+    teams.join()
+    assert teams.share() == 4
+    teams.join()
+    teams.join()
+    assert teams.share() == 1  # 3 engines on 4 cores: no more OpenMP threads than cores
+    teams.leave()
+    assert teams.share() == 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})  # a container's one CPU of many
-    assert compute_threads() == 1
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert compute_threads() == 3  # an explicit setting wins
+    assert cores() == 1 and teams.share() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert cores() == 6 and teams.share() == 3  # an explicit setting wins
 
 
-def test_only_the_forward_thread_makes_an_openmp_team():
-    """The forward thread keeps its threads; the thread that set it up, and any thread started later, run one."""
+def test_only_forward_threads_make_openmp_teams(tiny_model_dir, monkeypatch):
+    """An engine's forward thread takes its share; the thread that built it, and threads started later, run one;
+    a second engine halves the first one's share at its next step, and closing it gives the share back."""
+    import asyncio
+    import os
     import threading
-    from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
-    from runtime.engines.hf import single_team
+    from runtime.engines import threads
+    from runtime.engines.base import EngineRequest, SamplingParams
+    from runtime.engines.hf_engine import HFEngine
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(threads.TEAMS, "_engines", 0)  # (engines other tests left open do not count here)
     before = torch.get_num_threads()
+    engines: list[HFEngine] = []
+
+    def forward_threads(engine: HFEngine) -> int:
+        return engine._worker.submit(torch.get_num_threads).result()
+
+    def answer(engine: HFEngine) -> None:
+        request = EngineRequest("r", SamplingParams(max_new_tokens=2), prompt="def f():")
+        asyncio.run(engine.generate(request))
+
     try:
-        with ThreadPoolExecutor(max_workers=1) as forward:
-            assert single_team(forward, 2) == 2
-            assert torch.get_num_threads() == 1
-            later: list[int] = []
-            t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
-            t.start()
-            t.join()
-            assert later == [1]
-            assert forward.submit(torch.get_num_threads).result() == 2
+        engines.append(HFEngine(tiny_model_dir))
+        first = engines[0]
+        assert forward_threads(first) == 2
+        assert torch.get_num_threads() == 1
+        later: list[int] = []
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert later == [1]
+        engines.append(HFEngine(tiny_model_dir))
+        assert forward_threads(engines[1]) == 1
+        answer(first)
+        assert forward_threads(first) == 1  # two engines on two cores: one thread each, no teams
+        asyncio.run(engines.pop().aclose())
+        answer(first)
+        assert forward_threads(first) == 2
     finally:
+        for engine in engines:
+            asyncio.run(engine.aclose())
         torch.set_num_threads(before)
 
 
