@@ -131,29 +131,53 @@ def _sweep(config: MergeConfig, out: Path, store: ModelStore, build: Build, scor
 def _score_candidates(todo: list[Candidate], scoring: _Scoring, tasks: list[str], base: dict[str, float],
                       expert: dict[str, float], config: MergeConfig, store: ModelStore,
                       step: Callable[[str], None]) -> list[dict]:
-    """Merge each candidate and score it task by task, the cheapest answers first; every candidate's verdict."""
-    from merge.run import merge
-
+    """Merge each candidate and score it task by task, the cheapest answers first; every candidate's verdict.
+    Only the best candidate that passes the floor so far stays in the store (each is a full model: 2.4 GB for
+    Qwen2.5-Coder-0.5B in float32, and a sweep that kept all seven beside the folded experts filled this machine's
+    disk); if every candidate ends below the base, they are merged again to be scored on every task."""
     sweep = config.sweep
     assert sweep is not None
     order = sorted(tasks, key=lambda t: (sweep.max_tokens.get(t, 10**6), t))  # cheapest answers first
     scored: list[tuple[Candidate, ModelEntry, dict[str, float]]] = []
     for i, cand in enumerate(todo, 1):
         step(f"candidate {i}/{len(todo)} {cand.name}")
-        # a candidate left by an interrupted sweep and merged from another recipe is merged again
-        if changes := store.recipe_changes(cand.config.name, cand.config, cand.config.recipe_inputs):
-            step(f"removing {cand.config.name}, merged from another recipe ({'; '.join(changes[:2])})")
-            store.remove(cand.config.name)
-        entry = merge(cand.config, store, step=lambda _: None)
+        entry = _merged(cand, store, step)
         scored.append((cand, entry, scoring.candidate(cand, entry.path, order, base, stop_below_base=True)))
         if below_base(scored[-1][2], base):
             step(f"rejected {cand.name}: below the base on " + ", ".join(
                 f"{b['task']} ({b['score']:.1f} < {b['base']:.1f})" for b in below_base(scored[-1][2], base)))
+        _prune(scored, base, expert, sweep.objective, store, keep_rejected=False)
     if all(below_base(scores, base) for _, _, scores in scored):
         step("no candidate is at or above the base on every task: scoring the rejected ones on every task")
-        scored = [(c, e, scoring.candidate(c, e.path, order, base, stop_below_base=False)) for c, e, _ in scored]
+        rescored: list[tuple[Candidate, ModelEntry, dict[str, float]]] = []
+        for c, _, _ in scored:
+            entry = _merged(c, store, step)
+            rescored.append((c, entry, scoring.candidate(c, entry.path, order, base, stop_below_base=False)))
+            _prune(rescored, base, expert, sweep.objective, store, keep_rejected=True)
+        scored = rescored
     return [_describe(c) | judge(scores, base, expert, sweep.objective)
             | {"unscored": [t for t in tasks if t not in scores], "path": str(e.path)} for c, e, scores in scored]
+
+
+def _prune(scored: list[tuple[Candidate, ModelEntry, dict[str, float]]], base: dict[str, float],
+           expert: dict[str, float], kind: str, store: ModelStore, keep_rejected: bool) -> None:
+    """Remove every scored candidate from the store but the one ``choose`` would keep now (none while every one is
+    rejected, unless ``keep_rejected``: then the best of the rejected)."""
+    best, none_survived = choose([{"name": c.name} | judge(sc, base, expert, kind) for c, _, sc in scored])
+    for c, e, _ in scored:
+        if (c.name != best["name"] or (none_survived and not keep_rejected)) and store.has(e.name):
+            store.remove(e.name)
+
+
+def _merged(cand: Candidate, store: ModelStore, step: Callable[[str], None]) -> ModelEntry:
+    """The candidate's merged model, from the store or merged now (a candidate left by an interrupted sweep and
+    merged from another recipe is merged again)."""
+    from merge.run import merge
+
+    if changes := store.recipe_changes(cand.config.name, cand.config, cand.config.recipe_inputs):
+        step(f"removing {cand.config.name}, merged from another recipe ({'; '.join(changes[:2])})")
+        store.remove(cand.config.name)
+    return merge(cand.config, store, step=lambda _: None)
 
 
 def _summary_of(build: Build, out: Path) -> dict:

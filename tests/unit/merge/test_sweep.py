@@ -210,3 +210,38 @@ def test_a_candidate_left_by_an_interrupted_sweep_of_another_recipe_is_merged_ag
                         score=lambda model, adapter, tasks, *_: dict.fromkeys(tasks, 2.0), step=said.append)
     assert any(s.startswith(f"removing {left}, merged from another recipe (seed: 0 -> 1") for s in said)
     assert summary["candidates"] == 2 and ModelStore().get("resumed")
+
+
+def _counting(score, seen: list[int]):
+    """``score``, recording how many merged candidates the store holds at each call."""
+
+    def counted(model: Path, *args):
+        seen.append(sum(1 for e in ModelStore().list() if "--" in e.name))
+        return score(model, *args)
+
+    return counted
+
+
+@pytest.mark.parametrize("every_one_below", [False, True])
+def test_the_store_holds_the_best_candidate_so_far_and_the_one_being_scored(merge_home, tmp_path, every_one_below):
+    """Each candidate is a full model: a sweep that kept all of them filled a disk (7 x 2.4 GB for Qwen 0.5B)."""
+    below = 5.0 if every_one_below else 10.0
+    table = REFERENCE | {
+        ("task_arithmetic", 0.5, None): {"generation": 25.0, "summarization": 12.0},
+        ("task_arithmetic", 1.0, None): {"generation": 35.0, "summarization": 15.0},  # the best
+        ("ties", 1.0, 1.0): {"generation": 30.0, "summarization": below},
+        ("ties", 1.0, 2.0): {"generation": 60.0, "summarization": 9.0},
+    }
+    if every_one_below:
+        table |= {("task_arithmetic", 0.5, None): {"generation": 19.0, "summarization": 12.0},
+                  ("task_arithmetic", 1.0, None): {"generation": 35.0, "summarization": 9.5}}
+    seen: list[int] = []
+    name = f"pruned-{'below' if every_one_below else 'above'}"  # (the store outlives one parameter's run)
+    summary = run_sweep(_grid_config(name), tmp_path / "sweep", ModelStore(),
+                        score=_counting(_scripted(table, []), seen))
+    best = "ties-w1-d0.5-lambda2-normalizefalse" if every_one_below else "task-arithmetic-w1-normalizefalse"
+    assert summary["chosen"] == f"{name}--{best}"  # (all below: the best objective of the rejected)
+    assert summary["no_candidate_at_or_above_base"] is every_one_below
+    assert max(seen) <= 2  # the best so far beside the one being scored, never more
+    assert every_one_below or seen.count(2) >= 1  # (a survivor stays while the next is scored)
+    assert [e.name for e in ModelStore().list() if e.name.startswith(name)] == [name]
