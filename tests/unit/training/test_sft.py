@@ -183,3 +183,23 @@ def test_a_bench_zoo_training_runs_in_a_child_process_and_reports_its_steps_here
     assert seen.calls[0] == ("train tiny-child", 4)
     assert sum(n for kind, n in seen.calls[1:] if kind == "advance") == 4
     assert _manifest(ModelStore().get("tiny-child"))["steps"] == 4
+
+
+class _Evaluations(TrainerCallback):
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+@pytest.mark.parametrize(("eval_steps", "evaluated"), [(4, [0, 4, 8]), (3, [0, 3, 6, 8])])
+def test_the_last_steps_val_loss_is_evaluated_once(home, tmp_path, eval_steps, evaluated):
+    seen = _Evaluations()
+    entry = train_(_config(tmp_path, name=f"tiny-evals-{eval_steps}", **{"training.eval_steps": eval_steps}),
+                   callbacks=[seen])
+    manifest = _manifest(entry)
+    assert seen.steps == evaluated  # step 8's weights are not evaluated a second time after training
+    last_step, last_loss = manifest["loss_curve"]["val"][-1]
+    if last_step == 8:
+        assert manifest["val_loss_after"] == last_loss
