@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,cpu]'
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(BIN)/python -c "import torch, transformers, runtime; assert '+cpu' in torch.__version__, torch.__version__"
+	@# tcmalloc, which every runtime process preloads where installed (runtime/hardware.py: torch's large buffers
+	@# are not handed back to the kernel every step); optional: without root or apt-get, glibc's malloc serves
+	@ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1 || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& { apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 \
+		&& apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; }; }; } \
+		|| echo "note: libtcmalloc-minimal4 not installed (no root or apt-get): runtime runs on glibc's malloc"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -427,6 +429,13 @@ def eval_(
 
 
 def main() -> None:
+    from runtime.hardware import allocator_env
+
+    if (env := allocator_env(os.environ)) is not None:  # every child (servers, trainings, vLLM) inherits it
+        try:
+            os.execve(sys.executable, sys.orig_argv, env)
+        except OSError as e:
+            err_console.print(f"warning: could not run again on tcmalloc ({e}); carrying on with glibc's malloc")
     try:
         app()
     except MixmergeError as e:

@@ -67,3 +67,55 @@ def test_bench_progress_prints_lines_where_no_terminal_draws_the_bars():
     assert "base/hf accuracy: 0/3" in text
     assert "base/hf accuracy: 3/3 after" in text  # the finished phase, whatever the minute
     assert "starting the server" in text
+
+
+def _allocator_of_a_served_process(home: Path, tiny_model_dir: Path, **env: str) -> bool:
+    """Whether a real `runtime serve` process (the fake engine) has tcmalloc mapped."""
+    import os
+    import socket
+    import time
+
+    import httpx
+
+    assert runner.invoke(app, ["models", "register", "tiny", str(tiny_model_dir)]).exit_code == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "runtime"), "serve", "--model", "tiny", "--engine",
+                             "fake", "--port", str(port)], env=os.environ | {"MIXMERGE_HOME": str(home)} | env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    return "libtcmalloc" in Path(f"/proc/{proc.pid}/maps").read_text()  # the same pid after exec
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("the server did not start")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_runtime_processes_run_on_tcmalloc_where_it_is_installed(store_home: Path, tiny_model_dir: Path):
+    import pytest
+
+    from runtime.hardware import TCMALLOC
+
+    if not any(Path(p).is_file() for p in TCMALLOC):
+        pytest.skip("tcmalloc is not installed here (the Makefile installs libtcmalloc-minimal4 where it can)")
+    assert _allocator_of_a_served_process(store_home, tiny_model_dir)
+    assert not _allocator_of_a_served_process(store_home, tiny_model_dir, MIXMERGE_MALLOC="system")
+
+
+def test_the_allocator_is_preloaded_once_and_beside_what_is_there(tmp_path: Path):
+    from runtime.hardware import allocator_env
+
+    lib = tmp_path / "libtcmalloc_minimal.so.4"
+    assert allocator_env({"PATH": "/bin"}, (str(lib),)) is None  # not installed
+    lib.touch()
+    assert allocator_env({"PATH": "/bin"}, (str(lib),)) == {"PATH": "/bin", "LD_PRELOAD": str(lib)}
+    assert allocator_env({"LD_PRELOAD": "/x/libfoo.so"}, (str(lib),))["LD_PRELOAD"] == f"{lib}:/x/libfoo.so"
+    assert allocator_env({"LD_PRELOAD": str(lib)}, (str(lib),)) is None  # already: no second exec
+    assert allocator_env({"MIXMERGE_MALLOC": "system"}, (str(lib),)) is None
