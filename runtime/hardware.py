@@ -92,10 +92,9 @@ def allocator_env(env: Mapping[str, str], candidates: tuple[str, ...] = TCMALLOC
 
     Why: torch frees its large CPU buffers (activations, a batch's logits) and allocates them again every step;
     glibc hands blocks over 32 MB back to the kernel each time, so every step faults fresh zeroed pages in. On this
-    2-core EPYC, 8 steps of the Qwen 0.5B review expert took 132 s with glibc (39 s of it system time) and 102-112 s
-    with tcmalloc (14 s system); the hf engine's batch-1 decode gained 12-20% (benchmarks/README.md, allocator).
-    vLLM's CPU guide preloads it for the same reason; glibc's own tunables did not help (128 s: its mmap threshold
-    stops at 32 MB)."""
+    2-core EPYC, 6 steps of the Qwen 0.5B review expert took 124 s with glibc (45 s of system time) and 99 s with
+    tcmalloc (13 s), and the hf engine served 1.12-1.15x the tokens/s (benchmarks/allocator.py). vLLM's CPU guide
+    preloads it for the same reason; glibc's own tunables did not help (its mmap threshold stops at 32 MB)."""
     if env.get("MIXMERGE_MALLOC") == "system" or "tcmalloc" in env.get("LD_PRELOAD", ""):
         return None
     lib = next((c for c in candidates if os.path.isfile(c)), None)
