@@ -73,8 +73,8 @@ def vllm_env(base: Mapping[str, str], api_key: str, cpus: int | None = None) -> 
     ``FEW_CPUS`` cores (``cpus``: those this process may run on) vLLM reserves none for its scheduler process
     (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``, unless set): by default it keeps one core out of its workers' OpenMP
     team, half of a 2-core machine. Qwen2.5-Coder-0.5B base, bf16, 32 fixed-length tokens of new prompts, one run
-    on this 2-core EPYC (2026-11-27, `benchmarks/serving.py vllm-cores`): out tok/s at c=8 28.0 / 28.5 reserving
-    one core, 48.0 reserving none (c=1 9.7 / 10.5 vs 15.1; TTFT p50 at c=8 5.9 vs 3.2 s)."""
+    on this 2-core EPYC (2026-11-27, `benchmarks/serving.py vllm-cores`): out tok/s at c=8 27.9 / 27.7 reserving
+    one core, 45.2 reserving none (c=1 9.8 / 9.9 vs 14.3; TTFT p50 at c=8 6.1 / 6.0 vs 3.3 s)."""
     env = dict(base) | {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_API_KEY": api_key}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", KV_CACHE_GIB)
     env.pop("VLLM_CPU_OMP_THREADS_BIND", None)
