@@ -13,7 +13,6 @@ Prints JSON; the summary is in benchmarks/README.md ("allocator.py").
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -24,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 ALLOCATORS = {"glibc": {"MIXMERGE_MALLOC": "system"}, "tcmalloc": {}}
 
@@ -45,14 +44,10 @@ def train_once(label: str, home: Path, steps: int, i: int) -> dict:
 
 
 def serve_once(label: str) -> dict:
-    from runtime.bench.launch import ServerProcess
-    from runtime.bench.load import run_load, workload
+    from serving import with_single  # benchmarks/serving.py: one warm-up / c=1 / c=8 loop for every server
 
-    with ServerProcess(["--deployment", "qwen-base"], env=ALLOCATORS[label]) as server:
-        asyncio.run(run_load(server.url, workload(8, 16, offset=200), 8))  # warm-up
-        c1 = asyncio.run(run_load(server.url, workload(6, 32, offset=150), 1))
-        c8 = asyncio.run(run_load(server.url, workload(32, 32, offset=100), 8))
-    return {"c1_out_tok_s": round(c1["output_throughput"], 1), "c8_out_tok_s": round(c8["output_throughput"], 1)}
+    r = with_single(["--deployment", "qwen-base"], 32, 32, 8, 6, env=ALLOCATORS[label])
+    return {"c1_out_tok_s": round(r["c1"]["output_throughput"], 1), "c8_out_tok_s": round(r["output_throughput"], 1)}
 
 
 def main() -> None:
