@@ -21,6 +21,8 @@ class DataSettings(Frozen):
     max_length: int = Field(256, gt=16)  # tokens per example; longer responses are cut, longer prompts dropped
     max_val_items: int = Field(64, gt=0)  # validation items per task (the val loss curve)
     packing: bool = False  # pack several short examples into one row of max_length tokens
+    # tasks whose train and val targets are the base model's own rewrites of the references (SDFT: training/distill.py)
+    self_distill: list[TaskName] = Field(default_factory=list)
 
 
 class MixingSettings(Frozen):
@@ -93,6 +95,8 @@ class TrainConfig(Frozen):
             raise ValueError("an expert trains on exactly one task; use kind: mixed for several")
         if self.mixing.strategy == "weighted" and set(self.mixing.weights) != set(self.tasks):
             raise ValueError(f"mixing.weights needs a share for each of: {', '.join(self.tasks)}")
+        if stray := sorted(set(self.data.self_distill) - set(self.tasks)):
+            raise ValueError(f"data.self_distill names {', '.join(stray)}, not among tasks: {', '.join(self.tasks)}")
         return self
 
 

@@ -12,10 +12,11 @@ import logging
 import math
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import BaseModel
@@ -35,6 +36,7 @@ from training.mixing import mix
 __all__ = ["TrainingRecord", "train"]
 log = logging.getLogger(__name__)
 Step = Callable[[str], None]
+Rewrite = Callable[[list], dict[str, str]]  # task items -> {item id: target}: training/distill.py's Distiller
 
 
 class TrainingRecord(BaseModel):
@@ -56,10 +58,12 @@ class TrainingRecord(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------------ setup
-def build_rows(config: TrainConfig, tokenizer, tasks: TasksConfig) -> tuple[list[Row], list[Row], dict]:
+def build_rows(config: TrainConfig, tokenizer, tasks: TasksConfig, rewrite: Rewrite | None = None,
+               ) -> tuple[list[Row], list[Row], dict]:
     """Training rows from the data mix, validation rows from each task's val split, and what was realised: per
     task the rows, tokens, and every item dropped (prompt too long; replaced by the next draw), cut (response
-    past max_length) or cropped (tasks.views), so that nothing leaves the budget unrecorded."""
+    past max_length) or cropped (tasks.views), so that nothing leaves the budget unrecorded. The tasks of
+    ``data.self_distill`` train on ``rewrite``'s targets for the items they use (training/distill.py)."""
     train_items = {t: load_items(t, "train") for t in config.tasks}
     max_steps = int(config.training.get("max_steps", -1))
     batch = items_per_step(config)
@@ -67,16 +71,30 @@ def build_rows(config: TrainConfig, tokenizer, tasks: TasksConfig) -> tuple[list
     mixture = mix({t: len(v) for t, v in train_items.items()}, config.mixing.strategy, total, config.seed,
                   dict(config.mixing.weights), config.mixing.temperature)
     build = partial(_row, tokenizer, tasks, config.data.max_length)
+    distilled: dict[str, dict[str, int]] = {}
+
+    def rows_of(task: str, split: str, items, draws: Callable[[], Iterator[int]], count: int):
+        targets: dict[str, str] = {}
+        if task in config.data.self_distill:
+            if rewrite is None:
+                raise ConfigError(config.name, ["data.self_distill needs the base model's rewrites (runtime train)"])
+            used: list = []  # which items the rows use depends on prompt lengths only: a dry pass finds them
+            task_rows(items, draws(), count, partial(_probe, build, used))
+            targets = rewrite(used)
+            distilled[f"{task}/{split}"] = {"rewritten": len(targets), "kept_reference": len(used) - len(targets)}
+        return task_rows(items, draws(), count, partial(build, targets=targets))
+
     rows: list[Row] = []
     train_record, val_record = {}, {}
     for task, count in mixture.counts.items():
-        task_rows_, train_record[task] = task_rows(train_items[task], mixture.draws(task), count, build)
+        task_rows_, train_record[task] = rows_of(task, "train", train_items[task], partial(mixture.draws, task), count)
         rows.extend(task_rows_)
     random.Random(config.seed).shuffle(rows)  # the sampler shuffles too; packing below sees tasks interleaved
     val: list[Row] = []
     for task in config.tasks:  # the first max_val_items usable val items: a fixed sample, none lost
         items = load_items(task, "val")
-        task_val, val_record[task] = task_rows(items, iter(range(len(items))), config.data.max_val_items, build)
+        task_val, val_record[task] = rows_of(task, "val", items, partial(iter, range(len(items))),
+                                             config.data.max_val_items)
         val.extend(task_val)
     epochs = float(config.training.get("num_train_epochs", 3.0))  # TrainingArguments' default
     steps = max_steps if max_steps > 0 else math.ceil(len(rows) / batch * epochs)
@@ -90,11 +108,23 @@ def build_rows(config: TrainConfig, tokenizer, tasks: TasksConfig) -> tuple[list
                 "response_tokens": sum(sum(1 for x in r.labels if x != IGNORE) for r in rows),
                 "budget": budget(train_record, steps, batch),
                 "val": {t: asdict(r) for t, r in val_record.items()}}
+    if distilled:
+        realised["self_distilled"] = distilled  # per task/split: targets rewritten, and references kept
     return rows, val, realised
 
 
-def _row(tokenizer, tasks: TasksConfig, max_length: int, item, stats: BuildStats) -> Row | None:
-    return build_row(tokenizer, messages_for(tasks, item.task, item), item.reference, max_length, stats)
+def _row(tokenizer, tasks: TasksConfig, max_length: int, item, stats: BuildStats,
+         targets: Mapping[str, str] = MappingProxyType({})) -> Row | None:
+    return build_row(tokenizer, messages_for(tasks, item.task, item), targets.get(item.id, item.reference),
+                     max_length, stats)
+
+
+def _probe(build: Callable[..., Row | None], used: list, item, stats: BuildStats) -> Row | None:
+    """``build``, noting each item it made a row of."""
+    row = build(item, stats)
+    if row is not None:
+        used.append(item)
+    return row
 
 
 class RowDataset:
@@ -189,7 +219,15 @@ def fit(config: TrainConfig, base: ModelEntry, build: Build, work: Path, step: S
     tasks = load_config(configs_dir() / "tasks.yaml", TasksConfig)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     step("building training rows")
-    rows, val, realised = build_rows(config, tokenizer, tasks)
+    rewrite = None
+    if config.data.self_distill:
+        from training.distill import Distiller
+
+        rewrite = Distiller(base, tasks, build.store.home, load_card()["content_hash"], step)
+    rows, val, realised = build_rows(config, tokenizer, tasks, rewrite)
+    if rewrite is not None:
+        rewrite.close()  # its model, before training loads its own
+        rewrite.save(build.tmp / "self_distilled.jsonl")
     bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_supported())
     # val rows by length, so a batch of 8 is padded little (Qwen's generation val: 53.7 s an evaluation of 16 rows
     # against 56.0 unsorted; ~40% of it is the vocabulary head and the float32 loss over the response positions)

@@ -6,15 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
-from transformers import TrainerCallback
+from transformers import AutoTokenizer, TrainerCallback
 
-from runtime.config import configs_dir, load_config
+from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.engines.base import SamplingParams
 from runtime.engines.hf import HFRunner
 from runtime.errors import ConfigError
 from runtime.models import ModelStore
+from runtime.tasks import load_items
 from training.config import TrainConfig
-from training.sft import train
+from training.examples import IGNORE
+from training.sft import build_rows, train
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +205,48 @@ def test_the_last_steps_val_loss_is_evaluated_once(home, tmp_path, eval_steps, e
     last_step, last_loss = manifest["loss_curve"]["val"][-1]
     if last_step == 8:
         assert manifest["val_loss_after"] == last_loss
+
+
+# ------------------------------------------------------------------ self-distilled targets (training/distill.py)
+def test_rows_of_a_distilled_task_train_on_the_rewrites_of_exactly_the_items_they_use(home, tmp_path, tiny_model_dir):
+    config = _config(tmp_path, kind="mixed", tasks=["completion", "summarization"], mixing={"strategy": "balanced"},
+                     max_steps=2, data={"max_length": 768, "max_val_items": 3, "self_distill": ["completion"]})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    asked: list[list] = []
+
+    def rewrite(items):
+        asked.append(items)
+        return {it.id: f"TARGET {it.id}" for it in items[1:]}  # the first keeps its reference
+
+    rows, val, realised = build_rows(config, tokenizer, load_config(configs_dir() / "tasks.yaml", TasksConfig), rewrite)
+    assert [len(a) for a in asked] == [4, 3] and all(it.task == "completion" for a in asked for it in a)
+    assert realised["self_distilled"] == {"completion/train": {"rewritten": 3, "kept_reference": 1},
+                                          "completion/val": {"rewritten": 2, "kept_reference": 1}}
+    answers = [tokenizer.decode([t for t in r.labels if t != IGNORE]).removesuffix("<|im_end|>\n") for r in rows + val]
+    got = sorted(a for a in answers if "TARGET" in a)
+    want = sorted(f"TARGET {it.id}" for a in asked for it in a[1:])
+    assert len(got) == len(want) and all(w.startswith(g) for g, w in zip(got, want, strict=True))  # (cut to fit)
+    val_ids = [it.id for it in load_items("completion", "val")[:3]]
+    assert [it.id for it in asked[1]] == val_ids  # val: the first usable items, as without distillation
+
+
+def test_a_config_distilling_a_task_it_does_not_train_is_refused(tmp_path):
+    with pytest.raises(Exception, match="data.self_distill names review, not among tasks: completion"):
+        _config(tmp_path, data={"max_length": 768, "self_distill": ["review"]})
+
+
+def test_training_with_self_distill_keeps_every_rewrite_with_the_artifact_and_reuses_the_cache(home, tmp_path):
+    steps: list[str] = []
+    entry = train_(_config(tmp_path, name="tiny-sdft", max_steps=2, eval_steps=2,
+                           data={"max_length": 768, "max_val_items": 4, "self_distill": ["completion"]}),
+                   step=steps.append)
+    realised = _manifest(entry)["mixture"]["self_distilled"]
+    assert sum(realised["completion/train"].values()) == 8 and sum(realised["completion/val"].values()) == 4
+    kept = [json.loads(line) for line in (entry.path / "self_distilled.jsonl").read_text().splitlines()]
+    assert len(kept) == 12 and {row["task"] for row in kept} == {"completion"}
+    assert any(s.startswith("self-distilling 8 completion targets") for s in steps)
+    steps.clear()
+    train_(_config(tmp_path, name="tiny-sdft-again", max_steps=2, eval_steps=2,
+                   data={"max_length": 768, "max_val_items": 4, "self_distill": ["completion"]}),
+           step=steps.append)
+    assert not any("self-distilling" in s for s in steps)  # the same items: every rewrite from the cache

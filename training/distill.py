@@ -1,0 +1,167 @@
+"""Self-distilled targets (``data.self_distill``): the base model rewrites each reference answer in its own words,
+and the task trains on the rewrite instead of the reference.
+
+This is SDFT (Yang et al., ACL 2024, "Self-Distillation Bridges Distribution Gap in Language Model Fine-Tuning"):
+fine-tuning an instruct model on answers far from its own distribution costs it abilities it had, and training on
+its own rendering of the same answers keeps them. Why here: Qwen2.5-Coder-0.5B-Instruct passes 58.5% of HumanEval
+untuned, and every generation expert trained on the standard library's bare function bodies fell to 27-36%,
+whatever the bodies' format, learning rate or selection: each one learned to answer with a short body where the
+base writes the whole function (median 158 against 24-30 tokens;
+benchmarks/results/2026-11-26-qwen2.5-coder-0.5b-cpu/experiments/README.md).
+
+A rewrite is generated once per (base model, its dtype, task data, task prompt, rewrite prompt, item) and cached as
+JSON lines under ``$MIXMERGE_HOME/distilled/BASE/KEY/TASK.jsonl`` (``key.json`` beside it says what KEY stands
+for), so the expert, the mix that trains on the same rows and a resumed run share it. A
+rewrite the task could not score (for generation: no function body that parses) keeps the reference, and the
+manifest counts both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from runtime.config import TasksConfig
+from runtime.engines.base import SamplingParams
+from runtime.models import ModelEntry
+from runtime.tasks.builders import TaskItem
+from runtime.tasks.prompts import messages_for, task_config
+from runtime.tasks.scoring import code_form, function_body
+
+__all__ = ["PROMPT_VERSION", "Distiller", "rewrite_messages", "usable"]
+log = logging.getLogger(__name__)
+
+PROMPT_VERSION = 1  # bump when REWRITE or usable() changes: the cache is keyed by it
+REWRITE = ("{request}\n\nA correct answer, for reference:\n\n{reference}\n\n"
+           "Using the reference answer as a guide, write your own answer to the request above.")
+BATCH = 16
+
+
+def rewrite_messages(tasks: TasksConfig, item: TaskItem) -> list[dict[str, str]]:
+    """The task's own messages, its request followed by the reference and the ask to answer in the model's words
+    (SDFT's template, in the task's chat form)."""
+    *head, request = messages_for(tasks, item.task, item)
+    return [*head, {"role": "user", "content": REWRITE.format(request=request["content"], reference=item.reference)}]
+
+
+def usable(item: TaskItem, answer: str, finish_reason: str = "stop") -> bool:
+    """Whether a rewrite may stand in for the reference: a whole answer (not cut at the task's cap), not empty,
+    and for generation a function body that parses (how the task scores it)."""
+    if finish_reason == "length" or not answer.strip():
+        return False
+    if item.task == "generation":
+        body = function_body(answer, str(item.meta.get("entry_point", "")), item.input)
+        return code_form(answer, item.input, body) == "ok"
+    return True
+
+
+class Distiller:
+    """Rewrites of task items by ``base``, greedy in the dtype the engines serve, cached in ``folder``."""
+
+    def __init__(self, base: ModelEntry, tasks: TasksConfig, home: Path, data_hash: str,
+                 step: Callable[[str], None] = log.info, runner_factory: Callable[[], object] | None = None) -> None:
+        from runtime.hardware import resolve_device, resolve_dtype
+
+        self.base = base
+        self.tasks = tasks
+        self.home = home
+        self.data_hash = data_hash
+        self.dtype = resolve_dtype("auto", resolve_device("auto"))  # HFRunner's, below
+        self.step = step
+        self._runner_factory = runner_factory or self._hf_runner
+        self._runner = None  # loaded at the first rewrite not in the cache
+        self.given: list[dict] = []
+
+    def _hf_runner(self):
+        from runtime.engines.hf import HFRunner
+
+        return HFRunner(self.base.path, dtype="auto", max_batch_size=BATCH)
+
+    def __call__(self, items: list[TaskItem]) -> dict[str, str]:
+        """Item id -> its target: the usable rewrites of ``items`` (generated where not cached); the others keep
+        their references (not in the result)."""
+        out: dict[str, str] = {}
+        by_task: dict[str, list[TaskItem]] = {}
+        for item in items:
+            by_task.setdefault(item.task, []).append(item)
+        for task, group in by_task.items():
+            answers = self._answers(task, group)
+            for it in group:
+                answer, finish = answers[it.id]
+                keep = usable(it, answer, finish)
+                self.given.append({"id": it.id, "task": task, "usable": keep, "finish_reason": finish,
+                                   "answer": answer})
+                if keep:
+                    out[it.id] = answer
+        return out
+
+    def save(self, path: Path) -> None:
+        """Every rewrite handed out, usable or not, as JSON lines (kept with the trained artifact)."""
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in self.given))
+
+    def close(self) -> None:
+        """Free the model (training loads its own)."""
+        self._runner = None
+
+    def folder(self, task: str) -> Path:
+        """Where ``task``'s rewrites are cached: one folder per everything that changes them."""
+        key = {"base": self.base.name, "dtype": self.dtype, "data": self.data_hash, "version": PROMPT_VERSION,
+               "task_prompt": task_config(self.tasks, task).model_dump(mode="json")}
+        folder = self.home / "distilled" / self.base.name / hashlib.sha256(
+            json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        if not (folder / "key.json").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "key.json").write_text(json.dumps(key, indent=2) + "\n")
+        return folder
+
+    def _answers(self, task: str, items: list[TaskItem]) -> dict[str, tuple[str, str]]:
+        path = self.folder(task) / f"{task}.jsonl"
+        cached = _read(path)
+        missing = [it for it in items if it.id not in cached]
+        if missing:
+            self._generate(task, missing, path, cached)
+        return {it.id: cached[it.id] for it in items}
+
+    def _generate(self, task: str, items: list[TaskItem], path: Path, cached: dict[str, tuple[str, str]]) -> None:
+        self.step(f"self-distilling {len(items)} {task} targets with {self.base.name} (cached in {path.parent})")
+        if self._runner is None:
+            self._runner = self._runner_factory()
+        runner = self._runner
+        cap = task_config(self.tasks, task).max_new_tokens
+        params = SamplingParams(max_new_tokens=cap)
+        prompts = [runner.render(rewrite_messages(self.tasks, it)) for it in items]
+        order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # batches of similar lengths
+        if path.is_file() and not path.read_bytes().endswith(b"\n"):
+            with path.open("a") as f:  # end a line an interrupted run cut short: it is skipped, not joined
+                f.write("\n")
+        start, done = time.monotonic(), 0
+        for at in range(0, len(order), BATCH):
+            chunk = order[at:at + BATCH]
+            generations = runner.generate_batch([prompts[i] for i in chunk], params)
+            with path.open("a") as f:  # a batch at a time: an interrupted run keeps what it finished
+                for i, gen in zip(chunk, generations, strict=True):
+                    cached[items[i].id] = (gen.text, gen.finish_reason)
+                    f.write(json.dumps({"id": items[i].id, "answer": gen.text,
+                                        "finish_reason": gen.finish_reason}) + "\n")
+            done += len(chunk)
+            spent = time.monotonic() - start
+            self.step(f"  {done}/{len(items)} {task} targets, {spent:.0f} s"
+                      + (f", ~{spent / done * (len(items) - done):.0f} s left" if done < len(items) else ""))
+
+
+def _read(path: Path) -> dict[str, tuple[str, str]]:
+    """The cached (answer, finish reason) per item; a line cut short by an interrupted write is skipped (its item
+    is generated again)."""
+    cached: dict[str, tuple[str, str]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            cached[row["id"]] = (row["answer"], row["finish_reason"])
+    return cached
