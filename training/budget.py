@@ -73,7 +73,8 @@ def budget(per_task: dict[str, TaskRows], steps: int, batch: int) -> dict:
 
 def matched_mix_problems(mixed: TrainConfig, experts: list[TrainConfig], sizes: dict[str, int]) -> list[str]:
     """Why ``mixed`` is not compute matched to ``experts`` (empty when it is): the union of their rows, the sum
-    of their steps, and the same batch, sequence length, learning rate, adapter, precision and seed.
+    of their steps, and the same batch, sequence length, learning rate, adapter, precision, seed and targets
+    (``data.self_distill``).
     ``sizes``: train items per task."""
     problems = []
     if sorted(mixed.tasks) != sorted(t for e in experts for t in e.tasks):
@@ -86,6 +87,10 @@ def matched_mix_problems(mixed: TrainConfig, experts: list[TrainConfig], sizes: 
     for what, get in same.items():
         if any(get(e) != get(mixed) for e in experts):
             problems.append(f"{what} differs: mix {get(mixed)!r}, experts {[get(e) for e in experts]!r}")
+    for e in experts:  # the same targets: a task is self-distilled in the mix exactly where its expert is
+        if set(e.data.self_distill) != set(mixed.data.self_distill) & set(e.tasks):
+            problems.append(f"data.self_distill differs on {e.tasks[0]}: mix {sorted(mixed.data.self_distill)}, "
+                            f"expert {sorted(e.data.self_distill)}")
     steps = sum(int(e.training.get("max_steps", -1)) for e in experts)
     if int(mixed.training.get("max_steps", -1)) != steps:
         problems.append(f"mix max_steps {mixed.training.get('max_steps')} != the experts' {steps} together")

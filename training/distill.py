@@ -23,21 +23,27 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from runtime.config import TasksConfig
-from runtime.engines.base import SamplingParams
+from runtime.evaluate import sampling_for
 from runtime.models import ModelEntry
 from runtime.tasks.builders import TaskItem
 from runtime.tasks.prompts import messages_for, task_config
-from runtime.tasks.scoring import code_form, function_body
+from runtime.tasks.scoring import code_form, first_line, function_body, parse_review, summary_line, text_form
 
 __all__ = ["PROMPT_VERSION", "Distiller", "rewrite_messages", "usable"]
 log = logging.getLogger(__name__)
 
-PROMPT_VERSION = 1  # bump when REWRITE or usable() changes: the cache is keyed by it
-REWRITE = ("{request}\n\nA correct answer, for reference:\n\n{reference}\n\n"
+PROMPT_VERSION = 1  # bump when the rewriting changes in a way the cache key below cannot see
+# SDFT's template ("Below are an instruction that describes a task along with a reference answer. Using the
+# reference answer as a guide, write your own response.") in the task's chat form: its system message and request
+REWRITE = ("{request}\n\nA reference answer:\n\n{reference}\n\n"
            "Using the reference answer as a guide, write your own answer to the request above.")
+# a rewrite that talks about the reference or the ask is not an answer to the task (SDFT's own filter:
+# sail-sg/sdft, eval/gen_distilled_data.py)
+LEAKS = ("reference answer", "your own answer", "your own response", "own words")
 BATCH = 16
 
 
@@ -49,14 +55,23 @@ def rewrite_messages(tasks: TasksConfig, item: TaskItem) -> list[dict[str, str]]
 
 
 def usable(item: TaskItem, answer: str, finish_reason: str = "stop") -> bool:
-    """Whether a rewrite may stand in for the reference: a whole answer (not cut at the task's cap), not empty,
-    and for generation a function body that parses (how the task scores it)."""
-    if finish_reason == "length" or not answer.strip():
+    """Whether a rewrite may stand in for the reference: a whole answer (not cut at the task's cap) that does not
+    talk about the reference, read by the task's scorer as an answer of the right form: for generation a
+    function body that parses, for review the item's own verdict (its line and kind, or "no issues"), for
+    summarization and completion a line of the right kind."""
+    if finish_reason == "length" or not answer.strip() or any(leak in answer.lower() for leak in LEAKS):
         return False
     if item.task == "generation":
         body = function_body(answer, str(item.meta.get("entry_point", "")), item.input)
         return code_form(answer, item.input, body) == "ok"
-    return True
+    if item.task == "review":
+        review = parse_review(answer)
+        if item.meta.get("clean"):
+            return review.clean
+        return review.line == item.meta.get("line") and review.kind == item.meta.get("kind")
+    if item.task == "summarization":
+        return text_form(answer, summary_line(answer), code_is_off=True) == "ok"
+    return text_form(answer, first_line(answer)) == "ok"
 
 
 class Distiller:
@@ -85,10 +100,11 @@ class Distiller:
         """Item id -> its target: the usable rewrites of ``items`` (generated where not cached); the others keep
         their references (not in the result)."""
         out: dict[str, str] = {}
-        by_task: dict[str, list[TaskItem]] = {}
-        for item in items:
-            by_task.setdefault(item.task, []).append(item)
-        for task, group in by_task.items():
+        by_task: dict[str, dict[str, TaskItem]] = {}
+        for item in items:  # an item drawn twice (a mix larger than its task) is rewritten once
+            by_task.setdefault(item.task, {})[item.id] = item
+        for task, unique in by_task.items():
+            group = list(unique.values())
             answers = self._answers(task, group)
             for it in group:
                 answer, finish = answers[it.id]
@@ -109,14 +125,22 @@ class Distiller:
 
     def folder(self, task: str) -> Path:
         """Where ``task``'s rewrites are cached: one folder per everything that changes them."""
-        key = {"base": self.base.name, "dtype": self.dtype, "data": self.data_hash, "version": PROMPT_VERSION,
-               "task_prompt": task_config(self.tasks, task).model_dump(mode="json")}
-        folder = self.home / "distilled" / self.base.name / hashlib.sha256(
-            json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        folder = self.home / "distilled" / self.base.name / self.key_hash(task)
         if not (folder / "key.json").is_file():
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "key.json").write_text(json.dumps(key, indent=2) + "\n")
+            tmp = folder / "key.json.tmp"
+            tmp.write_text(json.dumps(self.key(task), indent=2) + "\n")
+            tmp.replace(folder / "key.json")
         return folder
+
+    def key(self, task: str) -> dict:
+        """Everything that changes a rewrite (what ``usable`` keeps is decided on reading: not in it)."""
+        return {"base": self.base.name, "base_source": self.base.source, "dtype": self.dtype, "data": self.data_hash,
+                "version": PROMPT_VERSION, "rewrite": REWRITE, "task_prompt": task_config(self.tasks, task).model_dump(
+                    mode="json"), "sampling": asdict(sampling_for(self.tasks, task)), "batch": BATCH}
+
+    def key_hash(self, task: str) -> str:
+        return hashlib.sha256(json.dumps(self.key(task), sort_keys=True).encode()).hexdigest()[:16]
 
     def _answers(self, task: str, items: list[TaskItem]) -> dict[str, tuple[str, str]]:
         path = self.folder(task) / f"{task}.jsonl"
@@ -131,8 +155,7 @@ class Distiller:
         if self._runner is None:
             self._runner = self._runner_factory()
         runner = self._runner
-        cap = task_config(self.tasks, task).max_new_tokens
-        params = SamplingParams(max_new_tokens=cap)
+        params = sampling_for(self.tasks, task)  # as the task is answered: its cap and stop strings, greedy
         prompts = [runner.render(rewrite_messages(self.tasks, it)) for it in items]
         order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # batches of similar lengths
         if path.is_file() and not path.read_bytes().endswith(b"\n"):

@@ -81,7 +81,9 @@ def build_rows(config: TrainConfig, tokenizer, tasks: TasksConfig, rewrite: Rewr
             used: list = []  # which items the rows use depends on prompt lengths only: a dry pass finds them
             task_rows(items, draws(), count, partial(_probe, build, used))
             targets = rewrite(used)
-            distilled[f"{task}/{split}"] = {"rewritten": len(targets), "kept_reference": len(used) - len(targets)}
+            rewritten = sum(it.id in targets for it in used)  # per row (an item may be drawn twice)
+            distilled[f"{task}/{split}"] = {"rewritten": rewritten, "kept_reference": len(used) - rewritten} | (
+                {"cache": rewrite.key_hash(task)} if hasattr(rewrite, "key_hash") else {})
         return task_rows(items, draws(), count, partial(build, targets=targets))
 
     rows: list[Row] = []

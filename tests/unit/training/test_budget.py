@@ -52,6 +52,16 @@ def test_a_mismatched_mix_is_named():
     assert "mix rows per task {'completion': 40" in "\n".join(matched_mix_problems(half, experts, SIZES))
 
 
+def test_a_mix_that_self_distills_where_its_expert_does_not_is_named():
+    experts = [_qwen(t) for t in QWEN]
+    distilled = _qwen("mix").data.model_copy(update={"self_distill": ["generation"]})
+    mixed = _qwen("mix").model_copy(update={"data": distilled})
+    assert matched_mix_problems(mixed, experts, SIZES) == [
+        "data.self_distill differs on generation: mix ['generation'], expert []"]
+    expert = experts[0].model_copy(update={"data": experts[0].data.model_copy(update={"self_distill": ["generation"]})})
+    assert matched_mix_problems(mixed, [expert, *experts[1:]], SIZES) == []
+
+
 @pytest.mark.parametrize("task", [*QWEN, "mix"])
 def test_second_seed_configs_differ_only_in_name_and_seed(task):
     first, second = _qwen(task), _qwen(task, "-s1")

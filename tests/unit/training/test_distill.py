@@ -67,11 +67,38 @@ def test_a_rewrite_cut_at_the_tasks_cap_keeps_the_reference():
     assert usable(_item("completion"), "y = 1") and not usable(_item("completion"), "y = 1", "length")
 
 
+def test_a_rewrite_that_talks_about_the_reference_keeps_it():
+    answer = "Here is my own answer, based on the reference answer:\n```python\n    return a + b\n```"
+    assert not usable(_item(), answer)
+
+
+def _review(clean: bool) -> TaskItem:
+    meta = {"clean": True} if clean else {"clean": False, "line": 3, "kind": "comparison"}
+    return TaskItem(id="r", task="review", split="train", module="m", input="1 | def f(x):", reference="", meta=meta)
+
+
+@pytest.mark.parametrize(("clean", "answer", "ok"), [
+    (False, "line: 3\nkind: comparison\nfix: if x < 1:", True),
+    (False, "line: 4\nkind: comparison\nfix: if x < 1:", False),  # another line: a wrong label
+    (False, "line: 3\nkind: negation\nfix: if x < 1:", False),
+    (False, "no issues", False),
+    (True, "no issues", True),
+    (True, "line: 3\nkind: comparison\nfix: x", False),
+])
+def test_a_review_rewrite_stands_in_only_with_the_items_own_verdict(clean, answer, ok):
+    assert usable(_review(clean), answer) is ok
+
+
+def test_a_summary_rewrite_must_be_a_sentence_not_code():
+    item = _item("summarization")
+    assert usable(item, "Add two numbers.") and not usable(item, "return a + b")
+
+
 def test_rewrites_are_generated_once_and_an_interrupted_line_is_generated_again(tmp_path):
     runner = FakeRunner()
     items = [TaskItem(id=f"c{i}", task="completion", split="train", module="m", input=f"x = {i}\n",
                       reference=f"y = {i}") for i in range(20)]
-    first = _distiller(tmp_path, runner)(items[:18])
+    first = _distiller(tmp_path, runner)(items[:18] + items[:2])  # an item drawn twice is rewritten once
     assert len(runner.generated) == 18 and set(first) == {f"c{i}" for i in range(18)}
     cache = next((tmp_path / "home" / "distilled" / "b").glob("*/completion.jsonl"))
     assert json.loads((cache.parent / "key.json").read_text())["data"] == "datahash"

@@ -241,7 +241,9 @@ def test_training_with_self_distill_keeps_every_rewrite_with_the_artifact_and_re
                            data={"max_length": 768, "max_val_items": 4, "self_distill": ["completion"]}),
                    step=steps.append)
     realised = _manifest(entry)["mixture"]["self_distilled"]
-    assert sum(realised["completion/train"].values()) == 8 and sum(realised["completion/val"].values()) == 4
+    for split, rows in (("train", 8), ("val", 4)):
+        counts = realised[f"completion/{split}"]
+        assert counts["rewritten"] + counts["kept_reference"] == rows and len(counts["cache"]) == 16
     kept = [json.loads(line) for line in (entry.path / "self_distilled.jsonl").read_text().splitlines()]
     assert len(kept) == 12 and {row["task"] for row in kept} == {"completion"}
     assert any(s.startswith("self-distilling 8 completion targets") for s in steps)
