@@ -18,7 +18,7 @@ from pathlib import Path
 
 from runtime.bench.charts import plot
 from runtime.bench.compare import BASE
-from runtime.bench.results import SCHEMA_VERSION, UNDER_LOAD_SHARE, Report, top_level
+from runtime.bench.results import SCHEMA_VERSION, UNDER_LOAD_SHARE, MachineLoad, Report, top_level
 from runtime.bench.sections import (
     phase_section,
     retention,
@@ -193,7 +193,7 @@ def latency_table(results: list[dict]) -> list[str]:
 
 
 def under_load(machine: dict | None) -> bool:
-    return bool(machine) and machine["other_cpu_share"] > UNDER_LOAD_SHARE
+    return bool(machine) and MachineLoad.model_validate(machine).under_load
 
 
 def machine_cell(machine: dict | None) -> str:

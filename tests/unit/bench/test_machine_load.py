@@ -131,6 +131,8 @@ def test_a_level_measured_while_others_used_the_cores_is_flagged_in_the_report()
     assert "**Measured under load**" in section and "2 of 5 timed parts" in section
     assert "- base on hf, load 8: other processes used 43% of the cores over 12 s" in section
     assert "- base on hf, agent: other processes used 30%" in section and "merged on hf" not in section
+    blip = phase("hybrid", {"1": 0.0}) | {"accuracy_machine_load": machine(0.12) | {"wall_s": 0.3}}
+    assert "hybrid" not in "\n".join(machine_load_section([*results, blip]))  # a 0.3 s part is a few ticks: not judged
     report = {"results": results, "n_per_task": {}, "headline_metrics": {}}
     rows = summary_table(report, [], "8")
     assert "21.0 ⚠" in rows[2] and "21.0 ⚠" not in rows[3]
