@@ -11,9 +11,9 @@ benchmarks/results/2026-11-26-qwen2.5-coder-0.5b-cpu/experiments/README.md).
 
 A rewrite is generated once per (base model, its dtype, task data, task prompt, rewrite prompt, item) and cached as
 JSON lines under ``$MIXMERGE_HOME/distilled/BASE/KEY/TASK.jsonl`` (``key.json`` beside it says what KEY stands
-for), so the expert, the mix that trains on the same rows and a resumed run share it. A
-rewrite the task could not score (for generation: no function body that parses) keeps the reference, and the
-manifest counts both.
+for), so the expert, the mix that trains on the same rows and a resumed run share it. A rewrite ``usable`` turns
+down (cut short, talking about the reference, or not a right-form answer) keeps the reference; the manifest counts
+both.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def usable(item: TaskItem, answer: str, finish_reason: str = "stop") -> bool:
 
 
 class Distiller:
-    """Rewrites of task items by ``base``, greedy in the dtype the engines serve, cached in ``folder``."""
+    """Rewrites of task items by ``base``, greedy in the dtype the engines serve, cached per task (``folder``)."""
 
     def __init__(self, base: ModelEntry, tasks: TasksConfig, home: Path, data_hash: str,
                  step: Callable[[str], None] = log.info, runner_factory: Callable[[], object] | None = None) -> None:
