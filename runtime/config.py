@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 import string
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +25,23 @@ TaskName = Literal["generation", "completion", "review", "summarization"]
 TASKS: tuple[str, ...] = ("generation", "completion", "review", "summarization")
 DeploymentOption = Literal["base", "mixed", "merged", "experts", "folded", "merged-adapter", "hybrid"]
 EngineKind = Literal["hf", "vllm", "remote", "fake"]
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1, as PyYAML reads it, but with YAML 1.2's floats: ``1e-4`` is a float, not the string "1e-4" (1.1
+    wants a dot in the mantissa), so a learning rate written the usual way reaches TrainingArguments as a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Every YAML file and override value the runtime reads goes through here (see ``_Loader``)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class Frozen(BaseModel):
@@ -196,7 +214,7 @@ def load_config(
     if not path.is_file():
         raise ConfigError(str(path), ["no such file; check the path (shipped configs are under configs/)"])
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(str(path), [f"not valid YAML: {e}".replace("\n", " ")]) from e
     if not isinstance(data, dict):
@@ -229,7 +247,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
             raise ValueError(f"override '{item}': '{part}' is not a mapping, so it has no field '{parts[-1]}'")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else raw
+        node[parts[-1]] = load_yaml(raw) if raw.strip() else raw
     except yaml.YAMLError as e:
         raise ValueError(f"override '{item}': value is not valid YAML ({e.problem})") from e
 

@@ -42,6 +42,21 @@ def test_overrides_reach_nested_fields_and_are_parsed_as_yaml():
     assert cfg.fallback == []
 
 
+def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path: Path):
+    """YAML 1.1 reads ``1e-4`` as a string, which reached TrainingArguments and failed inside the optimizer."""
+    from training.config import TrainConfig
+
+    path = tmp_path / "train.yaml"
+    path.write_text("name: t\nkind: expert\nbase_model: smollm2-135m\ntasks: [review]\ntraining: {learning_rate: 5e-4}\n")
+    assert load_config(path, TrainConfig).training["learning_rate"] == 5e-4
+    cfg = load_config(path, TrainConfig, overrides=["training.learning_rate=1e-4", "training.weight_decay=1.5E-2"])
+    assert cfg.training["learning_rate"] == 1e-4 and isinstance(cfg.training["learning_rate"], float)
+    assert cfg.training["weight_decay"] == 0.015
+    data: dict = {}
+    apply_override(data, "name=1e")  # not a number: stays a string
+    assert data["name"] == "1e"
+
+
 def test_configs_are_frozen():
     cfg = load_config(configs_dir() / "deployments" / "base.yaml")
     with pytest.raises(ValidationError):
