@@ -74,9 +74,9 @@ def _run_task(runner: HFRunner, tasks: TasksConfig, task: str, items: list[TaskI
     prompts = [runner.render(messages_for(tasks, task, it)) for it in items]
     done = 0
 
-    def step(n: int) -> None:
+    def step(indices: list[int], _generations) -> None:
         nonlocal done
-        done += n
+        done += len(indices)
         if progress:
             progress(task, done, len(items))
 

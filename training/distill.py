@@ -157,23 +157,24 @@ class Distiller:
         runner = self._runner
         params = sampling_for(self.tasks, task)  # as the task is answered: its cap and stop strings, greedy
         prompts = [runner.render(rewrite_messages(self.tasks, it)) for it in items]
-        order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # batches of similar lengths
         if path.is_file() and not path.read_bytes().endswith(b"\n"):
             with path.open("a") as f:  # end a line an interrupted run cut short: it is skipped, not joined
                 f.write("\n")
         start, done = time.monotonic(), 0
-        for at in range(0, len(order), BATCH):
-            chunk = order[at:at + BATCH]
-            generations = runner.generate_batch([prompts[i] for i in chunk], params)
+
+        def keep(indices: list[int], generations) -> None:
+            nonlocal done
             with path.open("a") as f:  # a batch at a time: an interrupted run keeps what it finished
-                for i, gen in zip(chunk, generations, strict=True):
+                for i, gen in zip(indices, generations, strict=True):
                     cached[items[i].id] = (gen.text, gen.finish_reason)
                     f.write(json.dumps({"id": items[i].id, "answer": gen.text,
                                         "finish_reason": gen.finish_reason}) + "\n")
-            done += len(chunk)
+            done += len(indices)
             spent = time.monotonic() - start
             self.step(f"  {done}/{len(items)} {task} targets, {spent:.0f} s"
                       + (f", ~{spent / done * (len(items) - done):.0f} s left" if done < len(items) else ""))
+
+        runner.generate(prompts, params, on_batch=keep)  # batches of BATCH similar lengths (the runner's size)
 
 
 def _read(path: Path) -> dict[str, tuple[str, str]]:

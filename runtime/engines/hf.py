@@ -76,16 +76,19 @@ class HFRunner:
         return "\n\n".join(m["content"] for m in messages if m["role"] != "system")
 
     def generate(self, prompts: Sequence[str], params: SamplingParams,
-                 on_batch: Callable[[int], None] | None = None) -> list[Generation]:
-        """Generate for every prompt, in batches of ``max_batch_size`` sorted by length; results in input order."""
+                 on_batch: Callable[[list[int], list[Generation]], None] | None = None) -> list[Generation]:
+        """Generate for every prompt, in batches of ``max_batch_size`` sorted by length; results in input order.
+        ``on_batch(indices, generations)`` after each batch: which prompts it answered and how (progress bars,
+        caches that keep what an interrupted run finished)."""
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
         for start in range(0, len(order), self.max_batch_size):
             chunk = order[start:start + self.max_batch_size]
-            for i, gen in zip(chunk, self.generate_batch([prompts[i] for i in chunk], params), strict=True):
+            generations = self.generate_batch([prompts[i] for i in chunk], params)
+            for i, gen in zip(chunk, generations, strict=True):
                 results[i] = gen
             if on_batch:
-                on_batch(len(chunk))
+                on_batch(chunk, generations)
         return [r for r in results if r is not None]
 
     def generate_batch(self, prompts: Sequence[str], params: SamplingParams) -> list[Generation]:

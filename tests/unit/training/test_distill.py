@@ -31,11 +31,17 @@ class FakeRunner:
     def render(self, messages: list[dict[str, str]]) -> str:
         return "\n".join(m["content"] for m in messages)
 
-    def generate_batch(self, prompts, params):
+    def generate(self, prompts, params, on_batch=None):
+        """HFRunner.generate's contract: batches of 4 here, each reported to ``on_batch`` as it is done."""
         out = []
-        for prompt in prompts:
-            self.generated.append(prompt)
-            out.append(Generation(f"REWRITE {len(self.generated)}", len(prompt), 3, "stop", []))
+        for at in range(0, len(prompts), 4):
+            batch = []
+            for prompt in prompts[at:at + 4]:
+                self.generated.append(prompt)
+                batch.append(Generation(f"REWRITE {len(self.generated)}", len(prompt), 3, "stop", []))
+            if on_batch:
+                on_batch(list(range(at, at + len(batch))), batch)
+            out += batch
         return out
 
 
