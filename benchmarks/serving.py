@@ -27,14 +27,6 @@ from runtime.bench.load import RequestSpec, run_load, workload
 from runtime.memory import TreeRSSSampler
 
 
-def measure(args: list[str], specs: list[RequestSpec], concurrency: int) -> dict:
-    with ServerProcess(args) as server:
-        asyncio.run(run_load(server.url, specs[:concurrency], concurrency))  # warm-up
-        with TreeRSSSampler(server.process.pid) as rss:
-            result = asyncio.run(run_load(server.url, specs, concurrency))
-        return result | {"peak_rss_mb": rss.peak_mb, "cold_start_s": server.cold_start_s}
-
-
 def overhead(n: int = 300) -> dict:
     from runtime.engines.base import EngineRequest, SamplingParams
     from runtime.engines.fake import FakeEngine
@@ -75,9 +67,8 @@ def overhead(n: int = 300) -> dict:
 
 
 def experts_vs_merged(n: int, concurrency: int, max_tokens: int, merged: str, engine: str = "hf") -> dict:
-    specs = workload(n, max_tokens)
-    experts = measure(["--deployment", "experts", "--engine", engine], specs, concurrency)
-    single = measure(["--model", merged, "--engine", engine], specs, concurrency)
+    experts = with_single(["--deployment", "experts", "--engine", engine], max_tokens, n, concurrency, 0)
+    single = with_single(["--model", merged, "--engine", engine], max_tokens, n, concurrency, 0)
     return {"experts": experts, "merged": single,
             "throughput_ratio_experts_over_merged": experts["output_throughput"] / single["output_throughput"],
             "peak_rss_ratio_experts_over_merged": experts["peak_rss_mb"] / single["peak_rss_mb"]}
