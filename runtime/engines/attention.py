@@ -9,8 +9,10 @@ Here the query heads of a KV head are one small matrix: scores = q_group @ K^T a
 rows and KV heads, reading the cache once, in place.
 
 Numerics are transformers' ``eager`` attention's (matmuls in the model's dtype, mask and softmax in float32):
-identical to ``sdpa`` in float32. Prompts (more than one query token) go to ``sdpa`` unchanged, and the masks are
-``sdpa``'s (``sdpa_mask``), so padding and sliding windows mean what they meant.
+identical to ``sdpa`` in float32; except a packed step's decoding rows on the CPU (``_chunked_rows``), whose
+``probs @ V`` is float32 too, summed in fixed chunks so that a row computes as it would alone. Prompts (more
+than one query token) go to ``sdpa`` unchanged, and the masks are ``sdpa``'s (``sdpa_mask``), so padding and
+sliding windows mean what they meant.
 
 A packed step (``Packed``, passed to the model as the ``mixmerge_step`` keyword): the batch's one pending token per
 row and newcomers' prompt chunks as ONE sequence ``[1, rows + chunk tokens]``, so the decode rows ride in the
@@ -29,10 +31,11 @@ log = logging.getLogger(__name__)
 __all__ = ["NAME", "Packed", "packable", "use_decode_attention"]
 
 NAME = "mixmerge_decode"
-NUMERICS = 5  # bump when the decode math changes (2: scheduler pads single-token steps; 3: on the CPU each row
+NUMERICS = 6  # bump when the decode math changes (2: scheduler pads single-token steps; 3: on the CPU each row
 # attends its own columns only; 4: on the CPU each decoding row's LoRA term is its own product, lora.py; 5: the
 # forward thread runs on every core, threads.py: bf16 GEMMs split over 2 threads round 1 of 80 Qwen answers
-# otherwise): the bench's cached greedy answers of the hf engine key on it
+# otherwise; 6: on the CPU the rows' attention is batched, float32 chunked sums, _chunked_rows): the bench's
+# cached greedy answers of the hf engine key on it
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,
@@ -68,19 +71,51 @@ def _one_token(query, key, value, mask, scaling: float | None):
     return out.reshape(rows, 1, heads, dim)
 
 
-def _own_columns(query, key, value, spans: list[tuple[int, int]], scaling: float | None):
-    """``_one_token`` for each row over its own real columns only (``spans``: row i attends ``[start, end)``), so
-    that nothing about the other rows reaches its arithmetic: ``probs @ V`` reduces over the cache's width, and
-    the bf16 GEMM's blocking over that width, and where the row's tokens fall in it (left padding from longer
-    rows, spare columns), changed a row's attention output (SmolLM2, layer 11: scores and probabilities
-    bit-identical, output not), so a row's greedy answer depended on who else was decoding. One small matmul
-    pair per row instead of one batched: on the CPU only (a GPU's bf16 GEMMs vary with shape anyway, and there
-    each launch costs more than the work)."""
-    import torch
+CHUNK = 64  # columns per partial sum of a decoding row's attention on the CPU (``_chunked_rows``)
 
-    outs = [_one_token(query[i:i + 1], key[i:i + 1, :, start:end], value[i:i + 1, :, start:end], None, scaling)
-            for i, (start, end) in enumerate(spans)]
-    return torch.cat(outs)
+
+def _chunked_rows(query, key, value, spans: list[tuple[int, int]], scaling: float | None):
+    """``_one_token`` for the rows of a left-padded cache, batched, with every sum over a row's columns taken so that
+    nothing about the other rows reaches its arithmetic (``spans``: row i's real columns ``[start, end)``, one
+    ``end`` for all). A row's result depends only on its own tokens: the batch's answers are each row's alone.
+
+    Why not one batched ``_one_token`` under a mask: ``probs @ V`` reduces over the cache's width, and a bf16 or
+    float32 GEMM's blocking over that width, and where the row's tokens fall in it (left padding from longer rows,
+    spare columns), changed a row's output (SmolLM2, layer 11; 2-3% of rows on Qwen's shapes at random widths),
+    so a row's greedy answer depended on who else was decoding. The products each row alone (one small matmul
+    pair per row, what this replaced) cost 26 ms of an 85 ms Qwen2.5-0.5B step at 8 rows x 250 columns; this
+    costs 11.
+
+    How: the window of ``n * CHUNK`` columns ending at ``end`` (the batch keeps ``CHUNK - 1`` masked columns left of
+    its longest row: ``Batch.ROOM``), so chunk k is the same ``CHUNK`` columns counted back from the row's newest
+    token however wide the batch. Scores are one dot product over the head dim each (no reduction over the width);
+    the softmax's sum and ``probs @ V`` are a partial per chunk (fixed shapes: the same kernel and the same order
+    whatever the batch), added chunk after chunk in float32 (``cumsum``: a sequential sum, so a shorter row's
+    leading chunks of exact zeros leave its sum as it is alone). Numerics: float32 from the scores on (eager
+    attention rounds the probabilities to the model's dtype before ``probs @ V``); bit-identical for a row alone
+    and in any batch (tests/unit/serving/test_packed_steps.py)."""
+    import torch
+    from torch.nn.functional import pad
+
+    rows, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    end = spans[0][1]
+    lengths = torch.tensor([stop - begin for begin, stop in spans], device=key.device)
+    n = -(-int(lengths.max()) // CHUNK)
+    width = n * CHUNK
+    keys, values = key[:, :, max(end - width, 0):end], value[:, :, max(end - width, 0):end]
+    if end < width:  # a cache without the room (a caller's own): its missing columns as masked zeros
+        keys, values = pad(keys, (0, 0, width - end, 0)), pad(values, (0, 0, width - end, 0))
+    grouped = query.reshape(rows, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * (dim ** -0.5 if scaling is None else scaling)
+    real = torch.arange(width, device=key.device)[None, :] >= (width - lengths)[:, None]  # [rows, width]
+    scores = scores.masked_fill(~real[:, None, None, :], float("-inf"))
+    weights = (scores - scores.amax(dim=-1, keepdim=True)).exp().view(rows, kv_heads, -1, n, CHUNK)
+    total = weights.sum(dim=-1).cumsum(dim=-1)[..., -1:, None]  # [rows, kv_heads, group, 1, 1]
+    probs = (weights / total).transpose(2, 3)  # [rows, kv_heads, n, group, CHUNK]
+    parts = torch.matmul(probs, values.float().reshape(rows, kv_heads, n, CHUNK, dim))  # [rows, kv_heads, n, group, d]
+    out = parts.cumsum(dim=2)[:, :, -1]
+    return out.to(value.dtype).reshape(rows, 1, heads, dim)
 
 
 @dataclass
@@ -95,7 +130,7 @@ class Packed:
     mask: object | None = None
     chunks: list[tuple[object, int]] = field(default_factory=list)
     layers_seen: set[int] = field(default_factory=set)  # checked after the forward: every layer attended packed
-    spans: list[tuple[int, int]] | None = None  # each row's real columns [start, end) (CPU: ``_own_columns``)
+    spans: list[tuple[int, int]] | None = None  # each row's real columns [start, end) (CPU: ``_chunked_rows``)
 
     def wide_mask(self, width: int):
         """``mask`` with False columns to ``width`` (the rows' buffers' spare room, attended as masked)."""
@@ -121,7 +156,7 @@ def _packed(layer: int, query, key, value, scaling: float | None, step: Packed):
         cached = step.cache.layers[layer]
         keys, values = _append(cached, "keys", rows_of(key)), _append(cached, "values", rows_of(value))
         if step.spans is not None:
-            outs.append(_own_columns(rows_of(query), keys, values, step.spans, scaling).transpose(0, 1))
+            outs.append(_chunked_rows(rows_of(query), keys, values, step.spans, scaling).transpose(0, 1))
         else:
             mask = step.wide_mask(keys.shape[2])
             outs.append(_one_token(rows_of(query), keys, values, mask, scaling).transpose(0, 1))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from runtime.engines.attention import CHUNK
 from runtime.engines.base import EngineRequest, StreamDelta
 from runtime.engines.lora import BASE, GroupedLora
 
@@ -238,7 +239,12 @@ def _sample(scores, top_p: float, generator) -> int:
 
 
 class Batch:
-    """The rows decoding together: one left-padded KV cache, its padding mask and each row's pending token."""
+    """The rows decoding together: one left-padded KV cache, its padding mask and each row's pending token. The
+    cache keeps at least ``ROOM`` padding columns left of its longest row, so that the decode attention's window
+    of whole chunks ending at the newest column never starts before the cache does (``attention._chunked_rows``);
+    they are masked, as any padding is."""
+
+    ROOM = CHUNK - 1
 
     def __init__(self) -> None:
         self.rows: list[Job] = []
@@ -258,9 +264,11 @@ class Batch:
         job.cache = None
         row_mask = torch.ones(1, length, dtype=torch.long, device=cache.layers[0].keys.device)
         if self.cache is None:
-            self.cache, self.mask = cache, row_mask
+            for layer in cache.layers:
+                layer.keys, layer.values = (pad(x, (0, 0, self.ROOM, 0)) for x in (layer.keys, layer.values))
+            self.cache, self.mask = cache, pad(row_mask, (self.ROOM, 0))
         else:
-            width = max(self.mask.shape[1], length)
+            width = max(self.mask.shape[1], length + self.ROOM)
             grow, room = width - self.mask.shape[1], width - length
             for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
                 mine.keys = torch.cat([pad(mine.keys, (0, 0, grow, 0)), pad(theirs.keys, (0, 0, room, 0))])
@@ -270,7 +278,8 @@ class Batch:
         self.pending.append(token)
 
     def leave(self) -> list[Job]:
-        """Drop the rows that are done; cut the columns that are padding in every row left. Returns the dropped."""
+        """Drop the rows that are done; cut the columns that are padding in every row left, but ``ROOM``. Returns
+        the dropped."""
         import torch
 
         keep = [i for i, job in enumerate(self.rows) if not job.done]
@@ -282,7 +291,7 @@ class Batch:
             return gone
         index = torch.tensor(keep, device=self.mask.device)
         mask = self.mask[index]
-        start = int(mask.any(dim=0).long().argmax())  # the first column some row still uses
+        start = max(int(mask.any(dim=0).long().argmax()) - self.ROOM, 0)  # ROOM before the first column in use
         for layer in self.cache.layers:
             layer.keys = layer.keys[index, :, start:]
             layer.values = layer.values[index, :, start:]

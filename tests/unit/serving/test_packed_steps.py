@@ -245,41 +245,59 @@ def test_a_prompt_is_cut_only_at_multiples_of_the_budget_from_its_own_start(tiny
     assert all(start % budget == 0 and (n == budget or start + n == total) for start, n, total in cuts)
 
 
-def test_each_decoding_row_attends_its_own_columns_only_so_others_cannot_change_its_sums(tiny_model_dir, adapters,
-                                                                                        monkeypatch):
+def test_each_decoding_row_computes_as_it_would_alone_so_others_cannot_change_its_sums(tiny_model_dir, adapters,
+                                                                                      monkeypatch):
     """``probs @ V`` reduces over the cache's width, and in bf16 where a row's tokens sit in a wider, left-padded
     cache changed the sums (SmolLM2: a row's attention output differed beside longer rows, its scores did not).
-    On the CPU a decoding row's attention is computed over exactly its own tokens, the shapes it has alone."""
+    On the CPU the rows' attention sums over fixed chunks counted back from each row's newest token
+    (``attention._chunked_rows``): a row's bits are the same alone and beside any others, in bf16."""
     import torch
 
     from runtime.engines import attention
 
-    seen: list[tuple[int, int, int]] = []  # (rows, keys' width, real columns) of each decode attention
-    real = attention._one_token
+    windows: list[tuple[int, int, int]] = []  # (rows, the window's width, the columns before its end) per call
+    real = attention._chunked_rows
 
-    def spy(query, key, value, mask, scaling):
-        seen.append((query.shape[0], key.shape[2], key.shape[2] if mask is None else int(mask[0].sum())))
-        return real(query, key, value, mask, scaling)
+    def spy(query, key, value, spans, scaling):
+        longest = max(end - start for start, end in spans)
+        windows.append((query.shape[0], -(-longest // attention.CHUNK) * attention.CHUNK, spans[0][1]))
+        return real(query, key, value, spans, scaling)
 
-    monkeypatch.setattr(attention, "_one_token", spy)
+    monkeypatch.setattr(attention, "_chunked_rows", spy)
 
-    async def run() -> list[str]:
+    async def run(staggered: bool) -> list[str]:
         engine = HFEngine(tiny_model_dir, adapters, EngineConfig(dtype="bfloat16", max_batch_size=8, max_loras=2))
         try:
-            return await _staggered(engine)
+            if staggered:
+                return await _staggered(engine)
+            alone = []
+            for i, (adapter, n) in enumerate(REQUESTS):
+                request = _request(i, adapter, n, temperature=0.8, seed=i) if i == 4 else _request(i, adapter, n)
+                alone.append("".join([d.text async for d in engine.stream(request)]))
+            return alone
         finally:
             await engine.aclose()
 
-    assert all(asyncio.run(run()))
-    assert seen and all(rows == 1 and width == used for rows, width, used in seen)
+    together = asyncio.run(run(staggered=True))
+    assert max(rows for rows, _, _ in windows) > 1  # rows really decoded together
+    assert all(width <= end for _, width, end in windows)  # the batch kept its room: no window was padded
+    assert together == asyncio.run(run(staggered=False))  # bf16, each request's answer as it is alone
 
-    # the mechanism: a row's output among left-padded, longer rows is bit-identical to the row alone
-    torch.manual_seed(0)
-    heads, kv_heads, dim, width = 6, 2, 16, 40
-    query = torch.randn(3, heads, 1, dim).bfloat16()
-    keys, values = torch.randn(3, kv_heads, width, dim).bfloat16(), torch.randn(3, kv_heads, width, dim).bfloat16()
-    spans = [(0, width), (11, width), (25, width)]
-    together = attention._own_columns(query, keys, values, spans, None)
-    for i, (start, end) in enumerate(spans):
-        alone = real(query[i:i + 1], keys[i:i + 1, :, start:end], values[i:i + 1, :, start:end], None, None)
-        assert torch.equal(together[i:i + 1], alone)
+    # the mechanism, on Qwen2.5-0.5B's attention shapes: a row's output among left-padded rows of other lengths is
+    # bit-identical to the row alone (a batched product under a mask differs for some row on 3 of these 40 seeds
+    # on the 2-core EPYC where this was written: the test can fail)
+    heads, kv_heads, dim, width = 14, 2, 64, 600
+    spans = [(width - length, width) for length in (600, 413, 250, 77)]
+    for seed in range(40):
+        torch.manual_seed(seed)
+        query = torch.randn(4, heads, 1, dim).bfloat16()
+        keys, values = (torch.randn(4, kv_heads, width, dim).bfloat16() for _ in range(2))
+        together_rows = real(query, keys, values, spans, None)
+        for i, (start, end) in enumerate(spans):
+            room = -(-(end - start) // attention.CHUNK) * attention.CHUNK - (end - start)
+            begin = max(start - room, 0)  # the longest row alone: its window padded (no columns before it)
+            alone = real(query[i:i + 1], keys[i:i + 1, :, begin:end], values[i:i + 1, :, begin:end],
+                         [(start - begin, end - begin)], None)
+            assert torch.equal(together_rows[i:i + 1], alone), (seed, i)
+        reference = attention._one_token(query[3:], keys[3:, :, 523:], values[3:, :, 523:], None, None)
+        torch.testing.assert_close(together_rows[3:].float(), reference.float(), rtol=0.02, atol=0.02)
