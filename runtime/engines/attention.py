@@ -83,8 +83,8 @@ def _chunked_rows(query, key, value, spans: list[tuple[int, int]], scaling: floa
     float32 GEMM's blocking over that width, and where the row's tokens fall in it (left padding from longer rows,
     spare columns), changed a row's output (SmolLM2, layer 11; 2-3% of rows on Qwen's shapes at random widths),
     so a row's greedy answer depended on who else was decoding. The products each row alone (one small matmul
-    pair per row, what this replaced) cost 26 ms of an 85 ms Qwen2.5-0.5B step at 8 rows x 250 columns; this
-    costs 11.
+    pair per row, what this replaced) took ~20 ms of a ~80 ms Qwen2.5-0.5B step at 8 rows, this ~10
+    (benchmarks/decode_step.py --profile; 28 vs 11.5 ms for the attention alone over 24 layers x 250 columns).
 
     How: the window of ``n * CHUNK`` columns ending at ``end`` (the batch keeps ``CHUNK - 1`` masked columns left of
     its longest row: ``Batch.ROOM``), so chunk k is the same ``CHUNK`` columns counted back from the row's newest
