@@ -354,11 +354,13 @@ def test_a_hot_loaded_adapter_answers_like_one_loaded_at_start(tiny_model_dir, a
             await engine.load_adapter("two", str(adapters["two"]))
         texts = [(await engine.generate(_req(i, "two"))).text for i in range(3)]
         lock = engine.adapter_lock_ms.get("two")
+        training = [n for n, m in engine.runner.model.named_modules() if m.training]
         await engine.aclose()
-        return texts, lock
+        return texts, lock, training
 
-    (cold, _), (hot, lock) = asyncio.run(run(True)), asyncio.run(run(False))
+    (cold, _, _), (hot, lock, training) = asyncio.run(run(True)), asyncio.run(run(False))
     assert hot == cold and lock is not None
+    assert training == []  # the hot load set its layers (dropout included) in inference mode, as the model is
 
 
 def test_the_engine_runs_where_device_says_and_refuses_a_gpu_it_does_not_have(tiny_model_dir, monkeypatch):
