@@ -31,22 +31,27 @@ def _request(i: int, adapter: str | None, n: int, **sampling) -> EngineRequest:
 REQUESTS = [(None, 12), ("one", 9), ("two", 14), ("one", 5), (None, 7), ("two", 10)]
 
 
+def _nth(i: int) -> EngineRequest:
+    """REQUESTS[i] as a request; the fifth samples (seeded), the rest are greedy."""
+    adapter, n = REQUESTS[i]
+    return _request(i, adapter, n, temperature=0.8, seed=i) if i == 4 else _request(i, adapter, n)
+
+
 async def _staggered(engine: HFEngine) -> list[str]:
     """Requests arriving one after another while earlier ones decode: each is sent once the one before it has its
     first token (so it is a running row, whatever the machine's speed), and newcomers' prompts meet running rows."""
     started = [asyncio.Event() for _ in REQUESTS]
 
-    async def late(i: int, adapter: str | None, n: int) -> str:
+    async def late(i: int) -> str:
         if i:
             await started[i - 1].wait()
         text = ""
-        async for delta in engine.stream(_request(i, adapter, n, temperature=0.8, seed=i) if i == 4
-                                         else _request(i, adapter, n)):
+        async for delta in engine.stream(_nth(i)):
             text += delta.text
             started[i].set()
         return text
 
-    return list(await asyncio.gather(*(late(i, a, n) for i, (a, n) in enumerate(REQUESTS))))
+    return list(await asyncio.gather(*(late(i) for i in range(len(REQUESTS)))))
 
 
 def _run(tiny_model_dir, adapters, packed: bool, monkeypatch, budget: int = 512) -> tuple[list[str], list[tuple]]:
@@ -270,11 +275,7 @@ def test_each_decoding_row_computes_as_it_would_alone_so_others_cannot_change_it
         try:
             if staggered:
                 return await _staggered(engine)
-            alone = []
-            for i, (adapter, n) in enumerate(REQUESTS):
-                request = _request(i, adapter, n, temperature=0.8, seed=i) if i == 4 else _request(i, adapter, n)
-                alone.append("".join([d.text async for d in engine.stream(request)]))
-            return alone
+            return ["".join([d.text async for d in engine.stream(_nth(i))]) for i in range(len(REQUESTS))]
         finally:
             await engine.aclose()
 
