@@ -54,12 +54,12 @@ def test_a_mismatched_mix_is_named():
 
 def test_a_mix_that_self_distills_where_its_expert_does_not_is_named():
     experts = [_qwen(t) for t in QWEN]
-    distilled = _qwen("mix").data.model_copy(update={"self_distill": ["generation"]})
-    mixed = _qwen("mix").model_copy(update={"data": distilled})
-    assert matched_mix_problems(mixed, experts, SIZES) == [
+    mixed = _qwen("mix")
+    assert mixed.data.self_distill == ["generation"] == experts[0].data.self_distill  # shipped: both or neither
+    plain = experts[0].model_copy(update={"data": experts[0].data.model_copy(update={"self_distill": []})})
+    assert matched_mix_problems(mixed, [plain, *experts[1:]], SIZES) == [
         "data.self_distill differs on generation: mix ['generation'], expert []"]
-    expert = experts[0].model_copy(update={"data": experts[0].data.model_copy(update={"self_distill": ["generation"]})})
-    assert matched_mix_problems(mixed, [expert, *experts[1:]], SIZES) == []
+    assert matched_mix_problems(mixed, experts, SIZES) == []
 
 
 @pytest.mark.parametrize("task", [*QWEN, "mix"])
