@@ -108,14 +108,14 @@ def detectable_difference(items: dict[str, list[TaskItem]], base_answers: dict[s
     for task, its in items.items():
         stat = TASKS[task].statistic(its, base_answers[task], None)
         if isinstance(stat, Proportion):
-            out[task] = round(100 * _detectable_share(*stat.counts()), 2)
+            out[task] = round(100 * detectable_share(*stat.counts()), 2)
             continue
         se = bootstrap_se(stat, len(its), resamples, seed=1)
         out[task] = round(Z_POWER * np.sqrt(2) * se, 2) if se > 0 else None
     return out
 
 
-def _detectable_share(successes: int, trials: int) -> float:
+def detectable_share(successes: int, trials: int) -> float:
     if trials == 0:
         return 1.0
     p = successes / trials

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import shlex
+import sys
 from pathlib import Path
 
 from runtime.hardware import gpu_name
@@ -41,6 +43,11 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def command_line() -> str | None:
+    """The command that ran the bench, as typed (``runtime bench ...``); None when not run from the CLI (tests)."""
+    return shlex.join(["runtime", *sys.argv[1:]]) if Path(sys.argv[0]).name == "runtime" else None
+
+
 def environment(config_hash: str, sha: str | None) -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
@@ -48,4 +55,4 @@ def environment(config_hash: str, sha: str | None) -> dict:
     gpu = gpu_name()
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") *
             os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "gpu": gpu, "platform": platform.platform(),
-            "versions": versions, "git_sha": sha, "config_hash": config_hash}
+            "versions": versions, "git_sha": sha, "config_hash": config_hash, "command": command_line()}

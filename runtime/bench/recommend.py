@@ -12,8 +12,10 @@ then serves the plan and measures it like any other option, so the report shows
 the estimate beside the truth.
 
 Plans are ranked by the normalized gain (the decision rule), not by a mean of metrics on different scales: per
-task, (score − base) / (best − base), averaged over the tasks where some option beats base by at least
-``MIN_SPREAD`` points (elsewhere no option can be told apart from base, and the task ranks nothing). Single options
+task, (score − base) / (best − base), averaged over the tasks where the options' scores spread by at least
+``MIN_SPREAD`` points. Where no option beats base by that much the scale is (base − worst) instead: base is then
+the best there is (0) and an option below it counts against every plan that routes the task to it (−1 the
+worst); a task where all scores lie within ``MIN_SPREAD`` ranks nothing. Single options
 whose normalized gains are within the noise of the best one's (paired bootstrap over each task's items, Holm over
 the comparisons) are a tie, and the cheapest of them (memory, then p90 latency) is recommended: the report says so.
 Likewise inside a per-task plan: a task's route gives way to an option that ties with it on that task when that
@@ -35,18 +37,24 @@ MIN_SPREAD = 1.0  # headline points some option must gain over base on a task fo
 
 def normalizers(accuracy: dict[str, dict], tasks: list[str]) -> tuple[dict[str, float], dict[str, float]]:
     """Per ranked set (a task, or HumanEval for generation) the floor (base's score; the worst option's where base
-    was not measured) and the scale (best minus floor), for the sets whose scale is at least MIN_SPREAD."""
+    was not measured) and the scale, for the sets whose scores spread by at least MIN_SPREAD: best minus floor
+    where some option is that far above base, else floor minus worst (every option at or below base: their gains
+    negative, so a route below base costs its plan)."""
     floor, scale = {}, {}
     for t in tasks:
         values = [a[t]["value"] for a in accuracy.values()]
         floor[t] = accuracy[BASE][t]["value"] if BASE in accuracy else min(values)
-        if max(values) - floor[t] >= MIN_SPREAD:
-            scale[t] = max(values) - floor[t]
+        above, below = max(values) - floor[t], floor[t] - min(values)
+        if above >= MIN_SPREAD:
+            scale[t] = above
+        elif below >= MIN_SPREAD:
+            scale[t] = below
     return floor, scale
 
 
 def normalized_gain(scores: dict[str, float], floor: dict[str, float], scale: dict[str, float]) -> float:
-    """Mean over the ranking sets of (score − base) / (best − base): 1 is the best option on every task, 0 base."""
+    """Mean over the ranking sets of (score − base) / scale: 1 is the best option on every task where some option
+    beats base, 0 base; negative below base."""
     if not scale:
         return 0.0
     return sum((scores[t] - floor[t]) / scale[t] for t in scale) / len(scale)
@@ -109,7 +117,7 @@ def recommend(accuracy: dict[str, dict], results: list[dict], budget: BudgetConf
             chosen, tie = settle_tie(chosen, singles, stats, items, scale, resamples)
     evidence = {task: compare.evidence(task, option, accuracy, options) for task, option in chosen["routes"].items()}
     gains = option_gains(stats, items, scale, resamples)
-    why = explain(chosen, best_any, evidence, budget, bool(feasible))
+    why = explain(chosen, best_any, evidence, budget, bool(feasible), tied=bool(tie or route_ties or simplest))
     if tie:
         why.insert(1, f"Tie: {', '.join(tie['options'])} are within the noise of each other on the normalized gain "
                       f"(paired bootstrap, Holm-corrected); the cheapest, {tie['chosen']}, is recommended.")
@@ -248,7 +256,11 @@ def holm_family(comparisons: dict[str, dict]) -> dict[str, dict]:
             for (name, d), p, r in zip(comparisons.items(), adjusted, reject, strict=True)}
 
 
-def explain(chosen: dict, best_any: dict, evidence: dict, budget: BudgetConfig, feasible: bool) -> list[str]:
+def explain(chosen: dict, best_any: dict, evidence: dict, budget: BudgetConfig, feasible: bool,
+            tied: bool = False) -> list[str]:
+    """The recommendation's reasons, line by line: the budget, then each route's evidence. An option more accurate
+    than a route beyond the noise is named with the reason it was not routed there: the budget (where the plan
+    that routes it there does not fit), or the tie or simplification stated beside these lines (``tied``)."""
     lines = []
     if not feasible:
         lines.append(f"No plan fits the budget ({budget.memory_mb:.0f} MB, p90 {budget.p90_e2el_ms:.0f} ms); this "
@@ -271,6 +283,10 @@ def explain(chosen: dict, best_any: dict, evidence: dict, budget: BudgetConfig, 
         if ties:
             text += f"; not distinguishable from {', '.join(ties)}"
         if worse:
-            text += f"; {', '.join(worse)} would be more accurate but does not fit the budget"
+            over = not best_any["fits"] and best_any["routes"].get(task) in worse
+            text += (f"; {', '.join(worse)} more accurate beyond the noise"
+                     + (", but the plan that routes it there does not fit the budget" if over else
+                        ", not routed: see the tie or simplification above" if tied else
+                        ", not routed: plans rank by the normalized gain over every ranked task"))
         lines.append(text + ".")
     return lines

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime.bench.charts import plot
-from runtime.bench.compare import BASE
+from runtime.bench.compare import BASE, detectable_share
 from runtime.bench.results import SCHEMA_VERSION, UNDER_LOAD_SHARE, MachineLoad, Report, top_level
 from runtime.bench.sections import (
     phase_section,
@@ -92,10 +92,11 @@ def header_lines(report: dict) -> list[str]:
     return [f"# mixmerge bench: `{report['name']}`", "",
             f"{env['cpu']} ({env['cpu_count']} cores, {env['memory_gb']} GB){', ' + env['gpu'] if env['gpu'] else ''}"
             f"; {', '.join(f'{k} {v}' for k, v in env['versions'].items())}; git `{(env['git_sha'] or '?')[:10]}`, "
-            f"config `{env['config_hash']}`. Whole run: {report['wall_s'] / 60:.1f} min "
-            f"(zoo {report['zoo']['wall_s'] / 60:.1f} min; built: "
+            f"config `{env['config_hash']}`" + (f"; command `{env['command']}`" if env.get("command") else "")
+            + f". Whole run: {report['wall_s'] / 60:.1f} min (zoo {report['zoo']['wall_s'] / 60:.1f} min; built: "
             f"{', '.join(f'{k} {v:.0f} s' for k, v in report['zoo']['built'].items()) or 'nothing, all cached'}).",
             "", "Accuracy: greedy, test split, N = " + ", ".join(f"{t} {n}" for t, n in report["n_per_task"].items())
+            + review_count(report)
             + "; output capped at " + ", ".join(f"{t} {s['max_tokens']}" for t, s in report["sampling"].items())
             + " tokens. Headline metrics (0-100): " + ", ".join(f"{t} {m}" for t, m in
                                                                   report["headline_metrics"].items())
@@ -112,8 +113,23 @@ def header_lines(report: dict) -> list[str]:
             + "Load: the four tasks' prompts in turn, each prompt once (test items the accuracy phase did not ask: "
             "no server's prefix cache answers a prompt it saw before), "
             f"streamed, max_tokens {report['config']['load']['max_tokens']}"
-            + (" decoded in full by every request (ignore_eos: the same work for every option)."
-               if report["config"]["load"].get("fixed_length") else " (natural stopping)."), ""]
+            + (fixed_length_note(report) if report["config"]["load"].get("fixed_length") else " (natural stopping)."),
+            ""]
+
+
+def fixed_length_note(report: dict) -> str:
+    """A fixed-length load's claim, from what came back: requests that ended short of max_tokens are counted."""
+    short = sum(level.get("short_answers", 0) for r in report.get("results", []) for level in r["latency"].values())
+    return (" decoded in full by every request (ignore_eos: the same work for every option)." if not short else
+            f" asked of every request (ignore_eos), but {short} came back shorter: their levels did less work.")
+
+
+def review_count(report: dict) -> str:
+    """Review's headline (line accuracy) counts its buggy items only: how many of its N."""
+    metrics = next((r["accuracy"]["review"]["metrics"] for r in report.get("results", [])
+                    if "review" in r.get("accuracy", {})), {})
+    return (f" (review's line accuracy and its interval over the {metrics['n_buggy']} buggy items; "
+            f"{metrics['n_clean']} clean)") if "n_buggy" in metrics else ""
 
 
 def notice_lines(report: dict) -> list[str]:
@@ -141,9 +157,11 @@ def summary_table(report: dict, tasks: list[str], top: str) -> list[str]:
         agree = r.get("agreement")
         adapter = r["adapter_load_ms"]
         cells = [r["deployment"] + (f" = {r['same_as']}" if r.get("same_as") else ""),
-                 r["engine"] + (f" {r['dtype']}" if r.get("dtype") else ""),
+                 r["engine"] + (f" {r['dtype']}" if r.get("dtype") else "")
+                 + (f" (accuracy: {r['accuracy_engine']}'s answers)"
+                    if r.get("accuracy_engine") not in (None, r["engine"]) else ""),
                  gain_cell(report, r) if gains else _fmt(r["mean_accuracy"]),
-                 *(f"{a['value']:.1f} [{a['ci95'][0]:.0f}, {a['ci95'][1]:.0f}]" for a in
+                 *(f"{a['value']:.1f} [{a['ci95'][0]:.1f}, {a['ci95'][1]:.1f}]" for a in
                    (r["accuracy"][t] for t in tasks)),
                  f"{r['agent']['solved']}/{r['agent']['problems']}" if r.get("agent") else "—",
                  _fmt(lat["output_throughput"]) + (" ⚠" if under_load(lat.get("machine_load")) else ""),
@@ -153,8 +171,9 @@ def summary_table(report: dict, tasks: list[str], top: str) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     if gains:
         lines += ["", "Normalized gain: the decision rule, the mean over the ranking tasks ("
-                  + ", ".join(report["recommendation"]["ranking_tasks"]) + ") of (score − base) / (best − base): 0 "
-                  "is the untuned base, 1 the best option on every task; 95% paired bootstrap interval (unadjusted); "
+                  + ", ".join(report["recommendation"]["ranking_tasks"]) + ") of (score − base) / (best − base), or / (base − worst) where no option beats base: 0 "
+                  "is the untuned base, 1 the best option on every task, negative below base; 95% paired bootstrap "
+                  "interval (unadjusted); "
                   "**bold**: beyond the noise after Holm's correction over the options."]
     if any(under_load(r["latency"][top].get("machine_load")) for r in results):
         lines += ["", f"⚠ throughput measured while other processes used more than {UNDER_LOAD_SHARE:.0%} of the "
@@ -236,7 +255,7 @@ def recommendation_section(report: dict) -> list[str]:
             "Deploy **hybrid** with " + ", ".join(f"{t} → `{o}`" for t, o in rec["routes"].items()))
     lines = ["", "## Recommendation", "",
              plan + f" (`hybrid.yaml`): normalized gain {rec.get('normalized_gain') or 0:.2f} (1 = the best "
-             "option on every task, 0 = base), mean accuracy " + f"{rec['mean_accuracy']:.2f}, estimated "
+             "option on every task, 0 = base, negative below it), mean accuracy " + f"{rec['mean_accuracy']:.2f}, estimated "
              f"{rec['estimated_memory_mb']:.0f} MB and p90 E2EL {rec['estimated_p90_e2el_ms']:.0f} ms "
              f"(budget {rec['budget']['memory_mb']:.0f} MB, "
              f"{rec['budget']['p90_e2el_ms']:.0f} ms on {rec['engine']}; {rec['plans_in_budget']} of "
@@ -247,8 +266,9 @@ def recommendation_section(report: dict) -> list[str]:
                      f"{r['latency'][top_level(r)]['p90_e2el_ms']:.0f} ms, mean accuracy {r['mean_accuracy']:.2f}.")
     lines += ["", *(f"- {w}" for w in rec["why"])]
     gains = report.get("gains_over_base") or {}
-    flagged = [f"{t} → {o} ({gains[o][t]['diff']:+.1f} vs base)" for t, o in rec["routes"].items()
-               if gains.get(o, {}).get(t, {}).get("at_or_below_base")]
+    scored_on = {t: (rec.get("evidence") or {}).get(t, {}).get("scored_on") or t for t in rec["routes"]}
+    flagged = [f"{t} → {o} ({gains[o][s]['diff']:+.1f} {s} vs base)" for t, o in rec["routes"].items()
+               if gains.get(o, {}).get(s := scored_on[t], {}).get("at_or_below_base")]
     if flagged:
         lines.append(f"- **At or below the untuned base model**: {', '.join(flagged)}: fine-tuning bought "
                      "nothing there (see the gains over base above).")
@@ -274,13 +294,59 @@ def controls_section(report: dict, tasks: list[str]) -> list[str]:
             lines.append(f"| {option} | " + " | ".join(cells) + " |")
     if baselines:
         lines += ["", "Trivial baselines on the same items (what the metric gives away for nothing):", ""]
-        lines += [f"- {t}: " + "; ".join(f"{name} {b['value']:.1f} [{b['ci95'][0]:.0f}, {b['ci95'][1]:.0f}]"
+        lines += [f"- {t}: " + "; ".join(f"{name} {b['value']:.1f} [{b['ci95'][0]:.1f}, {b['ci95'][1]:.1f}]"
                                           for name, b in baselines[t].items()) for t in tasks if baselines.get(t)]
+        lines += below_baselines(report, tasks)
+    lines += cut_at_cap(report, tasks) + review_false_positives(report)
     if report.get("detectable_difference"):
         lines += ["", "Smallest difference from base this N detects (two-sided 5%, 80% power): " + ", ".join(
             f"{t} {d:.1f}" if d is not None else f"{t} — (no spread in base's answers)"
-            for t, d in report["detectable_difference"].items()) + " headline points."]
+            for t, d in report["detectable_difference"].items()) + " headline points (unpaired approximations "
+                  "from base's answers: the paired tests above are sharper, so these err large)."]
     return lines
+
+
+def _scores(report: dict, task: str) -> dict[str, float]:
+    """Each option's headline on ``task`` (its rows on several engines share one scoring)."""
+    return {r["deployment"]: r["accuracy"][task]["value"] for r in report["results"] if task in r["accuracy"]}
+
+
+def below_baselines(report: dict, tasks: list[str]) -> list[str]:
+    """The options that score no better than the best trivial baseline: on that task they show no skill the
+    metric does not give away."""
+    found = []
+    for t in tasks:
+        if not (baselines := (report.get("baselines") or {}).get(t)):
+            continue
+        name, best = max(((n, b["value"]) for n, b in baselines.items()), key=lambda x: x[1])
+        low = [f"{o} {v:.1f}" for o, v in _scores(report, t).items() if v <= best]
+        if low:
+            found.append(f"{t}: {', '.join(low)} (≤ {name} {best:.1f})")
+    return ["", "**At or below a trivial baseline**: " + "; ".join(found) + "."] if found else []
+
+
+def cut_at_cap(report: dict, tasks: list[str], share: float = 0.1) -> list[str]:
+    """Where at least ``share`` of an option's answers hit the output cap (the score then judges cut answers)."""
+    cut = {t: [f"{r['deployment']} {r['accuracy'][t]['truncated_share']:.0%}" for r in report["results"]
+               if (r["accuracy"].get(t) or {}).get("truncated_share") is not None
+               and r["accuracy"][t]["truncated_share"] >= share] for t in tasks}
+    cut = {t: list(dict.fromkeys(v)) for t, v in cut.items() if v}
+    return ["", f"Answers cut at the output cap (options with ≥ {share:.0%} of them): "
+            + "; ".join(f"{t}: {', '.join(v)}" for t, v in cut.items()) + "."] if cut else []
+
+
+def review_false_positives(report: dict) -> list[str]:
+    """Review's line accuracy reads only the buggy items: what each option answers on the clean ones (a bug named
+    where there is none) is the other half of the picture."""
+    rates = {r["deployment"]: r["accuracy"]["review"]["metrics"] for r in report["results"]
+             if "false_positive_rate" in (r["accuracy"].get("review") or {}).get("metrics", {})}
+    if not rates:
+        return []
+    clean = next(iter(rates.values()))["n_clean"]
+    return ["", f"Review, the {clean} clean items (not in line accuracy): share answered with a bug that is not "
+            "there (false positives): " + ", ".join(f"{o} {m['false_positive_rate']:.0f}%" for o, m in rates.items())
+            + "; detection accuracy (bug or clean, all items): "
+            + ", ".join(f"{o} {m['detection_accuracy']:.0f}%" for o, m in rates.items()) + "."]
 
 
 def agent_section(results: list[dict]) -> list[str]:
@@ -298,8 +364,13 @@ def agent_section(results: list[dict]) -> list[str]:
     for r in rows:
         a = r["agent"]
         lines.append(f"| {r['deployment']} | {r['engine']} | {a['solved']}/{a['problems']} ({a['solved_share']:.1f} "
-                     f"[{a['ci95'][0]:.0f}, {a['ci95'][1]:.0f}]) | {a['first_try']}/{a['problems']} | "
+                     f"[{a['ci95'][0]:.1f}, {a['ci95'][1]:.1f}]) | {a['first_try']}/{a['problems']} | "
                      f"{a['loop_adds']:+.1f} | {a['mean_calls']:.1f} | {a['mean_wall_s']:.1f} | {a['errors']} |")
+    ref = next((r for r in rows if r["deployment"] == BASE), rows[0])  # base's share, else the first option's
+    d = detectable_share(ref["agent"]["solved"], ref["agent"]["problems"])
+    lines += ["", f"Between two options these {a0['problems']} problems detect a difference of about {100 * d:.0f} "
+              f"points in solved share (two-sided 5%, 80% power, unpaired, at {ref['deployment']}'s share); the "
+              "agent gets no paired test: a smaller difference in this table is not a finding."]
     return lines
 
 

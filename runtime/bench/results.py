@@ -233,7 +233,8 @@ class PlanCandidate(Record):
 
 
 class Comparison(Record):
-    """A paired difference of headline points (95% bootstrap), Holm-adjusted over its family."""
+    """A paired difference (95% bootstrap), Holm-adjusted over its family: headline points, or normalized-gain units
+    in ``Recommendation.option_gains``."""
 
     diff: float
     ci_low: float
@@ -309,6 +310,7 @@ class Environment(Record):
     versions: dict[str, str] = Field(description="python, torch, transformers, vllm")
     git_sha: str | None
     config_hash: str = Field(description="of the bench config after overrides")
+    command: str | None = Field(None, description="the command line that ran the bench (None outside the CLI)")
 
 
 class Sampling(Record):

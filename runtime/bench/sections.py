@@ -179,6 +179,20 @@ def compute_match_lines(models: dict[str, dict]) -> list[str]:
 
 
 # -------------------------------------------------------------------------------------------- merge sweep
+def sweep_scope(sw: dict, report: dict) -> str:
+    """How the sweep's validation differs from the test: its N, its output caps against the test's, and
+    generation's metric (HumanEval is the test only)."""
+    caps, test = sw.get("max_tokens") or {}, report.get("sampling") or {}
+    text = f" Validation: {sw['limit']} items per task" if sw.get("limit") else ""
+    if caps:
+        text += (", answers capped at " + ", ".join(f"{t} {c}" for t, c in caps.items()) + " tokens"
+                 + (" (the test's: " + ", ".join(f"{t} {test[t]['max_tokens']}" for t in caps if t in test) + ")"
+                    if any(t in test for t in caps) else ""))
+    if "humaneval" in (report.get("ranked_by") or {}) and "generation" in caps:
+        text += "; generation is chosen on chrF++ there, while the test ranks it by HumanEval pass@1"
+    return text + "." if text else ""
+
+
 def sweep_section(report: dict) -> list[str]:
     """Each merge sweep's candidates on validation: per-task scores, retention, objective and verdict, and the
     sweep's own word when no candidate is at or above base on every task."""
@@ -192,7 +206,7 @@ def sweep_section(report: dict) -> list[str]:
                   f"{sw.get('candidates', len(sw.get('results', [])))} candidates scored on validation (objective "
                   f"{sw.get('objective', '?')}: mean over {', '.join(sw.get('objective_tasks') or ['the tasks'])} of "
                   "(candidate − base) / (expert − base), the tasks where the expert beats base; a candidate below "
-                  "base on any task is rejected). " + chosen]
+                  "base on any task is rejected). " + chosen + sweep_scope(sw, report)]
         if sw.get("no_candidate_at_or_above_base"):
             lines += ["", f"**No candidate is at or above the base on every task**: {name} is the best of them "
                       "and still below base on " + ", ".join(_below(sw.get("chosen_below_base")) or ["some task"])

@@ -45,6 +45,23 @@ def test_recommendation_maximises_accuracy_within_the_budget(store_home):
     assert not none.fits_budget and "No plan fits" in none.why[0]
 
 
+def test_a_task_where_every_option_is_below_base_counts_against_the_plans_that_route_it_there(store_home):
+    build_dataset()
+    items = {t: load_items(t, "test", 12) for t in ("completion", "summarization")}
+    refs = {t: [it.reference for it in items[t]] for t in items}
+    answers = {"base": {"completion": ["x"] * 12, "summarization": refs["summarization"]},
+               "tuned": {"completion": refs["completion"], "summarization": ["x"] * 12}}
+    acc = {"base": {"completion": {"value": 5.0, "headline": "h"}, "summarization": {"value": 100.0, "headline": "h"}},
+           "tuned": {"completion": {"value": 100.0, "headline": "h"}, "summarization": {"value": 5.0, "headline": "h"}}}
+    sizes = {o: {"/base": 500.0} for o in acc}
+    rec = recommend(acc, [_result("base", 1000, 900), _result("tuned", 1000, 900)],
+                    BudgetConfig(memory_mb=4000, p90_e2el_ms=2000), items, answers, sizes, 200)
+    # summarization, where nothing beats base, ranks too: routing it to tuned (below base) would cost the plan
+    assert rec.ranking_tasks == ["completion", "summarization"]
+    assert rec.routes == {"completion": "tuned", "summarization": "base"} and rec.normalized_gain == 0.5
+    assert rec.option_gains["tuned"].diff == pytest.approx(0.0, abs=0.2)  # ~+1 on completion, ~-1 on summarization
+
+
 def test_a_per_task_plan_that_wins_only_within_the_noise_gives_way_to_one_option(store_home):
     build_dataset()
     items = {t: load_items(t, "test", 12) for t in ("completion", "summarization")}
