@@ -178,6 +178,9 @@ class OpenAIServing:
                 yield _event(chunk(cid, body.model, created, piece, delta.finish_reason))
         except MixmergeError as e:
             yield _event(e.to_openai())
+        except Exception as e:  # never a stream cut without a word: an error event, then [DONE]
+            log.exception("stream of %s failed", used.deployment)
+            yield _event(MixmergeError(f"generation failed: {type(e).__name__}: {e}").to_openai())
         if body.include_usage and last is not None:
             yield _event(chunk(cid, body.model, created, {} if endpoint == "chat" else "", None, _usage(last),
                                with_choice=False))

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from runtime.config import AdaptiveConfig
 from runtime.engines.prepacked import prepacked_bytes
 from runtime.engines.scheduler import BASE, Batch, Job
+from runtime.engines.threads import one_thread
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ class Placement:
         self.folds = self.unfolds = 0
         self.fold_ms: float | None = None
         self.note = ""
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine-fold")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine-fold",
+                                        initializer=one_thread)  # no OpenMP team beside the forward's (threads.py)
 
     # ------------------------------------------------------------------------------------------- requests
     def place(self, job: Job) -> Lane | None:

@@ -14,6 +14,9 @@ from runtime.errors import BadRequestError
 Message = dict[str, str]
 
 
+SAMPLING_EPS = 1e-5  # temperatures below are greedy (vLLM's sampler: the same constant)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int = 128
@@ -23,6 +26,12 @@ class SamplingParams:
     seed: int | None = None
     min_tokens: int = 0  # no EOS and no stop string before this many tokens (vLLM's `min_tokens`)
     ignore_eos: bool = False  # run to max_new_tokens: fixed-length load, so early stoppers do not look fast
+
+    @property
+    def greedy(self) -> bool:
+        """Argmax: a temperature below vLLM's ``_SAMPLING_EPS`` (1e-5), as vLLM; dividing the logits by a tinier
+        one overflows them to inf and sampling to NaN."""
+        return self.temperature < SAMPLING_EPS
 
     @property
     def eos_floor(self) -> int:

@@ -135,7 +135,7 @@ def generate_kwargs(params: SamplingParams, max_new_tokens: int, pad_token_id: i
     import torch
 
     kwargs: dict = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
-    if params.temperature > 0:
+    if not params.greedy:
         kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         if params.seed is not None:
             torch.manual_seed(params.seed)

@@ -22,7 +22,7 @@ import copy
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,7 +42,13 @@ from runtime.engines.lora import GroupedLora
 from runtime.engines.prepacked import dense_weights_needed, prepack
 from runtime.engines.scheduler import BASE, Batch, Job, apart_step, packed_step
 from runtime.engines.threads import TEAMS, fit, one_thread
-from runtime.errors import BadRequestError, MixmergeError, ModelNotFoundError, QueueFullError
+from runtime.errors import (
+    BadRequestError,
+    EngineUnavailableError,
+    MixmergeError,
+    ModelNotFoundError,
+    QueueFullError,
+)
 
 SPEED = 1  # bump when the engine's speed or memory changes for the same answers (1: prepacked linears, the
 # dense weights' pages released): the bench's measured phases key on it, its cached answers (keyed on
@@ -87,11 +93,13 @@ class HFEngine:
         self.adapter_load_ms: dict[str, float] = {}  # a load, end to end
         self.adapter_lock_ms: dict[str, float] = {}  # of which the model was held (between two steps)
         self.eos = eos_ids(self.runner.model, self.runner.tokenizer)
-        self._base_config = self.runner.model.config  # before any adapter wraps the model
+        # before any adapter wraps the model; a copy: building an adapter's skeleton from it (loader thread) writes
+        # dtype and attention onto the config it is given, and the served model's must not change under it
+        self._base_config = copy.deepcopy(self.runner.model.config)
         self._eos_list = sorted(self.eos)
         self._pending: deque[Job] = deque()
         self._ops: list[tuple[Callable[[], object], concurrent.futures.Future]] = []
-        self._changing: set[str] = set()  # adapters with a queued load/unload: no new rows for them meanwhile
+        self._changing: Counter[str] = Counter()  # queued loads/unloads per adapter: no new rows for it meanwhile
         self._preparing = 0  # requests admitted whose prompts are still being tokenized
         self._cond = threading.Condition()  # guards _pending, _ops, _running between the loop and the worker
         self._running = False
@@ -173,7 +181,7 @@ class HFEngine:
             raise ModelNotFoundError(f"adapter '{name}' was unloaded", fix="load it again", param="model")
         if not self._make_room(name):
             return False
-        self._install(name, *self._read(Path(self.known[name])))
+        self._install(name, *self._read(Path(self.known[name]), prebuild=True))  # held: the transplant only
         return True
 
     async def load_adapter(self, name: str, path: str) -> float:
@@ -233,6 +241,8 @@ class HFEngine:
             self._preparing -= 1
         job = Job(request, ids, loop)
         with self._cond:
+            if self._closed:  # closed while its prompt was tokenized: nothing would ever answer it
+                raise QueueFullError("the engine is shutting down", fix="retry on another replica")
             self._pending.append(job)
             self._kick()
         return job
@@ -290,6 +300,7 @@ class HFEngine:
             for job in self._pending:
                 job.abort()
             self._pending.clear()
+            self._fail_ops()
         self._worker.shutdown(wait=False, cancel_futures=True)
         if self.placement:
             self.placement.close()
@@ -306,12 +317,28 @@ class HFEngine:
     def _between_steps(self, change: Callable[[], object], adapter: str) -> asyncio.Future:
         """Run a model change on the worker between two steps; it may raise _Later to wait for busy rows."""
         future: concurrent.futures.Future = concurrent.futures.Future()
+        def done(_) -> None:
+            with self._cond:
+                self._changing[adapter] -= 1
+                if self._changing[adapter] <= 0:
+                    del self._changing[adapter]
+
         with self._cond:
+            if self._closed:
+                raise EngineUnavailableError("the engine is shutting down", fix="retry on another replica")
             self._ops.append((change, future))
-            self._changing.add(adapter)
-            future.add_done_callback(lambda _: self._changing.discard(adapter))
+            self._changing[adapter] += 1
+            future.add_done_callback(done)
             self._kick()
         return asyncio.wrap_future(future)
+
+    def _fail_ops(self) -> None:
+        """Queued model changes answered with an error (at shutdown: no step will run them; call with ``_cond``)."""
+        ops, self._ops = self._ops, []
+        for _, future in ops:
+            if not future.done():
+                future.set_exception(EngineUnavailableError("the engine shut down before this change ran",
+                                                            fix="retry on another replica"))
 
     def _post(self, change: Callable[[], object]) -> None:
         """Run a change on the worker between two steps (no adapter is held back meanwhile)."""
@@ -339,9 +366,12 @@ class HFEngine:
                     self._tidy()
                 except Exception as e:  # a failed step fails its requests, never the server
                     log.exception("step with %d rows failed", self.running())
-                    self._fail_all(RuntimeError(f"generation failed: {e}"))
+                    self._fail_all(MixmergeError(f"generation failed: {type(e).__name__}: {e}",
+                                                 fix="retry; the server's log has the traceback"))
         if self._closed:
             self._fail_all(None)
+            with self._cond:
+                self._fail_ops()
 
     def _tidy(self) -> None:
         """A folded copy that takes no new rows is dropped once its last row ends (after admission, so one that
@@ -378,10 +408,11 @@ class HFEngine:
         """Waiting requests into free rows, oldest first; one whose adapter waits for a slot lets others pass."""
         with self._cond:
             waiting = list(self._pending)
+        for job in [job for job in waiting if job.cancelled]:  # first: a full batch must not keep them queued
+            self._take(job).abort()
         for job in waiting:
             if job.cancelled:
-                self._take(job).abort()
-                continue
+                continue  # cancelled since: taken at the next step
             if self.running() >= self.config.max_batch_size:
                 return
             name = job.request.adapter
@@ -392,8 +423,8 @@ class HFEngine:
                 self._take(job).push(e)
                 continue
             self._take(job)
+            self._filling.append(job)  # first: where placing it fails, the step's failure answers it
             job.lane = self.placement.place(job) if self.placement else None  # counted, and placed
-            self._filling.append(job)
 
     def _take(self, job: Job) -> Job:
         with self._cond:

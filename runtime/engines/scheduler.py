@@ -42,6 +42,7 @@ class Job:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     emitted: str = ""  # text already sent
+    searched: int = 0  # characters of the text already looked through for stop strings
     done: bool = False
     ids: list[int] = field(default_factory=list)  # generated tokens (an EOS that ended the row excluded)
     filled: int = 0  # prompt tokens in `cache` so far
@@ -54,11 +55,17 @@ class Job:
         return self.request.adapter or BASE
 
     def push(self, item: StreamDelta | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # its event loop is closed: no one is left to tell, and the step must go on
+            self.cancelled = True
 
     # ---------------------------------------------------------------------------- text, stops, limits
     def take(self, token: int, tokenizer, eos: set[int]) -> None:
-        """One new token: stream the text it completes, or end the row (EOS, stop string, limit, cancel)."""
+        """One new token: stream the text it completes, or end the row (EOS, stop string, limit, cancel). As vLLM:
+        stop strings are looked for in the new text only (never in what was decoded below the row's
+        ``min_tokens`` floor), and the last ``len(longest stop) - 1`` characters are held back until the row
+        ends or they can no longer begin a stop string, so no part of one is ever sent."""
         if token in eos:
             self.finish("stop", tokenizer)
             return
@@ -66,7 +73,10 @@ class Job:
         params = self.request.params
         text = tokenizer.decode(self.ids, skip_special_tokens=True)
         held = len(self.ids) < params.eos_floor  # no stop string before min_tokens (as vLLM)
-        stop_at = None if held else min((text.index(s) for s in params.stop if s in text), default=None)
+        longest = max(map(len, params.stop), default=0)
+        stop_at = None if held or not longest else min(
+            (i for s in params.stop if (i := text.find(s, max(self.searched - longest + 1, 0))) >= 0), default=None)
+        self.searched = len(text)
         if stop_at is not None:
             self._send(text[:stop_at], "stop")
         elif self.cancelled:
@@ -74,13 +84,12 @@ class Job:
         elif len(self.ids) >= params.max_new_tokens:
             self._send(text.rstrip("\ufffd"), "length")  # a cut multi-byte character is dropped
         elif not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            self._send(text, None)
+            self._send(text[:len(text) - longest + 1] if longest else text, None)
 
     def finish(self, reason: str, tokenizer) -> None:
-        # a multi-byte character left incomplete is dropped, not sent as U+FFFD (vLLM does the same)
-        text = tokenizer.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd")
-        stop_at = min((text.index(s) for s in self.request.params.stop if s in text), default=None)
-        self._send(text if stop_at is None else text[:stop_at], reason)
+        # a multi-byte character left incomplete is dropped, not sent as U+FFFD (vLLM does the same); stop
+        # strings were looked for as the text grew (``take``)
+        self._send(tokenizer.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd"), reason)
 
     def abort(self) -> None:
         self._send(self.emitted, "abort")
@@ -212,7 +221,7 @@ def next_tokens(logits, jobs: list[Job], eos: list[int]) -> list[int]:
     picked = logits.argmax(dim=-1).tolist()
     for i, job in enumerate(jobs):
         params = job.request.params
-        if params.temperature > 0:
+        if not params.greedy:
             if job.generator is None:
                 job.generator = torch.Generator()
                 if params.seed is None:

@@ -48,6 +48,27 @@ def test_streaming_chat_sends_role_deltas_usage_and_done(client):
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
 
 
+def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done():
+    client, engines = make_client()
+    engine = engines["/models/base"]
+    real = engine.stream
+
+    async def breaks(request):  # two deltas, then an engine bug (not a MixmergeError)
+        n = 0
+        async for delta in real(request):
+            yield delta
+            n += 1
+            if n == 2:
+                raise ValueError("tensor shapes do not match")
+
+    engine.stream = breaks
+    with client.stream("POST", "/v1/chat/completions", json=CHAT | {"stream": True}) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == 500 and "ValueError: tensor shapes do not match" in error["message"]
+
+
 def test_models_lists_tasks_deployments_and_adapters_with_parent(client):
     data = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
     assert {"auto", "generation", "review", "experts", "merged", "gen-lora"} <= set(data)
