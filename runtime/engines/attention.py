@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 __all__ = ["NAME", "Packed", "packable", "use_decode_attention"]
 
 NAME = "mixmerge_decode"
-NUMERICS = 6  # bump when the decode math changes (2: scheduler pads single-token steps; 3: on the CPU each row
+NUMERICS = 7  # bump when the decode math changes (2: scheduler pads single-token steps; 3: on the CPU each row
 # attends its own columns only; 4: on the CPU each decoding row's LoRA term is its own product, lora.py; 5: the
 # forward thread runs on every core, threads.py: bf16 GEMMs split over 2 threads round 1 of 80 Qwen answers
-# otherwise; 6: on the CPU the rows' attention is batched, float32 chunked sums, _chunked_rows): the bench's
-# cached greedy answers of the hf engine key on it
+# otherwise; 6: on the CPU the rows' attention is batched, float32 chunked sums, _chunked_rows; 7: so are a packed
+# step's LoRA terms where every row and chunk shares one adapter, which ran as one GEMM over the whole step and
+# rounded by how many rows decoded): the bench's cached greedy answers of the hf engine key on it
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,
@@ -74,7 +75,19 @@ def _one_token(query, key, value, mask, scaling: float | None):
 CHUNK = 64  # columns per partial sum of a decoding row's attention on the CPU (``_chunked_rows``)
 
 
-def _chunked_rows(query, key, value, spans: list[tuple[int, int]], scaling: float | None):
+def _window(spans: list[tuple[int, int]], device) -> tuple[int, int, object]:
+    """A packed step's attention window, the same in every layer (built once a step): whole chunks ``n``, its
+    ``width``, and ``masked [rows, 1, 1, width]``, True on each row's columns left of its own tokens."""
+    import torch
+
+    lengths = torch.tensor([stop - begin for begin, stop in spans], device=device)
+    n = -(-int(lengths.max()) // CHUNK)
+    width = n * CHUNK
+    real = torch.arange(width, device=device)[None, :] >= (width - lengths)[:, None]  # [rows, width]
+    return n, width, ~real[:, None, None, :]
+
+
+def _chunked_rows(query, key, value, spans: list[tuple[int, int]], scaling: float | None, window=None):
     """``_one_token`` for the rows of a left-padded cache, batched, with every sum over a row's columns taken so that
     nothing about the other rows reaches its arithmetic (``spans``: row i's real columns ``[start, end)``, one
     ``end`` for all). A row's result depends only on its own tokens: the batch's answers are each row's alone.
@@ -100,19 +113,17 @@ def _chunked_rows(query, key, value, spans: list[tuple[int, int]], scaling: floa
     rows, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     end = spans[0][1]
-    lengths = torch.tensor([stop - begin for begin, stop in spans], device=key.device)
-    n = -(-int(lengths.max()) // CHUNK)
-    width = n * CHUNK
+    n, width, masked = window or _window(spans, key.device)
     keys, values = key[:, :, max(end - width, 0):end], value[:, :, max(end - width, 0):end]
     if end < width:  # a cache without the room (a caller's own): its missing columns as masked zeros
         keys, values = pad(keys, (0, 0, width - end, 0)), pad(values, (0, 0, width - end, 0))
     grouped = query.reshape(rows, kv_heads, heads // kv_heads, dim)
-    scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * (dim ** -0.5 if scaling is None else scaling)
-    real = torch.arange(width, device=key.device)[None, :] >= (width - lengths)[:, None]  # [rows, width]
-    scores = scores.masked_fill(~real[:, None, None, :], float("-inf"))
-    weights = (scores - scores.amax(dim=-1, keepdim=True)).exp().view(rows, kv_heads, -1, n, CHUNK)
+    # in place from the product on (a fresh tensor): the same arithmetic, four allocations a layer fewer
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)).float().mul_(dim ** -0.5 if scaling is None else scaling)
+    scores.masked_fill_(masked, float("-inf"))
+    weights = scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_().view(rows, kv_heads, -1, n, CHUNK)
     total = weights.sum(dim=-1).cumsum(dim=-1)[..., -1:, None]  # [rows, kv_heads, group, 1, 1]
-    probs = (weights / total).transpose(2, 3)  # [rows, kv_heads, n, group, CHUNK]
+    probs = weights.div_(total).transpose(2, 3)  # [rows, kv_heads, n, group, CHUNK]
     parts = torch.matmul(probs, values.float().reshape(rows, kv_heads, n, CHUNK, dim))  # [rows, kv_heads, n, group, d]
     out = parts.cumsum(dim=2)[:, :, -1]
     return out.to(value.dtype).reshape(rows, 1, heads, dim)
@@ -131,6 +142,7 @@ class Packed:
     chunks: list[tuple[object, int]] = field(default_factory=list)
     layers_seen: set[int] = field(default_factory=set)  # checked after the forward: every layer attended packed
     spans: list[tuple[int, int]] | None = None  # each row's real columns [start, end) (CPU: ``_chunked_rows``)
+    window: tuple | None = None  # ``_window(spans)``, built at the first layer
 
     def wide_mask(self, width: int):
         """``mask`` with False columns to ``width`` (the rows' buffers' spare room, attended as masked)."""
@@ -156,7 +168,8 @@ def _packed(layer: int, query, key, value, scaling: float | None, step: Packed):
         cached = step.cache.layers[layer]
         keys, values = _append(cached, "keys", rows_of(key)), _append(cached, "values", rows_of(value))
         if step.spans is not None:
-            outs.append(_chunked_rows(rows_of(query), keys, values, step.spans, scaling).transpose(0, 1))
+            step.window = step.window or _window(step.spans, keys.device)
+            outs.append(_chunked_rows(rows_of(query), keys, values, step.spans, scaling, step.window).transpose(0, 1))
         else:
             mask = step.wide_mask(keys.shape[2])
             outs.append(_one_token(rows_of(query), keys, values, mask, scaling).transpose(0, 1))
@@ -165,7 +178,7 @@ def _packed(layer: int, query, key, value, scaling: float | None, step: Packed):
         keys, values = cache.update(key[:, :, part], value[:, :, part], layer)
         outs.append(_causal(query[:, :, part], keys, values, scaling).transpose(1, 2))
         start += length
-    return torch.cat(outs, dim=1), None
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), None  # a lone part: no copy
 
 
 def _append(layer, name: str, new, spare: int = 32):

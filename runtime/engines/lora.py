@@ -82,7 +82,9 @@ class _Stack:
         import torch
 
         x = x.to(self.a.dtype)
-        if rows.single is not None and (x.shape[0] == 1 or not x.is_cpu):  # one sequence (a prompt, one row)
+        # one sequence (a prompt, one row) on its slot's matrices; on the CPU never a packed step's whole sequence,
+        # though every part shares the slot: its decode rows as one GEMM would round by how many there are
+        if rows.single is not None and (not x.is_cpu or (rows.chunks is None and x.shape[0] == 1)):
             return x @ self.a[rows.single] @ self.b[rows.single]
         if rows.chunks is None:  # a matmul per row, each row's shapes as alone (see ``_Rows.per_row``)
             a, b = rows.per_row(self.a, self.b)
@@ -93,7 +95,7 @@ class _Stack:
         for slot, length in rows.chunks:
             parts.append(x[:, start:start + length] @ self.a[slot] @ self.b[slot])
             start += length
-        return torch.cat(parts, dim=1)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 class _Rows:

@@ -127,6 +127,10 @@ def test_each_rows_lora_term_equals_the_row_alone_bit_for_bit(slots):
     together = stack.delta(x, _Rows(slots, None))
     for i, slot in enumerate(slots):
         assert torch.equal(together[i:i + 1], stack.delta(x[i:i + 1], _Rows([slot], None)))
-    packed = _Rows(slots, None, chunks=[(2, 5)])  # the same rows in a packed step, a prompt chunk after them
-    tokens = torch.cat([x[:, 0], torch.randn(5, 896).bfloat16()])[None]
-    assert torch.equal(stack.delta(tokens, packed)[0, :8], together[:, 0])
+    chunk = torch.randn(5, 896).bfloat16()
+    tokens = torch.cat([x[:, 0], chunk])[None]
+    for chunks in ([(2, 5)], [(1, 5)], []):  # the same rows packed: a chunk on another slot, on theirs, none
+        packed = stack.delta(tokens[:, :8 + sum(n for _, n in chunks)], _Rows(slots, None, chunks=chunks))
+        assert torch.equal(packed[0, :8], together[:, 0]), chunks
+        if chunks:
+            assert torch.equal(packed[0, 8:], stack.delta(chunk[None], _Rows([chunks[0][0]], None))[0]), chunks
