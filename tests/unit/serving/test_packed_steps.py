@@ -263,10 +263,10 @@ def test_each_decoding_row_computes_as_it_would_alone_so_others_cannot_change_it
     windows: list[tuple[int, int, int]] = []  # (rows, the window's width, the columns before its end) per call
     real = attention._chunked_rows
 
-    def spy(query, key, value, spans, scaling):
+    def spy(query, key, value, spans, scaling, window=None):
         longest = max(end - start for start, end in spans)
         windows.append((query.shape[0], -(-longest // attention.CHUNK) * attention.CHUNK, spans[0][1]))
-        return real(query, key, value, spans, scaling)
+        return real(query, key, value, spans, scaling, window)
 
     monkeypatch.setattr(attention, "_chunked_rows", spy)
 
