@@ -171,9 +171,9 @@ def summary_table(report: dict, tasks: list[str], top: str) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     if gains:
         lines += ["", "Normalized gain: the decision rule, the mean over the ranking tasks ("
-                  + ", ".join(report["recommendation"]["ranking_tasks"]) + ") of (score − base) / (best − base), or / (base − worst) where no option beats base: 0 "
-                  "is the untuned base, 1 the best option on every task, negative below base; 95% paired bootstrap "
-                  "interval (unadjusted); "
+                  + ", ".join(report["recommendation"]["ranking_tasks"]) + ") of (score − base) / (best − base), "
+                  "or / (base − worst) where no option beats base: 0 is the untuned base, 1 the best option on "
+                  "every task, negative below base; 95% paired bootstrap interval (unadjusted); "
                   "**bold**: beyond the noise after Holm's correction over the options."]
     if any(under_load(r["latency"][top].get("machine_load")) for r in results):
         lines += ["", f"⚠ throughput measured while other processes used more than {UNDER_LOAD_SHARE:.0%} of the "
@@ -255,7 +255,8 @@ def recommendation_section(report: dict) -> list[str]:
             "Deploy **hybrid** with " + ", ".join(f"{t} → `{o}`" for t, o in rec["routes"].items()))
     lines = ["", "## Recommendation", "",
              plan + f" (`hybrid.yaml`): normalized gain {rec.get('normalized_gain') or 0:.2f} (1 = the best "
-             "option on every task, 0 = base, negative below it), mean accuracy " + f"{rec['mean_accuracy']:.2f}, estimated "
+             "option on every task, 0 = base, negative below it), mean accuracy "
+             + f"{rec['mean_accuracy']:.2f}, estimated "
              f"{rec['estimated_memory_mb']:.0f} MB and p90 E2EL {rec['estimated_p90_e2el_ms']:.0f} ms "
              f"(budget {rec['budget']['memory_mb']:.0f} MB, "
              f"{rec['budget']['p90_e2el_ms']:.0f} ms on {rec['engine']}; {rec['plans_in_budget']} of "

@@ -317,7 +317,8 @@ class HFEngine:
     def _between_steps(self, change: Callable[[], object], adapter: str) -> asyncio.Future:
         """Run a model change on the worker between two steps; it may raise _Later to wait for busy rows."""
         future: concurrent.futures.Future = concurrent.futures.Future()
-        def done(_) -> None:
+
+        def done(_) -> None:  # this change ran (or failed): the adapter takes new rows once none is queued
             with self._cond:
                 self._changing[adapter] -= 1
                 if self._changing[adapter] <= 0:

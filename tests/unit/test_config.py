@@ -47,7 +47,8 @@ def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path: Path):
     from training.config import TrainConfig
 
     path = tmp_path / "train.yaml"
-    path.write_text("name: t\nkind: expert\nbase_model: smollm2-135m\ntasks: [review]\ntraining: {learning_rate: 5e-4}\n")
+    path.write_text("name: t\nkind: expert\nbase_model: smollm2-135m\ntasks: [review]\n"
+                    "training: {learning_rate: 5e-4}\n")
     assert load_config(path, TrainConfig).training["learning_rate"] == 5e-4
     cfg = load_config(path, TrainConfig, overrides=["training.learning_rate=1e-4", "training.weight_decay=1.5E-2"])
     assert cfg.training["learning_rate"] == 1e-4 and isinstance(cfg.training["learning_rate"], float)

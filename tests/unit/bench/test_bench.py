@@ -362,7 +362,7 @@ def test_the_load_asks_for_fixed_length_answers_and_counts_short_ones():
 
 
 def test_the_detectable_difference_of_a_share_is_finite_when_base_scores_zero(store_home):
-    from runtime.bench.compare import detectable_share, detectable_difference
+    from runtime.bench.compare import detectable_difference, detectable_share
 
     assert detectable_share(0, 29) == pytest.approx(0.213, abs=0.001)  # d = 2.8 sqrt(d (1 - d) / 29)
     assert detectable_share(24, 48) > detectable_share(0, 48) > 0

@@ -22,7 +22,8 @@ class Chars:
 def _stream(text: str, **params) -> list[StreamDelta]:
     """Feed ``text`` a character a step (then EOS, unless the row ended); the deltas it sent."""
     async def run() -> list[StreamDelta]:
-        job = Job(EngineRequest("j", SamplingParams(**{"max_new_tokens": 64} | params)), [1], asyncio.get_running_loop())
+        request = EngineRequest("j", SamplingParams(**{"max_new_tokens": 64} | params))
+        job = Job(request, [1], asyncio.get_running_loop())
         for ch in text:
             job.take(ord(ch), Chars(), {EOS})
             if job.done:
