@@ -70,13 +70,13 @@ def check_plan(method: str, models: list[dict[str, Any]], shared: dict[str, Any]
 
 
 def to_mergekit(method: str, base: Path, models: list[tuple[Path, dict[str, Any]]], shared: dict[str, Any],
-                dtype: str, resolve: Callable[[Path], str] = str):
+                dtype: str, resolve: Callable[[Path], str] = str, out_dtype: str | None = None):
     """Build the mergekit configuration from resolved model directories."""
     from mergekit.config import MergeConfiguration
 
     spec = method_specs()[method]
     entries = [{"model": resolve(path), "parameters": dict(params) or None} for path, params in models]
-    data: dict[str, Any] = {"merge_method": method, "models": entries, "dtype": dtype, "out_dtype": dtype,
+    data: dict[str, Any] = {"merge_method": method, "models": entries, "dtype": dtype, "out_dtype": out_dtype or dtype,
                             "parameters": dict(shared) or None}
     if method in PAIR_METHODS:
         data["base_model"] = entries[0]["model"]

@@ -118,7 +118,8 @@ def run_mergekit(config: MergeConfig, base: ModelEntry, build: Build, store: Mod
     from merge.plans import to_mergekit
 
     inputs = [(input_path(m.model, base.name, store, step), m.parameters) for m in config.models]
-    plan = to_mergekit(config.method, base.path, inputs, config.parameters, config.dtype)
+    plan = to_mergekit(config.method, base.path, inputs, config.parameters, config.dtype,
+                       out_dtype=config.out_dtype)
     step(f"merging {len(inputs)} models with {config.method}")
     with topk_trimming():
         try:

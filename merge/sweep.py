@@ -44,14 +44,14 @@ def eval_score(model: Path, adapter: str | None, tasks: list[str], split: str, l
     """The headline metric per task from ``runtime eval``'s runner (greedy, the fixed first ``limit`` items,
     answers capped at ``max_tokens`` per task where given)."""
     from runtime.config import TasksConfig, configs_dir, load_config
-    from runtime.engines.hf import HFRunner
+    from runtime.engines.offline import OfflineRunner
     from runtime.evaluate import cap_tokens, evaluate
 
     task_config = cap_tokens(load_config(configs_dir() / "tasks.yaml", TasksConfig), dict(max_tokens or {}))
-    # scored in the dtype the bench serves (auto: bf16 on this CPU, 2-3x faster than fp32 here), 16 rows a batch
-    # (40 val items of Qwen 0.5B: review 26.8 s, generation 29.7 s; 32.5 and 34.1 s in batches of 8)
-    runner = HFRunner(model, adapter, dtype="auto", max_batch_size=16)
-    report = evaluate(runner, tasks, split, limit, out, tasks=task_config)
+    # scored in the dtype the bench serves (auto: bf16 on this CPU, 2-3x faster than fp32 here) on the serving
+    # engine, 16 rows at once, every task's prompts together
+    with OfflineRunner(model, adapter, dtype="auto", max_batch_size=16) as runner:
+        report = evaluate(runner, tasks, split, limit, out, tasks=task_config)
     return {t: r["metrics"][r["headline"]] for t, r in report["tasks"].items()}
 
 
@@ -64,8 +64,16 @@ class ScoreCache:
         self.settings = settings
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
 
+    def _key(self, what: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(what | self.settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def peek(self, what: dict[str, Any]) -> dict[str, float] | None:
+        """The cached scores, or None."""
+        entry = self.data.get(self._key(what))
+        return dict(entry["scores"]) if entry else None
+
     def get(self, what: dict[str, Any], compute: Callable[[], dict[str, float]]) -> dict[str, float]:
-        key = hashlib.sha256(json.dumps(what | self.settings, sort_keys=True).encode()).hexdigest()[:16]
+        key = self._key(what)
         if key not in self.data:
             self.data[key] = {"what": what, "scores": compute()}
             tmp = self.path.with_suffix(".tmp")
@@ -133,42 +141,31 @@ def _sweep(config: MergeConfig, out: Path, store: ModelStore, build: Build, scor
 def _score_candidates(todo: list[Candidate], scoring: _Scoring, tasks: list[str], base: dict[str, float],
                       expert: dict[str, float], config: MergeConfig, store: ModelStore,
                       step: Callable[[str], None]) -> list[dict]:
-    """Merge each candidate and score it task by task, the cheapest answers first; every candidate's verdict.
-    Only the best candidate that passes the floor so far stays in the store (each is a full model: 2.4 GB for
-    Qwen2.5-Coder-0.5B in float32, and a sweep that kept all seven beside the folded experts filled this machine's
-    disk); if every candidate ends below the base, they are merged again to be scored on every task."""
+    """Merge each candidate and score it on every task, a rejected one too (the sweep shows every candidate's
+    per-task numbers, and where none passes the floor the best of them is kept). Only the candidate ``choose``
+    would keep so far stays in the store (each is a full model: 1.2 GB for Qwen2.5-Coder-0.5B in bfloat16, and a
+    sweep that kept all seven beside the folded experts filled this machine's disk); a candidate whose scores a
+    resumed sweep finds cached is merged again only if it is the one kept."""
     sweep = config.sweep
     assert sweep is not None
-    order = sorted(tasks, key=lambda t: (sweep.max_tokens.get(t, 10**6), t))  # cheapest answers first
-    scored: list[tuple[Candidate, ModelEntry, dict[str, float]]] = []
+    scored: list[tuple[Candidate, dict[str, float]]] = []
     for i, cand in enumerate(todo, 1):
         step(f"candidate {i}/{len(todo)} {cand.name}")
-        entry = _merged(cand, store, step)
-        scored.append((cand, entry, scoring.candidate(cand, entry.path, order, base, stop_below_base=True)))
-        if below_base(scored[-1][2], base):
+        scores = scoring.cached(cand, tasks)
+        if scores is None:
+            scores = scoring.candidate(cand, _merged(cand, store, step).path, tasks)
+        scored.append((cand, scores))
+        if below := below_base(scores, base):
             step(f"rejected {cand.name}: below the base on " + ", ".join(
-                f"{b['task']} ({b['score']:.1f} < {b['base']:.1f})" for b in below_base(scored[-1][2], base)))
-        _prune(scored, base, expert, sweep.objective, store, keep_rejected=False)
-    if all(below_base(scores, base) for _, _, scores in scored):
-        step("no candidate is at or above the base on every task: scoring the rejected ones on every task")
-        rescored: list[tuple[Candidate, ModelEntry, dict[str, float]]] = []
-        for c, _, _ in scored:
-            entry = _merged(c, store, step)
-            rescored.append((c, entry, scoring.candidate(c, entry.path, order, base, stop_below_base=False)))
-            _prune(rescored, base, expert, sweep.objective, store, keep_rejected=True)
-        scored = rescored
+                f"{b['task']} ({b['score']:.1f} < {b['base']:.1f})" for b in below))
+        best, _ = choose([{"name": c.name} | judge(sc, base, expert, sweep.objective) for c, sc in scored])
+        for c, _ in scored:
+            if c.name != best["name"] and store.has(c.config.name):
+                store.remove(c.config.name)
+    kept = next(c for c, _ in scored if c.name == best["name"])
+    path = _merged(kept, store, step).path  # in the store already unless its scores came from the cache
     return [_describe(c) | judge(scores, base, expert, sweep.objective)
-            | {"unscored": [t for t in tasks if t not in scores], "path": str(e.path)} for c, e, scores in scored]
-
-
-def _prune(scored: list[tuple[Candidate, ModelEntry, dict[str, float]]], base: dict[str, float],
-           expert: dict[str, float], kind: str, store: ModelStore, keep_rejected: bool) -> None:
-    """Remove every scored candidate from the store but the one ``choose`` would keep now (none while every one is
-    rejected, unless ``keep_rejected``: then the best of the rejected)."""
-    best, none_survived = choose([{"name": c.name} | judge(sc, base, expert, kind) for c, _, sc in scored])
-    for c, e, _ in scored:
-        if (c.name != best["name"] or (none_survived and not keep_rejected)) and store.has(e.name):
-            store.remove(e.name)
+            | {"path": str(path) if c is kept else None} for c, scores in scored]
 
 
 def _merged(cand: Candidate, store: ModelStore, step: Callable[[str], None]) -> ModelEntry:
@@ -207,8 +204,8 @@ class SweepChoice(BaseModel):
 
 @dataclass(frozen=True)
 class _Scoring:
-    """Scores candidates task by task through the cache; a candidate below the base on a task is rejected, so
-    its other tasks are not scored (unless every candidate is rejected: the report then needs all numbers)."""
+    """Scores a candidate on every task at once (one engine, the tasks' prompts interleaved in its batches), through
+    the cache."""
 
     score: Score
     cache: ScoreCache
@@ -216,16 +213,15 @@ class _Scoring:
     out: Path
     inputs: dict[str, str]  # the experts' identities: a retrained expert makes every candidate new
 
-    def candidate(self, cand: Candidate, path: Path, tasks: list[str], base: dict[str, float],
-                  stop_below_base: bool) -> dict[str, float]:
-        scores: dict[str, float] = {}
-        for task in tasks:
-            what = {"candidate": as_plain(cand.config), "inputs": self.inputs, "tasks": [task]}
-            scores[task] = self.cache.get(what, functools.partial(self.score, path, None, [task], "val", self.limit,
-                                                                  self.out / "candidates" / cand.name / task))[task]
-            if stop_below_base and scores[task] < base[task]:
-                break
-        return scores
+    def _what(self, cand: Candidate, tasks: list[str]) -> dict[str, Any]:
+        return {"candidate": as_plain(cand.config), "inputs": self.inputs, "tasks": tasks}
+
+    def cached(self, cand: Candidate, tasks: list[str]) -> dict[str, float] | None:
+        return self.cache.peek(self._what(cand, tasks))
+
+    def candidate(self, cand: Candidate, path: Path, tasks: list[str]) -> dict[str, float]:
+        return self.cache.get(self._what(cand, tasks), functools.partial(
+            self.score, path, None, tasks, "val", self.limit, self.out / "candidates" / cand.name))
 
 
 def _reference_scores(config: MergeConfig, tasks: list[str], expert_tasks: dict[str, str | None], score: Score,
@@ -260,6 +256,7 @@ def _keep(best: dict, results: list[dict], build: Build, none_survived: bool, st
     for row in results:
         if row is not best and store.has(row["name"]):
             store.remove(row["name"])
+    assert best["path"], "the kept candidate is in the store"
     chosen = Path(best["path"])
     kept = Manifest.load(chosen)
     assert build.tmp is not None

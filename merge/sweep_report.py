@@ -19,8 +19,7 @@ def write_outputs(results: list[dict], summary: dict, tasks: list[str], out: Pat
 
 def csv_row(result: dict, tasks: list[str]) -> dict[str, Any]:
     """One candidate flattened: method, settings, weights, then per task its score, retention and score/expert,
-    then the objective and the verdict (``below_base`` names each failing task with both numbers; ``unscored``
-    the tasks a rejected candidate was not scored on, once it fell below the base)."""
+    then the objective and the verdict (``below_base`` names each failing task with both numbers)."""
     row: dict[str, Any] = {"name": result["name"], "method": result["method"],
                            "parameters": ";".join(f"{k}={v}" for k, v in sorted(result["parameters"].items())),
                            "density": "" if result["density"] is None else result["density"]}
@@ -31,8 +30,7 @@ def csv_row(result: dict, tasks: list[str]) -> dict[str, Any]:
         row[f"of_expert_{task}"] = _round(result["of_expert"].get(task))
     row |= {"objective": _round(result["objective"]), "rejected": result["rejected"],
             "below_base": "; ".join(f"{b['task']} {b['score']:.2f} < base {b['base']:.2f}"
-                                    for b in result["below_base"]),
-            "unscored": ";".join(result.get("unscored", []))}
+                                    for b in result["below_base"])}
     return row
 
 

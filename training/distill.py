@@ -27,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from runtime.config import TasksConfig
+from runtime.engines.attention import NUMERICS
 from runtime.evaluate import sampling_for
 from runtime.models import ModelEntry
 from runtime.tasks.builders import TaskItem
@@ -44,7 +45,7 @@ REWRITE = ("{request}\n\nA reference answer:\n\n{reference}\n\n"
 # a rewrite that talks about the reference or the ask is not an answer to the task (SDFT's own filter:
 # sail-sg/sdft, eval/gen_distilled_data.py)
 LEAKS = ("reference answer", "your own answer", "your own response", "own words")
-BATCH = 16
+BATCH = 16  # rows the engine decodes at once (its answers do not depend on it: not in the cache key)
 
 
 def rewrite_messages(tasks: TasksConfig, item: TaskItem) -> list[dict[str, str]]:
@@ -92,9 +93,9 @@ class Distiller:
         self.given: list[dict] = []
 
     def _hf_runner(self):
-        from runtime.engines.hf import HFRunner
+        from runtime.engines.offline import OfflineRunner
 
-        return HFRunner(self.base.path, dtype="auto", max_batch_size=BATCH)
+        return OfflineRunner(self.base.path, dtype="auto", max_batch_size=BATCH)
 
     def __call__(self, items: list[TaskItem]) -> dict[str, str]:
         """Item id -> its target: the usable rewrites of ``items`` (generated where not cached); the others keep
@@ -120,7 +121,9 @@ class Distiller:
         path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in self.given))
 
     def close(self) -> None:
-        """Free the model (training loads its own)."""
+        """Free the model and its engine's threads (training loads its own)."""
+        if self._runner is not None and hasattr(self._runner, "close"):
+            self._runner.close()
         self._runner = None
 
     def folder(self, task: str) -> Path:
@@ -137,7 +140,7 @@ class Distiller:
         """Everything that changes a rewrite (what ``usable`` keeps is decided on reading: not in it)."""
         return {"base": self.base.name, "base_source": self.base.source, "dtype": self.dtype, "data": self.data_hash,
                 "version": PROMPT_VERSION, "rewrite": REWRITE, "task_prompt": task_config(self.tasks, task).model_dump(
-                    mode="json"), "sampling": asdict(sampling_for(self.tasks, task)), "batch": BATCH}
+                    mode="json"), "sampling": asdict(sampling_for(self.tasks, task)), "numerics": NUMERICS}
 
     def key_hash(self, task: str) -> str:
         return hashlib.sha256(json.dumps(self.key(task), sort_keys=True).encode()).hexdigest()[:16]
@@ -164,17 +167,19 @@ class Distiller:
 
         def keep(indices: list[int], generations) -> None:
             nonlocal done
-            with path.open("a") as f:  # a batch at a time: an interrupted run keeps what it finished
+            with path.open("a") as f:  # as answers end: an interrupted run keeps what it finished
                 for i, gen in zip(indices, generations, strict=True):
                     cached[items[i].id] = (gen.text, gen.finish_reason)
                     f.write(json.dumps({"id": items[i].id, "answer": gen.text,
                                         "finish_reason": gen.finish_reason}) + "\n")
             done += len(indices)
+            if done % BATCH and done < len(items):
+                return  # a line per BATCH answers
             spent = time.monotonic() - start
             self.step(f"  {done}/{len(items)} {task} targets, {spent:.0f} s"
                       + (f", ~{spent / done * (len(items) - done):.0f} s left" if done < len(items) else ""))
 
-        runner.generate(prompts, params, on_batch=keep)  # batches of BATCH similar lengths (the runner's size)
+        runner.generate(prompts, params, on_batch=keep)
 
 
 def _read(path: Path) -> dict[str, tuple[str, str]]:

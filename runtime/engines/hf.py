@@ -1,21 +1,19 @@
-"""transformers (+ PEFT) generation: load a model directory, render prompts, generate a batch.
+"""transformers (+ PEFT) models for the `hf` engine: load a model directory (prepacked linears, the decode
+attention, an adapter), render prompts, check a request fits the context, read and install adapters.
 
-``HFRunner`` is the synchronous core: one call runs one padded batch through ``model.generate``. The serving
-engine (scheduler, several adapters, streaming) builds on it; ``runtime eval`` uses it directly.
+``HFRunner`` holds the model; the serving engine (``hf_engine.py``: continuous batching, several adapters,
+streaming) generates with it, online and offline (``offline.py``: ``runtime eval``, the merge sweep, the
+self-distilled rewrites). There is no second, padded ``model.generate`` path.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.engines.attention import use_decode_attention
-from runtime.engines.base import SamplingParams
 from runtime.engines.prepacked import dense_weights_needed, prepack, prepacked_bytes
-from runtime.engines.scheduler import last_position
 from runtime.errors import BadRequestError, ModelStoreError
 from runtime.hardware import resolve_device, resolve_dtype
 
@@ -23,15 +21,6 @@ log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 Message = dict[str, str]
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" (EOS or a stop string) or "length"
-    token_ids: list[int] = field(default_factory=list, repr=False)
 
 
 class HFRunner:
@@ -75,37 +64,6 @@ class HFRunner:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return "\n\n".join(m["content"] for m in messages if m["role"] != "system")
 
-    def generate(self, prompts: Sequence[str], params: SamplingParams,
-                 on_batch: Callable[[list[int], list[Generation]], None] | None = None) -> list[Generation]:
-        """Generate for every prompt, in batches of ``max_batch_size`` sorted by length; results in input order.
-        ``on_batch(indices, generations)`` after each batch: which prompts it answered and how (progress bars,
-        caches that keep what an interrupted run finished)."""
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        results: list[Generation | None] = [None] * len(prompts)
-        for start in range(0, len(order), self.max_batch_size):
-            chunk = order[start:start + self.max_batch_size]
-            generations = self.generate_batch([prompts[i] for i in chunk], params)
-            for i, gen in zip(chunk, generations, strict=True):
-                results[i] = gen
-            if on_batch:
-                on_batch(chunk, generations)
-        return [r for r in results if r is not None]
-
-    def generate_batch(self, prompts: Sequence[str], params: SamplingParams) -> list[Generation]:
-        import torch
-
-        inputs = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        inputs = inputs.to(self.device)
-        kwargs = generate_kwargs(params, params.max_new_tokens, self.tokenizer.pad_token_id)
-        width = inputs["input_ids"].shape[1]
-        self.check_fits(int(inputs["attention_mask"].sum(dim=1).max()), params.max_new_tokens)
-        if params.stop:
-            kwargs["stopping_criteria"] = [StopOnText(self.tokenizer, width, params.stop)]
-        with torch.inference_mode():
-            out = generate_prefilled(self.model, inputs, **kwargs)
-        return [self._result(row[width:].tolist(), int(mask.sum()), params)
-                for row, mask in zip(out, inputs["attention_mask"], strict=True)]
-
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """A 400 for a prompt that leaves no room for its answer (the one place this is decided)."""
         if prompt_tokens + max_new_tokens > self.context_length:
@@ -117,103 +75,12 @@ class HFRunner:
     def context_length(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length)
 
-    def _result(self, ids: list[int], prompt_tokens: int, params: SamplingParams) -> Generation:
-        eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        cut = next((i for i, t in enumerate(ids) if t in eos), None)
-        kept = ids[:cut] if cut is not None else ids
-        text = self.tokenizer.decode(kept, skip_special_tokens=True).rstrip("\ufffd")  # a cut multi-byte char
-        stopped = cut is not None
-        for stop in params.stop:
-            if stop in text:
-                text, stopped = text[: text.index(stop)], True
-        finish = "stop" if stopped or len(kept) < params.max_new_tokens else "length"
-        return Generation(text, prompt_tokens, len(kept), finish, kept)
-
-
-def generate_kwargs(params: SamplingParams, max_new_tokens: int, pad_token_id: int) -> dict:
-    """``model.generate`` arguments for greedy (temperature 0) or seeded sampling."""
-    import torch
-
-    kwargs: dict = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
-    if not params.greedy:
-        kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    return kwargs
-
 
 def eos_ids(model, tokenizer) -> set[int]:
     """Every id that ends an answer: the tokenizer's EOS and pad, and the generation config's EOS (Qwen has two)."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     configured = configured if isinstance(configured, list) else [configured]
     return {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id, *configured) if i is not None}
-
-
-def prefill_rows(model, input_ids, attention_mask, adapter_names: Sequence[str] | None = None):
-    """The KV cache of a left-padded batch's prompts but their last token, computed a row at a time.
-
-    A padded batch's prompt pass computes every pad position and, with a padding mask, takes SDPA's slow masked
-    path: on 16 review prompts (525 tokens on average, up to 1,472) the batched pass took 27 s on 2 cores, the
-    rows one by one 11.5 s. The rows' caches are left-padded into one (the pads are masked as before), and
-    ``generate`` then runs only the last prompt token and the new ones, batched. Greedy answers are unchanged
-    (tests compare them). Returns None where it would not help: one row, or rows of equal length.
-    """
-    import torch
-    from torch.nn.functional import pad
-    from transformers import DynamicCache
-
-    lengths = attention_mask.sum(dim=1).tolist()
-    width = input_ids.shape[1]
-    if len(lengths) < 2 or len(set(lengths)) == 1:
-        return None
-    rows = []
-    for i, length in enumerate(lengths):
-        cache = DynamicCache()
-        if length > 1:
-            extra = {"adapter_names": [adapter_names[i]]} if adapter_names else {}
-            model(input_ids=input_ids[i:i + 1, width - length:width - 1], past_key_values=cache, use_cache=True,
-                  logits_to_keep=last_position(length - 1, input_ids.device), **extra)
-        rows.append(cache)
-    shaped = next(c for c in rows if c.get_seq_length())  # some row is longer than one token: lengths differ
-    merged = DynamicCache()
-    for layer, template in enumerate(shaped.layers):
-        keys, values = [], []
-        for cache in rows:
-            if cache.get_seq_length():
-                k, v = cache.layers[layer].keys, cache.layers[layer].values
-            else:
-                k = v = template.keys.new_zeros(*template.keys.shape[:2], 0, template.keys.shape[3])
-            keys.append(pad(k, (0, 0, width - 1 - k.shape[2], 0)))
-            values.append(pad(v, (0, 0, width - 1 - v.shape[2], 0)))
-        merged.update(torch.cat(keys), torch.cat(values), layer)
-    return merged
-
-
-def generate_prefilled(model, inputs, **kwargs):
-    """``model.generate`` on a left-padded batch, its prompts prefilled a row at a time where that helps (the one
-    way the runner, the serving engine and the benchmark generate)."""
-    cache = prefill_rows(model, inputs["input_ids"], inputs["attention_mask"], kwargs.get("adapter_names"))
-    return model.generate(**inputs, **kwargs, **({"past_key_values": cache} if cache is not None else {}))
-
-
-class StopOnText:
-    """Stop a row once its *generated* text contains a stop string (OpenAI semantics: the prompt does not count,
-    unlike transformers' ``stop_strings``, which also matches text that straddles the prompt's end)."""
-
-    def __init__(self, tokenizer, prompt_width: int, stops: Sequence[str]) -> None:
-        self.tokenizer = tokenizer
-        self.width = prompt_width
-        self.stops = tuple(stops)
-        self.tail = max(len(s) for s in self.stops) + 8  # tokens to decode: every token is at least one char
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        done = [any(stop in self.tokenizer.decode(row[self.width:][-self.tail:].tolist(), skip_special_tokens=True)
-                    for stop in self.stops) for row in input_ids]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def check_adapter(path: Path) -> dict:

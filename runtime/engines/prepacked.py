@@ -20,8 +20,9 @@ model where any differs is served as loaded.
 
 Adapters that copy base layers (``modules_to_save``: ``dense_weights_needed``) cannot ride on packed linears:
 known at start, the engine keeps the dense weights (no packing); hot-loaded onto a packed model, they are refused
-with the fix (``engine.prepack: false``). DoRA reads them too: ``runtime eval --adapter`` then runs on dense
-weights, and the engine refuses DoRA anyway (PEFT cannot mix it into per-row batches). The packed weight is not a
+with the fix (``engine.prepack: false``). DoRA reads them too: an ``HFRunner`` given one runs on dense
+weights, and the engine (so ``runtime serve`` and ``runtime eval``) refuses DoRA (PEFT cannot mix it into per-row
+batches: fold it into a full model first). The packed weight is not a
 parameter or buffer: a model is packed where it will run (after ``.to(device)``), and ``prepacked_bytes`` counts
 it.
 """
@@ -44,8 +45,8 @@ def prepack(model):
 
 def dense_weights_needed(adapter_config) -> str | None:
     """Why an adapter (its adapter_config.json as a dict, or a PEFT config) cannot ride on prepacked linears, or
-    None: DoRA reads the base layer's weight at every forward (``runtime eval --adapter`` runs one; the engine
-    refuses it: ``hf.read_adapter``), and ``modules_to_save`` copies whole base layers (the copy would keep serving
+    None: DoRA reads the base layer's weight at every forward (an ``HFRunner`` runs one; the engine refuses it:
+    ``hf.read_adapter``), and ``modules_to_save`` copies whole base layers (the copy would keep serving
     the packed original)."""
     def get(key: str):
         return adapter_config.get(key) if isinstance(adapter_config, dict) else getattr(adapter_config, key, None)

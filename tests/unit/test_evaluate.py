@@ -5,45 +5,38 @@ import pytest
 
 from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.engines.base import SamplingParams
-from runtime.engines.hf import HFRunner
+from runtime.engines.offline import OfflineRunner
 from runtime.evaluate import evaluate
 from runtime.tasks import load_items
 from runtime.tasks.prompts import messages_for
 
 
 @pytest.fixture(scope="module")
-def runner(tiny_model_dir: Path) -> HFRunner:
-    return HFRunner(tiny_model_dir, max_batch_size=4)
+def runner(tiny_model_dir: Path):
+    with OfflineRunner(tiny_model_dir, dtype="float32", max_batch_size=4) as r:
+        yield r
 
 
-def test_batched_greedy_equals_one_by_one(runner: HFRunner):
-    prompts = [runner.render([{"role": "user", "content": t}]) for t in ("def f(x):", "return x + 1", "a")]
+def test_batched_greedy_equals_one_by_one_in_input_order(runner: OfflineRunner):
+    prompts = [runner.render([{"role": "user", "content": t}]) for t in ("def f(x):", "return x + 1", "a", "b = 2",
+                                                                         "import os", "x")]
     params = SamplingParams(max_new_tokens=6)
-    batched = runner.generate(prompts, params)
+    seen: list[int] = []
+    batched = runner.generate(prompts, params, on_batch=lambda indices, _: seen.extend(indices))
     single = [runner.generate([p], params)[0] for p in prompts]
-    assert [g.token_ids for g in batched] == [g.token_ids for g in single]
+    assert [g.text for g in batched] == [g.text for g in single] and sorted(seen) == list(range(6))
     assert all(g.completion_tokens == 6 and g.finish_reason == "length" for g in batched)
 
 
-def test_prompts_prefilled_a_row_at_a_time_give_the_padded_batchs_answers(runner: HFRunner):
-    import torch
-
-    from runtime.engines.hf import generate_kwargs, prefill_rows
-
-    prompts = [runner.render([{"role": "user", "content": t}]) for t in ("a", "def f(x):\n    return x + 1", "b = 2")]
-    inputs = runner.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    kwargs = generate_kwargs(SamplingParams(max_new_tokens=6), 6, runner.tokenizer.pad_token_id)
-    with torch.inference_mode():
-        cache = prefill_rows(runner.model, inputs["input_ids"], inputs["attention_mask"])
-        assert cache is not None and cache.get_seq_length() == inputs["input_ids"].shape[1] - 1
-        with_cache = runner.model.generate(**inputs, **kwargs, past_key_values=cache)
-        padded = runner.model.generate(**inputs, **kwargs)
-    assert with_cache.tolist() == padded.tolist()
-    same = runner.tokenizer([prompts[0]] * 2, return_tensors="pt", add_special_tokens=False)
-    assert prefill_rows(runner.model, same["input_ids"], same["attention_mask"]) is None  # nothing padded
+def test_each_prompt_keeps_its_own_sampling_settings(runner: OfflineRunner):
+    prompt = runner.render([{"role": "user", "content": "x"}])
+    out = runner.generate([prompt, prompt], [SamplingParams(max_new_tokens=2), SamplingParams(max_new_tokens=5)])
+    assert [g.completion_tokens for g in out] == [2, 5]
+    with pytest.raises(ValueError, match="2 prompts but 1 sampling"):
+        runner.generate([prompt, prompt], [SamplingParams(max_new_tokens=2)])
 
 
-def test_stop_strings_cut_the_text(runner: HFRunner):
+def test_stop_strings_cut_the_text(runner: OfflineRunner):
     prompt = runner.render([{"role": "user", "content": "x"}])
     full = runner.generate([prompt], SamplingParams(max_new_tokens=12))[0].text
     assert len(full) > 2
@@ -61,7 +54,7 @@ def test_prompts_use_the_task_template():
     assert messages_for(tasks, "humaneval", humaneval)[1]["content"].startswith("Complete the body")
 
 
-def test_evaluate_writes_report_table_and_predictions(runner: HFRunner, store_home: Path, tmp_path: Path):
+def test_evaluate_writes_report_table_and_predictions(runner: OfflineRunner, store_home: Path, tmp_path: Path):
     calls: list[tuple[str, int, int]] = []
     report = evaluate(runner, ["completion", "review", "humaneval"], "test", 3, tmp_path,
                       progress=lambda *a: calls.append(a))
@@ -78,7 +71,7 @@ def test_evaluate_writes_report_table_and_predictions(runner: HFRunner, store_ho
     assert "| review | 3 |" in (tmp_path / "eval.md").read_text()
 
 
-def test_tasks_that_run_no_code_need_no_sandbox(runner: HFRunner, store_home: Path, tmp_path: Path, monkeypatch):
+def test_tasks_that_run_no_code_need_no_sandbox(runner: OfflineRunner, store_home: Path, tmp_path: Path, monkeypatch):
     import runtime.evaluate as accuracy
 
     def refused(*args, **kwargs):
@@ -89,7 +82,7 @@ def test_tasks_that_run_no_code_need_no_sandbox(runner: HFRunner, store_home: Pa
     assert report["tasks"]["completion"]["n"] == 2
 
 
-def test_a_prompt_beyond_the_context_is_a_clear_error(runner: HFRunner):
+def test_a_prompt_beyond_the_context_is_a_clear_error(runner: OfflineRunner):
     from runtime.errors import BadRequestError
 
     long_prompt = "x " * 5000

@@ -13,7 +13,7 @@ from agents.coding_agent import build_graph, make_checkpointer
 from runtime.bench.agent import solve, summarize
 from runtime.bench.config import AgentConfig
 from runtime.config import TasksConfig, configs_dir, load_config
-from runtime.engines.hf import Generation
+from runtime.engines.base import EngineResult
 from runtime.evaluate import evaluate
 from runtime.tasks import build_dataset, load_items
 from runtime.tasks.prompts import messages_for
@@ -54,7 +54,7 @@ class FakeRunner:
         return json.dumps(messages)
 
     def generate(self, prompts, params, on_batch=None):
-        return [Generation(self.model.reply(json.loads(p)), 1, 1, "stop") for p in prompts]
+        return [EngineResult(self.model.reply(json.loads(p)), 1, 1, "stop") for p in prompts]
 
 
 class Chat:
@@ -122,9 +122,9 @@ def test_a_revised_body_keeps_the_imports_of_the_answer_it_revises():
 
     prompt = "def lcm(a, b):\n    \"\"\"Least common multiple.\"\"\"\n"
     first = _function({"prompt": prompt, "entry_point": "lcm"},
-                      Generation(f"```python\nfrom math import gcd\n\n{prompt}    return a * b\n```", 0, 0, "stop"))
+                      EngineResult(f"```python\nfrom math import gcd\n\n{prompt}    return a * b\n```", 0, 0, "stop"))
     state = {"prompt": prompt, "entry_point": "lcm", "code": first["code"]}
-    revised = _function(state, Generation("    return a * b // gcd(a, b)", 0, 0, "stop"), revising=True)
+    revised = _function(state, EngineResult("    return a * b // gcd(a, b)", 0, 0, "stop"), revising=True)
     namespace: dict = {}
     exec(revised["code"], namespace)  # noqa: S102 - the test's own code
     assert namespace["lcm"](4, 6) == 12  # gcd is still imported, though the revision is a bare body

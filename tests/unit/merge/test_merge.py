@@ -11,7 +11,7 @@ from merge.config import MergeConfig
 from merge.run import merge, topk_trimming
 from runtime.config import load_config
 from runtime.engines.base import SamplingParams
-from runtime.engines.hf import HFRunner
+from runtime.engines.offline import OfflineRunner
 from runtime.errors import ConfigError
 from runtime.models import ModelStore
 
@@ -50,6 +50,14 @@ def test_task_arithmetic_equals_base_plus_weighted_task_vectors(merge_home, tmp_
         torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_bfloat16_output_is_the_float32_merge_rounded_as_a_bfloat16_server_loads_it(merge_home, tmp_path):
+    fields = {"method": "task_arithmetic", "parameters": {"lambda": 1.0}}
+    wide = _weights(merge(_config(tmp_path, name="ta-f32", **fields), ModelStore()).path)
+    narrow = _weights(merge(_config(tmp_path, name="ta-bf16", out_dtype="bfloat16", **fields), ModelStore()).path)
+    assert set(wide) == set(narrow) and {t.dtype for t in narrow.values()} == {torch.bfloat16}
+    assert all(torch.equal(narrow[k], wide[k].to(torch.bfloat16)) for k in wide)
+
+
 @pytest.mark.parametrize(
     ("method", "per_model", "shared"),
     [
@@ -68,8 +76,9 @@ def test_each_method_gives_a_loadable_model_without_nan(merge_home, tmp_path, me
                           parameters=shared), ModelStore())
     weights = _weights(entry.path)
     assert weights and all(torch.isfinite(t).all() for t in weights.values())
-    runner = HFRunner(entry.path)
-    out = runner.generate([runner.render([{"role": "user", "content": "def f():"}])], SamplingParams(max_new_tokens=3))
+    with OfflineRunner(entry.path) as runner:
+        out = runner.generate([runner.render([{"role": "user", "content": "def f():"}])],
+                              SamplingParams(max_new_tokens=3))
     assert out[0].completion_tokens == 3
     manifest = json.loads((entry.path / "manifest.json").read_text())
     assert manifest["method"] == method and manifest["kind"] == "merged" and manifest["seed"] == 0
@@ -116,8 +125,8 @@ def test_adapter_merge_makes_one_loadable_adapter(merge_home, tmp_path, tiny_mod
     entry = merge_adapters(cfg, ModelStore())
     assert entry.kind == "adapter" and entry.format == "lora"
     assert (entry.path / "adapter_model.safetensors").is_file()
-    runner = HFRunner(ModelStore().get("tiny").path, adapter_path=entry.path)
-    out = runner.generate([runner.render([{"role": "user", "content": "x"}])], SamplingParams(max_new_tokens=3))
+    with OfflineRunner(ModelStore().get("tiny").path, adapter_path=entry.path) as runner:
+        out = runner.generate([runner.render([{"role": "user", "content": "x"}])], SamplingParams(max_new_tokens=3))
     assert out[0].completion_tokens == 3
 
 

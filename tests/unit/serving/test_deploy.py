@@ -87,7 +87,7 @@ def test_folded_experts_are_full_models_with_an_engine_each_and_answer_as_the_lo
 
     from merge.run import fold_lora
     from runtime.engines.base import SamplingParams
-    from runtime.engines.hf import HFRunner
+    from runtime.engines.offline import OfflineRunner
 
     store.register("sum", make_lora(store.get("tiny").path, store.home / "sum-lora", 3, parent="tiny"), "expert",
                    parent="tiny")
@@ -100,10 +100,11 @@ def test_folded_experts_are_full_models_with_an_engine_each_and_answer_as_the_lo
     assert gen.adapter is None and summ.adapter is None and len({gen.engine, summ.engine}) == 2
     assert len(plan.engines) == 3 and not any(spec.adapters for spec in plan.engines.values())  # + base
     prompt = ["def add(a, b):"]
-    lora = HFRunner(store.get("tiny").path, adapter_path=store.get("gen").path).generate(
-        prompt, SamplingParams(max_new_tokens=8))
-    full = HFRunner(gen.engine).generate(prompt, SamplingParams(max_new_tokens=8))
-    assert [g.token_ids for g in full] == [g.token_ids for g in lora]  # fp32: folding changes no greedy token
+    with OfflineRunner(store.get("tiny").path, adapter_path=store.get("gen").path, dtype="float32") as runner:
+        lora = runner.generate(prompt, SamplingParams(max_new_tokens=8))
+    with OfflineRunner(gen.engine, dtype="float32") as runner:
+        full = runner.generate(prompt, SamplingParams(max_new_tokens=8))
+    assert [g.text for g in full] == [g.text for g in lora]  # fp32: folding changes no greedy token
 
 
 def test_a_route_to_a_relative_yaml_names_the_file_beside_the_deployment(store, tmp_path, monkeypatch):

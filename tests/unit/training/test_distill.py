@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runtime.config import TasksConfig, configs_dir, load_config
-from runtime.engines.hf import Generation
+from runtime.engines.base import EngineResult
 from runtime.models import ModelEntry
 from runtime.tasks.builders import TaskItem
 from training.distill import Distiller, rewrite_messages, usable
@@ -32,13 +32,13 @@ class FakeRunner:
         return "\n".join(m["content"] for m in messages)
 
     def generate(self, prompts, params, on_batch=None):
-        """HFRunner.generate's contract: batches of 4 here, each reported to ``on_batch`` as it is done."""
+        """OfflineRunner.generate's contract: answers reported to ``on_batch`` as they end (4 at a time here)."""
         out = []
         for at in range(0, len(prompts), 4):
             batch = []
             for prompt in prompts[at:at + 4]:
                 self.generated.append(prompt)
-                batch.append(Generation(f"REWRITE {len(self.generated)}", len(prompt), 3, "stop", []))
+                batch.append(EngineResult(f"REWRITE {len(self.generated)}", len(prompt), 3, "stop", []))
             if on_batch:
                 on_batch(list(range(at, at + len(batch))), batch)
             out += batch

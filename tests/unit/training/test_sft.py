@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, TrainerCallback
 
 from runtime.config import TasksConfig, configs_dir, load_config
 from runtime.engines.base import SamplingParams
-from runtime.engines.hf import HFRunner
+from runtime.engines.offline import OfflineRunner
 from runtime.errors import ConfigError
 from runtime.models import ModelStore
 from runtime.tasks import load_items
@@ -59,10 +59,11 @@ def test_training_lowers_the_loss_and_the_artifact_reloads_and_generates(home, t
     assert entry.kind == "expert" and entry.format == method
     assert (entry.path / ("adapter_config.json" if method == "lora" else "config.json")).is_file()
     if method == "lora":
-        runner = HFRunner(ModelStore().get("tiny").path, adapter_path=entry.path)
+        runner = OfflineRunner(ModelStore().get("tiny").path, adapter_path=entry.path)
     else:
-        runner = HFRunner(entry.path)
-    out = runner.generate([runner.render([{"role": "user", "content": "x = 1"}])], SamplingParams(max_new_tokens=4))
+        runner = OfflineRunner(entry.path)
+    with runner:
+        out = runner.generate([runner.render([{"role": "user", "content": "x = 1"}])], SamplingParams(max_new_tokens=4))
     assert out[0].completion_tokens > 0
     assert not (home / "runs" / f"tiny-{method}").exists()  # checkpoints are cleaned after the save
     assert any(e.name == f"tiny-{method}" for e in ModelStore().list())
