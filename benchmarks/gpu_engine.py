@@ -12,7 +12,7 @@ Beside each engine figure, on the same prompts and the same machine:
 - the bare model's decode step (StaticCache), eager and replayed from a CUDA graph: what launching costs a step
   (``--ceiling-only``: this and the engine's loads alone);
 - ``--paths``: the engine's other device paths in float32 against adapters loaded at start (hot-load, eviction,
-  steps apart, ``engine.adaptive``'s fold, ``runtime eval``'s runner).
+  steps apart, ``engine.adaptive``'s fold, ``runtime eval``'s offline runner).
 
     python benchmarks/gpu_engine.py --models DIR [--out FILE.json]
     .venv/bin/python benchmarks/gpu_engine.py --models DIR --device cpu --layers 2 --new-tokens 8   # smoke test
@@ -204,10 +204,10 @@ def paths(model_dir: Path, named: dict[str, Path], device: str, texts: list[str]
     """The engine's other device paths, in float32, each against adapters loaded at start answering one request
     at a time: an adapter hot-loaded at runtime (PEFT's injection for the first, ``transplant`` after), eviction
     and reload (one slot), steps run apart (``apart_step``), ``engine.adaptive``'s folded copy, and
-    ``HFRunner.generate`` (``runtime eval``). Counts identical answers: random weights give near-flat logits, so
-    a path that only rounds differently (the fold, eval's static batches) can move a greedy token."""
+    ``OfflineRunner.generate`` (``runtime eval``). Counts identical answers: random weights give near-flat logits,
+    so a path that only rounds differently (the fold) can move a greedy token."""
     from runtime.config import AdaptiveConfig
-    from runtime.engines.hf import HFRunner
+    from runtime.engines.offline import OfflineRunner
 
     one, two = list(named)[:2]
     requests = [EngineRequest(f"p{i}", SamplingParams(max_new_tokens=n, ignore_eos=True), prompt=texts[i], adapter=a)
@@ -252,11 +252,11 @@ def paths(model_dir: Path, named: dict[str, Path], device: str, texts: list[str]
     settings = AdaptiveConfig(window=4, min_requests=2, memory_mb=65536)
     out["adaptive_folded"] = same(asyncio.run(run(
         HFEngine(model_dir, {one: named[one], two: named[two]}, EngineConfig(**fp32, adaptive=settings)), folded)))
-    runner = HFRunner(model_dir, named[one], dtype="float32", device=device, max_batch_size=8)
     mine = [i for i, q in enumerate(requests) if q.adapter == one]
-    got = runner.generate([texts[i] for i in mine], requests[0].params)
+    with OfflineRunner(model_dir, named[one], dtype="float32", device=device, max_batch_size=8) as runner:
+        got = runner.generate([texts[i] for i in mine], requests[0].params)
+        out["runner_device"] = str(runner.device)
     out["eval_runner_generate"] = f"{sum(g.text == reference[i] for g, i in zip(got, mine, strict=True))}/{len(mine)}"
-    out["runner_device"] = str(runner.model.device)
     print(json.dumps(out), flush=True)
     return out
 

@@ -4,10 +4,11 @@ The paper picked its merge weights on test data; here every candidate (the confi
 the paper's (w, 1 - w) for two experts, points of the simplex for more -- plus a ``sweep.grid`` of other methods
 and settings, see merge/grid.py) is scored on the *validation* split. The untuned base model and each expert are
 scored once on the same items (cached in ``OUT/val-scores.json``, with every candidate's scores, so an interrupted
-sweep resumes). Candidates are scored task by task, the tasks with the shortest answers first; a candidate below
-the base on any task is rejected there and not scored further (unless no candidate survives: then every one is
-scored on every task, for the report). The best survivor by the objective (default: mean over tasks of
-(score - base) / (expert - base), see merge/selection.py) is kept under the config's name; the others are deleted.
+sweep resumes). Each candidate is merged once and scored on every task in one pass of the serving engine (a
+rejected one too: the report shows every candidate's numbers); a candidate below the base on any task is rejected.
+The best survivor by the objective (default: mean over tasks of
+(score - base) / (expert - base), see merge/selection.py) is kept under the config's name (where none survives, the
+best of all, and the summary says so); the others are deleted.
 Every candidate's per-task scores, retention and verdict go to ``sweep.csv``, ``sweep.json`` and ``sweep.png``.
 """
 
@@ -30,6 +31,7 @@ from merge.selection import MIN_GAP, below_base, choose, judge, objective, objec
 from merge.sweep_report import write_outputs
 from runtime.artifacts import MANIFEST, Build, Manifest
 from runtime.config import as_plain
+from runtime.engines.attention import NUMERICS
 from runtime.errors import ConfigError, ModelStoreError
 from runtime.models import ModelEntry, ModelStore
 
@@ -121,8 +123,8 @@ def _sweep(config: MergeConfig, out: Path, store: ModelStore, build: Build, scor
         log.warning("%s: %d validation items per task (< %d): one item moves a score by %.1f points, so the choice "
                     "is mostly noise", config.name, sweep.limit, MIN_ITEMS, 100 / sweep.limit)
     out.mkdir(parents=True, exist_ok=True)
-    cache = ScoreCache(out / "val-scores.json", {"split": "val", "limit": sweep.limit,
-                                                 "max_tokens": dict(sweep.max_tokens)})
+    cache = ScoreCache(out / "val-scores.json", {"split": "val", "limit": sweep.limit,  # numerics: the engine's
+                                                 "max_tokens": dict(sweep.max_tokens), "numerics": NUMERICS})
     base, expert = _reference_scores(config, tasks, expert_tasks, score, cache, out, store, step)
     if sweep.objective == "mean_retention" and not expert:
         raise ConfigError(config.name, ["mean_retention divides by each task's expert score, but no input is a "

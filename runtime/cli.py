@@ -416,13 +416,13 @@ def eval_(
         runner = OfflineRunner(entry.path, adapter_path, dtype=dtype, max_batch_size=batch_size)
     columns = (TextColumn("{task.description:>13}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
-        bars, shown = _progress_bars(bar), {}  # one bar per task; a line a minute where the console is a log
+        bars, shown = _progress_bars(bar), {}  # one bar for every task's answers; a line a minute in a log
 
-        def progress(task: str, done: int, total: int) -> None:
-            if task not in shown:
-                bars.phase(task, total)
-            bars.advance(done - shown.get(task, 0))
-            shown[task] = done
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in shown:
+                bars.phase(label, total)
+            bars.advance(done - shown.get(label, 0))
+            shown[label] = done
 
         tasks_cfg = cap_tokens(load_config(configs_dir() / "tasks.yaml", TasksConfig), max_tokens)
         with runner:

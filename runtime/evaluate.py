@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from runtime.engines.offline import OfflineRunner
 
 SCHEMA = 1
-Progress = Callable[[str, int, int], None]  # (task, done, total)
+Progress = Callable[[str, int, int], None]  # (label, done, total)
 
 
 def sampling_for(tasks: TasksConfig, task: str) -> SamplingParams:
@@ -88,8 +88,8 @@ def _run_tasks(runner: OfflineRunner, tasks: TasksConfig, selected: dict[str, li
             done[task] += 1
             if done[task] == len(selected[task]):
                 finished[task] = time.perf_counter() - start
-            if progress:
-                progress(task, done[task], len(selected[task]))
+        if progress:  # one count over every task: their answers arrive interleaved
+            progress("answers", sum(done.values()), len(order))
 
     answers = runner.generate([runner.render(messages[t][i]) for t, i in order],
                               [sampling_for(tasks, t) for t, _ in order], on_batch=step)

@@ -86,7 +86,7 @@ class Distiller:
         self.tasks = tasks
         self.home = home
         self.data_hash = data_hash
-        self.dtype = resolve_dtype("auto", resolve_device("auto"))  # HFRunner's, below
+        self.dtype = resolve_dtype("auto", resolve_device("auto"))  # the OfflineRunner's, below
         self.step = step
         self._runner_factory = runner_factory or self._hf_runner
         self._runner = None  # loaded at the first rewrite not in the cache

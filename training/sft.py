@@ -226,9 +226,12 @@ def fit(config: TrainConfig, base: ModelEntry, build: Build, work: Path, step: S
         from training.distill import Distiller
 
         rewrite = Distiller(base, tasks, build.store.home, load_card()["content_hash"], step)
-    rows, val, realised = build_rows(config, tokenizer, tasks, rewrite)
+    try:
+        rows, val, realised = build_rows(config, tokenizer, tasks, rewrite)
+    finally:
+        if rewrite is not None:
+            rewrite.close()  # its model and engine threads, before training loads its own
     if rewrite is not None:
-        rewrite.close()  # its model, before training loads its own
         rewrite.save(build.tmp / "self_distilled.jsonl")
     bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_supported())
     # val rows by length, so a batch of 8 is padded little (Qwen's generation val: 53.7 s an evaluation of 16 rows

@@ -122,8 +122,12 @@ class HFEngine:
         adaptive = self.config.adaptive
         self.placement = None if adaptive is None else Placement(
             adaptive, weight_bytes(self.runner.model), self._fold, self._post)
-        for name in list(self.known)[: self.config.max_loras]:
-            self._install(name, *self._read(Path(self.known[name])))
+        try:
+            for name in list(self.known)[: self.config.max_loras]:
+                self._install(name, *self._read(Path(self.known[name])))
+        except BaseException:  # a bad start adapter: no engine, so its share of the cores and threads go back
+            self._shutdown()
+            raise
 
     # ------------------------------------------------------------------------------------------- adapters
     def _read(self, path: Path, prebuild: bool = False) -> tuple[object, dict, list | None]:
@@ -293,6 +297,9 @@ class HFEngine:
         return not self._closed
 
     async def aclose(self) -> None:
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         if not self._closed:
             TEAMS.leave()
         self._closed = True

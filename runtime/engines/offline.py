@@ -35,9 +35,13 @@ class OfflineRunner:
             raise BadRequestError(f"unknown dtype '{dtype}'", fix=f"use one of: {', '.join(DTYPES)}")
         self._threads = torch.get_num_threads()  # the engine sets the loading (calling) thread's to 1
         self.adapter_path = Path(adapter_path) if adapter_path else None
-        self.engine = HFEngine(model_path, {ADAPTER: self.adapter_path} if self.adapter_path else None,
-                               EngineConfig(dtype=dtype, device=device, max_batch_size=max_batch_size, max_loras=1),
-                               max_queue=2 * max_batch_size)
+        try:
+            self.engine = HFEngine(model_path, {ADAPTER: self.adapter_path} if self.adapter_path else None,
+                                   EngineConfig(dtype=dtype, device=device, max_batch_size=max_batch_size,
+                                                max_loras=1), max_queue=2 * max_batch_size)
+        except BaseException:
+            torch.set_num_threads(self._threads)
+            raise
         runner = self.engine.runner
         self.model_path, self.dtype, self.device = runner.model_path, runner.dtype, runner.device
         self.max_batch_size = max_batch_size
@@ -83,7 +87,9 @@ class OfflineRunner:
     def close(self) -> None:
         import torch
 
-        asyncio.run(self.engine.aclose())
+        if self.engine is not None:
+            asyncio.run(self.engine.aclose())
+            self.engine = None  # the model's memory with it
         torch.set_num_threads(self._threads)
 
     def __enter__(self) -> OfflineRunner:

@@ -67,7 +67,7 @@ def test_evaluate_writes_report_table_and_predictions(runner: OfflineRunner, sto
         assert len(lines) == 3
     assert saved["tasks"]["humaneval"]["metrics"]["pass_at_1"] == 0.0  # a random model passes nothing
     assert saved["decoding"]["greedy"] and len(saved["data_card"]) == 64
-    assert ("review", 3, 3) in calls
+    assert calls[-1] == ("answers", 9, 9) and [c[1] for c in calls] == sorted(c[1] for c in calls)
     assert "| review | 3 |" in (tmp_path / "eval.md").read_text()
 
 
@@ -114,3 +114,19 @@ def test_served_scoring_asks_the_longest_work_first():
                 long: [[{"role": "user", "content": "y" * n}] for n in (3, 30)]}
     # the long-answer task first (its longest prompt first), the short-answer task's items fill in after
     assert asking_order(tasks, messages) == [(long, 1), (long, 0), (short, 1), (short, 2), (short, 0)]
+
+
+def test_an_adapter_the_engine_refuses_leaves_no_engine_behind(tiny_model_dir: Path, tmp_path: Path):
+    """A DoRA adapter (the engine cannot mix it by row) is a clear error, and the failed engine gives back its share
+    of the cores and the caller's torch threads: a later engine in the process would run on half of them."""
+    import torch
+    from loras import make_lora
+
+    from runtime.engines.threads import TEAMS
+    from runtime.errors import BadRequestError
+
+    dora = make_lora(tiny_model_dir, tmp_path / "dora", 3, use_dora=True)
+    engines, threads = TEAMS.engines, torch.get_num_threads()
+    with pytest.raises(BadRequestError, match="DoRA"):
+        OfflineRunner(tiny_model_dir, dora)
+    assert TEAMS.engines == engines and torch.get_num_threads() == threads

@@ -139,7 +139,7 @@ def test_a_dora_adapter_runs_alone_on_dense_weights_and_the_engine_refuses_it(ti
     from runtime.errors import BadRequestError
 
     dora = make_lora(tiny_model_dir, tmp_path / "dora", 3, use_dora=True)
-    runner = HFRunner(tiny_model_dir, dora, dtype="bfloat16")  # `runtime eval --adapter`: no mixed batches
+    runner = HFRunner(tiny_model_dir, dora, dtype="bfloat16")  # a runner alone: no mixed batches
     assert not runner.pack and prepacked_bytes(runner.model) == 0
     with pytest.raises(BadRequestError, match="DoRA") as caught:  # the engine mixes adapters by row
         read_adapter(dora)

@@ -16,8 +16,7 @@ import pytest
 
 import runtime.engines.vllm as vllm_module
 from runtime.config import EngineConfig
-from runtime.engines.base import EngineRequest
-from runtime.engines.hf import SamplingParams
+from runtime.engines.base import EngineRequest, SamplingParams
 from runtime.engines.vllm import VLLMEngine
 from runtime.process import group_members
 
