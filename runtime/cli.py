@@ -384,8 +384,7 @@ def eval_(
                                                                 "scores drop for long answers).")] = None,
     unsafe_sandbox: UnsafeSandbox = False,
 ):
-    """Score a model on the code tasks: greedy, on the serving engine; writes eval.json, eval.md and every
-    prediction."""
+    """Score a model on the code tasks: greedy, on the serving engine; writes eval.json, eval.md, every answer."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from runtime.config import TasksConfig, configs_dir, load_config
