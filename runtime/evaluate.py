@@ -82,17 +82,16 @@ def _run_tasks(runner: OfflineRunner, tasks: TasksConfig, selected: dict[str, li
     done = dict.fromkeys(selected, 0)
     finished: dict[str, float] = {}
 
-    def step(indices: list[int], _generations) -> None:
-        for j in indices:
-            task = order[j][0]
-            done[task] += 1
-            if done[task] == len(selected[task]):
-                finished[task] = time.perf_counter() - start
+    def step(j: int, _answer) -> None:
+        task = order[j][0]
+        done[task] += 1
+        if done[task] == len(selected[task]):
+            finished[task] = time.perf_counter() - start
         if progress:  # one count over every task: their answers arrive interleaved
             progress("answers", sum(done.values()), len(order))
 
     answers = runner.generate([runner.render(messages[t][i]) for t, i in order],
-                              [sampling_for(tasks, t) for t, _ in order], on_batch=step)
+                              [sampling_for(tasks, t) for t, _ in order], on_answer=step)
     by_task: dict[str, list] = {t: [None] * len(items) for t, items in selected.items()}
     for (task, i), gen in zip(order, answers, strict=True):
         by_task[task][i] = gen

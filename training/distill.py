@@ -165,21 +165,19 @@ class Distiller:
                 f.write("\n")
         start, done = time.monotonic(), 0
 
-        def keep(indices: list[int], generations) -> None:
+        def keep(i: int, gen) -> None:
             nonlocal done
             with path.open("a") as f:  # as answers end: an interrupted run keeps what it finished
-                for i, gen in zip(indices, generations, strict=True):
-                    cached[items[i].id] = (gen.text, gen.finish_reason)
-                    f.write(json.dumps({"id": items[i].id, "answer": gen.text,
-                                        "finish_reason": gen.finish_reason}) + "\n")
-            done += len(indices)
+                cached[items[i].id] = (gen.text, gen.finish_reason)
+                f.write(json.dumps({"id": items[i].id, "answer": gen.text, "finish_reason": gen.finish_reason}) + "\n")
+            done += 1
             if done % BATCH and done < len(items):
                 return  # a line per BATCH answers
             spent = time.monotonic() - start
             self.step(f"  {done}/{len(items)} {task} targets, {spent:.0f} s"
                       + (f", ~{spent / done * (len(items) - done):.0f} s left" if done < len(items) else ""))
 
-        runner.generate(prompts, params, on_batch=keep)
+        runner.generate(prompts, params, on_answer=keep)
 
 
 def _read(path: Path) -> dict[str, tuple[str, str]]:

@@ -45,7 +45,6 @@ class OfflineRunner:
         runner = self.engine.runner
         self.model_path, self.dtype, self.device = runner.model_path, runner.dtype, runner.device
         self.max_batch_size = max_batch_size
-        self.tokenizer = runner.tokenizer
 
     @property
     def is_chat(self) -> bool:
@@ -55,17 +54,17 @@ class OfflineRunner:
         return self.engine.runner.render(messages)
 
     def generate(self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams],
-                 on_batch: Callable[[list[int], list[EngineResult]], None] | None = None) -> list[EngineResult]:
+                 on_answer: Callable[[int, EngineResult], None] | None = None) -> list[EngineResult]:
         """Every prompt's answer, in input order; ``params`` for all or one per prompt. Prompts are asked in the
-        order given, a batch's worth at a time as rows free up. ``on_batch(indices, answers)`` as answers finish
+        order given, a batch's worth at a time as rows free up. ``on_answer(index, answer)`` as each one ends
         (progress bars, caches that keep what an interrupted run finished)."""
         each = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(each) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(each)} sampling settings")
-        return asyncio.run(self._generate(list(prompts), each, on_batch))
+        return asyncio.run(self._generate(list(prompts), each, on_answer))
 
     async def _generate(self, prompts: list[str], params: list[SamplingParams],
-                        on_batch: Callable[[list[int], list[EngineResult]], None] | None) -> list[EngineResult]:
+                        on_answer: Callable[[int, EngineResult], None] | None) -> list[EngineResult]:
         gate = asyncio.Semaphore(2 * self.max_batch_size)  # a full batch running and as many waiting to join
         adapter = ADAPTER if self.adapter_path else None
 
@@ -73,8 +72,8 @@ class OfflineRunner:
             async with gate:
                 gen = await self.engine.generate(EngineRequest(f"offline-{i}", params[i], prompt=prompts[i],
                                                                adapter=adapter))
-            if on_batch:
-                on_batch([i], [gen])
+            if on_answer:
+                on_answer(i, gen)
             return gen
 
         tasks = [asyncio.ensure_future(one(i)) for i in range(len(prompts))]

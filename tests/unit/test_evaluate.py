@@ -22,7 +22,7 @@ def test_batched_greedy_equals_one_by_one_in_input_order(runner: OfflineRunner):
                                                                          "import os", "x")]
     params = SamplingParams(max_new_tokens=6)
     seen: list[int] = []
-    batched = runner.generate(prompts, params, on_batch=lambda indices, _: seen.extend(indices))
+    batched = runner.generate(prompts, params, on_answer=lambda i, _: seen.append(i))
     single = [runner.generate([p], params)[0] for p in prompts]
     assert [g.text for g in batched] == [g.text for g in single] and sorted(seen) == list(range(6))
     assert all(g.completion_tokens == 6 and g.finish_reason == "length" for g in batched)

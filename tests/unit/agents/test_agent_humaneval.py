@@ -53,7 +53,7 @@ class FakeRunner:
     def render(self, messages):
         return json.dumps(messages)
 
-    def generate(self, prompts, params, on_batch=None):
+    def generate(self, prompts, params, on_answer=None):
         return [EngineResult(self.model.reply(json.loads(p)), 1, 1, "stop") for p in prompts]
 
 

@@ -31,16 +31,17 @@ class FakeRunner:
     def render(self, messages: list[dict[str, str]]) -> str:
         return "\n".join(m["content"] for m in messages)
 
-    def generate(self, prompts, params, on_batch=None):
-        """OfflineRunner.generate's contract: answers reported to ``on_batch`` as they end (4 at a time here)."""
+    def generate(self, prompts, params, on_answer=None):
+        """OfflineRunner.generate's contract: each answer reported to ``on_answer`` as it ends (4 at a time here)."""
         out = []
         for at in range(0, len(prompts), 4):
             batch = []
             for prompt in prompts[at:at + 4]:
                 self.generated.append(prompt)
                 batch.append(EngineResult(f"REWRITE {len(self.generated)}", len(prompt), 3, "stop", []))
-            if on_batch:
-                on_batch(list(range(at, at + len(batch))), batch)
+            for i, answer in enumerate(batch, at):
+                if on_answer:
+                    on_answer(i, answer)
             out += batch
         return out
 
