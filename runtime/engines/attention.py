@@ -31,12 +31,14 @@ log = logging.getLogger(__name__)
 __all__ = ["NAME", "Packed", "packable", "use_decode_attention"]
 
 NAME = "mixmerge_decode"
-NUMERICS = 7  # bump when the decode math changes (2: scheduler pads single-token steps; 3: on the CPU each row
+NUMERICS = 8  # bump when the decode math changes (2: scheduler pads single-token steps; 3: on the CPU each row
 # attends its own columns only; 4: on the CPU each decoding row's LoRA term is its own product, lora.py; 5: the
 # forward thread runs on every core, threads.py: bf16 GEMMs split over 2 threads round 1 of 80 Qwen answers
 # otherwise; 6: on the CPU the rows' attention is batched, float32 chunked sums, _chunked_rows; 7: so are a packed
 # step's LoRA terms where every row and chunk shares one adapter, which ran as one GEMM over the whole step and
-# rounded by how many rows decoded): the bench's cached greedy answers of the hf engine key on it
+# rounded by how many rows decoded; 8: on the CPU every token's LoRA term is a GEMM of 4-row blocks per adapter,
+# lora.py, added to the base output in float32 and rounded once, as PEFT does, and the rows' keys are stored
+# transposed): the bench's cached greedy answers of the hf engine key on it
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,
@@ -166,7 +168,8 @@ def _packed(layer: int, query, key, value, scaling: float | None, step: Packed):
             return x[0, :, :step.rows].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, d]
 
         cached = step.cache.layers[layer]
-        keys, values = _append(cached, "keys", rows_of(key)), _append(cached, "values", rows_of(value))
+        keys = _append(cached, "keys", rows_of(key), transposed=step.spans is not None)
+        values = _append(cached, "values", rows_of(value))
         if step.spans is not None:
             step.window = step.window or _window(step.spans, keys.device)
             outs.append(_chunked_rows(rows_of(query), keys, values, step.spans, scaling, step.window).transpose(0, 1))
@@ -181,23 +184,31 @@ def _packed(layer: int, query, key, value, scaling: float | None, step: Packed):
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), None  # a lone part: no copy
 
 
-def _append(layer, name: str, new, spare: int = 32):
+def _append(layer, name: str, new, spare: int = 32, transposed: bool = False):
     """``layer.<name>`` (a DynamicLayer's keys or values, ``[rows, kv_heads, kv, d]``) with ``new`` appended, in
     place where its buffer has room: the rows' cache grows a column a step, and ``torch.cat`` copied all of it
     every step (15 ms of a 44 ms step at 8 rows x 300 columns on SmolLM2-135M). The buffer keeps ``spare`` zeroed
     columns beyond the end; a cache the batch reshaped (a row joined or left) gets a fresh one. Returns the whole
-    buffer: attended whole (spare columns masked) it is contiguous, where a view of it would be copied by bmm."""
+    buffer: attended whole (spare columns masked) it is contiguous, where a view of it would be copied by bmm.
+
+    ``transposed``: the buffer is stored ``[rows, kv_heads, d, kv]`` and ``layer.<name>`` is a transposed view of
+    it, so that ``keys.transpose(-1, -2)`` is row-major for the scores' matmul: a bf16 bmm on the CPU copied the
+    strided K^T first, every layer (Qwen2.5-0.5B, 16 rows x 448 columns: 383 us a layer against 99)."""
+    def logical(buffer):
+        return buffer.transpose(2, 3) if transposed else buffer
+
     old = getattr(layer, name)
     buffer = layer.__dict__.get(f"_{name}_buffer")
     width, more = old.shape[2], new.shape[2]
-    if (buffer is None or buffer.data_ptr() != old.data_ptr() or buffer.stride() != old.stride()
-            or buffer.shape[:2] != old.shape[:2] or buffer.shape[2] < width + more):
-        buffer = old.new_zeros(*old.shape[:2], width + more + spare, old.shape[3])  # zeros: 0 x garbage is NaN
-        buffer[:, :, :width] = old
+    if (buffer is None or logical(buffer).data_ptr() != old.data_ptr() or logical(buffer).stride() != old.stride()
+            or buffer.shape[:2] != old.shape[:2] or logical(buffer).shape[2] < width + more):
+        columns = width + more + spare  # zeros: 0 x garbage is NaN
+        buffer = old.new_zeros(*old.shape[:2], *((old.shape[3], columns) if transposed else (columns, old.shape[3])))
+        logical(buffer)[:, :, :width] = old
         layer.__dict__[f"_{name}_buffer"] = buffer
-    buffer[:, :, width:width + more] = new
-    setattr(layer, name, buffer[:, :, :width + more])
-    return buffer
+    logical(buffer)[:, :, width:width + more] = new
+    setattr(layer, name, logical(buffer)[:, :, :width + more])
+    return logical(buffer)
 
 
 def _causal(query, key, value, scaling: float | None):

@@ -10,18 +10,26 @@ Here PEFT stays the container (injection, ``transplant``, ``delete_adapter``, fo
 the serving forward changes: per LoRA layer, the resident adapters' A and B are stacked once per load into
 ``A [slots, in, rank]`` and ``B [slots, rank, out]`` (float32 like PEFT's LoRA weights, the scaling folded into
 B, ranks padded with zeros to the largest, slot 0 all zeros for rows on the base model; sized for
-``engine.max_loras`` once), and per step each layer runs one gather and two batched matmuls over its rows
-(``bmm`` of x with ``A[slot of each row]``; on the CPU also where every row shares one slot, as a view of it:
-``_Rows.per_row``), a single sequence (a prompt, a lone row) uses its slot's matrices directly, and a step with
-no adapter skips the LoRA math. The stacks are a second, float32 copy of the resident adapters
-beside PEFT's (max_loras + 1 slots: ~100 MB for SmolLM2-135M r16 all-linear, ~175 MB for Qwen2.5-Coder-0.5B).
+``engine.max_loras`` once), and a step with no adapter skips the LoRA math. The stacks are a second, float32 copy
+of the resident adapters beside PEFT's (max_loras + 1 slots: ~100 MB for SmolLM2-135M r16 all-linear, ~175 MB for
+Qwen2.5-Coder-0.5B).
 
-A decode step at batch 8 mixing 4 r16 adapters and the base, bf16, one thread (median of interleaved runs, cores
-shared): SmolLM2-135M PEFT 86 ms, grouped 44 ms, the model without LoRA layers 33 ms; Qwen2.5-Coder-0.5B with
-its four trained experts PEFT 232 ms, grouped 181 ms, without LoRA 154 ms. Measured against it in the same runs,
-none faster: one matmul with every slot's A concatenated and a row mask (no gather: 5% slower on SmolLM2, equal on
-Qwen), the same over the slots in use only (6% slower on Qwen), rows grouped by slot (PEFT's loop without its
-hooks: 5-10% slower on SmolLM2), and bf16 LoRA math (slower on this CPU, and its argmax drifted from PEFT's).
+On the CPU, per step, the tokens (decoding rows and prompt chunks alike) are grouped by slot once (``_Plan``) and
+each LoRA layer runs two GEMMs per slot in use over its tokens, padded to a multiple of ``BLOCK`` rows
+(``_Stack.product``). A float32 GEMM over 8 rows rounds other sums than over 1 here (Qwen2.5's 896 x 4864 layer:
+37,031 of 38,912 outputs of 8 rows differ in float32, 28 still after the cast to bf16), but MKL gives a row the
+same bits in any GEMM of a multiple of 4 rows, wherever the row sits: probed per shape and thread count at first
+use (``_blocked``), so a token's LoRA term is the one it has alone, whoever else runs. Where the probe fails, each
+row gets a matmul of its own (a gather of its slot's A and B and a ``bmm``: ``_Rows.per_row``), as everywhere
+before; on a GPU (bf16 answers depend on the batch there anyway) rows mixing slots take that gather and ``bmm``,
+and a lone slot one GEMM.
+
+Qwen2.5-Coder-0.5B with its four trained experts at 16 rows over a 458-column cache (bf16, the engine's 2
+threads, ``benchmarks/decode_step.py``, profiled): the per-row gather copied ~560 MB a step (``index_select``, 63
+of 191 ms); in blocks the step took 156 ms. Earlier, measured against the gather at batch 8 and none faster: one
+matmul with every slot's A concatenated and a row mask (its B product over every slot's rank costs 5x the flops: a
+[16, 80] x [80, 4864] float32 GEMM takes 170 us against 2 x 16 for two slots' blocks), rows grouped by slot with
+PEFT's loop, and bf16 LoRA math (slower on this CPU, and its argmax drifted from PEFT's).
 
 Layers PEFT's plain LoRA does not describe (embeddings, convolutions, variants such as DoRA, a LoRA bias) keep
 PEFT's own mixed-batch forward for the whole model (``GroupedLora.grouped`` is False).
@@ -29,6 +37,7 @@ PEFT's own mixed-batch forward for the whole model (``GroupedLora.grouped`` is F
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
 from contextlib import contextmanager
@@ -78,14 +87,15 @@ class _Stack:
         torch.mul(b.t(), layer.scaling[name], out=self.b[slot, :rank])
 
     def delta(self, x, rows: _Rows):
-        """The LoRA term of every row of ``x [rows, seq, in]`` (packed: ``[1, tokens, in]``) in float32."""
+        """The LoRA term of every token of ``x [rows, seq, in]`` (packed: ``[1, tokens, in]``) in float32."""
         import torch
 
         x = x.to(self.a.dtype)
-        # one sequence (a prompt, one row) on its slot's matrices; on the CPU never a packed step's whole sequence,
-        # though every part shares the slot: its decode rows as one GEMM would round by how many there are
+        if x.is_cpu and _blocked(self.a.shape[1], self.a.shape[2]) and _blocked(self.b.shape[1], self.b.shape[2]):
+            flat = x.reshape(-1, x.shape[-1])
+            return rows.plan(flat.shape[0], x.shape[1]).apply(flat, self).view(*x.shape[:-1], -1)
         if rows.single is not None and (not x.is_cpu or (rows.chunks is None and x.shape[0] == 1)):
-            return x @ self.a[rows.single] @ self.b[rows.single]
+            return x @ self.a[rows.single] @ self.b[rows.single]  # one sequence (a prompt, one row) on its slot
         if rows.chunks is None:  # a matmul per row, each row's shapes as alone (see ``_Rows.per_row``)
             a, b = rows.per_row(self.a, self.b)
             return torch.bmm(torch.bmm(x, a), b)
@@ -96,6 +106,86 @@ class _Stack:
             parts.append(x[:, start:start + length] @ self.a[slot] @ self.b[slot])
             start += length
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def product(self, slot: int, x):
+        """``x [tokens, in] @ a[slot] @ b[slot]`` in GEMMs of a multiple of ``BLOCK`` rows (zero rows padded),
+        at most ``BLOCK_MAX`` each: what every token gets here whoever else runs (``_blocked``)."""
+        import torch
+        from torch.nn.functional import pad
+
+        if slot == 0:  # the base model's tokens: no LoRA term
+            return x.new_zeros(x.shape[0], self.b.shape[2])
+        parts = []
+        for start in range(0, x.shape[0], BLOCK_MAX):
+            part = x[start:start + BLOCK_MAX]
+            short = -part.shape[0] % BLOCK
+            out = (pad(part, (0, 0, 0, short)) if short else part) @ self.a[slot] @ self.b[slot]
+            parts.append(out[:part.shape[0]] if short else out)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+BLOCK = 4  # float32 GEMM rows: on this machine's MKL a row's result is the same in any GEMM of a multiple of 4 rows
+BLOCK_MAX = 1024  # (and 5-7 or 9-11 rows round their tail rows otherwise than 4 or 8): ``_blocked`` checks it
+
+
+@functools.lru_cache(maxsize=64)
+def _blocked_at(fan_in: int, fan_out: int, threads: int) -> bool:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(BLOCK_MAX, fan_in, generator=generator)
+    w = torch.randn(fan_in, fan_out, generator=generator)
+    alone = torch.cat([x[i:i + BLOCK] @ w for i in range(0, 64, BLOCK)])  # each row in a block of its own
+    for rows in (BLOCK, 2 * BLOCK, 3 * BLOCK, 16, 36, 64):
+        if not torch.equal(x[:rows] @ w, alone[:rows]):
+            return False
+    shifted = torch.cat([x[BLOCK:64], x[:BLOCK]]) @ w  # other rows, other places
+    big = x @ w
+    ok = torch.equal(shifted[-BLOCK:], alone[:BLOCK]) and torch.equal(big[:64], alone)
+    log.info("grouped LoRA: float32 GEMMs of [rows, %d] x [%d, %d] %s in %d-row blocks", fan_in, fan_in, fan_out,
+             "round alike" if ok else "do NOT round alike (a matmul per row instead)", BLOCK)
+    return ok
+
+
+def _blocked(fan_in: int, fan_out: int) -> bool:
+    """Whether a float32 GEMM ``[rows, fan_in] @ [fan_in, fan_out]`` on this CPU, at this thread count, gives every
+    row the same bits in any multiple of ``BLOCK`` rows (up to ``BLOCK_MAX``), wherever the row sits: probed once
+    per shape. Then a step's tokens sharing an adapter are one GEMM (``_Stack.product``) and each token's LoRA
+    term is still the one it has alone; else the rows take one matmul each (``_Rows.per_row``)."""
+    import torch
+
+    return _blocked_at(fan_in, fan_out, torch.get_num_threads())
+
+
+class _Plan:
+    """One step's tokens grouped by slot (built once per step, used by every LoRA layer): ``order`` sorts them
+    (None: one slot, or already in order), ``groups`` is ``(slot, start, stop)`` in the sorted order."""
+
+    def __init__(self, token_slots: list[int], device) -> None:
+        import torch
+
+        order = sorted(range(len(token_slots)), key=token_slots.__getitem__)
+        self.groups: list[tuple[int, int, int]] = []
+        for position, token in enumerate(order):
+            slot = token_slots[token]
+            if self.groups and self.groups[-1][0] == slot:
+                self.groups[-1] = (slot, self.groups[-1][1], position + 1)
+            else:
+                self.groups.append((slot, position, position + 1))
+        self.order = self.inverse = None
+        if order != sorted(order):
+            self.order = torch.tensor(order, device=device)
+            self.inverse = torch.empty_like(self.order)
+            self.inverse[self.order] = torch.arange(len(order), device=device)
+
+    def apply(self, flat, stack: _Stack):
+        import torch
+
+        if self.order is None and len(self.groups) == 1:
+            return stack.product(self.groups[0][0], flat)
+        ordered = flat if self.order is None else flat.index_select(0, self.order)
+        out = torch.cat([stack.product(slot, ordered[start:stop]) for slot, start, stop in self.groups])
+        return out if self.inverse is None else out.index_select(0, self.inverse)
 
 
 class _Rows:
@@ -113,14 +203,23 @@ class _Rows:
         self.chunks = chunks
         # packed: the one-token rows alone, built once per step rather than once per LoRA layer
         self.decode_rows = _Rows(slots, device) if chunks is not None and slots else None
+        self._slots, self._device, self._plan = slots, device, None
+
+    def plan(self, tokens: int, seq: int) -> _Plan:
+        """Each of the step's ``tokens`` tokens grouped by slot: rows of ``seq`` tokens each, or packed (``chunks``)
+        one token per row, then the chunks."""
+        if self._plan is None:
+            every = [slot for slot in self._slots for _ in range(1 if self.chunks is not None else seq)]
+            every += [slot for slot, length in self.chunks or [] for _ in range(length)]
+            if len(every) != tokens:
+                raise ValueError(f"{tokens} tokens in the forward, {len(every)} in its rows and chunks")
+            self._plan = _Plan(every, self._device)
+        return self._plan
 
     def per_row(self, a, b):
-        """Each row's ``a [rows, in, rank]`` and ``b [rows, rank, out]`` for a ``bmm``: a product of one row's
-        token alone. Rows sharing one slot are not one ``[rows, in] @ [in, rank]`` matmul: on the CPU a float32
-        GEMM over 8 rows rounds other sums than over 1 (Qwen2.5's 896 x 4864 layer: 37,031 of 38,912 outputs of 8
-        rows differ in float32, 28 still after the cast to bf16), so a row's answer depended on whether the other
-        rows shared its adapter (a rerun of the bench changed 1 of 404 answers); the ``bmm`` of one-row products
-        equals the row alone bit for bit, whoever else runs."""
+        """Each row's ``a [rows, in, rank]`` and ``b [rows, rank, out]`` for a ``bmm`` (where ``_blocked`` fails):
+        a product of one row's token alone, bit for bit whoever else runs (one GEMM over rows sharing a slot
+        would round by how many there are: a rerun of the bench once changed 1 of 404 answers that way)."""
         if self.single is not None:  # a view of one slot, no copy
             return a[self.single].expand(self.rows, -1, -1), b[self.single].expand(self.rows, -1, -1)
         return a.index_select(0, self.index), b.index_select(0, self.index)
@@ -195,7 +294,8 @@ class GroupedLora:
             result = layer.base_layer(x, *args, **kwargs)
             if not rows.any:
                 return result
-            return result + layer.__dict__["_grouped"].delta(x, rows).to(result.dtype)
+            # as PEFT: the sum in float32, rounded once (in place: the base layer's output is the step's own)
+            return result.add_(layer.__dict__["_grouped"].delta(x, rows))
 
         return forward
 
