@@ -36,9 +36,9 @@ NUMERICS = 8  # bump when the decode math changes (2: scheduler pads single-toke
 # forward thread runs on every core, threads.py: bf16 GEMMs split over 2 threads round 1 of 80 Qwen answers
 # otherwise; 6: on the CPU the rows' attention is batched, float32 chunked sums, _chunked_rows; 7: so are a packed
 # step's LoRA terms where every row and chunk shares one adapter, which ran as one GEMM over the whole step and
-# rounded by how many rows decoded; 8: on the CPU every token's LoRA term is a GEMM of 4-row blocks per adapter,
-# lora.py, added to the base output in float32 and rounded once, as PEFT does, and the rows' keys are stored
-# transposed): the bench's cached greedy answers of the hf engine key on it
+# rounded by how many rows decoded; 8: on the CPU each adapter's tokens are one GEMM padded to a multiple of 4
+# rows, lora.py; everywhere the LoRA term is added to the base output in float32 and rounded once, as PEFT does;
+# on the CPU the rows' keys are stored transposed): the bench's cached greedy answers of the hf engine key on it
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,
@@ -189,7 +189,7 @@ def _append(layer, name: str, new, spare: int = 32, transposed: bool = False):
     place where its buffer has room: the rows' cache grows a column a step, and ``torch.cat`` copied all of it
     every step (15 ms of a 44 ms step at 8 rows x 300 columns on SmolLM2-135M). The buffer keeps ``spare`` zeroed
     columns beyond the end; a cache the batch reshaped (a row joined or left) gets a fresh one. Returns the whole
-    buffer: attended whole (spare columns masked) it is contiguous, where a view of it would be copied by bmm.
+    buffer (``transposed``: as a transposed view of it), attended whole (spare columns masked).
 
     ``transposed``: the buffer is stored ``[rows, kv_heads, d, kv]`` and ``layer.<name>`` is a transposed view of
     it, so that ``keys.transpose(-1, -2)`` is row-major for the scores' matmul: a bf16 bmm on the CPU copied the

@@ -16,23 +16,24 @@ Qwen2.5-Coder-0.5B).
 
 On the CPU, per step, the tokens (decoding rows and prompt chunks alike) are grouped by slot once (``_Plan``) and
 each LoRA layer runs two GEMMs per slot in use over its tokens, padded to a multiple of ``BLOCK`` rows
-(``_Stack.product``). A float32 GEMM over 8 rows rounds other sums than over 1 here (Qwen2.5's 896 x 4864 layer:
-37,031 of 38,912 outputs of 8 rows differ in float32, 28 still after the cast to bf16), but MKL gives a row the
-same bits in any GEMM of a multiple of 4 rows, wherever the row sits: probed per shape and thread count at first
-use (``_blocked``), so a token's LoRA term is the one it has alone, whoever else runs. Where the probe fails, each
-row gets a matmul of its own (a gather of its slot's A and B and a ``bmm``: ``_Rows.per_row``), as everywhere
-before; on a GPU (bf16 answers depend on the batch there anyway) rows mixing slots take that gather and ``bmm``,
-and a lone slot one GEMM.
+(``_Stack.product``, at most ``BLOCK_MAX`` rows a GEMM). A float32 GEMM over 8 rows rounds other sums than over 1
+here (Qwen2.5's 896 x 4864 layer: 37,031 of 38,912 outputs of 8 rows differ in float32, 28 still after the cast
+to bf16), but MKL gives a row the same bits in any GEMM of a multiple of 4 rows, wherever the row sits: probed per
+shape and thread count at first use, every such size up to ``BLOCK_MAX`` (``_blocked``), so a token's LoRA term
+is the one it has alone, whoever else runs. Where the probe fails, each row gets a matmul of its own (a gather of
+its slot's A and B and a ``bmm``: ``_Rows.per_row``), as everywhere before; on a GPU (bf16 answers depend on the
+batch there anyway) rows mixing slots take that gather and ``bmm``, and a lone slot one GEMM.
 
 Qwen2.5-Coder-0.5B with its four trained experts at 16 rows over a 458-column cache (bf16, the engine's 2
 threads, ``benchmarks/decode_step.py``, profiled): the per-row gather copied ~560 MB a step (``index_select``, 63
 of 191 ms); in blocks the step took 156 ms. Earlier, measured against the gather at batch 8 and none faster: one
 matmul with every slot's A concatenated and a row mask (its B product over every slot's rank costs 5x the flops: a
-[16, 80] x [80, 4864] float32 GEMM takes 170 us against 2 x 16 for two slots' blocks), rows grouped by slot with
-PEFT's loop, and bf16 LoRA math (slower on this CPU, and its argmax drifted from PEFT's).
+[16, 80] x [80, 4864] float32 GEMM takes 170 us against 2 x 16 for two slots' blocks), PEFT's own loop over the
+slots (its hooks and casts per layer), and bf16 LoRA math (slower on this CPU, and its argmax drifted from PEFT's).
 
-Layers PEFT's plain LoRA does not describe (embeddings, convolutions, variants such as DoRA, a LoRA bias) keep
-PEFT's own mixed-batch forward for the whole model (``GroupedLora.grouped`` is False).
+Layers PEFT's plain LoRA does not describe (embeddings, convolutions, variants such as DoRA, a LoRA bias) and a
+LoRA on the output head (it sees the kept logits' positions only) keep PEFT's own mixed-batch forward for the whole
+model (``GroupedLora.grouped`` is False).
 """
 
 from __future__ import annotations
@@ -124,8 +125,11 @@ class _Stack:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-BLOCK = 4  # float32 GEMM rows: on this machine's MKL a row's result is the same in any GEMM of a multiple of 4 rows
-BLOCK_MAX = 1024  # (and 5-7 or 9-11 rows round their tail rows otherwise than 4 or 8): ``_blocked`` checks it
+BLOCK = 4  # a float32 GEMM's rows round alike here in any multiple of 4 rows (1-3 rows, and the tail rows of 5-7 or
+# 9-11, round otherwise): ``_blocked`` checks it per shape
+BLOCK_MAX = 256  # the largest GEMM of one adapter's tokens (a longer run is split): the probe checks every multiple
+# of BLOCK up to it, so a step's decoding rows and a prompt chunk on their adapter (up to the prefill budget, 512,
+# plus the rows) run as GEMMs the probe has seen
 
 
 @functools.lru_cache(maxsize=64)
@@ -135,23 +139,23 @@ def _blocked_at(fan_in: int, fan_out: int, threads: int) -> bool:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(BLOCK_MAX, fan_in, generator=generator)
     w = torch.randn(fan_in, fan_out, generator=generator)
-    alone = torch.cat([x[i:i + BLOCK] @ w for i in range(0, 64, BLOCK)])  # each row in a block of its own
-    for rows in (BLOCK, 2 * BLOCK, 3 * BLOCK, 16, 36, 64):
-        if not torch.equal(x[:rows] @ w, alone[:rows]):
-            return False
-    shifted = torch.cat([x[BLOCK:64], x[:BLOCK]]) @ w  # other rows, other places
-    big = x @ w
-    ok = torch.equal(shifted[-BLOCK:], alone[:BLOCK]) and torch.equal(big[:64], alone)
-    log.info("grouped LoRA: float32 GEMMs of [rows, %d] x [%d, %d] %s in %d-row blocks", fan_in, fan_in, fan_out,
-             "round alike" if ok else "do NOT round alike (a matmul per row instead)", BLOCK)
+    alone = torch.cat([x[i:i + BLOCK] @ w for i in range(0, BLOCK_MAX, BLOCK)])  # each row in a block of its own
+    blocks = x.view(-1, BLOCK, fan_in)
+    moved = torch.cat([blocks[1::2], blocks[::2]]).reshape(BLOCK_MAX, fan_in)  # every row somewhere else
+    ok = all(torch.equal(x[:rows] @ w, alone[:rows]) for rows in range(BLOCK, BLOCK_MAX + 1, BLOCK)) and torch.equal(
+        moved @ w, torch.cat([alone.view(-1, BLOCK, fan_out)[1::2], alone.view(-1, BLOCK, fan_out)[::2]]).reshape(
+            BLOCK_MAX, fan_out))
+    log.info("grouped LoRA: float32 GEMMs [rows, %d] x [%d, %d] at %d thread(s) %s in blocks of %d rows", fan_in,
+             fan_in, fan_out, threads, "round alike" if ok else "do NOT round alike (a matmul per row instead)", BLOCK)
     return ok
 
 
 def _blocked(fan_in: int, fan_out: int) -> bool:
     """Whether a float32 GEMM ``[rows, fan_in] @ [fan_in, fan_out]`` on this CPU, at this thread count, gives every
-    row the same bits in any multiple of ``BLOCK`` rows (up to ``BLOCK_MAX``), wherever the row sits: probed once
-    per shape. Then a step's tokens sharing an adapter are one GEMM (``_Stack.product``) and each token's LoRA
-    term is still the one it has alone; else the rows take one matmul each (``_Rows.per_row``)."""
+    row the same bits in every multiple of ``BLOCK`` rows up to ``BLOCK_MAX``, wherever the row sits: probed once
+    per shape and thread count (each size, every row; ~64 GEMMs). Then a step's tokens sharing an adapter are one
+    GEMM (``_Stack.product``) and each token's LoRA term is still the one it has alone; else the rows take one
+    matmul each (``_Rows.per_row``)."""
     import torch
 
     return _blocked_at(fan_in, fan_out, torch.get_num_threads())
@@ -173,6 +177,7 @@ class _Plan:
             else:
                 self.groups.append((slot, position, position + 1))
         self.order = self.inverse = None
+        self.shape: tuple[int, int] | None = None  # the (tokens, seq) of the forward it was built for
         if order != sorted(order):
             self.order = torch.tensor(order, device=device)
             self.inverse = torch.empty_like(self.order)
@@ -208,12 +213,14 @@ class _Rows:
     def plan(self, tokens: int, seq: int) -> _Plan:
         """Each of the step's ``tokens`` tokens grouped by slot: rows of ``seq`` tokens each, or packed (``chunks``)
         one token per row, then the chunks."""
-        if self._plan is None:
+        if self._plan is None or self._plan.shape != (tokens, seq):
             every = [slot for slot in self._slots for _ in range(1 if self.chunks is not None else seq)]
             every += [slot for slot, length in self.chunks or [] for _ in range(length)]
-            if len(every) != tokens:
-                raise ValueError(f"{tokens} tokens in the forward, {len(every)} in its rows and chunks")
+            if len(every) != tokens:  # a LoRA layer that sees other positions (a head on kept logits only)
+                raise ValueError(f"a LoRA layer saw {tokens} tokens, the step has {len(every)} in its rows and "
+                                 "chunks: the grouped forward cannot serve it")
             self._plan = _Plan(every, self._device)
+            self._plan.shape = (tokens, seq)
         return self._plan
 
     def per_row(self, a, b):
@@ -253,7 +260,9 @@ class GroupedLora:
             self.slots = {n: slot for n, slot in self.slots.items() if n in names}
             return
         layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-        self.grouped = bool(layers) and all(_supported(layer, names) for layer in layers)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        # a LoRA on the output head sees only the kept logits' positions, not the step's tokens
+        self.grouped = bool(layers) and all(_supported(layer, names) and layer is not head for layer in layers)
         if not self.grouped:
             self.slots = {}
             for layer in layers:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from runtime.engines.attention import NAME, use_decode_attention
 
 
@@ -92,3 +94,27 @@ def test_the_rows_cache_grows_in_place_and_a_reshaped_one_gets_a_fresh_buffer():
     third = _append(layer, "keys", torch.full((1, 1, 1, 4), -3.0), spare=2)
     assert third.data_ptr() != first.data_ptr()
     assert layer.keys[0, 0, :, 0].tolist() == [4.0, 8.0, -1.0, -2.0, -3.0]
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_the_rows_cache_buffer_keeps_its_layout_in_place_and_starts_fresh_after_a_reshape(transposed):
+    """Stored transposed (the CPU's keys: K^T row-major for the scores' matmul), the cache reads as before."""
+    import torch
+
+    from runtime.engines.attention import _append
+
+    class Layer:
+        keys = torch.arange(24.0).reshape(2, 1, 3, 4)
+
+    layer, new = Layer(), torch.arange(100.0, 108.0).reshape(2, 1, 1, 4)
+    first = _append(layer, "keys", new, spare=2, transposed=transposed)
+    assert torch.equal(layer.keys, torch.cat([torch.arange(24.0).reshape(2, 1, 3, 4), new], dim=2))
+    assert first.shape == (2, 1, 6, 4) and torch.equal(first[:, :, 4:], torch.zeros(2, 1, 2, 4))
+    second = _append(layer, "keys", new + 10, spare=2, transposed=transposed)
+    assert second.data_ptr() == first.data_ptr() and torch.equal(layer.keys[:, :, 4], (new + 10)[:, :, 0])
+    layer.keys = layer.keys[[1]]  # a row left: a fresh tensor, in the logical layout
+    third = _append(layer, "keys", new[[0]] + 20, spare=2, transposed=transposed)
+    assert third.data_ptr() != first.data_ptr()
+    assert torch.equal(layer.keys[0, 0, :, 0], torch.tensor([12.0, 16.0, 20.0, 104.0, 114.0, 120.0]))
+    if transposed:  # stored [rows, kv_heads, d, columns]: K^T is row-major
+        assert layer.keys.transpose(-1, -2).stride()[-1] == 1

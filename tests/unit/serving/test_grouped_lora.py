@@ -148,3 +148,58 @@ def test_each_rows_lora_term_equals_the_row_alone_bit_for_bit(slots, blocked, mo
                     start - rows, start - rows + n)])
                 assert torch.equal(packed[0, start:start + n], alone), chunks
                 start += n
+
+
+def test_long_runs_on_one_adapter_keep_each_tokens_term_as_alone():
+    """Decoding rows and a prompt chunk on their adapter are one run of tokens, longer than one GEMM (BLOCK_MAX):
+    each token's term is still the one it has alone."""
+    from runtime.engines import lora
+    from runtime.engines.lora import _Rows, _Stack
+
+    if not lora._blocked(896, 16) or not lora._blocked(16, 896):
+        pytest.skip("this CPU's float32 GEMMs do not round alike in blocks: the per-row path serves")
+    torch.manual_seed(1)
+    stack = _Stack(3, 16, 896, 896)
+    stack.a.normal_(0, 0.02)
+    stack.b.normal_(0, 0.02)
+    slots, chunks = [1, 2, 1, 0, 1], [(1, lora.BLOCK_MAX + 37), (2, 3)]
+    tokens = torch.randn(1, len(slots) + sum(n for _, n in chunks), 896)
+    packed = stack.delta(tokens, _Rows(slots, None, chunks=chunks))[0]
+    every = slots + [slot for slot, n in chunks for _ in range(n)]
+    for i in [*range(len(slots)), len(slots), len(slots) + lora.BLOCK_MAX, tokens.shape[1] - 4, tokens.shape[1] - 1]:
+        assert torch.equal(packed[i], stack.delta(tokens[:, i:i + 1], _Rows([every[i]], None))[0, 0]), i
+
+
+def test_the_probe_notices_gemms_that_round_by_their_row_count(monkeypatch):
+    """Blocks of one row: MKL's one-row GEMM rounds otherwise than its many-row one, which the probe must see."""
+    from runtime.engines import lora
+
+    x, w = torch.randn(8, 896), torch.randn(896, 16)
+    if torch.equal((x @ w)[:1], x[:1] @ w):
+        pytest.skip("this CPU's one-row GEMM rounds as its 8-row one: nothing for the probe to find")
+    monkeypatch.setattr(lora, "BLOCK", 1)
+    assert lora._blocked_at.__wrapped__(896, 16, torch.get_num_threads()) is False
+    monkeypatch.setattr(lora, "BLOCK", 4)
+    assert lora._blocked_at.__wrapped__(896, 16, torch.get_num_threads()) is lora._blocked(896, 16)
+
+
+def test_a_layer_that_sees_other_positions_than_the_steps_tokens_is_refused():
+    from runtime.engines.lora import _Rows, _Stack
+
+    stack, rows = _Stack(2, 4, 8, 8), _Rows([1, 0], None, chunks=[(1, 3)])
+    stack.a.normal_()
+    stack.delta(torch.randn(1, 5, 8), rows)
+    with pytest.raises(ValueError, match="saw 2 tokens, the step has 5"):
+        stack.delta(torch.randn(1, 2, 8), rows)
+
+
+def test_a_lora_on_the_output_head_takes_peft_s_forward(tiny_model_dir: Path):
+    """The head runs on the kept logits' positions only, not on the step's tokens: the model is not grouped."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                           LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
+    lora = GroupedLora()
+    lora.sync(model)
+    assert not lora.grouped
