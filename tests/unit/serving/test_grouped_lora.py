@@ -113,6 +113,20 @@ def test_a_layer_type_it_does_not_group_keeps_peft_s_forward(tiny_model_dir, tmp
     assert not torch.allclose(mixed[0], model(**inputs, adapter_names=[BASE, BASE]).logits[0])
 
 
+def _random_stack(fan_out: int, seed: int, blocked: bool = True):
+    """Three slots of rank 16 over Qwen2.5-0.5B's 896 inputs, random A and B; skips where blocks are wanted and this
+    CPU's float32 GEMMs do not round alike in them (the per-row path serves there)."""
+    from runtime.engines import lora
+
+    if blocked and not (lora._blocked(896, 16) and lora._blocked(16, fan_out)):
+        pytest.skip("this CPU's float32 GEMMs do not round alike in blocks: the per-row path serves")
+    torch.manual_seed(seed)
+    stack = lora._Stack(3, 16, 896, fan_out)
+    stack.a.normal_(0, 0.02)
+    stack.b.normal_(0, 0.02)
+    return stack
+
+
 @pytest.mark.parametrize("blocked", [True, False], ids=["blocked", "per-row"])
 @pytest.mark.parametrize("slots", [[1] * 8, [1, 2, 0, 1, 2, 2, 1, 0], [2], [1, 2, 1], [0, 2] * 7 + [1]])
 def test_each_rows_lora_term_equals_the_row_alone_bit_for_bit(slots, blocked, monkeypatch):
@@ -120,16 +134,11 @@ def test_each_rows_lora_term_equals_the_row_alone_bit_for_bit(slots, blocked, mo
     GEMMs of 4-row blocks (where the probe finds them alike whatever the row count) or a matmul of its own, so
     whoever else decodes, and whatever prompt chunks ride in the step, a row gets what it gets alone."""
     from runtime.engines import lora
-    from runtime.engines.lora import _Rows, _Stack
+    from runtime.engines.lora import _Rows
 
     if not blocked:
         monkeypatch.setattr(lora, "_blocked", lambda fan_in, fan_out: False)
-    elif not lora._blocked(896, 16) or not lora._blocked(16, 4864):
-        pytest.skip("this CPU's float32 GEMMs do not round alike in 4-row blocks: the per-row path serves")
-    torch.manual_seed(0)
-    stack = _Stack(3, 16, 896, 4864)
-    stack.a.normal_(0, 0.02)
-    stack.b.normal_(0, 0.02)
+    stack = _random_stack(4864, seed=0, blocked=blocked)
     rows = len(slots)
     x = torch.randn(rows, 1, 896).bfloat16()
     together = stack.delta(x, _Rows(slots, None))
@@ -154,14 +163,9 @@ def test_long_runs_on_one_adapter_keep_each_tokens_term_as_alone():
     """Decoding rows and a prompt chunk on their adapter are one run of tokens, longer than one GEMM (BLOCK_MAX):
     each token's term is still the one it has alone."""
     from runtime.engines import lora
-    from runtime.engines.lora import _Rows, _Stack
+    from runtime.engines.lora import _Rows
 
-    if not lora._blocked(896, 16) or not lora._blocked(16, 896):
-        pytest.skip("this CPU's float32 GEMMs do not round alike in blocks: the per-row path serves")
-    torch.manual_seed(1)
-    stack = _Stack(3, 16, 896, 896)
-    stack.a.normal_(0, 0.02)
-    stack.b.normal_(0, 0.02)
+    stack = _random_stack(896, seed=1)
     slots, chunks = [1, 2, 1, 0, 1], [(1, lora.BLOCK_MAX + 37), (2, 3)]
     tokens = torch.randn(1, len(slots) + sum(n for _, n in chunks), 896)
     packed = stack.delta(tokens, _Rows(slots, None, chunks=chunks))[0]
