@@ -39,6 +39,7 @@ model (``GroupedLora.grouped`` is False).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import types
 from contextlib import contextmanager
@@ -165,19 +166,18 @@ class _Plan:
     """One step's tokens grouped by slot (built once per step, used by every LoRA layer): ``order`` sorts them
     (None: one slot, or already in order), ``groups`` is ``(slot, start, stop)`` in the sorted order."""
 
-    def __init__(self, token_slots: list[int], device) -> None:
+    def __init__(self, token_slots: list[int], device, shape: tuple[int, int]) -> None:
         import torch
 
         order = sorted(range(len(token_slots)), key=token_slots.__getitem__)
         self.groups: list[tuple[int, int, int]] = []
-        for position, token in enumerate(order):
-            slot = token_slots[token]
-            if self.groups and self.groups[-1][0] == slot:
-                self.groups[-1] = (slot, self.groups[-1][1], position + 1)
-            else:
-                self.groups.append((slot, position, position + 1))
+        start = 0
+        for slot, run in itertools.groupby(token_slots[token] for token in order):
+            stop = start + len(list(run))
+            self.groups.append((slot, start, stop))
+            start = stop
+        self.shape = shape  # the (tokens, seq) of the forward it was built for
         self.order = self.inverse = None
-        self.shape: tuple[int, int] | None = None  # the (tokens, seq) of the forward it was built for
         if order != sorted(order):
             self.order = torch.tensor(order, device=device)
             self.inverse = torch.empty_like(self.order)
@@ -219,8 +219,7 @@ class _Rows:
             if len(every) != tokens:  # a LoRA layer that sees other positions (a head on kept logits only)
                 raise ValueError(f"a LoRA layer saw {tokens} tokens, the step has {len(every)} in its rows and "
                                  "chunks: the grouped forward cannot serve it")
-            self._plan = _Plan(every, self._device)
-            self._plan.shape = (tokens, seq)
+            self._plan = _Plan(every, self._device, (tokens, seq))
         return self._plan
 
     def per_row(self, a, b):
