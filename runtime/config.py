@@ -148,6 +148,9 @@ class DeploymentConfig(Frozen):
     model: str | None = None  # mixed / merged: the model that serves every task
     adapters: dict[TaskName, str] = Field(default_factory=dict)  # experts / folded: one LoRA per task
     adapter: str | None = None  # merged-adapter: the one adapter merged from the task adapters
+    # mixed / merged / merged-adapter: a LoRA artifact served folded into its base model's weights
+    # (merge_and_unload, built once and cached) as a full model: full-model speed for one more copy of the weights
+    fold: bool = False
     routes: dict[TaskName, str] = Field(default_factory=dict)  # hybrid: task -> deployment name
     fallback: list[str] = Field(default_factory=list)  # deployments tried in order when this one fails
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -162,6 +165,10 @@ class DeploymentConfig(Frozen):
             raise ValueError(f"option '{self.option}' needs 'adapters': a LoRA adapter per task")
         if self.option == "hybrid" and not self.routes:
             raise ValueError("option 'hybrid' needs 'routes': a deployment name per task")
+        if self.fold and self.option not in needs:
+            raise ValueError(f"'fold' folds the one artifact of options {', '.join(needs)}; option '{self.option}' "
+                             "has none" + (" (option 'folded' serves each expert folded)" if self.option == "experts"
+                                           else ""))
         return self
 
 

@@ -68,7 +68,7 @@ class PlanBuilder:
         self.store = store
         self.engine_kind = engine_kind
         self.load = load
-        self.fold = fold  # how the `folded` option turns an expert into a full model (merge.run.fold_lora)
+        self.fold = fold  # how `folded` and `fold: true` turn a LoRA into a full model (merge.run.fold_lora)
         self.engines: dict[str, EngineSpec] = {}
         self.models: dict[str, ModelEntry] = {}
         self.deployments: dict[str, DeploymentConfig] = {}
@@ -107,10 +107,9 @@ class PlanBuilder:
     def _targets(self, d: DeploymentConfig) -> dict[str, Target]:
         engine_cfg = d.engine if self.engine_kind is None else d.engine.model_copy(update={"kind": self.engine_kind})
         base = self._entry(d.base_model)
-        if d.option in ("mixed", "merged"):
-            return {"*": self._artifact(self._entry(d.model or ""), base, engine_cfg)}
-        if d.option == "merged-adapter":
-            return {"*": self._artifact(self._entry(d.adapter or ""), base, engine_cfg)}
+        if d.option in ("mixed", "merged", "merged-adapter"):
+            entry = self._entry((d.adapter if d.option == "merged-adapter" else d.model) or "")
+            return {"*": self._folded(entry, base, engine_cfg) if d.fold else self._artifact(entry, base, engine_cfg)}
         base_key = self._engine(base, engine_cfg)
         if d.option == "base":
             return {"*": Target(base_key)}
@@ -156,13 +155,13 @@ class PlanBuilder:
         return key
 
     def _folded(self, entry: ModelEntry, base: ModelEntry, config: EngineConfig) -> Target:
-        """An expert folded into its own full model (merge_and_unload): expert answers at full-model speed, one
-        engine (and one copy of the weights) per task."""
+        """A LoRA artifact folded into its own full model (merge_and_unload): its answers at full-model speed, one
+        engine (and one copy of the weights) each (option 'folded': per task; ``fold: true``: the one artifact)."""
         if entry.format != "lora":
             return Target(self._engine(entry, config))
         if self.fold is None:
-            raise ConfigError("deployment", ["option 'folded' needs a way to fold experts; runtime serve and "
-                                             "runtime bench pass merge.run.fold_lora"])
+            raise ConfigError("deployment", ["option 'folded' and 'fold: true' need a way to fold LoRA; runtime "
+                                             "serve and runtime bench pass merge.run.fold_lora"])
         return Target(self._engine(self.fold(entry, base.name), config))
 
     def _artifact(self, entry: ModelEntry, base: ModelEntry, config: EngineConfig) -> Target:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from loras import make_lora
@@ -93,7 +94,7 @@ def test_folded_experts_are_full_models_with_an_engine_each_and_answer_as_the_lo
                    parent="tiny")
     folded = DeploymentConfig(name="folded", option="folded", base_model="tiny",
                               adapters={"generation": "gen", "summarization": "sum"})
-    with pytest.raises(ConfigError, match="needs a way to fold"):
+    with pytest.raises(ConfigError, match="need a way to fold"):
         build_plan(folded, store, load=_load)
     plan = build_plan(folded, store, load=_load, fold=functools.partial(fold_lora, store=store))
     gen, summ = route(plan.table, "generation"), route(plan.table, "summarization")
@@ -105,6 +106,27 @@ def test_folded_experts_are_full_models_with_an_engine_each_and_answer_as_the_lo
     with OfflineRunner(gen.engine, dtype="float32") as runner:
         full = runner.generate(prompt, SamplingParams(max_new_tokens=8))
     assert [g.text for g in full] == [g.text for g in lora]  # fp32: folding changes no greedy token
+
+
+def test_a_folded_mix_is_one_full_model_and_fold_is_refused_where_there_is_no_one_artifact(store):
+    import functools
+
+    from merge.run import fold_lora
+
+    mixed = DeploymentConfig(name="mixed-folded", option="mixed", base_model="tiny", model="mix", fold=True)
+    with pytest.raises(ConfigError, match="need a way to fold LoRA"):
+        build_plan(mixed, store, load=_load)
+    plan = build_plan(mixed, store, load=_load, fold=functools.partial(fold_lora, store=store))
+    target = route(plan.table, "review")
+    assert target.adapter is None and target.engine != str(store.get("tiny").path)
+    assert list(plan.engines) == [target.engine] and not plan.engines[target.engine].adapters  # no base beside it
+    assert (Path(target.engine) / "config.json").is_file()
+    again = build_plan(mixed, store, load=_load, fold=functools.partial(fold_lora, store=store))
+    assert route(again.table, "review").engine == target.engine  # folded once, then the cached fold
+    with pytest.raises(ValueError, match="option 'folded' serves each expert folded"):
+        DeploymentConfig(name="x", option="experts", base_model="tiny", adapters={"generation": "gen"}, fold=True)
+    with pytest.raises(ValueError, match="option 'base' has none"):
+        DeploymentConfig(name="x", option="base", base_model="tiny", fold=True)
 
 
 def test_a_route_to_a_relative_yaml_names_the_file_beside_the_deployment(store, tmp_path, monkeypatch):
