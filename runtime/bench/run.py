@@ -124,7 +124,8 @@ class Bench:
         from merge.run import fold_lora
 
         path, deployment = self.deployment(option)
-        return path, build_plan(deployment, self.store, fold=functools.partial(fold_lora, store=self.store))
+        fold = functools.partial(fold_lora, store=self.store, step=self.progress.say)  # (~30 s a 0.5B: said)
+        return path, build_plan(deployment, self.store, fold=fold)
 
     def measure(self, option: str, engine: str, reference: dict | None, scorer: str | None = None) -> PhaseResult:
         """One server for one option on one engine: answers (or the agreement sample), load, memory, adapter

@@ -106,7 +106,7 @@ class HFEngine:
         self.batch = Batch()
         self._filling: list[Job] = []  # admitted, prompt being prefilled
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
-        TEAMS.join()  # the forward thread's share of the cores: cores // hf engines in this process
+        TEAMS.join()  # the forward thread's share of the cores: cores // hf engines working (threads.py)
         self._team = self._worker.submit(fit, 0).result()  # the forward thread's OpenMP threads
         one_thread()  # (fit set torch's global count too: threads started later read it)
         log.info("hf engine: %d torch threads (%d hf engine(s) in this process)", self._team, TEAMS.engines)
@@ -358,7 +358,7 @@ class HFEngine:
         """The worker loop: until nothing is queued or running."""
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), TEAMS.working():  # an idle engine takes no share of the cores
             while True:
                 with self._cond:
                     idle = not (self._pending or self._ops or self._filling or self._rows())
@@ -366,7 +366,7 @@ class HFEngine:
                         self._running = False
                         break
                 try:
-                    self._team = fit(self._team)  # another engine started or stopped: this one's share moved
+                    self._team = fit(self._team)  # another engine started or ran out of work: this one's share moved
                     self._run_ops()
                     self._admit()
                     self._tidy()

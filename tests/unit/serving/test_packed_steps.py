@@ -115,7 +115,7 @@ def test_the_fallback_path_still_serves_a_model_without_grouped_lora(tiny_model_
     assert not packable and all(r.completion_tokens == 6 for r in results)
 
 
-def test_the_engines_split_the_cores_unless_told(monkeypatch):
+def test_the_engines_with_work_split_the_cores_unless_told(monkeypatch):
     import os
 
     from runtime.engines.threads import Teams, cores
@@ -124,22 +124,26 @@ def test_the_engines_split_the_cores_unless_told(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert cores() == 4
     teams = Teams()
-    teams.join()
-    assert teams.share() == 4
-    teams.join()
-    teams.join()
-    assert teams.share() == 1  # 3 engines on 4 cores: no more OpenMP threads than cores
-    teams.leave()
-    assert teams.share() == 2
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})  # a container's one CPU of many
-    assert cores() == 1 and teams.share() == 1
-    monkeypatch.setenv("OMP_NUM_THREADS", "6")
-    assert cores() == 6 and teams.share() == 3  # an explicit setting wins
+    for _ in range(3):
+        teams.join()
+    assert teams.share() == 4  # three engines alive, none working: the one about to work gets every core
+    with teams.working():
+        assert teams.share() == 4
+        with teams.working(), teams.working():
+            assert teams.share() == 1  # 3 working on 4 cores: no more OpenMP threads than cores
+        with teams.working():
+            assert teams.share() == 2
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})  # a container's one CPU of many
+        assert cores() == 1 and teams.share() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "6")
+        with teams.working():
+            assert cores() == 6 and teams.share() == 3  # an explicit setting wins
+    assert teams.engines == 3
 
 
 def test_only_forward_threads_make_openmp_teams(tiny_model_dir, monkeypatch):
     """An engine's forward thread takes its share; the thread that built it, and threads started later, run one;
-    a second engine halves the first one's share at its next step, and closing it gives the share back."""
+    a second engine halves the first one's share at its next step while it works too, and not while it idles."""
     import asyncio
     import os
     import threading
@@ -174,12 +178,13 @@ def test_only_forward_threads_make_openmp_teams(tiny_model_dir, monkeypatch):
         t.join()
         assert later == [1]
         engines.append(HFEngine(tiny_model_dir))
-        assert forward_threads(engines[1]) == 1
         answer(first)
-        assert forward_threads(first) == 1  # two engines on two cores: one thread each, no teams
-        asyncio.run(engines.pop().aclose())
+        assert forward_threads(first) == 2  # the second engine is idle: it takes no share
+        with threads.TEAMS.working():  # as while the second engine runs steps
+            answer(first)
+            assert forward_threads(first) == 1  # two engines working on two cores: one thread each, no teams
         answer(first)
-        assert forward_threads(first) == 2
+        assert forward_threads(first) == 2  # the second ran out of work: the share comes back
     finally:
         for engine in engines:
             asyncio.run(engine.aclose())
