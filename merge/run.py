@@ -33,9 +33,14 @@ def adapter_key(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def fold_lora(entry: ModelEntry, base_name: str, store: ModelStore, step: Step = log.info) -> Path:
-    """The LoRA expert as a full model directory (base + B A scaling folded in), built once and cached."""
-    target = store.home / "cache" / "folded" / f"{entry.name}-{adapter_key(entry.path)}"
+def fold_lora(entry: ModelEntry, base_name: str, store: ModelStore, step: Step = log.info,
+              dtype: str | None = None) -> Path:
+    """The LoRA expert as a full model directory (base + B A scaling folded in, in float32), built once and
+    cached. ``dtype``: saved in it (a served fold: the engine's dtype, rounded once, as the engine would on
+    loading; half the disk and, in bf16, no float32 copy read at every start: a folded Qwen 0.5B server held 3.3 GB
+    instead of ~2); None keeps float32 (mergekit's inputs: task vectors not rounded before they are merged)."""
+    name = "-".join([entry.name, adapter_key(entry.path), *([dtype] if dtype else [])])
+    target = store.home / "cache" / "folded" / name
     if (target / "config.json").is_file() and not (target / MANIFEST).is_file():
         return target  # folded before folds had manifests
     base = store.get(entry.parent or base_name)
@@ -46,12 +51,15 @@ def fold_lora(entry: ModelEntry, base_name: str, store: ModelStore, step: Step =
             from peft import PeftModel
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            step(f"folding LoRA {entry.name} into {base.name}")
+            step(f"folding LoRA {entry.name} into {base.name}" + (f" ({dtype})" if dtype else ""))
             model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
             folded = PeftModel.from_pretrained(model, entry.path).merge_and_unload()
+            if dtype:
+                folded = folded.to(getattr(torch, dtype))
             folded.save_pretrained(build.tmp, safe_serialization=True)
             AutoTokenizer.from_pretrained(base.path).save_pretrained(build.tmp)
-            build.record(adapter={"name": entry.name, "path": str(entry.path), "key": adapter_key(entry.path)})
+            build.record(adapter={"name": entry.name, "path": str(entry.path), "key": adapter_key(entry.path)},
+                         **({"dtype": dtype} if dtype else {}))
     return target
 
 

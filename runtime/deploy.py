@@ -10,6 +10,7 @@ from pathlib import Path
 
 from runtime.config import TASKS, DeploymentConfig, EngineConfig, configs_dir, load_config
 from runtime.errors import ConfigError, MixmergeError, ModelNotFoundError
+from runtime.hardware import served_on
 from runtime.models import ModelEntry, ModelStore
 from runtime.router import RoutingTable, Target
 
@@ -59,7 +60,7 @@ def single_model_deployment(name: str, store: ModelStore) -> DeploymentConfig:
     return DeploymentConfig(name=entry.name, option="base", base_model=name)
 
 
-Fold = Callable[[ModelEntry, str], Path]  # (LoRA expert, base model name) -> a full model directory
+Fold = Callable[..., Path]  # (LoRA expert, base model name, dtype=served dtype) -> a full model directory
 
 
 class PlanBuilder:
@@ -162,7 +163,7 @@ class PlanBuilder:
         if self.fold is None:
             raise ConfigError("deployment", ["option 'folded' and 'fold: true' need a way to fold LoRA; runtime "
                                              "serve and runtime bench pass merge.run.fold_lora"])
-        return Target(self._engine(self.fold(entry, base.name), config))
+        return Target(self._engine(self.fold(entry, base.name, dtype=served_on(config)[1]), config))
 
     def _artifact(self, entry: ModelEntry, base: ModelEntry, config: EngineConfig) -> Target:
         """A full model gets its own engine; a LoRA adapter rides on its base model's engine."""

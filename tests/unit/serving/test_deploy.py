@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 from loras import make_lora
 
-from runtime.config import DeploymentConfig
+from runtime.config import DeploymentConfig, EngineConfig
 from runtime.deploy import build_plan, load_deployment, single_model_deployment
 from runtime.errors import ConfigError, ModelNotFoundError
+from runtime.hardware import served_on
 from runtime.models import ModelStore
 from runtime.router import route
 
@@ -93,7 +95,8 @@ def test_folded_experts_are_full_models_with_an_engine_each_and_answer_as_the_lo
     store.register("sum", make_lora(store.get("tiny").path, store.home / "sum-lora", 3, parent="tiny"), "expert",
                    parent="tiny")
     folded = DeploymentConfig(name="folded", option="folded", base_model="tiny",
-                              adapters={"generation": "gen", "summarization": "sum"})
+                              adapters={"generation": "gen", "summarization": "sum"},
+                              engine=EngineConfig(dtype="float32"))  # folds saved in the served dtype
     with pytest.raises(ConfigError, match="need a way to fold"):
         build_plan(folded, store, load=_load)
     plan = build_plan(folded, store, load=_load, fold=functools.partial(fold_lora, store=store))
@@ -121,6 +124,9 @@ def test_a_folded_mix_is_one_full_model_and_fold_is_refused_where_there_is_no_on
     assert target.adapter is None and target.engine != str(store.get("tiny").path)
     assert list(plan.engines) == [target.engine] and not plan.engines[target.engine].adapters  # no base beside it
     assert (Path(target.engine) / "config.json").is_file()
+    served = served_on(mixed.engine)[1]  # saved in the dtype the engine computes in
+    assert target.engine.endswith(f"-{served}") and json.loads((Path(target.engine) / "config.json").read_text())[
+        "dtype"] == served
     again = build_plan(mixed, store, load=_load, fold=functools.partial(fold_lora, store=store))
     assert route(again.table, "review").engine == target.engine  # folded once, then the cached fold
     with pytest.raises(ValueError, match="option 'folded' serves each expert folded"):
