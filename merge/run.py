@@ -39,6 +39,7 @@ def fold_lora(entry: ModelEntry, base_name: str, store: ModelStore, step: Step =
     cached. ``dtype``: saved in it (a served fold: the engine's dtype, rounded once, as the engine would on
     loading; half the disk and, in bf16, no float32 copy read at every start: a folded Qwen 0.5B server held 3.3 GB
     instead of ~2); None keeps float32 (mergekit's inputs: task vectors not rounded before they are merged)."""
+    dtype = None if dtype == "float32" else dtype  # the float32 fold is the one merges read
     name = "-".join([entry.name, adapter_key(entry.path), *([dtype] if dtype else [])])
     target = store.home / "cache" / "folded" / name
     if (target / "config.json").is_file() and not (target / MANIFEST).is_file():

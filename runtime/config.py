@@ -168,7 +168,7 @@ class DeploymentConfig(Frozen):
         if self.fold and self.option not in needs:
             raise ValueError(f"'fold' folds the one artifact of options {', '.join(needs)}; option '{self.option}' "
                              "has none" + (" (option 'folded' serves each expert folded)" if self.option == "experts"
-                                           else ""))
+                                           else " (it folds its experts already)" if self.option == "folded" else ""))
         return self
 
 

@@ -137,11 +137,8 @@ class Bench:
         answers_file = (files := self.answer_cache.files(plan, engine, scorer)).answers
         if reference is None and answers_file.is_file():  # answers made before tasks shared theirs
             self.answer_cache.share(files)
-        # the role is part of what was measured: the scoring engine answers every item and runs the agent, another
-        # answers the agreement sample against the scorer's answers (``answers_file``)
-        key = digest(self.phase_settings, option, self.answer_cache.computed_by(engine), models, path.read_text(),
-                     "scores" if reference is None else f"agrees with {answers_file.stem}",
-                     *([SPEED] if engine == "hf" else []))  # (keys made before: no speed revision)
+        key = self.phase_key(option, engine, plan, path, "scores" if reference is None else
+                             f"agrees with {answers_file.stem}")
         if not self.fresh and (reference is not None or answers_file.is_file()) and (
                 cached := self.cached_phase(cache, key)):
             self.progress.say(f"{option} on {engine}: measured before ({cache}); --fresh measures again")
@@ -187,6 +184,16 @@ class Bench:
         cache.write_text(phase.model_dump_json(indent=1))
         self.agent_journal(option, engine, key).remove()
         return phase.result
+
+    def phase_key(self, option: str, engine: str, plan: ServingPlan, path: Path, role: str) -> str:
+        """What a measured phase holds for: the settings, the engine, the weights, the deployment file and the
+        role (the scoring engine answers every item and runs the agent, another the agreement sample)."""
+        # engines on folded LoRA (fold: true, option folded, a hybrid routing to either) serve other weights than
+        # the same models as adapters: their folders (adapter key and dtype) join the key
+        folds = sorted(key for key in plan.engines if key not in {str(e.path) for e in plan.models.values()})
+        return digest(self.phase_settings, option, self.answer_cache.computed_by(engine), models_key(plan),
+                      path.read_text(), role, *([SPEED] if engine == "hf" else []),  # (keys made before: no SPEED)
+                      *([folds] if folds else []))  # (keys made before: no folds)
 
     def cached_phase(self, cache: Path, key: str) -> PhaseResult | None:
         """The phase measured before under the same key; None where there is none, its key differs, or the file

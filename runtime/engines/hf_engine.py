@@ -106,7 +106,7 @@ class HFEngine:
         self.batch = Batch()
         self._filling: list[Job] = []  # admitted, prompt being prefilled
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
-        TEAMS.join()  # the forward thread's share of the cores: cores // hf engines working (threads.py)
+        TEAMS.join()  # counted alive; the share of the cores goes by the engines working (threads.py)
         self._team = self._worker.submit(fit, 0).result()  # the forward thread's OpenMP threads
         one_thread()  # (fit set torch's global count too: threads started later read it)
         log.info("hf engine: %d torch threads (%d hf engine(s) in this process)", self._team, TEAMS.engines)

@@ -76,7 +76,7 @@ TEAMS = Teams()
 
 def fit(current: int) -> int:
     """On an engine's forward thread, at its start and between steps: its share of the cores now (set when it
-    changed, e.g. another engine started or stopped). Returns the thread's count."""
+    changed: another engine started or ran out of work). Returns the thread's count."""
     import torch
 
     want = TEAMS.share()

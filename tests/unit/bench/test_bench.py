@@ -12,6 +12,7 @@ import pytest
 
 from runtime.bench.compare import agreement
 from runtime.bench.config import BenchConfig
+from runtime.bench.keys import models_key
 from runtime.bench.load import RequestRecord, summarize
 from runtime.bench.recommend import recommend
 from runtime.bench.run import Bench, Progress, run_bench
@@ -275,6 +276,28 @@ def test_an_option_is_scored_on_the_engine_named_for_it(tiny_zoo, tmp_path):
     rows = {r.engine: r for r in report.results}
     assert rows["hf"].accuracy_engine == "hf" and rows["hf"].agreement is None
     assert rows["fake"].agreement.n == 4  # one item per task, answered by the other engine
+
+
+def test_a_phase_of_folded_weights_is_keyed_apart_from_the_same_models_as_adapters(tiny_zoo, tmp_path, monkeypatch):
+    """A hybrid routes to deployments by name: folding the mix it routes to (fold: true) leaves the hybrid's file
+    and its models as they were, yet other weights serve on another engine: the phase is not the same."""
+    import runtime.bench.run as bench_run
+
+    cfg = load_config(configs_dir() / "bench" / "smollm2.yaml", BenchConfig, ["engines=[fake]"])
+    bench = Bench(cfg, tmp_path / "bench", Recorder())
+    path, lora_plan = bench.plan("mixed")
+    real = bench_run.Bench.deployment
+
+    def folded(self, option):
+        path, deployment = real(self, option)
+        return path, deployment.model_copy(update={"fold": True})
+
+    monkeypatch.setattr(bench_run.Bench, "deployment", folded)
+    same_path, folded_plan = bench.plan("mixed")
+    assert same_path == path and models_key(folded_plan) == models_key(lora_plan)
+    keys = [bench.phase_key("mixed", "fake", plan, path, "scores") for plan in (lora_plan, folded_plan)]
+    assert keys[0] != keys[1]
+    assert bench.phase_key("mixed", "fake", lora_plan, path, "scores") == keys[0]  # (a key is stable)
 
 
 def test_an_option_that_cannot_be_served_is_reported_not_fatal(tiny_zoo, tmp_path):

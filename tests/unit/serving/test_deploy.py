@@ -116,7 +116,8 @@ def test_a_folded_mix_is_one_full_model_and_fold_is_refused_where_there_is_no_on
 
     from merge.run import fold_lora
 
-    mixed = DeploymentConfig(name="mixed-folded", option="mixed", base_model="tiny", model="mix", fold=True)
+    mixed = DeploymentConfig(name="mixed-folded", option="mixed", base_model="tiny", model="mix", fold=True,
+                             engine=EngineConfig(dtype="bfloat16"))  # saved in bf16 even where the CPU lacks it
     with pytest.raises(ConfigError, match="need a way to fold LoRA"):
         build_plan(mixed, store, load=_load)
     plan = build_plan(mixed, store, load=_load, fold=functools.partial(fold_lora, store=store))
@@ -129,6 +130,10 @@ def test_a_folded_mix_is_one_full_model_and_fold_is_refused_where_there_is_no_on
         "dtype"] == served
     again = build_plan(mixed, store, load=_load, fold=functools.partial(fold_lora, store=store))
     assert route(again.table, "review").engine == target.engine  # folded once, then the cached fold
+    adapter = DeploymentConfig(name="ma", option="merged-adapter", base_model="tiny", adapter="gen", fold=True,
+                               engine=EngineConfig(dtype="bfloat16"))
+    one = route(build_plan(adapter, store, load=_load, fold=functools.partial(fold_lora, store=store)).table, "review")
+    assert one.adapter is None and Path(one.engine).name.startswith("gen-") and one.engine.endswith("-bfloat16")
     with pytest.raises(ValueError, match="option 'folded' serves each expert folded"):
         DeploymentConfig(name="x", option="experts", base_model="tiny", adapters={"generation": "gen"}, fold=True)
     with pytest.raises(ValueError, match="option 'base' has none"):
