@@ -37,8 +37,8 @@ def fold_lora(entry: ModelEntry, base_name: str, store: ModelStore, step: Step =
               dtype: str | None = None) -> Path:
     """The LoRA expert as a full model directory (base + B A scaling folded in, in float32), built once and
     cached. ``dtype``: saved in it (a served fold: the engine's dtype, rounded once, as the engine would on
-    loading; half the disk and, in bf16, no float32 copy read at every start: a folded Qwen 0.5B server held 3.3 GB
-    instead of ~2); None keeps float32 (mergekit's inputs: task vectors not rounded before they are merged)."""
+    loading; in bf16 half the disk, and no float32 file read and converted at every start); None keeps float32
+    (mergekit's inputs: task vectors not rounded before they are merged)."""
     dtype = None if dtype == "float32" else dtype  # the float32 fold is the one merges read
     name = "-".join([entry.name, adapter_key(entry.path), *([dtype] if dtype else [])])
     target = store.home / "cache" / "folded" / name

@@ -24,8 +24,8 @@ ADAPTER = "adapter"  # the one adapter an offline runner serves, where it has on
 
 class OfflineRunner:
     """A model (and optionally one LoRA adapter) answering prompts offline: ``render`` messages into a prompt,
-    ``generate`` a list of prompts. Close it (or use ``with``): the engine's threads share the cores with every working
-    other engine in the process, and the calling thread gets its torch thread count back."""
+    ``generate`` a list of prompts. Close it (or use ``with``): the engine's threads share the cores with every
+    other engine in the process that has work, and the calling thread gets its torch thread count back."""
 
     def __init__(self, model_path: str | Path, adapter_path: str | Path | None = None, dtype: str = "auto",
                  max_batch_size: int = 16, device: str = "auto") -> None:
