@@ -119,8 +119,8 @@ def training_section(report: dict) -> list[str]:
     for name, m in models.items():
         t = m["training"]
         kept = t.get("val_loss_after") if t.get("val_loss_after") is not None else t.get("best_val_loss")
-        val = (f"{t['val_loss_before']:.3f} → {kept:.3f}" if t.get("val_loss_before") is not None
-               and kept is not None else "—")
+        before = f"{t['val_loss_before']:.3f}" if t.get("val_loss_before") is not None else "—"  # not evaluated
+        val = f"{before} → {kept:.3f}" if kept is not None else "—"
         if t.get("best_val_loss") is not None and t.get("best_checkpoint_step") is not None:
             val += f" ({t['best_val_loss']:.3f} @ {t['best_checkpoint_step']})"
         lines.append(f"| {name} | {m['kind']} | {_int(t.get('seed'))} | {t['steps']} × {_int(t.get('batch_size'))} | "

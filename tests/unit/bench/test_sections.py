@@ -126,7 +126,10 @@ def test_the_mix_is_stated_compute_matched_only_when_steps_and_rows_are_the_expe
     assert "no expert of seed 0 for review" in compute_match_lines(other_seed)[0]
     md = "\n".join(training_section({"zoo": {"models": matched}}))
     assert "## Training budgets" in md and "| qwen-lora-mix | review | 80 | 5,000 | 3 | 1 | 33 | 14 | 2 | 0 |" in md
-    assert "| qwen-lora-mix | mixed | 0 | 40 × 4 | 160 |" in md
+    assert "| qwen-lora-mix | mixed | 0 | 40 × 4 | 160 |" in md and "| 1.700 → 1.300 (1.100 @ 20) |" in md
+    unevaluated = mix | {"training": mix["training"] | {"val_loss_before": None}}  # eval_on_start: false
+    md = "\n".join(training_section({"zoo": {"models": matched | {"qwen-lora-mix": unevaluated}}}))
+    assert "| — → 1.300 (1.100 @ 20) |" in md  # the kept loss is still shown
 
 
 SWEEP = {"chosen": "m-w1", "objective": "mean_retention", "objective_tasks": ["review"], "candidates": 2,
