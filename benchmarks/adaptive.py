@@ -101,7 +101,7 @@ async def measure(option: str, model: Path, adapters: dict[str, Path], names: li
     engine = HFEngine(model, adapters if option != "full" else {},
                       EngineConfig(dtype=dtype, max_batch_size=8, max_loras=4, adaptive=adaptive))
     if option == "peft":  # every adapter is resident from the start and none is loaded later: nothing re-syncs
-        engine.lora.grouped = False
+        engine.slots.lora.grouped = False
     pick = (lambda name: None) if option == "full" else (lambda name: name)
     try:
         await run_load(engine, [request(i, tokens, pick(a)) for i, a in enumerate(warm)], 8)

@@ -9,7 +9,7 @@ For each model (the tiny random test model, and SmolLM2-135M from the store, bf1
 chat prompts of varied length, ``--tokens`` new tokens each with ``ignore_eos`` (every answer as long), streamed at
 concurrency 1 and 8; output tokens/s over the wall time and the median time to first token. Then the new
 engine's adapter hot-load: an r16 LoRA on every linear layer loaded while a request streams, the ms it held the
-model (``adapter_lock_ms``; the first adapter wraps the model, the next ones are set into its LoRA layers).
+model (``slots.lock_ms``; the first adapter wraps the model, the next ones are set into its LoRA layers).
 With ``--hotload-itl``: the p99 inter-token latency of 4 streams on the base model, without and then with r16
 adapters hot-loaded one after another while they stream, and each load's end-to-end ms (only that part runs).
 """
@@ -111,7 +111,7 @@ async def hot_load(model: Path, dtype: str, tokens: int) -> dict[str, float]:
             running = asyncio.ensure_future(one(engine, request(1, tokens)))
             await engine.load_adapter(name, str(lora))
             await running
-        return dict(engine.adapter_lock_ms)
+        return dict(engine.slots.lock_ms)
     finally:
         await engine.aclose()
 
@@ -149,7 +149,7 @@ async def hotload_itl(model: Path, dtype: str, tokens: int, loads: int = 3) -> d
         busy = [g for gs in await running for g in gs]
         return {"p99_itl_ms_without": float(np.percentile(quiet, 99)) * 1e3,
                 "p99_itl_ms_with": float(np.percentile(busy, 99)) * 1e3, "load_ms": load_ms,
-                "lock_ms": [engine.adapter_lock_ms[f"hot{i}"] for i in range(loads)], "overlapped": overlapped}
+                "lock_ms": [engine.slots.lock_ms[f"hot{i}"] for i in range(loads)], "overlapped": overlapped}
     finally:
         await engine.aclose()
 

@@ -28,7 +28,7 @@ def decode(engine: HFEngine, rows: int, profile: bool, adapters: list[str]) -> s
     import torch
 
     model, tokenizer, loop = engine.runner.model, engine.runner.tokenizer, asyncio.new_event_loop()
-    lora = engine.lora if adapters else None
+    lora = engine.slots.lora if adapters else None
     batch = Batch()
     with torch.inference_mode():
         for i in range(rows):  # prompts of 130 to 130 + 45 * rows tokens
@@ -63,7 +63,7 @@ def prefill(engine: HFEngine, tokens: int, adapter: str | None) -> str:
         for _ in range(5):
             job = Job(EngineRequest("p", SamplingParams(max_new_tokens=8), prompt="x", adapter=adapter), ids, loop)
             start = time.perf_counter()
-            packed_step(model, engine.lora if adapter else None, Batch(), [(job, tokens)])
+            packed_step(model, engine.slots.lora if adapter else None, Batch(), [(job, tokens)])
             times.append(time.perf_counter() - start)
     best = min(times[1:])
     return f"prefill, {tokens} tokens: {best * 1000:.0f} ms ({tokens / best:.0f} tokens/s)"

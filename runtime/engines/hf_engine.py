@@ -5,13 +5,12 @@ One worker thread loops: it runs model changes queued between steps (adapter loa
 requests, and runs one step: every running row's next token and newcomers' prompt chunks (``prefill_budget`` tokens
 per step at most) in one packed forward (``scheduler.packed_step``). A request that arrives mid-answer joins at the
 next step; a row that ends (EOS, stop string, limit, client gone) leaves at once. A batch mixes adapters (one
-grouped LoRA forward per layer, ``lora.py``; the base model as ``__base__``) and sampling settings. Adapters live
-in slots: at most ``max_loras`` are resident, the least recently used unpinned one that no running row uses is
-evicted to make room. An adapter loaded at runtime is checked and read on a loader thread; only the injection (on
+grouped LoRA forward per layer, ``lora.py``; the base model as ``__base__``) and sampling settings. Adapters live in
+slots (``slots.py``): at most ``max_loras`` resident, the least recently used unpinned one that no running row uses
+evicted to make room. An adapter loaded at runtime is checked and read on a loader thread; only its injection (on
 meta, weights assigned: ``low_cpu_mem_usage``) and the copy of its weights into the grouped forward's stacks hold
-the model.
-With ``engine.adaptive``, a dominant adapter's new rows run on a folded copy of the model (``adaptive.py``): each
-model's rows decode in their own batch, one forward per model per step.
+the model, between steps. With ``engine.adaptive``, a dominant adapter's new rows run on a folded copy of the model
+(``adaptive.py``): each model's rows decode in their own batch, one forward per model per step.
 """
 
 from __future__ import annotations
@@ -22,25 +21,19 @@ import copy
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from runtime.config import EngineConfig
-from runtime.engines.adaptive import Placement, fold_copy, weight_bytes
-from runtime.engines.attention import packable, use_decode_attention
+from runtime.engines.adaptive import Placement, weight_bytes
+from runtime.engines.attention import packable
 from runtime.engines.base import EngineRequest, EngineResult, StreamDelta, joined
-from runtime.engines.hf import (
-    HFRunner,
-    check_adapter,
-    eos_ids,
-    install_adapter,
-    read_adapter,
-)
+from runtime.engines.hf import HFRunner, eos_ids
 from runtime.engines.lora import GroupedLora
-from runtime.engines.prepacked import dense_weights_needed, prepack
 from runtime.engines.scheduler import BASE, Batch, Job, apart_step, packed_step
+from runtime.engines.slots import AdapterSlots, needs_dense
 from runtime.engines.threads import TEAMS, fit, one_thread
 from runtime.errors import (
     BadRequestError,
@@ -62,15 +55,6 @@ class _Later(Exception):
     """A model change that must wait for the rows using its adapter to finish."""
 
 
-def _needs_dense(path: Path) -> str | None:
-    """Why an adapter known at start needs the dense base weights (``dense_weights_needed``), or None; an
-    adapter that cannot be read is refused where it is loaded, as before."""
-    try:
-        return dense_weights_needed(check_adapter(path))
-    except BadRequestError:
-        return None
-
-
 class HFEngine:
     kind = "hf"
 
@@ -78,24 +62,18 @@ class HFEngine:
                  config: EngineConfig | None = None, max_queue: int = 64, prefill_budget: int = 512) -> None:
         self.config = config or EngineConfig()
         one_thread()  # loading runs on the calling thread: no OpenMP team of its own (threads.py)
-        self.known: dict[str, str] = {k: str(v) for k, v in (adapters or {}).items()}
-        dense = [f"{n}: {why}" for n, p in self.known.items() if (why := _needs_dense(Path(p)))]
+        known = {k: str(v) for k, v in (adapters or {}).items()}
+        dense = [f"{n}: {why}" for n, p in known.items() if (why := needs_dense(Path(p)))]
         if dense and self.config.prepack:
             log.info("hf engine: dense weights kept (no prepacked linears) for %s", "; ".join(dense))
         self.runner = HFRunner(model_path, dtype=self.config.dtype, max_batch_size=self.config.max_batch_size,
                                device=self.config.device, pack=self.config.prepack and not dense)
-        self.resident: OrderedDict[str, None] = OrderedDict()
-        self.pinned = set(self.config.pinned_adapters)
+        self.slots = AdapterSlots(self.runner, known, self.config.max_loras, self.config.pinned_adapters)
         self.max_queue = max_queue
         # prompt tokens per step: 512 took 32 four-task prompts (~205 tokens) x 32 tokens at c=8 from 57 to 77-83 out
         # tok/s against 256 (newcomers join sooner, batches run fuller); 1024 gave 81-91 at a 1.5x TTFT p50
         self.prefill_budget = prefill_budget
-        self.adapter_load_ms: dict[str, float] = {}  # a load, end to end
-        self.adapter_lock_ms: dict[str, float] = {}  # of which the model was held (between two steps)
         self.eos = eos_ids(self.runner.model, self.runner.tokenizer)
-        # before any adapter wraps the model; a copy: building an adapter's skeleton from it (loader thread) writes
-        # dtype and attention onto the config it is given, and the served model's must not change under it
-        self._base_config = copy.deepcopy(self.runner.model.config)
         self._eos_list = sorted(self.eos)
         self._pending: deque[Job] = deque()
         self._ops: list[tuple[Callable[[], object], concurrent.futures.Future]] = []
@@ -117,122 +95,71 @@ class HFEngine:
                                           initializer=one_thread)
         self._counter = copy.deepcopy(self.runner.tokenizer)
         self._closed = False
-        self.lora = GroupedLora(self.config.max_loras)  # the served model's adapters, stacked for the grouped forward
         self.batches: deque[int] = deque(maxlen=4096)  # rows in each recent decode step (for tests and metrics)
         adaptive = self.config.adaptive
         self.placement = None if adaptive is None else Placement(
-            adaptive, weight_bytes(self.runner.model), self._fold, self._post)
+            adaptive, weight_bytes(self.runner.model), self.slots.fold, self._post)
         try:
-            for name in list(self.known)[: self.config.max_loras]:
-                self._install(name, *self._read(Path(self.known[name])))
+            for name in list(known)[: self.config.max_loras]:
+                self.slots.install(name, *self.slots.read(Path(known[name])))
         except BaseException:  # a bad start adapter: no engine, so its share of the cores and threads go back
             self._shutdown()
             raise
 
     # ------------------------------------------------------------------------------------------- adapters
-    def _read(self, path: Path, prebuild: bool = False) -> tuple[object, dict, list | None]:
-        return read_adapter(path, self._base_config if prebuild else None)
-
-    def _install(self, name: str, config, weights: dict, layers: list | None = None) -> float:
-        """Add one read adapter to the model (``install_adapter``) and stack it for the grouped forward."""
-        start = time.perf_counter()
-        try:
-            self.runner.model = install_adapter(self.runner.model, name, config, weights, layers)
-        finally:  # a failed load leaves the model as it was: its stacks are re-read either way
-            self.lora.sync(self.runner.model)
-        self.resident[name] = None
-        ms = (time.perf_counter() - start) * 1000
-        self.adapter_lock_ms[name] = ms
-        log.info("added adapter %s to the model in %.1f ms", name, ms)
-        return ms
-
     def _busy(self) -> set[str]:
         return {job.adapter for job in [*self._rows(), *self._filling]} - {BASE}
-
-    def _fold(self, name: str):
-        """The model with one adapter folded in (on the placement's thread: nothing served is touched)."""
-        config, weights, _ = self._read(Path(self.known[name]))
-        folded = fold_copy(self.runner.model_path, self.runner.dtype, config, weights, name).to(self.runner.device)
-        return use_decode_attention(prepack(folded) if self.runner.pack else folded)
 
     def placement_status(self) -> dict[str, object] | None:
         return None if self.placement is None else self.placement.status()
 
-    def _make_room(self, name: str) -> bool:
-        """Evict unpinned adapters no row uses, least recently used first, until ``name`` fits; False while the
-        slots are held by running rows (wait), an error when pinned adapters fill them."""
-        busy = self._busy()
-        while len(self.resident) >= self.config.max_loras:
-            victim = next((n for n in self.resident if n not in self.pinned and n not in busy and n != name), None)
-            if victim is None:
-                if any(n not in self.pinned for n in self.resident):
-                    return False
-                raise QueueFullError("no adapter slot is free: pinned adapters fill them", fix="raise engine.max_loras")
-            self._drop(victim)
-        return True
-
-    def _drop(self, name: str) -> None:
-        self.runner.model.delete_adapter(name)
-        self.lora.sync(self.runner.model)
-        del self.resident[name]
-
-    def _ready(self, name: str) -> bool:
-        """Make a request's adapter resident (read here: it was evicted); False while it must wait for a slot."""
-        if name in self.resident:
-            self.resident.move_to_end(name)
-            return True
-        if name not in self.known:
-            raise ModelNotFoundError(f"adapter '{name}' was unloaded", fix="load it again", param="model")
-        if not self._make_room(name):
-            return False
-        self._install(name, *self._read(Path(self.known[name]), prebuild=True))  # held: the transplant only
-        return True
-
     async def load_adapter(self, name: str, path: str) -> float:
         start = time.perf_counter()
-        read = await asyncio.get_running_loop().run_in_executor(self._loader, self._read, Path(path), True)
+        slots = self.slots
+        read = await asyncio.get_running_loop().run_in_executor(self._loader, slots.read, Path(path), True)
 
         def install() -> None:
-            if name in self._busy():
+            busy = self._busy()
+            if name in busy:
                 raise _Later
-            if name in self.resident:  # loading a name again replaces its weights
-                self._drop(name)
+            if name in slots.resident:  # loading a name again replaces its weights
+                slots.drop(name)
             if self.placement:  # a folded copy of the old weights takes no new rows
                 self.placement.forget(name)
-            if not self._make_room(name):
+            if not slots.make_room(name, busy):
                 raise _Later
-            self._install(name, *read)
-            self.known[name] = path
+            slots.install(name, *read)
+            slots.known[name] = path
 
         await self._between_steps(install, name)
-        self.adapter_load_ms[name] = ms = (time.perf_counter() - start) * 1000
-        log.info("loaded adapter %s in %.0f ms (%.1f ms of it holding the model)", name, ms,
-                 self.adapter_lock_ms[name])
+        slots.load_ms[name] = ms = (time.perf_counter() - start) * 1000
+        log.info("loaded adapter %s in %.0f ms (%.1f ms of it holding the model)", name, ms, slots.lock_ms[name])
         return ms
 
     async def unload_adapter(self, name: str) -> None:
-        if name not in self.known:
+        slots = self.slots
+        if name not in slots.known:
             raise ModelNotFoundError(f"adapter '{name}' is not loaded", fix="see GET /v1/models", param="lora_name")
 
         def unload() -> None:
             if name in self._busy():
                 raise _Later
-            if name in self.resident:
-                self._drop(name)
+            if name in slots.resident:
+                slots.drop(name)
             if self.placement:
                 self.placement.forget(name)
-            self.known.pop(name, None)
+            slots.known.pop(name, None)
 
         await self._between_steps(unload, name)
 
     def adapters(self) -> dict[str, str]:
-        return dict(self.known)
+        return dict(self.slots.known)
 
     # ------------------------------------------------------------------------------------------ requests
     async def _submit(self, request: EngineRequest) -> Job:
         if self._closed:
             raise QueueFullError("the engine is shutting down", fix="retry on another replica")
-        if request.adapter and request.adapter not in self.known:
+        if request.adapter and request.adapter not in self.slots.known:
             raise ModelNotFoundError(f"adapter '{request.adapter}' is not loaded on this engine",
                                      fix="load it with POST /v1/load_lora_adapter", param="model")
         if len(self._pending) + self._preparing >= self.max_queue:
@@ -284,11 +211,8 @@ class HFEngine:
 
     def _lanes(self) -> list[tuple[Batch, object, GroupedLora | None]]:
         """Each model's batch: the served model's (LoRA rows) and a folded copy's, if one is placed."""
-        served = [(self.batch, self.runner.model, self._served_lora())]
+        served = [(self.batch, self.runner.model, self.slots.served())]
         return served + [(lane.batch, lane.model, None) for lane in (self.placement.lanes() if self.placement else [])]
-
-    def _served_lora(self) -> GroupedLora | None:
-        return self.lora if hasattr(self.runner.model, "peft_config") else None
 
     def _rows(self) -> list[Job]:
         return [job for batch, _, _ in self._lanes() for job in batch.rows]
@@ -425,7 +349,7 @@ class HFEngine:
                 return
             name = job.request.adapter
             try:
-                if name and (name in self._changing or not self._ready(name)):
+                if name and (name in self._changing or not self.slots.ready(name, self._busy())):
                     continue
             except MixmergeError as e:
                 self._take(job).push(e)

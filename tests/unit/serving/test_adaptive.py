@@ -70,7 +70,7 @@ def test_a_row_in_flight_during_the_fold_keeps_its_model_and_tokens(tiny_model_d
     async def run():
         engine = _engine(tiny_model_dir, adapters)
         built = threading.Event()
-        fold = engine._fold
+        fold = engine.slots.fold
         engine.placement._build = lambda name: (fold(name), built.set())[0]
         running = asyncio.ensure_future(engine.generate(long))
         while not engine.running():

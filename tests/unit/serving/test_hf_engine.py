@@ -67,11 +67,11 @@ def test_lru_slots_evict_the_least_recently_used_unpinned_adapter(tiny_model_dir
 
     async def run():
         engine = HFEngine(tiny_model_dir, three, fp32(max_loras=2, pinned_adapters=["one"]))
-        assert list(engine.resident) == ["one", "two"]
+        assert list(engine.slots.resident) == ["one", "two"]
         await engine.generate(_req(0, "three"))
-        assert set(engine.resident) == {"one", "three"}  # two was evicted, one is pinned
+        assert set(engine.slots.resident) == {"one", "three"}  # two was evicted, one is pinned
         await engine.generate(_req(0, "two"))
-        assert set(engine.resident) == {"one", "two"}
+        assert set(engine.slots.resident) == {"one", "two"}
         await engine.aclose()
 
     asyncio.run(run())
@@ -84,7 +84,7 @@ def test_runtime_load_and_unload(tiny_model_dir, adapters, tmp_path):
         assert ms > 0 and "extra" in engine.adapters()
         assert (await engine.generate(_req(0, "extra"))).completion_tokens > 0
         await engine.unload_adapter("extra")
-        assert "extra" not in engine.adapters() and "extra" not in engine.resident
+        assert "extra" not in engine.adapters() and "extra" not in engine.slots.resident
         await engine.aclose()
 
     asyncio.run(run())
@@ -353,7 +353,7 @@ def test_a_hot_loaded_adapter_answers_like_one_loaded_at_start(tiny_model_dir, a
         if not at_start:
             await engine.load_adapter("two", str(adapters["two"]))
         texts = [(await engine.generate(_req(i, "two"))).text for i in range(3)]
-        lock = engine.adapter_lock_ms.get("two")
+        lock = engine.slots.lock_ms.get("two")
         training = [n for n, m in engine.runner.model.named_modules() if m.training]
         await engine.aclose()
         return texts, lock, training

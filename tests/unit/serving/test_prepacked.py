@@ -11,7 +11,7 @@ import pytest
 from loras import make_lora
 
 from runtime.config import EngineConfig
-from runtime.engines import hf, hf_engine
+from runtime.engines import hf, slots
 from runtime.engines.adaptive import weight_bytes
 from runtime.engines.base import EngineRequest, SamplingParams
 from runtime.engines.hf_engine import HFEngine
@@ -87,7 +87,7 @@ def test_an_engine_on_prepacked_weights_answers_as_one_without_them(tiny_model_d
         await engine.load_adapter("two", str(adapters["two"]))  # hot-loaded onto the (packed) served linears
         together = await asyncio.gather(*(engine.generate(_req(i, a)) for i, a in enumerate(names)))
         alone = [await engine.generate(_req(i, a)) for i, a in enumerate(names)]
-        served, folded = prepacked_bytes(engine.runner.model), prepacked_bytes(engine._fold("one"))
+        served, folded = prepacked_bytes(engine.runner.model), prepacked_bytes(engine.slots.fold("one"))
         await engine.aclose()
         return [r.text for r in together], [r.text for r in alone], served, folded
 
@@ -95,7 +95,7 @@ def test_an_engine_on_prepacked_weights_answers_as_one_without_them(tiny_model_d
     assert served > 0 and folded > 0  # the served model and adaptive's folded copies are both packed
     assert together == alone
     monkeypatch.setattr(hf, "prepack", lambda model: model)
-    monkeypatch.setattr(hf_engine, "prepack", lambda model: model)
+    monkeypatch.setattr(slots, "prepack", lambda model: model)
     stock_together, stock_alone, served, folded = asyncio.run(run())
     assert served == folded == 0
     assert together == stock_together and alone == stock_alone
