@@ -310,6 +310,31 @@ def test_a_cancelled_row_leaves_and_the_others_carry_on(tiny_model_dir, adapters
     assert len(steps) < 60 and steps.count(2) < 10  # the cancelled row left long before its 200 tokens
 
 
+def test_an_engine_closed_mid_answer_aborts_it_and_gives_its_share_of_the_cores_back(tiny_model_dir, adapters):
+    """A working engine counts in the split of the cores (threads.TEAMS); closed mid-answer it must stop counting,
+    or every other engine in the process would run on a smaller share for good."""
+    from runtime.engines.threads import TEAMS
+
+    async def run():
+        engine = HFEngine(tiny_model_dir, adapters, fp32())
+        idle = TEAMS._working
+        long = asyncio.ensure_future(engine.generate(_fixed(0, "one", 200)))
+        while not engine.batches:  # a step ran: the worker works
+            await asyncio.sleep(0.002)
+        working = TEAMS._working
+        await engine.aclose()
+        result = await long
+        for _ in range(500):  # the worker leaves its loop at the next check
+            if TEAMS._working == idle:
+                break
+            await asyncio.sleep(0.01)
+        return idle, working, TEAMS._working, result
+
+    idle, working, after, result = asyncio.run(run())
+    assert working == idle + 1 and after == idle
+    assert result.finish_reason == "abort" and result.completion_tokens < 200
+
+
 def test_a_full_queue_answers_queue_full_while_rows_run(tiny_model_dir, adapters):
     from runtime.errors import QueueFullError
 
