@@ -68,7 +68,7 @@ class HFEngine:
             log.info("hf engine: dense weights kept (no prepacked linears) for %s", "; ".join(dense))
         self.runner = HFRunner(model_path, dtype=self.config.dtype, max_batch_size=self.config.max_batch_size,
                                device=self.config.device, pack=self.config.prepack and not dense)
-        self.slots = AdapterSlots(self.runner, known, self.config.max_loras, self.config.pinned_adapters)
+        self.slots = AdapterSlots(self.runner, known, self.config.max_loras, self.config.pinned_adapters, self._busy)
         self.max_queue = max_queue
         # prompt tokens per step: 512 took 32 four-task prompts (~205 tokens) x 32 tokens at c=8 from 57 to 77-83 out
         # tok/s against 256 (newcomers join sooner, batches run fuller); 1024 gave 81-91 at a 1.5x TTFT p50
@@ -119,14 +119,13 @@ class HFEngine:
         read = await asyncio.get_running_loop().run_in_executor(self._loader, slots.read, Path(path), True)
 
         def install() -> None:
-            busy = self._busy()
-            if name in busy:
+            if name in self._busy():
                 raise _Later
             if name in slots.resident:  # loading a name again replaces its weights
                 slots.drop(name)
             if self.placement:  # a folded copy of the old weights takes no new rows
                 self.placement.forget(name)
-            if not slots.make_room(name, busy):
+            if not slots.make_room(name):
                 raise _Later
             slots.install(name, *read)
             slots.known[name] = path
@@ -349,7 +348,7 @@ class HFEngine:
                 return
             name = job.request.adapter
             try:
-                if name and (name in self._changing or not self.slots.ready(name, self._busy())):
+                if name and (name in self._changing or not self.slots.ready(name)):
                     continue
             except MixmergeError as e:
                 self._take(job).push(e)

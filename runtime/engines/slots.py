@@ -5,8 +5,8 @@ At most ``max_loras`` adapters are resident (injected into the model and stacked
 adapter (``read``: checked, its weights and, for a runtime load, its layers built on meta from the base config)
 holds nothing; ``install`` (the injection and the stacks' copy) and ``drop`` (and ``make_room`` and ``ready``, which
 call them) change the served model, so the engine runs them on its worker between two steps. *When* a change may run
-(no row of that adapter in flight) is the engine's business: every method here that needs it takes the adapters of
-the running rows as ``busy``.
+(no row of that adapter in flight) is the engine's business: it gives ``busy``, the adapters its rows use now,
+which eviction never picks.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import copy
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from runtime.engines.adaptive import fold_copy
@@ -39,8 +40,10 @@ def needs_dense(path: Path) -> str | None:
 class AdapterSlots:
     """The adapters one model serves: ``known`` by name and path, ``resident`` in the model (LRU order)."""
 
-    def __init__(self, runner: HFRunner, known: dict[str, str], max_loras: int, pinned: list[str]) -> None:
+    def __init__(self, runner: HFRunner, known: dict[str, str], max_loras: int, pinned: list[str],
+                 busy: Callable[[], set[str]]) -> None:
         self.runner = runner
+        self.busy = busy  # the adapters running rows use (asked only when a slot must be freed)
         self.known = known
         self.max_loras = max_loras
         self.pinned = set(pinned)
@@ -74,9 +77,10 @@ class AdapterSlots:
         self.lora.sync(self.runner.model)
         del self.resident[name]
 
-    def make_room(self, name: str, busy: set[str]) -> bool:
+    def make_room(self, name: str) -> bool:
         """Evict unpinned adapters no row uses, least recently used first, until ``name`` fits; False while the
         slots are held by running rows (wait), an error when pinned adapters fill them."""
+        busy = self.busy()
         while len(self.resident) >= self.max_loras:
             victim = next((n for n in self.resident if n not in self.pinned and n not in busy and n != name), None)
             if victim is None:
@@ -86,14 +90,14 @@ class AdapterSlots:
             self.drop(victim)
         return True
 
-    def ready(self, name: str, busy: set[str]) -> bool:
+    def ready(self, name: str) -> bool:
         """Make a request's adapter resident (read here: it was evicted); False while it must wait for a slot."""
         if name in self.resident:
             self.resident.move_to_end(name)
             return True
         if name not in self.known:
             raise ModelNotFoundError(f"adapter '{name}' was unloaded", fix="load it again", param="model")
-        if not self.make_room(name, busy):
+        if not self.make_room(name):
             return False
         self.install(name, *self.read(Path(self.known[name]), prebuild=True))  # held: the transplant only
         return True
