@@ -190,7 +190,8 @@ class Bench:
         role (the scoring engine answers every item and runs the agent, another the agreement sample)."""
         # engines on folded LoRA (fold: true, option folded, a hybrid routing to either) serve other weights than
         # the same models as adapters: their folders (adapter key and dtype) join the key
-        folds = sorted(key for key in plan.engines if key not in {str(e.path) for e in plan.models.values()})
+        served = {str(entry.path) for entry in plan.models.values()}
+        folds = sorted(key for key in plan.engines if key not in served)
         return digest(self.phase_settings, option, self.answer_cache.computed_by(engine), models_key(plan),
                       path.read_text(), role, *([SPEED] if engine == "hf" else []),  # (keys made before: no SPEED)
                       *([folds] if folds else []))  # (keys made before: no folds)
