@@ -31,14 +31,15 @@ log = logging.getLogger(__name__)
 __all__ = ["NAME", "Packed", "packable", "use_decode_attention"]
 
 NAME = "mixmerge_decode"
-NUMERICS = 8  # bump when the decode math changes (2: scheduler pads single-token steps; 3: on the CPU each row
+NUMERICS = 9  # bump when the decode math changes (2: scheduler pads single-token steps; 3: on the CPU each row
 # attends its own columns only; 4: on the CPU each decoding row's LoRA term is its own product, lora.py; 5: the
 # forward thread runs on every core, threads.py: bf16 GEMMs split over 2 threads round 1 of 80 Qwen answers
 # otherwise; 6: on the CPU the rows' attention is batched, float32 chunked sums, _chunked_rows; 7: so are a packed
 # step's LoRA terms where every row and chunk shares one adapter, which ran as one GEMM over the whole step and
 # rounded by how many rows decoded; 8: on the CPU each adapter's tokens are one GEMM padded to a multiple of 4
 # rows, lora.py; everywhere the LoRA term is added to the base output in float32 and rounded once, as PEFT does;
-# on the CPU the rows' keys are stored transposed): the bench's cached greedy answers of the hf engine key on it
+# on the CPU the rows' keys are stored transposed; 9: on a prepacked bf16 model the LoRA term is oneDNN's packed bf16
+# product, added in bf16, lora.py): the bench's cached greedy answers of the hf engine key on it
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,

@@ -127,18 +127,36 @@ def _random_stack(fan_out: int, seed: int, blocked: bool = True):
     return stack
 
 
-@pytest.mark.parametrize("blocked", [True, False], ids=["blocked", "per-row"])
+def _packed_stack(stack):
+    """``stack``'s slots as oneDNN-packed bf16 pairs (what a prepacked bf16 model's LoRA layers hold); skips where
+    this CPU's packed bf16 products round by their row count (the float32 stack serves there)."""
+    from runtime.engines import lora
+
+    fan_in, rank, fan_out = stack.a.shape[1], stack.a.shape[2], stack.b.shape[2]
+    if not lora._packed_alike(fan_in, rank, fan_out):
+        pytest.skip("this CPU's packed bf16 LoRA products round by their row count: the float32 stack serves")
+    packed = lora._PackedStack(fan_in, fan_out)
+    for slot in range(1, stack.a.shape[0]):
+        packed.pairs[slot] = (lora._reorder(stack.a[slot].t().bfloat16()), lora._reorder(stack.b[slot].t().bfloat16()))
+    return packed
+
+
+@pytest.mark.parametrize("kind", ["blocked", "per-row", "packed"])
 @pytest.mark.parametrize("slots", [[1] * 8, [1, 2, 0, 1, 2, 2, 1, 0], [2], [1, 2, 1], [0, 2] * 7 + [1]])
-def test_each_rows_lora_term_equals_the_row_alone_bit_for_bit(slots, blocked, monkeypatch):
+def test_each_rows_lora_term_equals_the_row_alone_bit_for_bit(slots, kind, monkeypatch):
     """A float32 GEMM over 8 rows rounds other sums than over 1 on the CPU: each token's LoRA term is computed in
-    GEMMs of 4-row blocks (where the probe finds them alike whatever the row count) or a matmul of its own, so
-    whoever else decodes, and whatever prompt chunks ride in the step, a row gets what it gets alone."""
+    GEMMs of 4-row blocks (where the probe finds them alike whatever the row count), a matmul of its own, or
+    oneDNN's packed bf16 product (where the probe finds it alike at any row count), so whoever else decodes, and
+    whatever prompt chunks ride in the step, a row gets what it gets alone."""
     from runtime.engines import lora
     from runtime.engines.lora import _Rows
 
-    if not blocked:
+    if kind == "per-row":
         monkeypatch.setattr(lora, "_blocked", lambda fan_in, fan_out: False)
-    stack = _random_stack(4864, seed=0, blocked=blocked)
+    stack = _random_stack(4864, seed=0, blocked=kind == "blocked")
+    if kind == "packed":
+        stack = _packed_stack(stack)
+    blocked = kind != "per-row"
     rows = len(slots)
     x = torch.randn(rows, 1, 896).bfloat16()
     together = stack.delta(x, _Rows(slots, None))
@@ -172,6 +190,56 @@ def test_long_runs_on_one_adapter_keep_each_tokens_term_as_alone():
     every = slots + [slot for slot, n in chunks for _ in range(n)]
     for i in [*range(len(slots)), len(slots), len(slots) + lora.BLOCK_MAX, tokens.shape[1] - 4, tokens.shape[1] - 1]:
         assert torch.equal(packed[i], stack.delta(tokens[:, i:i + 1], _Rows([every[i]], None))[0, 0]), i
+
+
+def test_a_packed_term_is_the_float32_term_rounded_to_bf16_within_its_precision():
+    """The packed bf16 LoRA term is the adapter's math in bf16 (as trained under bf16 autocast), not another one:
+    it tracks the float32 term within bf16's precision on every kind of step."""
+    from runtime.engines.lora import _Rows
+
+    stack = _random_stack(4864, seed=2, blocked=False)
+    packed = _packed_stack(stack)
+    x = torch.randn(1, 40, 896).bfloat16()
+    rows = _Rows([1, 2, 0, 1], None, chunks=[(2, 30), (1, 6)])
+    exact = torch.cat([x[0, i:i + 1].float() @ stack.a[s] @ stack.b[s] * (s != 0) for i, s in enumerate(
+        [1, 2, 0, 1] + [2] * 30 + [1] * 6)])  # slot 0: the base model (random here, zeros in a served stack)
+    got = packed.delta(x, rows)[0]
+    assert got.dtype == torch.bfloat16 and torch.equal(got[2], torch.zeros(4864, dtype=torch.bfloat16))
+    torch.testing.assert_close(got.float(), exact, atol=2e-3, rtol=2e-2)
+
+
+def test_a_prepacked_bf16_model_serves_its_adapters_from_packed_stacks(tiny_model_dir, paths):
+    """The engine's bf16 model on a CPU has prepacked linears: its LoRA layers hold packed bf16 pairs (where the
+    probe passes), float32 models float32 stacks; both answer as PEFT's forward within their precision."""
+    from transformers import AutoModelForCausalLM
+
+    from runtime.engines import lora as lora_module
+    from runtime.engines.prepacked import prepack, prepackable
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    if not prepackable(model):
+        pytest.skip("no oneDNN bf16 packing on this CPU: float32 stacks serve")
+    model, lora = prepack(model), GroupedLora()
+    for name in ["r2", "r8"]:
+        model = install_adapter(model, name, *read_adapter(paths[name], model.config))
+        lora.sync(model)
+    stacks = [m.__dict__["_grouped"] for m in model.modules() if "_grouped" in m.__dict__]
+    assert stacks
+    alike = all(lora_module._packed_alike(s.fan_in, r, s.fan_out) for s in stacks
+                if isinstance(s, lora_module._PackedStack) for r in (2, 8))
+    assert alike and all(isinstance(s, lora_module._PackedStack) for s in stacks)
+    names = ["r8", BASE, "r2"]
+    with torch.inference_mode():
+        inputs = _inputs(len(names), 5)
+        grouped = lora.forward(model, names, **inputs).logits
+        alone = torch.cat([lora.forward(model, [n], **{k: v[i:i + 1] for k, v in inputs.items()}).logits
+                           for i, n in enumerate(names)])
+    assert torch.equal(grouped, alone)  # each row as alone, in bf16
+    fp32, fp32_lora = _served(tiny_model_dir, paths, ["r2", "r8"])
+    assert all(type(m.__dict__["_grouped"]) is lora_module._Stack for m in fp32.modules() if "_grouped" in m.__dict__)
+    with torch.inference_mode():
+        reference = fp32_lora.forward(fp32, names, **inputs).logits
+    torch.testing.assert_close(grouped.float(), reference, atol=0.1, rtol=0.05)
 
 
 def test_the_probe_notices_gemms_that_round_by_their_row_count(monkeypatch):
