@@ -141,31 +141,66 @@ class _PackedStack:
     reproducing the stock linear) and oneDNN gives every token the same bits at any row count (``_packed_alike``).
     The LoRA term is then two bf16 GEMMs per adapter in use over its tokens, unpadded, rounded to bf16: the math the
     adapter was trained in (bf16 autocast runs lora_A and lora_B in bf16) and vLLM serves it in (LoRA weights in
-    the model's dtype), 4-5x faster than the float32 GEMMs over a prompt chunk here."""
+    the model's dtype), 4-5x faster than the float32 GEMMs over a prompt chunk here.
 
-    def __init__(self, fan_in: int, fan_out: int) -> None:
+    A step of few tokens on several adapters (decoding rows on the experts) runs as one pair instead: every slot's
+    A side by side (``[slots x rank, in]``), each token's other slots' columns zeroed, every slot's B stacked
+    (``[out, slots x rank]``): two GEMMs a layer, not two per adapter. It is used only where the probe finds its
+    bits equal to the per-adapter products' (``_fused_alike``), so which way a step runs changes no answer."""
+
+    def __init__(self, fan_in: int, fan_out: int, slots: int, rank: int) -> None:
         import torch
 
-        self.fan_in, self.fan_out, self.device = fan_in, fan_out, torch.device("cpu")
+        self.fan_in, self.fan_out, self.slots, self.rank = fan_in, fan_out, slots, rank
+        self.device = torch.device("cpu")
         self.pairs: dict[int, tuple] = {}  # slot -> packed (A [rank, in], B [out, rank]); none: no term
+        self.a = torch.zeros(slots * rank, fan_in, dtype=torch.bfloat16)  # every slot's A, for the one pair
+        self.b = torch.zeros(fan_out, slots * rank, dtype=torch.bfloat16)  # and B (zeros past a slot's rank)
+        self._fused: tuple | None = None  # (A, B) above packed; built at the first step that uses it
 
     def fits(self, slots: int, ranks: set[int]) -> bool:
-        return all(_packed_alike(self.fan_in, rank, self.fan_out) for rank in ranks)
+        return slots <= self.slots and max(ranks) <= self.rank and all(
+            _packed_alike(self.fan_in, rank, self.fan_out) for rank in ranks)
 
     def write(self, slot: int, layer, name: str) -> None:
-        import torch
-
+        rows = slice(slot * self.rank, (slot + 1) * self.rank)
+        self.a[rows].zero_()
+        self.b[:, rows].zero_()
+        self._fused = None
         if name not in layer.lora_A:
             self.pairs.pop(slot, None)
             return
-        a, b = layer.lora_A[name].weight.detach(), layer.lora_B[name].weight.detach()  # [rank, in], [out, rank]
-        self.pairs[slot] = (_reorder(a.to(torch.bfloat16)), _reorder((b * layer.scaling[name]).to(torch.bfloat16)))
+        self.put(slot, layer.lora_A[name].weight.detach(), layer.lora_B[name].weight.detach() * layer.scaling[name])
+
+    def put(self, slot: int, a, b) -> None:
+        """Slot ``slot`` holds ``a [rank, in]`` and ``b [out, rank]`` (scaling in b), in bf16."""
+        import torch
+
+        a, b = a.to(torch.bfloat16), b.to(torch.bfloat16)
+        columns = slice(slot * self.rank, slot * self.rank + a.shape[0])
+        self.pairs[slot] = (_reorder(a), _reorder(b))
+        self.a[columns], self.b[:, columns] = a, b
+        self._fused = None
 
     def delta(self, x, rows: _Rows):
         """The LoRA term of every token of ``x [rows, seq, in]`` (packed: ``[1, tokens, in]``) in bf16."""
         import torch
 
-        return _grouped_delta(self, x.to(torch.bfloat16), rows)
+        x = x.to(torch.bfloat16)
+        flat = x.reshape(-1, x.shape[-1])
+        plan = rows.plan(flat.shape[0], x.shape[1])
+        if (flat.shape[0] <= FUSE_MAX and sum(slot != 0 for slot, _, _ in plan.groups) > 1
+                and _fused_alike(self.fan_in, self.rank, self.fan_out, self.slots)):
+            out = self.fused(flat, plan.mask(self.slots, self.rank))
+        else:
+            out = plan.apply(flat, self)
+        return out.view(*x.shape[:-1], -1)
+
+    def fused(self, x, mask):
+        """Every token's term in one pair of GEMMs: ``mask [tokens, slots x rank]`` keeps each token's own slot."""
+        if self._fused is None:
+            self._fused = (_reorder(self.a), _reorder(self.b))
+        return _linear(_linear(x, self._fused[0]).mul_(mask), self._fused[1])
 
     def product(self, slot: int, x):
         """``x [tokens, in] @ A @ B`` of slot ``slot``: each token's bits as alone, at any token count."""
@@ -197,7 +232,8 @@ def _new_stack(base, slots: int, ranks: set[int], old):
     """The stack for a LoRA layer on ``base`` holding ``slots`` slots of ``ranks``: packed bf16 where
     ``_PackedStack`` serves, else float32 (``old`` grown where there is one)."""
     if "_packed" in base.__dict__ and all(_packed_alike(base.in_features, r, base.out_features) for r in ranks):
-        return _PackedStack(base.in_features, base.out_features)
+        rank = max([*ranks, old.rank if isinstance(old, _PackedStack) else 0])
+        return _PackedStack(base.in_features, base.out_features, max(slots, getattr(old, "slots", 0)), rank)
     if isinstance(old, _Stack):
         return old.grown(slots, max(ranks))
     return _Stack(slots, max(ranks), base.in_features, base.out_features, base.weight.device)
@@ -205,6 +241,38 @@ def _new_stack(base, slots: int, ranks: set[int], old):
 
 PROBE_ROWS = [*range(1, 33), *range(48, 1025, 48), 1024]  # token counts a step's group may have (a 512-token
 # prompt chunk beside a batch's rows, or a larger budget's): every small one, then a spread
+
+
+FUSE_MAX = 64  # the most tokens a fused step takes (decoding rows; a prompt chunk's tokens take their adapter's
+# pair: the one pair's B over every slot's rank costs slots x the flops there)
+
+
+@functools.lru_cache(maxsize=64)
+def _fused_alike_at(fan_in: int, rank: int, fan_out: int, slots: int, threads: int) -> bool:
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    stack = _PackedStack(fan_in, fan_out, slots, rank)
+    for slot in range(1, slots):  # slot 1 at half the rank: the padding's zeros are in the probe
+        r = max(1, rank // 2) if slot == 1 else rank
+        stack.put(slot, torch.randn(r, fan_in, generator=generator) * 0.05,
+                  torch.randn(fan_out, r, generator=generator) * 0.05)
+    x = torch.randn(FUSE_MAX, fan_in, generator=generator).to(torch.bfloat16)
+    token_slots = torch.randint(0, slots, (FUSE_MAX,), generator=generator).tolist()
+    alone = torch.cat([stack.product(slot, x[i:i + 1]) for i, slot in enumerate(token_slots)])
+    ok = all(torch.equal(stack.fused(x[:n], _Plan(token_slots[:n], None, (n, 1)).mask(slots, rank)), alone[:n])
+             for n in range(1, FUSE_MAX + 1))
+    log.info("grouped LoRA: one bf16 pair over %d slots of rank %d [%d -> %d] at %d thread(s) %s", slots, rank,
+             fan_in, fan_out, threads, "gives each adapter's own bits" if ok else "does NOT (a pair per adapter)")
+    return ok
+
+
+def _fused_alike(fan_in: int, rank: int, fan_out: int, slots: int) -> bool:
+    """Whether ``_PackedStack.fused`` gives every token the bits of its own adapter's pair (``product``), at every
+    token count up to ``FUSE_MAX``: probed once per shape and thread count."""
+    import torch
+
+    return _fused_alike_at(fan_in, rank, fan_out, slots, torch.get_num_threads())
 
 
 @functools.lru_cache(maxsize=64)
@@ -289,11 +357,22 @@ class _Plan:
             self.groups.append((slot, start, stop))
             start = stop
         self.shape = shape  # the (tokens, seq) of the forward it was built for
+        self.token_slots, self.device, self._masks = token_slots, device, {}
         self.order = self.inverse = None
         if order != sorted(order):
             self.order = torch.tensor(order, device=device)
             self.inverse = torch.empty_like(self.order)
             self.inverse[self.order] = torch.arange(len(order), device=device)
+
+    def mask(self, slots: int, rank: int):
+        """``[tokens, slots x rank]`` bf16: 1 in each token's own slot's columns, 0 elsewhere (and for slot 0)."""
+        import torch
+
+        if (slots, rank) not in self._masks:
+            own = torch.tensor(self.token_slots, device=self.device)[:, None]
+            column = torch.arange(slots * rank, device=self.device)[None] // rank
+            self._masks[slots, rank] = ((column == own) & (own != 0)).to(torch.bfloat16)
+        return self._masks[slots, rank]
 
     def apply(self, flat, stack: _Stack):
         import torch

@@ -135,9 +135,9 @@ def _packed_stack(stack):
     fan_in, rank, fan_out = stack.a.shape[1], stack.a.shape[2], stack.b.shape[2]
     if not lora._packed_alike(fan_in, rank, fan_out):
         pytest.skip("this CPU's packed bf16 LoRA products round by their row count: the float32 stack serves")
-    packed = lora._PackedStack(fan_in, fan_out)
+    packed = lora._PackedStack(fan_in, fan_out, stack.a.shape[0], rank)
     for slot in range(1, stack.a.shape[0]):
-        packed.pairs[slot] = (lora._reorder(stack.a[slot].t().bfloat16()), lora._reorder(stack.b[slot].t().bfloat16()))
+        packed.put(slot, stack.a[slot].t(), stack.b[slot].t())
     return packed
 
 
@@ -206,6 +206,37 @@ def test_a_packed_term_is_the_float32_term_rounded_to_bf16_within_its_precision(
     got = packed.delta(x, rows)[0]
     assert got.dtype == torch.bfloat16 and torch.equal(got[2], torch.zeros(4864, dtype=torch.bfloat16))
     torch.testing.assert_close(got.float(), exact, atol=2e-3, rtol=2e-2)
+
+
+def test_a_few_tokens_on_several_adapters_run_as_one_pair_with_each_adapters_own_bits(monkeypatch):
+    """Decoding rows on several experts take one pair of GEMMs (every slot side by side, a mask) where the probe
+    finds its bits equal to each adapter's own pair; a prompt chunk's many tokens, or one adapter, take the pairs."""
+    from runtime.engines import lora
+    from runtime.engines.lora import _Rows
+
+    stack = _packed_stack(_random_stack(896, seed=3, blocked=False))
+    if not lora._fused_alike(896, 16, 896, 3):
+        pytest.skip("on this CPU the one pair rounds otherwise than each adapter's own: the pairs serve")
+    fused = []
+    real = stack.fused
+    monkeypatch.setattr(stack, "fused", lambda x, mask: fused.append(x.shape[0]) or real(x, mask))
+    x = torch.randn(1, 6 + lora.FUSE_MAX, 896).bfloat16()
+    cases = [([1, 2, 0, 2], None, True), ([1, 1, 0], None, False), ([2, 1], [(1, 4)], True),
+             ([2, 1], [(1, lora.FUSE_MAX)], False)]
+    for slots, chunks, one_pair in cases:
+        tokens = len(slots) + sum(n for _, n in chunks or [])
+        rows = _Rows(slots, None, chunks=chunks) if chunks else _Rows(slots, None)
+        part = x[:, :tokens] if chunks else x[0, :len(slots), None]
+        fused.clear()
+        got = stack.delta(part, rows).reshape(tokens, -1)
+        every = slots + [slot for slot, n in chunks or [] for _ in range(n)]
+        assert torch.equal(got, torch.cat([stack.product(s, x[0, i:i + 1]) for i, s in enumerate(every)]))
+        assert bool(fused) is one_pair, (slots, chunks)
+
+    monkeypatch.setattr(lora, "FUSE_MAX", 4)  # the probe sees a pair that rounds otherwise: it says so
+    original = lora._PackedStack.fused
+    monkeypatch.setattr(lora._PackedStack, "fused", lambda self, x, mask: original(self, x, mask) * 1.05)
+    assert lora._fused_alike_at.__wrapped__(896, 16, 896, 3, torch.get_num_threads()) is False
 
 
 def test_a_prepacked_bf16_model_serves_its_adapters_from_packed_stacks(tiny_model_dir, paths):
