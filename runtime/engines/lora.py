@@ -36,9 +36,9 @@ linear), the LoRA layers hold each resident adapter as a pair of packed bf16 lin
 LoRA term is computed and rounded in bf16, as the adapter was trained (bf16 autocast runs lora_A and lora_B in
 bf16) and as vLLM serves it (LoRA weights in the model's dtype), and added to the base output in bf16. oneDNN gives
 a token the same bits at any row count here (probed per shape: ``_packed_alike``), so no padding either. A
-512-token prompt chunk on the mix took 1,964 ms in float32 GEMMs against 1,134 for the base model, and 1,180 ms
-packed (``benchmarks/decode_step.py --prefill 512``, 2026-11-28): the f32 products over a chunk ([512, 16] x [16,
-4864] writes 10 MB) cost 5x the bf16 ones.
+512-token prompt chunk on the mix took 1,309-1,347 ms in float32 GEMMs against 1,080-1,165 for the base model, and
+1,144-1,153 packed; on the first of the four experts 1,345-1,637 ms, packed 1,133-1,141 (``benchmarks/README.md``,
+decode_step.py): the float32 products over a chunk ([512, 16] x [16, 4864] writes 10 MB) cost 5x the bf16 ones.
 
 Layers PEFT's plain LoRA does not describe (embeddings, convolutions, variants such as DoRA, a LoRA bias) and a
 LoRA on the output head (it sees the kept logits' positions only) keep PEFT's own mixed-batch forward for the whole
