@@ -29,7 +29,9 @@ threads, ``benchmarks/decode_step.py``, profiled): the per-row gather copied ~56
 of 191 ms); in blocks the step took 156 ms. Earlier, measured against the gather at batch 8 and none faster: one
 matmul with every slot's A concatenated and a row mask (its B product over every slot's rank costs 5x the flops: a
 [16, 80] x [80, 4864] float32 GEMM takes 170 us against 2 x 16 for two slots' blocks), PEFT's own loop over the
-slots (its hooks and casts per layer), and bf16 LoRA math (slower on this CPU, and its argmax drifted from PEFT's).
+slots (its hooks and casts per layer), and bf16 LoRA math through plain matmuls (slower on this CPU: each call
+reorders its weights for oneDNN, and its argmax drifted from PEFT's float32 term). In float32 the concatenated
+matmul is still slower; in packed bf16 (below) it is the faster way for decoding rows on several adapters.
 
 Where the base model's linears are prepacked (``prepacked.py``: bf16 on a CPU whose oneDNN reproduces the stock
 linear), the LoRA layers hold each resident adapter as a pair of packed bf16 linears instead (``_PackedStack``): the
