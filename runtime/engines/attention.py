@@ -39,7 +39,7 @@ NUMERICS = 9  # bump when the decode math changes (2: scheduler pads single-toke
 # rounded by how many rows decoded; 8: on the CPU each adapter's tokens are one GEMM padded to a multiple of 4
 # rows, lora.py; everywhere the LoRA term is added to the base output in float32 and rounded once, as PEFT does;
 # on the CPU the rows' keys are stored transposed; 9: on a prepacked bf16 model the LoRA term is oneDNN's packed bf16
-# product, added in bf16, lora.py): the bench's cached greedy answers of the hf engine key on it
+# product, added in bf16 (not 8's float32 add), lora.py): the bench's cached greedy answers of the hf engine key on it
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,

@@ -128,13 +128,10 @@ def _random_stack(fan_out: int, seed: int, blocked: bool = True):
 
 
 def _packed_stack(stack):
-    """``stack``'s slots as oneDNN-packed bf16 pairs (what a prepacked bf16 model's LoRA layers hold); skips where
-    this CPU's packed bf16 products round by their row count (the float32 stack serves there)."""
+    """``stack``'s slots as oneDNN-packed bf16 pairs (what a prepacked bf16 model's LoRA layers hold)."""
     from runtime.engines import lora
 
     fan_in, rank, fan_out = stack.a.shape[1], stack.a.shape[2], stack.b.shape[2]
-    if not lora._packed_alike(fan_in, rank, fan_out):
-        pytest.skip("this CPU's packed bf16 LoRA products round by their row count: the float32 stack serves")
     packed = lora._PackedStack(fan_in, fan_out, stack.a.shape[0], rank)
     for slot in range(1, stack.a.shape[0]):
         packed.put(slot, stack.a[slot].t(), stack.b[slot].t())
@@ -208,6 +205,10 @@ def test_a_packed_term_is_the_float32_term_rounded_to_bf16_within_its_precision(
     torch.testing.assert_close(got.float(), exact, atol=2e-3, rtol=2e-2)
 
 
+def _each_alone(stack, x, every):
+    return torch.cat([stack.product(slot, x[i:i + 1]) for i, slot in enumerate(every)])
+
+
 def test_a_few_tokens_on_several_adapters_run_as_one_pair_with_each_adapters_own_bits(monkeypatch):
     """Decoding rows on several experts take one pair of GEMMs (every slot side by side, a mask) where the probe
     finds its bits equal to each adapter's own pair; a prompt chunk's many tokens, or one adapter, take the pairs."""
@@ -215,14 +216,14 @@ def test_a_few_tokens_on_several_adapters_run_as_one_pair_with_each_adapters_own
     from runtime.engines.lora import _Rows
 
     stack = _packed_stack(_random_stack(896, seed=3, blocked=False))
-    if not lora._fused_alike(896, 16, 896, 3):
+    if not lora._fused_alike(896, 896, 16, stack.layout()):
         pytest.skip("on this CPU the one pair rounds otherwise than each adapter's own: the pairs serve")
     fused = []
     real = stack.fused
-    monkeypatch.setattr(stack, "fused", lambda x, mask: fused.append(x.shape[0]) or real(x, mask))
+    monkeypatch.setattr(stack, "fused", lambda x, masked: fused.append(x.shape[0]) or real(x, masked))
     x = torch.randn(1, 6 + lora.FUSE_MAX, 896).bfloat16()
     cases = [([1, 2, 0, 2], None, True), ([1, 1, 0], None, False), ([2, 1], [(1, 4)], True),
-             ([2, 1], [(1, lora.FUSE_MAX)], False)]
+             ([2, 1], [(1, lora.FUSE_MAX - 2)], True), ([2, 1], [(1, lora.FUSE_MAX - 1)], False)]
     for slots, chunks, one_pair in cases:
         tokens = len(slots) + sum(n for _, n in chunks or [])
         rows = _Rows(slots, None, chunks=chunks) if chunks else _Rows(slots, None)
@@ -230,18 +231,46 @@ def test_a_few_tokens_on_several_adapters_run_as_one_pair_with_each_adapters_own
         fused.clear()
         got = stack.delta(part, rows).reshape(tokens, -1)
         every = slots + [slot for slot, n in chunks or [] for _ in range(n)]
-        assert torch.equal(got, torch.cat([stack.product(s, x[0, i:i + 1]) for i, s in enumerate(every)]))
+        assert torch.equal(got, _each_alone(stack, x[0], every))
         assert bool(fused) is one_pair, (slots, chunks)
+
+    # a slot given another adapter (a load into a freed slot): the one pair is rebuilt, not the old one's weights
+    stack.put(2, torch.randn(16, 896) * 0.05, torch.randn(896, 16) * 0.05)
+    fused.clear()
+    got = stack.delta(x[0, :4, None], _Rows([1, 2, 0, 2], None)).reshape(4, -1)
+    assert fused and torch.equal(got, _each_alone(stack, x[0], [1, 2, 0, 2]))
 
     monkeypatch.setattr(lora, "FUSE_MAX", 4)  # the probe sees a pair that rounds otherwise: it says so
     original = lora._PackedStack.fused
-    monkeypatch.setattr(lora._PackedStack, "fused", lambda self, x, mask: original(self, x, mask) * 1.05)
-    assert lora._fused_alike_at.__wrapped__(896, 16, 896, 3, torch.get_num_threads()) is False
+    monkeypatch.setattr(lora._PackedStack, "fused", lambda self, x, masked: original(self, x, masked) * 1.05)
+    assert lora._fused_alike_at.__wrapped__(896, 896, 16, stack.layout(), torch.get_num_threads()) is False
+
+
+def test_where_packed_runs_round_by_their_row_count_each_token_takes_a_pair_of_its_own(monkeypatch):
+    """The probe runs at the step's thread count; where it fails for a rank, that adapter's tokens are multiplied
+    one at a time (a token's bits as alone by construction), and its runs are never one GEMM."""
+    from runtime.engines import lora
+    from runtime.engines.lora import _Rows
+
+    stack = _packed_stack(_random_stack(4864, seed=4, blocked=False))
+    rows_seen: list[int] = []
+    real = lora._linear
+    monkeypatch.setattr(lora, "_linear", lambda x, packed: rows_seen.append(x.shape[0]) or real(x, packed))
+    x = torch.randn(1, 40, 896).bfloat16()
+    stack.delta(x, _Rows([1, 1, 1], None, chunks=[(1, 37)]))  # one adapter: its pair (not the one for several)
+    assert max(rows_seen) > 1  # probed alike here: runs of tokens are one GEMM
+    if not lora._packed_alike(896, 16, 4864):
+        pytest.skip("this CPU's packed products round by their row count already")
+    monkeypatch.setattr(lora, "_packed_alike", lambda fan_in, rank, fan_out: False)
+    rows_seen.clear()
+    got = stack.delta(x, _Rows([1, 1, 1], None, chunks=[(1, 37)]))[0]
+    assert set(rows_seen) == {1}
+    assert torch.equal(got, _each_alone(stack, x[0], [1] * 40))
 
 
 def test_a_prepacked_bf16_model_serves_its_adapters_from_packed_stacks(tiny_model_dir, paths):
-    """The engine's bf16 model on a CPU has prepacked linears: its LoRA layers hold packed bf16 pairs (where the
-    probe passes), float32 models float32 stacks; both answer as PEFT's forward within their precision."""
+    """The engine's bf16 model on a CPU has prepacked linears: its LoRA layers hold packed bf16 pairs whatever the
+    adapters' ranks, float32 models float32 stacks; both answer as PEFT's forward within their precision."""
     from transformers import AutoModelForCausalLM
 
     from runtime.engines import lora as lora_module
@@ -255,10 +284,7 @@ def test_a_prepacked_bf16_model_serves_its_adapters_from_packed_stacks(tiny_mode
         model = install_adapter(model, name, *read_adapter(paths[name], model.config))
         lora.sync(model)
     stacks = [m.__dict__["_grouped"] for m in model.modules() if "_grouped" in m.__dict__]
-    assert stacks
-    alike = all(lora_module._packed_alike(s.fan_in, r, s.fan_out) for s in stacks
-                if isinstance(s, lora_module._PackedStack) for r in (2, 8))
-    assert alike and all(isinstance(s, lora_module._PackedStack) for s in stacks)
+    assert stacks and all(type(s) is lora_module._PackedStack and s.rank == 8 for s in stacks)
     names = ["r8", BASE, "r2"]
     with torch.inference_mode():
         inputs = _inputs(len(names), 5)
