@@ -34,15 +34,9 @@ slots (its hooks and casts per layer), and bf16 LoRA math through plain matmuls 
 reorders its weights for oneDNN, and its argmax drifted from PEFT's float32 term). In float32 the concatenated
 matmul is still slower; in packed bf16 (below) it is the faster way for decoding rows on several adapters.
 
-Where the base model's linears are prepacked (``prepacked.py``: bf16 on a CPU whose oneDNN reproduces the stock
-linear), the LoRA layers hold each resident adapter as a pair of packed bf16 linears instead (``_PackedStack``): the
-LoRA term is computed and rounded in bf16, as the adapter was trained (bf16 autocast runs lora_A and lora_B in
-bf16) and as vLLM serves it (LoRA weights in the model's dtype), and added to the base output in bf16. oneDNN gives
-a token the same bits at any row count up to 256 here (probed per shape and thread count: ``_packed_alike``), so
-no padding either. A
-512-token prompt chunk on the mix took 1,309-1,347 ms in float32 GEMMs against 1,080-1,165 for the base model, and
-1,144-1,153 packed; on the first of the four experts 1,345-1,637 ms, packed 1,133-1,141 (``benchmarks/README.md``,
-decode_step.py): the float32 products over a chunk ([512, 16] x [16, 4864] writes 10 MB) cost 5x the bf16 ones.
+Where the base model's linears are prepacked (``prepacked.py``: bf16 on a CPU), the LoRA layers hold each resident
+adapter as a pair of oneDNN-packed bf16 linears instead, the term computed and added in bf16
+(``packed_lora.py``: 4-5x faster over a prompt chunk than the float32 GEMMs here).
 
 Layers PEFT's plain LoRA does not describe (embeddings, convolutions, variants such as DoRA, a LoRA bias) and a
 LoRA on the output head (it sees the kept logits' positions only) keep PEFT's own mixed-batch forward for the whole
@@ -56,6 +50,8 @@ import itertools
 import logging
 import types
 from contextlib import contextmanager
+
+from runtime.engines.packed_lora import PackedStack, masked_columns
 
 log = logging.getLogger(__name__)
 __all__ = ["BASE", "GroupedLora"]
@@ -139,110 +135,10 @@ class _Stack:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-class _PackedStack:
-    """One LoRA layer's resident adapters as oneDNN-prepacked bf16 linears, an ``(A, B)`` pair per slot at the
-    adapter's own rank (scaling in B): every LoRA layer of a model whose base linears are prepacked (``prepacked.py``:
-    a CPU, bf16, oneDNN reproducing the stock linear). The LoRA term is two bf16 GEMMs per adapter in use over its
-    tokens, in runs of at most ``PACKED_MAX``, rounded to bf16: close to the math the adapter was trained in (bf16
-    autocast runs lora_A and lora_B in bf16; the scaling is folded into B here) and what vLLM serves (LoRA weights in
-    the model's dtype), 4-5x faster than float32 GEMMs over a prompt chunk here. Where ``_packed_alike`` finds, at
-    the step's thread count, that a run's rows round by how many there are, each token takes a pair of its own.
-
-    A step of few tokens on several adapters (decoding rows on the experts) runs as one pair instead: every slot's
-    A side by side (``[slots x rank, in]``), each token's other slots' columns zeroed, every slot's B stacked
-    (``[out, slots x rank]``): two GEMMs a layer, not two per adapter. It is used only where the probe finds its
-    bits equal to the per-adapter pairs' for the resident ranks (``_fused_alike``), so which way a step runs
-    changes no answer. Held: the pairs, the dense bf16 ``a`` and ``b`` and, once used, their packed copy."""
-
-    def __init__(self, fan_in: int, fan_out: int, slots: int, rank: int) -> None:
-        import torch
-
-        self.fan_in, self.fan_out, self.slots, self.rank = fan_in, fan_out, slots, rank
-        self.device = torch.device("cpu")
-        self.pairs: dict[int, tuple] = {}  # slot -> packed (A [rank, in], B [out, rank]); none: no term
-        self.ranks: dict[int, int] = {}  # slot -> its adapter's rank here
-        self.a = torch.zeros(slots * rank, fan_in, dtype=torch.bfloat16)  # every slot's A, for the one pair
-        self.b = torch.zeros(fan_out, slots * rank, dtype=torch.bfloat16)  # and B (zeros past a slot's rank)
-        self._fused: tuple | None = None  # (A, B) above packed; built at the first step that uses it
-
-    def fits(self, slots: int, ranks: set[int]) -> bool:
-        return slots <= self.slots and max(ranks) <= self.rank
-
-    def write(self, slot: int, layer, name: str) -> None:
-        rows = slice(slot * self.rank, (slot + 1) * self.rank)
-        self.a[rows].zero_()
-        self.b[:, rows].zero_()
-        self._fused = None
-        if name not in layer.lora_A:
-            self.pairs.pop(slot, None)
-            self.ranks.pop(slot, None)
-            return
-        self.put(slot, layer.lora_A[name].weight.detach(), layer.lora_B[name].weight.detach() * layer.scaling[name])
-
-    def put(self, slot: int, a, b) -> None:
-        """Slot ``slot`` holds ``a [rank, in]`` and ``b [out, rank]`` (scaling in b), in bf16."""
-        import torch
-
-        a, b = a.to(torch.bfloat16), b.to(torch.bfloat16)
-        columns = slice(slot * self.rank, slot * self.rank + a.shape[0])
-        self.pairs[slot], self.ranks[slot] = (_reorder(a), _reorder(b)), a.shape[0]
-        self.a[columns], self.b[:, columns] = a, b
-        self._fused = None
-
-    def delta(self, x, rows: _Rows):
-        """The LoRA term of every token of ``x [rows, seq, in]`` (packed: ``[1, tokens, in]``) in bf16."""
-        import torch
-
-        x = x.to(torch.bfloat16)
-        flat = x.reshape(-1, x.shape[-1])
-        plan = rows.plan(flat.shape[0], x.shape[1])
-        if (flat.shape[0] <= FUSE_MAX and sum(slot != 0 for slot, _, _ in plan.groups) > 1
-                and _fused_alike(self.fan_in, self.fan_out, self.rank, self.layout())):
-            out = self.fused(flat, plan.masked(self.slots, self.rank))
-        else:
-            out = plan.apply(flat, self)
-        return out.view(*x.shape[:-1], -1)
-
-    def layout(self) -> tuple[int, ...]:
-        """Each slot's rank here (0: none), what ``_fused_alike`` probes."""
-        return tuple(self.ranks.get(slot, 0) for slot in range(self.slots))
-
-    def fused(self, x, masked):
-        """Every token's term in one pair of GEMMs: ``masked [tokens, slots x rank]`` is True on the columns of
-        the slots other than the token's own (zeroed, whatever they hold)."""
-        if self._fused is None:
-            self._fused = (_reorder(self.a), _reorder(self.b))
-        return _linear(_linear(x, self._fused[0]).masked_fill_(masked, 0), self._fused[1])
-
-    def product(self, slot: int, x):
-        """``x [tokens, in] @ A @ B`` of slot ``slot``: each token's bits as alone (``_packed_alike``, checked at
-        this thread count; else a pair per token)."""
-        import torch
-
-        pair = self.pairs.get(slot)
-        if pair is None:  # the base model's tokens, or an adapter that leaves this layer alone
-            return x.new_zeros(x.shape[0], self.fan_out)
-        run = PACKED_MAX if _packed_alike(self.fan_in, self.ranks[slot], self.fan_out) else 1
-        parts = [_linear(_linear(x[start:start + run], pair[0]), pair[1]) for start in range(0, x.shape[0], run)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
 def _grouped_delta(stack, x, rows: _Rows):
     """Every token's LoRA term, the step's tokens grouped by slot (``_Plan``), one ``stack.product`` per group."""
     flat = x.reshape(-1, x.shape[-1])
     return rows.plan(flat.shape[0], x.shape[1]).apply(flat, stack).view(*x.shape[:-1], -1)
-
-
-def _reorder(weight):
-    import torch
-
-    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
-
-
-def _linear(x, packed):
-    import torch
-
-    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
 
 
 def _new_stack(base, slots: int, ranks: set[int], old):
@@ -250,78 +146,11 @@ def _new_stack(base, slots: int, ranks: set[int], old):
     layer (always, so that an adapter's numerics never depend on which others are resident), else float32 (``old``
     grown where there is one)."""
     if "_packed" in base.__dict__:
-        old_slots, old_rank = (old.slots, old.rank) if isinstance(old, _PackedStack) else (0, 0)
-        return _PackedStack(base.in_features, base.out_features, max(slots, old_slots), max(*ranks, old_rank))
+        old_slots, old_rank = (old.slots, old.rank) if isinstance(old, PackedStack) else (0, 0)
+        return PackedStack(base.in_features, base.out_features, max(slots, old_slots), max(*ranks, old_rank))
     if isinstance(old, _Stack):
         return old.grown(slots, max(ranks))
     return _Stack(slots, max(ranks), base.in_features, base.out_features, base.weight.device)
-
-
-PACKED_MAX = 256  # the most tokens of one packed pair's GEMM (a longer run is split): the probe checks every count
-# up to it, so a step's decoding rows and a 512-token prompt chunk on their adapter run as GEMMs it has seen
-FUSE_MAX = 64  # the most tokens a fused step takes (decoding rows; a prompt chunk's tokens take their adapter's
-# pair: the one pair's B over every slot's rank costs slots x the flops there)
-
-
-@functools.lru_cache(maxsize=64)
-def _fused_alike_at(fan_in: int, fan_out: int, rank: int, layout: tuple[int, ...], threads: int) -> bool:
-    import torch
-
-    generator = torch.Generator().manual_seed(1)
-    stack = _PackedStack(fan_in, fan_out, len(layout), rank)
-    for slot, r in enumerate(layout):
-        if r:
-            stack.put(slot, torch.randn(r, fan_in, generator=generator) * 0.05,
-                      torch.randn(fan_out, r, generator=generator) * 0.05)
-    x = torch.randn(FUSE_MAX, fan_in, generator=generator).to(torch.bfloat16)
-    token_slots = torch.randint(0, len(layout), (FUSE_MAX,), generator=generator).tolist()
-    alone = torch.cat([stack.product(slot, x[i:i + 1]) for i, slot in enumerate(token_slots)])
-    ok = all(torch.equal(stack.fused(x[:n], _Plan(token_slots[:n], None, (n, 1)).masked(len(layout), rank)),
-                         alone[:n]) for n in range(1, FUSE_MAX + 1))
-    log.info("grouped LoRA: one bf16 pair over slots of ranks %s (stacked at %d) [%d -> %d] at %d thread(s) %s",
-             layout, rank, fan_in, fan_out, threads,
-             "gives each adapter's own bits" if ok else "does NOT (a pair per adapter)")
-    return ok
-
-
-def _fused_alike(fan_in: int, fan_out: int, rank: int, layout: tuple[int, ...]) -> bool:
-    """Whether ``_PackedStack.fused`` over slots of the ranks ``layout`` (stacked at ``rank`` each) gives every
-    token the bits of its own adapter's pair (``product``), at every token count up to ``FUSE_MAX``: probed once
-    per layout and thread count."""
-    import torch
-
-    return _fused_alike_at(fan_in, fan_out, rank, layout, torch.get_num_threads())
-
-
-@functools.lru_cache(maxsize=64)
-def _packed_alike_at(fan_in: int, rank: int, fan_out: int, threads: int) -> bool:
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(PACKED_MAX, fan_in, generator=generator).to(torch.bfloat16)
-    a = _reorder((torch.randn(rank, fan_in, generator=generator) * 0.05).to(torch.bfloat16))
-    b = _reorder((torch.randn(fan_out, rank, generator=generator) * 0.05).to(torch.bfloat16))
-
-    def term(tokens):
-        return _linear(_linear(tokens, a), b)
-
-    every = term(x)
-    moved = torch.randperm(PACKED_MAX, generator=generator)
-    ok = (all(torch.equal(term(x[:rows]), every[:rows]) for rows in range(1, PACKED_MAX))
-          and all(torch.equal(term(x[i:i + 1]), every[i:i + 1]) for i in range(64))
-          and torch.equal(term(x[moved]), every[moved]))
-    log.info("grouped LoRA: bf16 packed [rows, %d] x [%d, %d] x [%d, %d] at %d thread(s) %s", fan_in, fan_in, rank,
-             rank, fan_out, threads, "round alike at any row count" if ok else "do NOT round alike (a pair a token)")
-    return ok
-
-
-def _packed_alike(fan_in: int, rank: int, fan_out: int) -> bool:
-    """Whether oneDNN's packed bf16 LoRA product ``[rows, fan_in] x A x B`` (rank ``rank``) gives every row the same
-    bits at every row count up to ``PACKED_MAX``, alone and wherever it sits: probed once per shape and thread
-    count, at the step that first needs it. Else ``_PackedStack.product`` runs a pair per token."""
-    import torch
-
-    return _packed_alike_at(fan_in, rank, fan_out, torch.get_num_threads())
 
 
 BLOCK = 4  # a float32 GEMM's rows round alike here in any multiple of 4 rows (1-3 rows, and the tail rows of 5-7 or
@@ -383,14 +212,9 @@ class _Plan:
             self.inverse[self.order] = torch.arange(len(order), device=device)
 
     def masked(self, slots: int, rank: int):
-        """``[tokens, slots x rank]`` bool: True on the columns of every slot but the token's own (all of them for
-        slot 0, the base model's tokens)."""
-        import torch
-
+        """``packed_lora.masked_columns`` of this step's tokens, built once per step and shape."""
         if (slots, rank) not in self._masks:
-            own = torch.tensor(self.token_slots, device=self.device)[:, None]
-            column = torch.arange(slots * rank, device=self.device)[None] // rank
-            self._masks[slots, rank] = (column != own) | (own == 0)
+            self._masks[slots, rank] = masked_columns(self.token_slots, slots, rank, self.device)
         return self._masks[slots, rank]
 
     def apply(self, flat, stack: _Stack):

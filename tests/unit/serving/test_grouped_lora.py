@@ -8,6 +8,7 @@ import pytest
 import torch
 from loras import make_lora
 
+from runtime.engines import packed_lora
 from runtime.engines.hf import install_adapter, read_adapter
 from runtime.engines.lora import BASE, GroupedLora
 
@@ -129,10 +130,9 @@ def _random_stack(fan_out: int, seed: int, blocked: bool = True):
 
 def _packed_stack(stack):
     """``stack``'s slots as oneDNN-packed bf16 pairs (what a prepacked bf16 model's LoRA layers hold)."""
-    from runtime.engines import lora
 
     fan_in, rank, fan_out = stack.a.shape[1], stack.a.shape[2], stack.b.shape[2]
-    packed = lora._PackedStack(fan_in, fan_out, stack.a.shape[0], rank)
+    packed = packed_lora.PackedStack(fan_in, fan_out, stack.a.shape[0], rank)
     for slot in range(1, stack.a.shape[0]):
         packed.put(slot, stack.a[slot].t(), stack.b[slot].t())
     return packed
@@ -212,18 +212,17 @@ def _each_alone(stack, x, every):
 def test_a_few_tokens_on_several_adapters_run_as_one_pair_with_each_adapters_own_bits(monkeypatch):
     """Decoding rows on several experts take one pair of GEMMs (every slot side by side, a mask) where the probe
     finds its bits equal to each adapter's own pair; a prompt chunk's many tokens, or one adapter, take the pairs."""
-    from runtime.engines import lora
     from runtime.engines.lora import _Rows
 
     stack = _packed_stack(_random_stack(896, seed=3, blocked=False))
-    if not lora._fused_alike(896, 896, 16, stack.layout()):
+    if not packed_lora.fused_alike(896, 896, 16, stack.layout()):
         pytest.skip("on this CPU the one pair rounds otherwise than each adapter's own: the pairs serve")
     fused = []
     real = stack.fused
     monkeypatch.setattr(stack, "fused", lambda x, masked: fused.append(x.shape[0]) or real(x, masked))
-    x = torch.randn(1, 6 + lora.FUSE_MAX, 896).bfloat16()
+    x = torch.randn(1, 6 + packed_lora.FUSE_MAX, 896).bfloat16()
     cases = [([1, 2, 0, 2], None, True), ([1, 1, 0], None, False), ([2, 1], [(1, 4)], True),
-             ([2, 1], [(1, lora.FUSE_MAX - 2)], True), ([2, 1], [(1, lora.FUSE_MAX - 1)], False)]
+             ([2, 1], [(1, packed_lora.FUSE_MAX - 2)], True), ([2, 1], [(1, packed_lora.FUSE_MAX - 1)], False)]
     for slots, chunks, one_pair in cases:
         tokens = len(slots) + sum(n for _, n in chunks or [])
         rows = _Rows(slots, None, chunks=chunks) if chunks else _Rows(slots, None)
@@ -240,28 +239,27 @@ def test_a_few_tokens_on_several_adapters_run_as_one_pair_with_each_adapters_own
     got = stack.delta(x[0, :4, None], _Rows([1, 2, 0, 2], None)).reshape(4, -1)
     assert fused and torch.equal(got, _each_alone(stack, x[0], [1, 2, 0, 2]))
 
-    monkeypatch.setattr(lora, "FUSE_MAX", 4)  # the probe sees a pair that rounds otherwise: it says so
-    original = lora._PackedStack.fused
-    monkeypatch.setattr(lora._PackedStack, "fused", lambda self, x, masked: original(self, x, masked) * 1.05)
-    assert lora._fused_alike_at.__wrapped__(896, 896, 16, stack.layout(), torch.get_num_threads()) is False
+    monkeypatch.setattr(packed_lora, "FUSE_MAX", 4)  # the probe sees a pair that rounds otherwise: it says so
+    original = packed_lora.PackedStack.fused
+    monkeypatch.setattr(packed_lora.PackedStack, "fused", lambda self, x, masked: original(self, x, masked) * 1.05)
+    assert packed_lora.fused_alike_at.__wrapped__(896, 896, 16, stack.layout(), torch.get_num_threads()) is False
 
 
 def test_where_packed_runs_round_by_their_row_count_each_token_takes_a_pair_of_its_own(monkeypatch):
     """The probe runs at the step's thread count; where it fails for a rank, that adapter's tokens are multiplied
     one at a time (a token's bits as alone by construction), and its runs are never one GEMM."""
-    from runtime.engines import lora
     from runtime.engines.lora import _Rows
 
     stack = _packed_stack(_random_stack(4864, seed=4, blocked=False))
     rows_seen: list[int] = []
-    real = lora._linear
-    monkeypatch.setattr(lora, "_linear", lambda x, packed: rows_seen.append(x.shape[0]) or real(x, packed))
+    real = packed_lora.linear
+    monkeypatch.setattr(packed_lora, "linear", lambda x, packed: rows_seen.append(x.shape[0]) or real(x, packed))
     x = torch.randn(1, 40, 896).bfloat16()
     stack.delta(x, _Rows([1, 1, 1], None, chunks=[(1, 37)]))  # one adapter: its pair (not the one for several)
     assert max(rows_seen) > 1  # probed alike here: runs of tokens are one GEMM
-    if not lora._packed_alike(896, 16, 4864):
+    if not packed_lora.packed_alike(896, 16, 4864):
         pytest.skip("this CPU's packed products round by their row count already")
-    monkeypatch.setattr(lora, "_packed_alike", lambda fan_in, rank, fan_out: False)
+    monkeypatch.setattr(packed_lora, "packed_alike", lambda fan_in, rank, fan_out: False)
     rows_seen.clear()
     got = stack.delta(x, _Rows([1, 1, 1], None, chunks=[(1, 37)]))[0]
     assert set(rows_seen) == {1}
@@ -284,7 +282,7 @@ def test_a_prepacked_bf16_model_serves_its_adapters_from_packed_stacks(tiny_mode
         model = install_adapter(model, name, *read_adapter(paths[name], model.config))
         lora.sync(model)
     stacks = [m.__dict__["_grouped"] for m in model.modules() if "_grouped" in m.__dict__]
-    assert stacks and all(type(s) is lora_module._PackedStack and s.rank == 8 for s in stacks)
+    assert stacks and all(type(s) is packed_lora.PackedStack and s.rank == 8 for s in stacks)
     names = ["r8", BASE, "r2"]
     with torch.inference_mode():
         inputs = _inputs(len(names), 5)
