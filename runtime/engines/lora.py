@@ -69,8 +69,8 @@ class _Stack:
         self.b = torch.zeros(slots, rank, fan_out, device=device)
         self.device = self.a.device
 
-    def fits(self, slots: int, ranks: set[int]) -> bool:
-        return self.a.shape[0] >= slots and self.a.shape[2] >= max(ranks)
+    def fits(self, slots: int, rank: int) -> bool:
+        return self.a.shape[0] >= slots and self.a.shape[2] >= rank
 
     def grown(self, slots: int, rank: int) -> _Stack:
         """A larger stack holding this one's slots (a new slot or a larger rank: rare, on load only)."""
@@ -104,7 +104,8 @@ class _Stack:
 
         x = x.to(self.a.dtype)
         if x.is_cpu and _blocked(self.a.shape[1], self.a.shape[2]) and _blocked(self.b.shape[1], self.b.shape[2]):
-            return _grouped_delta(self, x, rows)
+            flat = x.reshape(-1, x.shape[-1])
+            return rows.plan(flat.shape[0], x.shape[1]).apply(flat, self).view(*x.shape[:-1], -1)
         if rows.single is not None and (not x.is_cpu or (rows.chunks is None and x.shape[0] == 1)):
             return x @ self.a[rows.single] @ self.b[rows.single]  # one sequence (a prompt, one row) on its slot
         if rows.chunks is None:  # a matmul per row, each row's shapes as alone (see ``_Rows.per_row``)
@@ -135,22 +136,16 @@ class _Stack:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _grouped_delta(stack, x, rows: _Rows):
-    """Every token's LoRA term, the step's tokens grouped by slot (``_Plan``), one ``stack.product`` per group."""
-    flat = x.reshape(-1, x.shape[-1])
-    return rows.plan(flat.shape[0], x.shape[1]).apply(flat, stack).view(*x.shape[:-1], -1)
-
-
-def _new_stack(base, slots: int, ranks: set[int], old):
-    """The stack for a LoRA layer on ``base`` holding ``slots`` slots of ``ranks``: packed bf16 on a prepacked base
+def _new_stack(base, slots: int, rank: int, old):
+    """The stack for a LoRA layer on ``base`` holding ``slots`` slots of ``rank``: packed bf16 on a prepacked base
     layer (always, so that an adapter's numerics never depend on which others are resident), else float32 (``old``
     grown where there is one)."""
     if "_packed" in base.__dict__:
         old_slots, old_rank = (old.slots, old.rank) if isinstance(old, PackedStack) else (0, 0)
-        return PackedStack(base.in_features, base.out_features, max(slots, old_slots), max(*ranks, old_rank))
+        return PackedStack(base.in_features, base.out_features, max(slots, old_slots), max(rank, old_rank))
     if isinstance(old, _Stack):
-        return old.grown(slots, max(ranks))
-    return _Stack(slots, max(ranks), base.in_features, base.out_features, base.weight.device)
+        return old.grown(slots, rank)
+    return _Stack(slots, rank, base.in_features, base.out_features, base.weight.device)
 
 
 BLOCK = 4  # a float32 GEMM's rows round alike here in any multiple of 4 rows (1-3 rows, and the tail rows of 5-7 or
@@ -311,11 +306,11 @@ class GroupedLora:
             self._restack(layer, size, fresh)
 
     def _restack(self, layer, size: int, fresh: list[str]) -> None:
-        ranks = {layer.lora_A[n].weight.shape[0] for n in self.slots if n in layer.lora_A} or {1}
+        rank = max((layer.lora_A[n].weight.shape[0] for n in self.slots if n in layer.lora_A), default=1)
         stack = layer.__dict__.get("_grouped")
         todo = fresh
-        if stack is None or not stack.fits(size, ranks):
-            stack = _new_stack(layer.get_base_layer(), size, ranks, stack)
+        if stack is None or not stack.fits(size, rank):
+            stack = _new_stack(layer.get_base_layer(), size, rank, stack)
             self._device = stack.device
             todo = list(self.slots)  # a new layer (PEFT injected it for this adapter): every slot
         for name in todo:

@@ -60,8 +60,8 @@ class PackedStack:
         self.b = torch.zeros(fan_out, slots * rank, dtype=torch.bfloat16)  # and B (zeros past a slot's rank)
         self._fused: tuple | None = None  # (A, B) above packed; built at the first step that uses it
 
-    def fits(self, slots: int, ranks: set[int]) -> bool:
-        return slots <= self.slots and max(ranks) <= self.rank
+    def fits(self, slots: int, rank: int) -> bool:
+        return slots <= self.slots and rank <= self.rank
 
     def write(self, slot: int, layer, name: str) -> None:
         rows = slice(slot * self.rank, (slot + 1) * self.rank)
